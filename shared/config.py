@@ -1,0 +1,288 @@
+"""The config tree: one typed, frozen description of a run.
+
+Sections: `model` (architecture), `train` (batch, schedule, logging),
+`optim` (optimizer groups), `data` (paths), `quant` (artifact packing) and
+`eval` (validation). Each component receives only its own subtree.
+
+Loaded strictly from TOML: unknown sections or keys are errors that name the
+key and the nearest valid one; `--set section.key=value` overrides are parsed
+as TOML values and type-checked against the default. The resolved config is
+written beside every checkpoint and artifact (`to_toml`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from shared.errors import PgolfError
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The architecture of the challenge baseline (CHALLENGE.md), every shape a knob."""
+
+    vocab_size: int = 1024
+    num_layers: int = 9
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: int = 2
+    tie_embeddings: bool = True
+    tied_embed_init_std: float = 0.005
+    logit_softcap: float = 30.0
+    rope_base: float = 10000.0
+    qk_gain_init: float = 1.5
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.mlp_mult * self.model_dim
+
+    @property
+    def num_encoder_layers(self) -> int:
+        return self.num_layers // 2
+
+    @property
+    def num_decoder_layers(self) -> int:
+        return self.num_layers - self.num_encoder_layers
+
+    @property
+    def num_skip_weights(self) -> int:
+        return min(self.num_encoder_layers, self.num_decoder_layers)
+
+    def validate(self) -> None:
+        if self.model_dim % self.num_heads:
+            raise PgolfError(f"model.model_dim={self.model_dim} must be divisible by model.num_heads={self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise PgolfError(f"model.num_heads={self.num_heads} must be divisible by model.num_kv_heads={self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise PgolfError(f"head dim {self.head_dim} (model.model_dim / model.num_heads) must be even for RoPE")
+        if self.logit_softcap <= 0:
+            raise PgolfError(f"model.logit_softcap must be positive, got {self.logit_softcap}")
+        if self.vocab_size > 65536:
+            raise PgolfError(f"model.vocab_size={self.vocab_size} does not fit the uint16 shard format")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Batch, length of the run, schedule and logging cadence."""
+
+    seed: int = 1337
+    iterations: int = 20000          # step budget
+    max_seconds: float = 600.0       # wallclock cap on training (0 = none); eval time is not counted
+    batch_tokens: int = 524288       # global tokens per optimizer step, all ranks together
+    seq_len: int = 1024
+    grad_accum: int = 8              # global micro-batches per step; each rank runs grad_accum / world_size
+    max_microbatch_tokens: int = 0   # memory cap: split a micro-batch into chunks of at most this many tokens (0 = no cap)
+    warmup_steps: int = 20           # compile/warm-up steps whose effect is undone before training starts
+    warmdown_iters: int = 1200       # linear LR warmdown over the last N steps (in wallclock when max_seconds > 0)
+    val_every: int = 1000            # validate every N steps (0 = only at the end)
+    log_every: int = 200
+    checkpoint_every: int = 0        # save a checkpoint every N steps (0 = only at the end and on Ctrl-C)
+    compute_dtype: str = "auto"      # auto | float32 | bfloat16 (auto: bf16 on GPU, fp32 on CPU)
+    compile: bool = True
+
+    def validate(self) -> None:
+        if self.compute_dtype not in ("auto", "float32", "bfloat16"):
+            raise PgolfError(f"train.compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
+        if self.batch_tokens % (self.grad_accum * self.seq_len):
+            raise PgolfError(
+                f"train.batch_tokens={self.batch_tokens} must be a multiple of "
+                f"train.grad_accum * train.seq_len = {self.grad_accum * self.seq_len}"
+            )
+        if self.max_microbatch_tokens and self.max_microbatch_tokens % self.seq_len:
+            raise PgolfError(f"train.max_microbatch_tokens must be a multiple of train.seq_len={self.seq_len}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """Muon for 2-D block matrices, Adam for the embedding, head and vectors/scalars."""
+
+    embed_lr: float = 0.6            # untied embedding
+    head_lr: float = 0.008           # untied lm_head
+    tied_embed_lr: float = 0.05
+    matrix_lr: float = 0.04
+    scalar_lr: float = 0.04
+    muon_momentum: float = 0.95
+    muon_backend_steps: int = 5
+    muon_momentum_warmup_start: float = 0.85
+    muon_momentum_warmup_steps: int = 500
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip_norm: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the shards and tokenizer live (the CLI's --data/--tokenizer win)."""
+
+    dir: str = "data/datasets/fineweb10B_sp1024"
+    tokenizer: str = "data/tokenizers/fineweb_1024_bpe.model"
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantConfig:
+    """How the artifact is packed, per tensor class."""
+
+    embed: str = "int8"              # scheme for the token embedding / head
+    attn: str = "int8"               # attention matrices
+    mlp: str = "int8"                # MLP matrices
+    other: str = "fp16"              # vectors and control tensors
+    keep_float_max_numel: int = 65536  # float tensors this small are stored as `other`
+    clip_percentile: float = 99.99984  # int8 per-row clip (the baseline's)
+    clip_k: float = 12.0             # std-based clip for int<8 schemes: clip = clip_k * row std
+    gptq: bool = False
+    gptq_block: int = 128
+    gptq_damp: float = 0.01
+    calib_tokens: int = 65536        # calibration tokens from the training split (GPTQ, budget mode)
+    zstd_level: int = 22
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Validation: the whole split unless max_tokens says otherwise."""
+
+    max_tokens: int = 0              # 0 = whole validation split; otherwise the first N target tokens
+    batch_tokens: int = 524288       # tokens per validation batch, all ranks together
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> Config:
+        self.model.validate()
+        self.train.validate()
+        return self
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
+
+
+def _nearest(name: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.0)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _check_type(where: str, value: Any, default: Any) -> Any:
+    """Coerce `value` to the type of `default`, or raise naming `where`."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    raise PgolfError(f"{where} must be {type(default).__name__}, got {type(value).__name__} {value!r}")
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any, source: str) -> Config:
+    if section not in SECTIONS:
+        raise PgolfError(f"{source}: unknown config section {section!r}{_nearest(section, list(SECTIONS))}")
+    sub = getattr(cfg, section)
+    names = [f.name for f in fields(sub)]
+    if key not in names:
+        raise PgolfError(f"{source}: unknown config key '{section}.{key}'{_nearest(key, names)}")
+    value = _check_type(f"{source}: {section}.{key}", value, getattr(sub, key))
+    return replace(cfg, **{section: replace(sub, **{key: value})})
+
+
+def from_dict(tree: dict[str, Any], source: str = "config", base: Config | None = None) -> Config:
+    cfg = base or Config()
+    for section, table in tree.items():
+        if not isinstance(table, dict):
+            raise PgolfError(f"{source}: {section!r} must be a [section] table{_nearest(section, list(SECTIONS))}")
+        for key, value in table.items():
+            cfg = _apply(cfg, section, key, value, source)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` with a TOML value; bare words are taken as strings."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise PgolfError(f"--set {text!r}: expected section.key=value, e.g. --set train.iterations=200")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the TOML file, then each `--set` override, then cross-field checks."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise PgolfError(f"config file {path} not found: pass an existing TOML file, e.g. configs/small.toml")
+        try:
+            tree = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise PgolfError(f"{path}: malformed TOML ({e}); fix the file and retry") from None
+        cfg = from_dict(tree, source=str(path), base=cfg)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        cfg = _apply(cfg, section, key, value, source="--set")
+    return cfg.validate()
+
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(cfg)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, int):
+        return str(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_toml(cfg: Config) -> str:
+    """The resolved config as TOML; `load_config` of it gives back `cfg`."""
+    lines: list[str] = []
+    for section, table in to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def from_toml_text(text: str, source: str = "config") -> Config:
+    try:
+        tree = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PgolfError(f"{source}: malformed TOML ({e})") from None
+    return from_dict(tree, source=source).validate()

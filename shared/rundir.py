@@ -1,0 +1,170 @@
+"""The run directory both trainers write, and the checkpoint files in it.
+
+    RUN_DIR/config.toml              resolved config
+    RUN_DIR/train.log                human-readable log (opens with provenance)
+    RUN_DIR/metrics.jsonl            one JSON object per log line
+    RUN_DIR/checkpoint.safetensors   weights: canonical names, float32 (shared/spec.py)
+    RUN_DIR/train_state.safetensors  optimizer buffers + step, data position, clock
+    RUN_DIR/model.pgz                packed artifact (shared/artifact.py)
+    RUN_DIR/summary.json             final figures
+
+Every file is written atomically (temp file + rename), so an interrupted
+write never leaves a half file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from shared.config import Config, from_toml_text, to_toml
+from shared.errors import PgolfError
+
+CHECKPOINT = "checkpoint.safetensors"
+TRAIN_STATE = "train_state.safetensors"
+ARTIFACT = "model.pgz"
+SUMMARY = "summary.json"
+SUMMARY_KEYS = (
+    "backend", "val_loss", "val_bpb", "q_val_loss", "q_val_bpb", "artifact_bytes", "code_bytes",
+    "total_bytes", "artifact_sha256", "params", "steps", "train_tokens", "train_seconds", "tokens_per_second",
+)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_path)`, then rename the temp file over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def save_tensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Path:
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    return atomic_write(path, lambda p: save_file(arrays, str(p), metadata=metadata))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise PgolfError(f"{path} not found: pass a checkpoint.safetensors written by `pgolf train`")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = dict(f.metadata() or {})
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PgolfError(f"{path} is not a readable safetensors file ({e}); re-save or re-train it") from None
+
+
+def save_checkpoint(run_dir: Path, params: dict[str, np.ndarray], cfg: Config, step: int) -> Path:
+    """Weights alone, float32, with the config inside: loadable by either backend."""
+    meta = {"format": "pgolf-checkpoint", "step": str(step), "config": to_toml(cfg)}
+    return save_tensors(run_dir / CHECKPOINT, {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}, meta)
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], Config | None, int]:
+    """Weights, the config saved with them (if any) and their step."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    tensors, meta = load_tensors(path)
+    cfg = from_toml_text(meta["config"], source=f"{path} (embedded config)") if "config" in meta else None
+    return tensors, cfg, int(meta.get("step", 0))
+
+
+def save_train_state(run_dir: Path, tensors: dict[str, np.ndarray], state: dict[str, Any]) -> Path:
+    """Optimizer buffers (any names) plus a JSON-able dict: step, data position, clock, RNG."""
+    if not tensors:  # safetensors cannot write an empty file
+        tensors = {"__empty__": np.zeros(1, dtype=np.float32)}
+    return save_tensors(run_dir / TRAIN_STATE, tensors, {"state": json.dumps(state, sort_keys=True)})
+
+
+def load_train_state(run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    tensors, meta = load_tensors(run_dir / TRAIN_STATE)
+    tensors.pop("__empty__", None)
+    return tensors, json.loads(meta["state"])
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What a log opens with: code version, libraries, machine."""
+    info = {
+        "git_sha": git_sha(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": str(os.cpu_count()),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    info.update(extra or {})
+    return info
+
+
+class RunDir:
+    """Logging and files of one run. Only the main rank writes (`is_main`)."""
+
+    def __init__(self, path: str | Path, is_main: bool = True):
+        self.path = Path(path)
+        self.is_main = is_main
+        if is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    def log(self, msg: str, console: bool = True) -> None:
+        if not self.is_main:
+            return
+        if console:
+            print(msg, flush=True)
+        with open(self.path / "train.log", "a", encoding="utf-8") as f:
+            f.write(msg + "\n")
+
+    def metrics(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def write_config(self, cfg: Config) -> None:
+        if self.is_main:
+            atomic_write_bytes(self.path / "config.toml", to_toml(cfg).encode())
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        missing = [k for k in SUMMARY_KEYS if k not in summary]
+        if missing:
+            raise ValueError(f"summary is missing {missing}")
+        if self.is_main:
+            atomic_write_bytes(self.path / SUMMARY, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())

@@ -1,0 +1,204 @@
+"""The challenge's token shard format, and the training token stream.
+
+A shard is 256 little-endian int32 (magic 20240520, version 1, token count,
+then zeros) followed by `count` little-endian uint16 token ids; the file size
+must be exactly 1024 + 2 * count. This module is the only writer and reader.
+
+`TokenStream` reads train shards in order and wraps around; `BatchLoader`
+takes, per micro-batch, one contiguous chunk of `world_size` spans and gives
+rank r the r-th span, so N ranks see the same tokens as one rank that
+accumulates over N times as many micro-batches (the reference's semantics).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from shared.errors import PgolfError
+
+if TYPE_CHECKING:
+    from shared.bpb import ByteTables
+
+MAGIC = 20240520
+VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+TOKEN_DTYPE = np.dtype("<u2")
+
+
+def write_shard(path: str | Path, tokens: np.ndarray) -> Path:
+    """Write tokens atomically (temp file + rename)."""
+    path = Path(path)
+    tokens = np.asarray(tokens)
+    if tokens.size and (tokens.min() < 0 or tokens.max() > 65535):
+        raise PgolfError(f"{path}: token ids must fit in uint16")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = MAGIC, VERSION, tokens.size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header.tobytes())
+            f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def shard_count(path: str | Path) -> int:
+    """Validate a shard's header and size; return its token count."""
+    path = Path(path)
+    if not path.is_file():
+        raise PgolfError(f"shard {path} not found: build it with `pgolf data build` or `pgolf data download`")
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise PgolfError(f"shard {path} is truncated ({size} bytes, smaller than the 1024-byte header): rebuild or re-download it")
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    if int(header[0]) != MAGIC:
+        raise PgolfError(f"shard {path} has wrong magic {int(header[0])} (expected {MAGIC}): not a challenge shard")
+    if int(header[1]) != VERSION:
+        raise PgolfError(f"shard {path} has version {int(header[1])}, this pgolf reads version {VERSION}")
+    count = int(header[2])
+    if count < 0 or size != HEADER_BYTES + 2 * count:
+        raise PgolfError(
+            f"shard {path} is truncated or padded: header says {count} tokens "
+            f"({HEADER_BYTES + 2 * count} bytes) but the file has {size} bytes; rebuild or re-download it"
+        )
+    return count
+
+
+def read_shard(path: str | Path) -> np.ndarray:
+    """Memory-map a validated shard as a read-only uint16 array (no copy)."""
+    count = shard_count(path)
+    if count == 0:
+        return np.zeros(0, dtype=np.uint16)
+    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+def find_shards(data_dir: str | Path, split: str) -> list[Path]:
+    """Sorted `fineweb_{split}_*.bin` files in a dataset folder; an error when there are none."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise PgolfError(f"data folder {data_dir} not found: run `pgolf data sample` or `pgolf data download` first")
+    files = sorted(data_dir.glob(f"fineweb_{split}_*.bin"))
+    if not files:
+        raise PgolfError(f"no fineweb_{split}_*.bin shards in {data_dir}: is --data the dataset folder?")
+    return files
+
+
+def check_vocab(tokens: np.ndarray, vocab_size: int, source: str | Path) -> None:
+    """Token ids must index the tokenizer's vocabulary."""
+    if tokens.size:
+        top = int(tokens.max())
+        if top >= vocab_size:
+            raise PgolfError(
+                f"{source}: token id {top} is beyond the vocabulary ({vocab_size} ids); "
+                "the data and tokenizer come from different builds"
+            )
+
+
+def load_val_tokens(data_dir: str | Path, vocab_size: int | None = None) -> np.ndarray:
+    """All validation tokens, concatenated (the split is small enough to hold)."""
+    files = find_shards(data_dir, "val")
+    tokens = np.concatenate([read_shard(f) for f in files]) if len(files) > 1 else np.asarray(read_shard(files[0]))
+    if vocab_size is not None:
+        check_vocab(tokens, vocab_size, files[0].parent / "fineweb_val_*.bin")
+    return tokens
+
+
+class TokenStream:
+    """Train shards in order, wrapping around forever. Its position is (file, offset)."""
+
+    def __init__(self, data_dir: str | Path, split: str = "train", vocab_size: int | None = None):
+        self.files = find_shards(data_dir, split)
+        self.vocab_size = vocab_size
+        self.file_idx = 0
+        self.pos = 0
+        self._tokens = self._load(0)
+
+    def _load(self, idx: int) -> np.ndarray:
+        tokens = read_shard(self.files[idx])
+        if self.vocab_size is not None:
+            check_vocab(tokens, self.vocab_size, self.files[idx])
+        return tokens
+
+    def state(self) -> dict[str, int]:
+        return {"file_idx": self.file_idx, "pos": self.pos}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.file_idx = int(state["file_idx"]) % len(self.files)
+        self._tokens = self._load(self.file_idx)
+        self.pos = int(state["pos"])
+
+    def take(self, n: int) -> np.ndarray:
+        chunks = []
+        while n > 0:
+            avail = self._tokens.size - self.pos
+            if avail <= 0:
+                self.file_idx = (self.file_idx + 1) % len(self.files)
+                self._tokens = self._load(self.file_idx)
+                self.pos = 0
+                continue
+            k = min(n, avail)
+            chunks.append(np.asarray(self._tokens[self.pos : self.pos + k]))
+            self.pos += k
+            n -= k
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+class BatchLoader:
+    """Micro-batches for one rank: (x, y) int64 arrays of shape [tokens // seq_len, seq_len]."""
+
+    def __init__(self, stream: TokenStream, rank: int = 0, world_size: int = 1):
+        self.stream, self.rank, self.world_size = stream, rank, world_size
+
+    def next_batch(self, microbatch_tokens: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+        span = microbatch_tokens + 1
+        chunk = self.stream.take(span * self.world_size)
+        local = chunk[self.rank * span : (self.rank + 1) * span].astype(np.int64)
+        return local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
+
+
+def val_batches(
+    tokens: np.ndarray,
+    seq_len: int,
+    batch_tokens: int,
+    tables: ByteTables,
+    rank: int = 0,
+    world_size: int = 1,
+    max_tokens: int = 0,
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """This rank's validation batches `(x, y, target_bytes)`: whole sequences, each rank a contiguous share.
+
+    The byte count comes from the shared byte tables, so a backend only sums
+    nats. `max_tokens` > 0 limits evaluation to the first sequences covering
+    that many target tokens (rounded down to whole sequences, at least one).
+    """
+    total_seqs = (tokens.size - 1) // seq_len
+    if max_tokens > 0:
+        total_seqs = min(total_seqs, max(1, max_tokens // seq_len))
+    if total_seqs <= 0:
+        raise PgolfError(f"validation split has {tokens.size} tokens, fewer than one sequence of {seq_len}")
+    start, end = total_seqs * rank // world_size, total_seqs * (rank + 1) // world_size
+    per_batch = max(1, batch_tokens // (world_size * seq_len))
+    for s in range(start, end, per_batch):
+        e = min(s + per_batch, end)
+        local = np.asarray(tokens[s * seq_len : e * seq_len + 1]).astype(np.int64)
+        nbytes = tables.target_bytes(tokens, s * seq_len + 1, e * seq_len + 1)
+        yield local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len), nbytes
+
+
+def val_token_count(tokens: np.ndarray, seq_len: int, max_tokens: int = 0) -> int:
+    """How many target tokens `val_batches` scores over all ranks."""
+    total_seqs = (tokens.size - 1) // seq_len
+    if max_tokens > 0:
+        total_seqs = min(total_seqs, max(1, max_tokens // seq_len))
+    return total_seqs * seq_len
