@@ -1,0 +1,97 @@
+"""The end of every training run, shared by both trainers: pack, re-evaluate, summarise.
+
+    summary = finish_run(backend, params, cfg, run_dir, dataset, train_stats, rank, world_size)
+
+1. pack the float32 canonical weights with the shared packer (`shared.artifact`);
+   rank 0 writes `model.pgz` atomically;
+2. unpack the same bytes and evaluate those weights with the backend's
+   `evaluate` (so `q_val_*` is exactly what `pgolf eval model.pgz` reports);
+3. write `summary.json` (keys: `shared.rundir.SUMMARY_KEYS`, plus a few extras).
+
+`train_stats` comes from the trainer: `val_loss`, `val_bpb` (the weights before
+packing, evaluated on the same tokens), `steps`, `train_tokens`,
+`train_seconds`, optionally `hessians` (GPTQ calibration) and anything else
+worth keeping in the summary. `backend.evaluate` returns totals over all ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from shared.config import Config
+from shared.rundir import ARTIFACT, RunDir
+from shared.spec import count_params
+
+SIZE_CAP = 16_000_000  # code bytes + compressed model bytes (decimal), CHALLENGE.md
+
+
+def backend_name(backend_module: ModuleType) -> str:
+    """`mlx` or `torch`, from the backend module's package."""
+    pkg = backend_module.__name__.split(".")[0]
+    return {"mlx_train": "mlx", "cuda_train": "torch"}.get(pkg, pkg)
+
+
+def finish_run(
+    backend_module: ModuleType,
+    params: dict[str, np.ndarray],
+    cfg: Config,
+    run_dir: RunDir,
+    dataset,
+    train_stats: dict[str, Any],
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, Any]:
+    """Pack, evaluate the round-tripped weights, write summary.json (rank 0); return the summary."""
+    from shared import artifact
+
+    name = backend_name(backend_module)
+    stats = dict(train_stats)
+    hessians = stats.pop("hessians", None)
+    if "val_loss" not in stats or "val_bpb" not in stats:
+        pre = backend_module.evaluate(params, cfg, dataset.val_tokens, dataset.tables, rank, world_size)
+        stats["val_loss"], stats["val_bpb"] = pre.val_loss, pre.val_bpb
+
+    # Every rank packs the same bytes (the packer is deterministic), so every
+    # rank can evaluate them without waiting for a file; only rank 0 writes it.
+    blob = artifact.pack(params, cfg, hessians=hessians)
+    if rank == 0 and run_dir.is_main:
+        artifact.write_artifact(run_dir.path / ARTIFACT, blob)
+    _, q_params = artifact.unpack(blob)
+    q = backend_module.evaluate(q_params, cfg, dataset.val_tokens, dataset.tables, rank, world_size)
+
+    code = int(artifact.code_bytes(name))
+    seconds = float(stats.get("train_seconds", 0.0))
+    tokens = int(stats.get("train_tokens", 0))
+    summary: dict[str, Any] = {
+        "backend": name,
+        "val_loss": float(stats["val_loss"]),
+        "val_bpb": float(stats["val_bpb"]),
+        "q_val_loss": q.val_loss,
+        "q_val_bpb": q.val_bpb,
+        "artifact_bytes": len(blob),
+        "code_bytes": code,
+        "total_bytes": len(blob) + code,
+        "artifact_sha256": hashlib.sha256(blob).hexdigest(),
+        "params": count_params(cfg.model),
+        "steps": int(stats.get("steps", 0)),
+        "train_tokens": tokens,
+        "train_seconds": seconds,
+        "tokens_per_second": float(stats.get("tokens_per_second", tokens / seconds if seconds > 0 else 0.0)),
+        "eval_tokens": q.tokens,
+        "eval_bytes": q.bytes,
+        "size_cap": SIZE_CAP,
+        "within_cap": len(blob) + code <= SIZE_CAP,
+    }
+    for k, v in stats.items():  # trainer extras (world_size, compute dtype, ...) without clobbering
+        summary.setdefault(k, v)
+    run_dir.log(
+        f"packed {run_dir.path / ARTIFACT}: {len(blob):,} model bytes + {code:,} code bytes = "
+        f"{len(blob) + code:,} of {SIZE_CAP:,} ({'within' if summary['within_cap'] else 'OVER'} the cap); "
+        f"val_bpb {summary['val_bpb']:.4f} -> {q.val_bpb:.4f} after packing"
+    )
+    run_dir.write_summary(summary)
+    return summary
