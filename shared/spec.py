@@ -29,6 +29,10 @@ import numpy as np
 
 from shared.config import ModelConfig
 
+# RMSNorm epsilon of both backends: torch F.rms_norm(eps=None) uses finfo(float32).eps;
+# MLX is given the same number explicitly so the two agree.
+RMS_EPS = float(np.finfo(np.float32).eps)  # 1.1920929e-07
+
 # Small learned tensors that steer the residual stream (from the challenge's reference).
 CONTROL_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights")
 
