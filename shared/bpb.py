@@ -7,6 +7,15 @@ one byte (a space) only when the previous token is not a boundary. The
 tables must add up to the UTF-8 length of the decoded text: `pgolf data
 audit` checks exactly that.
 
+One case needs context. SentencePiece turns every whitespace into U+2581
+before encoding (a literal U+2581 in the input becomes a space too), so a
+U+2581 in the decoded text always stands for one space. A vocabulary without
+a standalone U+2581 piece encodes a lone space as the byte-fallback triple
+<0xE2><0x96><0x81>, which `decode()` returns as the 3-byte character U+2581:
+counted naively that is 3 bytes for 1 (BPB ~20% too low, CHALLENGE.md). The
+tables count such a triple as 1 byte, on its first token, whatever the range
+boundaries, so sums over disjoint ranges add up to the whole.
+
 Backends return (sum of nats, tokens, bytes) per rank; totals are summed
 across ranks and turned into BPB here, never averages of averages.
 """
@@ -44,6 +53,7 @@ class ByteTables:
     base_bytes: np.ndarray         # int64 [vocab]: UTF-8 bytes without the leading space
     has_leading_space: np.ndarray  # bool [vocab]: piece starts with U+2581
     is_boundary: np.ndarray        # bool [vocab]: control / unknown / unused
+    space_triple: tuple[int, int, int] | None = None  # ids of <0xE2> <0x96> <0x81>: one space, 1 byte
 
     @property
     def vocab_size(self) -> int:
@@ -68,7 +78,9 @@ class ByteTables:
                 piece = piece[1:]
             # Any further U+2581 inside a piece (e.g. "▁▁") decodes to a plain space: 1 byte, not 3.
             base[i] = len(piece.replace(SPACE, " ").encode("utf-8"))
-        return cls(base, space, boundary)
+        triple = tuple(int(sp.piece_to_id(f"<0x{b:02X}>")) for b in SPACE.encode("utf-8"))
+        has_triple = all(sp.is_byte(t) for t in triple)
+        return cls(base, space, boundary, triple if has_triple else None)  # type: ignore[arg-type]
 
     @classmethod
     def from_tokenizer(cls, path: str | Path) -> ByteTables:
@@ -80,8 +92,22 @@ class ByteTables:
             raise ValueError(f"target range [{lo}, {hi}) outside the stream of {stream.size} tokens")
         tgt = np.asarray(stream[lo:hi]).astype(np.int64)
         prev = np.asarray(stream[lo - 1 : hi - 1]).astype(np.int64)
-        nbytes = self.base_bytes[tgt] + (self.has_leading_space[tgt] & ~self.is_boundary[prev])
-        return int(nbytes.sum())
+        total = int(self.base_bytes[tgt].sum()) + int((self.has_leading_space[tgt] & ~self.is_boundary[prev]).sum())
+        if self.space_triple is not None and hi > lo:
+            total -= self._triple_tail_count(stream, lo, hi)
+        return total
+
+    def _triple_tail_count(self, stream: np.ndarray, lo: int, hi: int) -> int:
+        """Targets in [lo, hi) that are the 2nd or 3rd token of a <0xE2><0x96><0x81> triple (0 bytes each)."""
+        a, b, c = self.space_triple  # type: ignore[misc]
+        # Two tokens of context before and one after the range; -1 pads beyond the stream.
+        win = np.full(hi - lo + 3, -1, dtype=np.int64)
+        src_lo, src_hi = max(lo - 2, 0), min(hi + 1, stream.size)
+        win[src_lo - (lo - 2) : src_hi - (lo - 2)] = np.asarray(stream[src_lo:src_hi])
+        p2, p1, cur, n1 = win[:-3], win[1:-2], win[2:-1], win[3:]
+        middle = (cur == b) & (p1 == a) & (n1 == c)
+        last = (cur == c) & (p1 == b) & (p2 == a)
+        return int(middle.sum() + last.sum())
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from shared.config import Config, ModelConfig, TrainConfig, EvalConfig, load_config
-from shared.shards import write_shard
+from shared.config import Config, EvalConfig, ModelConfig, TrainConfig, load_config
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -43,26 +40,12 @@ def stdlib_docs(limit_chars: int = 400_000) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> TinyData:
-    """vocab 512 tokenizer + val/train shards with BOS before each document."""
-    import sentencepiece as spm
+    """vocab 512 tokenizer + val/train shards with BOS before each document, built by `build_dataset`."""
+    from shared.data_build import build_dataset
 
     out = tmp_path_factory.mktemp("tiny_data")
-    docs = stdlib_docs()
-    val_docs, train_docs = docs[:8], docs[8:]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(train_docs), model_writer=model, vocab_size=512, model_type="bpe",
-        byte_fallback=True, split_digits=True, normalization_rule_name="nmt_nfkc", add_dummy_prefix=False,
-        pad_id=0, bos_id=1, eos_id=2, unk_id=3, character_coverage=0.999, minloglevel=2,
-        max_sentence_length=100_000,
-    )
-    tok = out / "tiny_512_bpe.model"
-    tok.write_bytes(model.getvalue())
-    sp = spm.SentencePieceProcessor(model_file=str(tok))
-    for split, group in (("val", val_docs), ("train", train_docs)):
-        ids = [t for d in group for t in [1, *sp.encode(d)]]
-        write_shard(out / f"fineweb_{split}_000000.bin", np.array(ids, dtype=np.uint16))
-    return TinyData(out, tok, 512)
+    data_dir, tok = build_dataset(stdlib_docs(), out, vocab=512, val_docs=8, name="tiny")
+    return TinyData(data_dir, tok, 512)
 
 
 def tiny_config(**train_overrides) -> Config:

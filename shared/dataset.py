@@ -1,0 +1,87 @@
+"""Open a dataset for training or evaluation, checking everything up front.
+
+`open_dataset(data_dir, tokenizer_path, vocab_size)` is what trainers and
+`pgolf eval` call before any work: the validation and train shards exist and
+have valid headers, the tokenizer loads, its vocabulary matches
+`model.vocab_size`, the data was built with this tokenizer (when the dataset
+folder has a manifest.json, its tokenizer sha256 must match the file), and
+every validation token id (and the first train shard's) is in the vocabulary.
+Each failure is a one-line `PgolfError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shared.bpb import ByteTables, load_tokenizer
+from shared.data_build import MANIFEST, read_manifest, sha256_file
+from shared.errors import PgolfError
+from shared.shards import TokenStream, check_vocab, find_shards, load_val_tokens, read_shard, shard_count
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A validated dataset: shards, tokenizer and its byte tables."""
+
+    data_dir: Path
+    tokenizer: Path            # the .model file
+    tables: ByteTables
+    val_tokens: np.ndarray     # uint16, memory-mapped when there is one val shard
+    vocab_size: int
+    manifest: dict | None = None
+
+    def train_stream(self) -> TokenStream:
+        """The train shards in order, wrapping around; every shard is vocab-checked when loaded."""
+        return TokenStream(self.data_dir, "train", vocab_size=self.vocab_size)
+
+    def processor(self):
+        """The SentencePieceProcessor (for decoding samples)."""
+        return load_tokenizer(self.tokenizer)
+
+
+def check_manifest(data_dir: Path, tokenizer_path: Path, manifest: dict) -> None:
+    """The manifest's tokenizer sha256 and shard token counts must match what is on disk."""
+    where = data_dir / MANIFEST
+    tok = manifest.get("tokenizer")
+    want = tok.get("sha256") if isinstance(tok, dict) else None
+    if want:
+        have = sha256_file(tokenizer_path)
+        if have != want:
+            raise PgolfError(
+                f"data and tokenizer come from different builds: {where} expects tokenizer sha256 "
+                f"{want[:12]}..., {tokenizer_path} has {have[:12]}...; pass the tokenizer built with this data"
+            )
+    for entry in manifest.get("files", []) or []:
+        if not isinstance(entry, dict) or "name" not in entry or "tokens" not in entry:
+            continue
+        path = data_dir / str(entry["name"])
+        if path.is_file() and shard_count(path) != int(entry["tokens"]):
+            raise PgolfError(
+                f"shard {path} has {shard_count(path)} tokens but {where} lists {entry['tokens']}: "
+                "the folder mixes files from different builds; rebuild or re-download it"
+            )
+
+
+def open_dataset(data_dir: str | Path, tokenizer_path: str | Path, vocab_size: int) -> Dataset:
+    """Validate shards, tokenizer and their agreement; return the opened `Dataset`."""
+    data_dir, tokenizer_path = Path(data_dir), Path(tokenizer_path)
+    val_files = find_shards(data_dir, "val")
+    train_files = find_shards(data_dir, "train")
+    for f in (*val_files, *train_files):
+        shard_count(f)  # header and size of every shard, before any work
+    sp = load_tokenizer(tokenizer_path)
+    n = int(sp.vocab_size())
+    if n != vocab_size:
+        raise PgolfError(
+            f"tokenizer {tokenizer_path} has {n} pieces but model.vocab_size is {vocab_size}: "
+            f"set model.vocab_size = {n} or pass the matching tokenizer"
+        )
+    manifest = read_manifest(data_dir)
+    if manifest is not None:
+        check_manifest(data_dir, tokenizer_path, manifest)
+    val_tokens = load_val_tokens(data_dir, vocab_size=n)
+    check_vocab(read_shard(train_files[0]), n, train_files[0])
+    return Dataset(data_dir, tokenizer_path, ByteTables.from_processor(sp), val_tokens, n, manifest)
