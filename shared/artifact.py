@@ -1,0 +1,291 @@
+"""The packed artifact (`model.pgz`): the only writer and reader of the format.
+
+Format v1 (docs/ARTIFACT.md has the full description):
+
+    outer header, 13 bytes, little-endian, uncompressed
+        magic    4s   b"PGLF"
+        version  u8   1
+        length   u32  bytes of the compressed body that follow
+        crc32    u32  CRC-32 of the *uncompressed* body
+    body: one zstd frame (one-shot, threads=0, level `quant.zstd_level`)
+        meta_len u32, meta (compact sorted JSON: config TOML + tensor table)
+        data     the payload streams: integer codes, then fp16 scales, then floats
+
+Every byte is a pure function of (params, config, Hessians): no timestamps,
+no dict-order or thread-count dependence (zstd runs single-threaded and
+one-shot, see MACHINE-NOTES.md), so both backends write identical files from
+identical weights. The reader checks magic, version, length and checksum and
+refuses anything else with a one-line `PgolfError`.
+
+Backends hand in and get back `dict[str, np.ndarray]` with canonical names
+(shared/spec.py); `unpack` returns float32 dequantised weights.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+from shared.config import Config, from_toml_text, to_toml
+from shared.errors import PgolfError
+from shared.quant import FLOAT_SCHEMES, INT_BITS, QTensor, dequantize, quantize, scheme_bits
+from shared.spec import tensor_class
+
+MAGIC = b"PGLF"
+VERSION = 1
+HEADER = struct.Struct("<4sBII")
+# Config sections stored in the artifact: everything except `data` (machine-local paths),
+# so the same weights packed on two machines give the same bytes.
+CONFIG_SECTIONS = ("model", "train", "optim", "quant", "eval")
+MAX_ZSTD_LEVEL = 22
+
+
+# ----------------------------------------------------------------------------- scheme choice
+
+def choose_schemes(params: dict[str, np.ndarray], cfg: Config) -> dict[str, str]:
+    """The scheme of every tensor from `[quant]`: by class, small tensors as `quant.other`."""
+    q = cfg.quant
+    out: dict[str, str] = {}
+    for name in sorted(params):
+        w = params[name]
+        cls = tensor_class(name)
+        if w.ndim < 2 or w.size <= q.keep_float_max_numel:
+            cls = "other"
+        out[name] = getattr(q, cls)
+    return out
+
+
+# ----------------------------------------------------------------------------- byte transforms
+
+def shuffle_bytes(a: np.ndarray) -> bytes:
+    """Byte shuffle: all first bytes of the elements, then all second bytes, ...
+
+    fp16/fp32 high bytes (sign, exponent) are far more repetitive than low
+    mantissa bytes; grouping them lets the entropy coder see that."""
+    b = np.ascontiguousarray(a).view(np.uint8).reshape(-1, a.dtype.itemsize)
+    return np.ascontiguousarray(b.T).tobytes()
+
+
+def unshuffle_bytes(raw: bytes, dtype: np.dtype, count: int) -> np.ndarray:
+    b = np.frombuffer(raw, dtype=np.uint8).reshape(np.dtype(dtype).itemsize, count)
+    return np.ascontiguousarray(b.T).view(dtype).reshape(count)
+
+
+# ----------------------------------------------------------------------------- body
+
+@dataclass
+class _Stream:
+    """Bytes of one kind (codes, scales, floats), appended in tensor order."""
+
+    chunks: list[bytes]
+    size: int = 0
+
+    def add(self, raw: bytes) -> tuple[int, int]:
+        off = self.size
+        self.chunks.append(raw)
+        self.size += len(raw)
+        return off, len(raw)
+
+
+def _config_text(cfg: Config) -> str:
+    lines = to_toml(cfg).split("\n")
+    keep, out = False, []
+    for line in lines:
+        if line.startswith("["):
+            keep = line.strip("[]") in CONFIG_SECTIONS
+        if keep:
+            out.append(line)
+    return "\n".join(out)
+
+
+def quantize_all(params: dict[str, np.ndarray], cfg: Config, hessians: dict | None = None,
+                 schemes: dict[str, str] | None = None) -> dict[str, QTensor]:
+    """Quantise every tensor (sorted by name) with its scheme; GPTQ where asked and possible."""
+    q = cfg.quant
+    chosen = choose_schemes(params, cfg)
+    if schemes:
+        unknown = sorted(set(schemes) - set(params))
+        if unknown:
+            raise PgolfError(f"scheme override for unknown tensor(s) {unknown[:3]}")
+        chosen.update(schemes)
+    if q.gptq and hessians is None:
+        raise PgolfError("quant.gptq = true needs Hessians: pack with `pgolf pack --data DIR --tokenizer MODEL` "
+                         "(calibration tokens from the training split) or set quant.gptq=false")
+    out: dict[str, QTensor] = {}
+    for name in sorted(params):
+        w = np.asarray(params[name], dtype=np.float32)
+        scheme = chosen[name]
+        scheme_bits(scheme)
+        h = None
+        if q.gptq and scheme in INT_BITS and w.ndim == 2 and name in (hessians or {}):
+            h = hessians[name]
+        out[name] = quantize(w, scheme, percentile=q.clip_percentile, clip_k=q.clip_k, hessian=h,
+                             gptq_block=q.gptq_block, gptq_damp=q.gptq_damp)
+    return out
+
+
+def build_body(qts: dict[str, QTensor], cfg: Config) -> bytes:
+    """The uncompressed body: meta JSON (config + tensor table) then the three streams."""
+    codes, scales, floats = _Stream([]), _Stream([]), _Stream([])
+    table = []
+    for name in sorted(qts):
+        t = qts[name]
+        entry: dict = {"name": name, "shape": list(t.shape), "scheme": t.scheme, "bits": t.bits}
+        if t.q is not None:
+            entry["q"] = codes.add(np.ascontiguousarray(t.q, dtype=np.int8).tobytes())
+            entry["s"] = scales.add(shuffle_bytes(t.scale.astype("<f2")))
+        else:
+            dtype = "<f4" if t.scheme == "fp32" else "<f2"
+            entry["f"] = floats.add(shuffle_bytes(t.data.astype(dtype).reshape(-1)))
+        table.append(entry)
+    meta = {
+        "config": _config_text(cfg),
+        "streams": {"q": codes.size, "s": scales.size, "f": floats.size},
+        "tensors": table,
+    }
+    meta_raw = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return b"".join([struct.pack("<I", len(meta_raw)), meta_raw, *codes.chunks, *scales.chunks, *floats.chunks])
+
+
+def compress(body: bytes, level: int) -> bytes:
+    """One-shot, single-threaded zstd: the same bytes on every machine (MACHINE-NOTES.md)."""
+    if not 1 <= level <= MAX_ZSTD_LEVEL:
+        raise PgolfError(f"quant.zstd_level must be in 1..{MAX_ZSTD_LEVEL}, got {level}")
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, source_size=len(body), threads=0, write_checksum=0, write_content_size=1, write_dict_id=0)
+    return zstandard.ZstdCompressor(compression_params=params).compress(body)
+
+
+def pack(params: dict[str, np.ndarray], cfg: Config, hessians: dict | None = None,
+         schemes: dict[str, str] | None = None) -> bytes:
+    """Quantise and pack `params` (canonical names) into artifact bytes.
+
+    `hessians` maps a 2-D weight's name to its [in, in] float64 input Hessian
+    (used when `quant.gptq`); `schemes` overrides the scheme of named tensors
+    (the budget mode's per-tensor choice)."""
+    return pack_quantized(quantize_all(params, cfg, hessians, schemes), cfg)
+
+
+def pack_quantized(qts: dict[str, QTensor], cfg: Config) -> bytes:
+    body = build_body(qts, cfg)
+    comp = compress(body, cfg.quant.zstd_level)
+    return HEADER.pack(MAGIC, VERSION, len(comp), zlib.crc32(body)) + comp
+
+
+# ----------------------------------------------------------------------------- reader
+
+def _decode_body(blob: bytes, source: str) -> tuple[dict, memoryview]:
+    if len(blob) < HEADER.size:
+        raise PgolfError(f"{source}: {len(blob)} bytes is too short to be a pgolf artifact (truncated?)")
+    magic, version, length, crc = HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise PgolfError(f"{source}: not a pgolf artifact (magic {magic!r}, expected {MAGIC!r})")
+    if version != VERSION:
+        raise PgolfError(f"{source}: artifact format version {version} is not supported by this pgolf "
+                         f"(reads version {VERSION}); repack it with this version")
+    if len(blob) != HEADER.size + length:
+        raise PgolfError(f"{source}: artifact is {len(blob)} bytes but its header says {HEADER.size + length} "
+                         "(truncated or trailing bytes); re-copy or repack it")
+    try:
+        body = zstandard.ZstdDecompressor().decompress(blob[HEADER.size:])
+    except zstandard.ZstdError as e:
+        raise PgolfError(f"{source}: corrupted artifact body ({e}); re-copy or repack it") from None
+    if zlib.crc32(body) != crc:
+        raise PgolfError(f"{source}: artifact checksum mismatch (corrupted); re-copy or repack it")
+    try:
+        (meta_len,) = struct.unpack_from("<I", body)
+        meta = json.loads(bytes(body[4:4 + meta_len]).decode("utf-8"))
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        raise PgolfError(f"{source}: unreadable artifact table ({e})") from None
+    return meta, memoryview(body)[4 + meta_len:]
+
+
+def read_quantized(blob: bytes, source: str = "artifact") -> tuple[Config, dict[str, QTensor]]:
+    """The config and the packed tensors (codes and scales, not yet dequantised)."""
+    meta, data = _decode_body(blob, source)
+    cfg = from_toml_text(meta["config"], source=f"{source} (embedded config)")
+    sizes = meta["streams"]
+    base = {"q": 0, "s": sizes["q"], "f": sizes["q"] + sizes["s"]}
+    if len(data) != sizes["q"] + sizes["s"] + sizes["f"]:
+        raise PgolfError(f"{source}: artifact payload length does not match its table (corrupted)")
+
+    def part(kind: str, ref: list[int]) -> bytes:
+        off, n = ref
+        if off < 0 or n < 0 or off + n > sizes[kind]:
+            raise PgolfError(f"{source}: tensor offsets out of range (corrupted)")
+        return bytes(data[base[kind] + off: base[kind] + off + n])
+
+    out: dict[str, QTensor] = {}
+    for e in meta["tensors"]:
+        shape = tuple(int(s) for s in e["shape"])
+        scheme = e["scheme"]
+        numel = int(np.prod(shape)) if shape else 1
+        try:
+            if scheme in FLOAT_SCHEMES:
+                dtype = np.dtype("<f4" if scheme == "fp32" else "<f2")
+                data_f = unshuffle_bytes(part("f", e["f"]), dtype, numel)
+                out[e["name"]] = QTensor(scheme, shape, data=data_f.reshape(shape))
+            elif scheme in INT_BITS:
+                rows = shape[0]
+                q = np.frombuffer(part("q", e["q"]), dtype=np.int8).reshape(rows, numel // rows)
+                scale = unshuffle_bytes(part("s", e["s"]), np.dtype("<f2"), rows)
+                out[e["name"]] = QTensor(scheme, shape, q=q, scale=scale)
+            else:
+                raise PgolfError(f"{source}: tensor {e['name']} has unknown scheme {scheme!r}")
+        except ValueError as err:
+            raise PgolfError(f"{source}: tensor {e['name']} does not match its table entry ({err})") from None
+    return cfg, out
+
+
+def unpack(blob: bytes, source: str = "artifact") -> tuple[Config, dict[str, np.ndarray]]:
+    """The config and float32 dequantised weights with canonical names."""
+    cfg, qts = read_quantized(blob, source)
+    return cfg, {name: dequantize(t) for name, t in qts.items()}
+
+
+def write_artifact(path: str | Path, blob: bytes) -> Path:
+    from shared.rundir import atomic_write_bytes
+
+    return atomic_write_bytes(path, blob)
+
+
+def read_artifact(path: str | Path) -> tuple[Config, dict[str, np.ndarray]]:
+    path = Path(path)
+    if not path.is_file():
+        raise PgolfError(f"{path} not found: pass an artifact written by `pgolf pack` or `pgolf train`")
+    return unpack(path.read_bytes(), source=str(path))
+
+
+# ----------------------------------------------------------------------------- counted code
+
+# The shared modules a training + evaluation run imports (not the CLI, data tools or this
+# packer's budget search): the counted code is these plus every .py file of the backend package.
+SHARED_RUN_MODULES = (
+    "__init__.py", "errors.py", "config.py", "spec.py", "shards.py", "bpb.py", "schedule.py",
+    "rundir.py", "artifact.py", "quant.py", "gptq.py", "backends.py",
+)
+BACKEND_PACKAGES = {"mlx": "mlx_train", "torch": "cuda_train"}
+
+
+def code_files(backend: str) -> list[Path]:
+    """The files whose UTF-8 bytes count as the submission's code, in a fixed order."""
+    if backend not in BACKEND_PACKAGES:
+        raise PgolfError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_PACKAGES)}")
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "shared" / m for m in SHARED_RUN_MODULES]
+    files += sorted((root / BACKEND_PACKAGES[backend]).glob("*.py"))
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise PgolfError(f"counted code file(s) missing: {missing[:3]}; is the checkout complete?")
+    return files
+
+
+def code_bytes(backend: str) -> int:
+    """Bytes of the counted code for `backend` (see `code_files`)."""
+    return sum(len(f.read_bytes()) for f in code_files(backend))

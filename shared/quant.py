@@ -1,0 +1,125 @@
+"""Quantizers for the artifact: numpy only, deterministic, one tensor at a time.
+
+Schemes (names used in `[quant]` and in the artifact's tensor table):
+
+    fp32, fp16       the tensor kept as floats (small and control tensors)
+    int8             per-row int8, clip at a percentile of |w| per row (the challenge
+                     baseline's export: `quant.clip_percentile`), scale = clip / 127
+    int6/int5/int4   per-row signed ints in [-(2^(b-1)-1), 2^(b-1)-1], clip = `quant.clip_k`
+                     times the row's standard deviation, round to nearest
+                     (or GPTQ, shared/gptq.py, when a Hessian is given and `quant.gptq`)
+
+Every integer scheme stores one value per byte (int8) plus one fp16 scale per
+row; dequantisation is `q * float32(scale)[:, None]`. The scale is rounded to
+fp16 *before* quantising, so what the reader multiplies by is exactly what the
+rounding used. Arithmetic is float64 where the order of a reduction could
+matter; numpy reductions here are single-threaded and therefore repeatable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.errors import PgolfError
+
+INT_BITS = {"int8": 8, "int7": 7, "int6": 6, "int5": 5, "int4": 4, "int3": 3, "int2": 2}
+FLOAT_SCHEMES = {"fp32": 32, "fp16": 16}
+SCHEMES = tuple(FLOAT_SCHEMES) + tuple(INT_BITS)
+
+
+def scheme_bits(scheme: str) -> int:
+    if scheme in INT_BITS:
+        return INT_BITS[scheme]
+    if scheme in FLOAT_SCHEMES:
+        return FLOAT_SCHEMES[scheme]
+    raise PgolfError(f"unknown quant scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
+
+
+def qmax(bits: int) -> int:
+    """Largest magnitude of a symmetric signed `bits`-bit code (-qmax..qmax)."""
+    return (1 << (bits - 1)) - 1
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """One packed tensor: integer codes plus per-row fp16 scales, or plain floats."""
+
+    scheme: str
+    shape: tuple[int, ...]
+    q: np.ndarray | None = None        # int8 [rows, cols] codes (integer schemes)
+    scale: np.ndarray | None = None    # float16 [rows]
+    data: np.ndarray | None = None     # float16/float32 values (float schemes)
+
+    @property
+    def bits(self) -> int:
+        return scheme_bits(self.scheme)
+
+
+def as_rows(w: np.ndarray) -> np.ndarray:
+    """A tensor of rank >= 2 viewed as [shape[0], rest]: one scale per output row."""
+    return np.asarray(w, dtype=np.float32).reshape(w.shape[0], -1)
+
+
+def fp16_scale(clip: np.ndarray, bits: int) -> np.ndarray:
+    """Per-row scale clip/qmax, rounded to fp16; all-zero (or denormal) rows get scale 1."""
+    scale = (np.asarray(clip, dtype=np.float64) / qmax(bits)).astype(np.float16)
+    tiny = ~(scale.astype(np.float32) > np.float32(np.finfo(np.float16).tiny))
+    scale[tiny] = np.float16(1.0)
+    return scale
+
+
+def percentile_clip(rows: np.ndarray, percentile: float) -> np.ndarray:
+    """Per-row clip: the `percentile`-th percentile of |w| (float64, linear interpolation)."""
+    return np.percentile(np.abs(rows.astype(np.float64)), percentile, axis=1)
+
+
+def std_clip(rows: np.ndarray, k: float) -> np.ndarray:
+    """Per-row clip: k times the row's standard deviation about zero-mean-free std,
+    capped at max |w| (a larger clip only wastes codes)."""
+    r = rows.astype(np.float64)
+    std = r.std(axis=1)
+    return np.minimum(k * std, np.abs(r).max(axis=1))
+
+
+def row_scales(rows: np.ndarray, scheme: str, percentile: float, clip_k: float) -> np.ndarray:
+    bits = scheme_bits(scheme)
+    clip = percentile_clip(rows, percentile) if scheme == "int8" else std_clip(rows, clip_k)
+    return fp16_scale(clip, bits)
+
+
+def round_to_codes(rows: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
+    """Round-to-nearest (half to even) codes of `rows / scale`, clamped to +-qmax."""
+    m = qmax(bits)
+    x = rows.astype(np.float64) / scale.astype(np.float64)[:, None]
+    return np.clip(np.rint(x), -m, m).astype(np.int8)
+
+
+def quantize(w: np.ndarray, scheme: str, *, percentile: float = 99.99984, clip_k: float = 12.0,
+             hessian: np.ndarray | None = None, gptq_block: int = 128, gptq_damp: float = 0.01) -> QTensor:
+    """Quantise one tensor with `scheme`; a Hessian [in, in] switches int schemes to GPTQ."""
+    w = np.asarray(w, dtype=np.float32)
+    bits = scheme_bits(scheme)
+    shape = tuple(int(s) for s in w.shape)
+    if scheme in FLOAT_SCHEMES or w.ndim < 2:
+        dtype = np.float32 if scheme == "fp32" else np.float16
+        return QTensor(scheme if scheme in FLOAT_SCHEMES else "fp16", shape, data=w.astype(dtype))
+    rows = as_rows(w)
+    scale = row_scales(rows, scheme, percentile, clip_k)
+    if hessian is not None:
+        from shared.gptq import gptq_codes
+
+        q = gptq_codes(rows, hessian, scale, bits, block=gptq_block, damp=gptq_damp)
+    else:
+        q = round_to_codes(rows, scale, bits)
+    return QTensor(scheme, shape, q=q, scale=scale)
+
+
+def dequantize(t: QTensor) -> np.ndarray:
+    """Float32 weights in the tensor's original shape."""
+    if t.data is not None:
+        return t.data.astype(np.float32).reshape(t.shape)
+    assert t.q is not None and t.scale is not None
+    w = t.q.astype(np.float32) * t.scale.astype(np.float32)[:, None]
+    return w.reshape(t.shape)
