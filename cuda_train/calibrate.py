@@ -1,0 +1,59 @@
+"""GPTQ calibration for the PyTorch backend: input Hessians of the block matrices.
+
+    hessians = collect_hessians(params, cfg, x)   # x: token ids [batch, seq] (or flat)
+
+For every 2-D block weight W [out, in] (`shared.spec.optim_group == "matrix"`)
+returns H = sum over calibration tokens of a a^T, a being the layer's input
+activation, as a float64 numpy [in, in]. The activations come from this
+backend's own `GPT` (forward pre-hooks on its linear layers), run in float32
+without autocast, one sequence chunk at a time. The numpy quantiser
+(shared/gptq.py) then turns Hessians into codes identically on any backend.
+Calibration tokens must come from the training split, never validation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from shared.config import Config
+from shared.spec import optim_group
+
+from .model import build_model
+
+
+def _sequences(x: np.ndarray, seq_len: int) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 1:
+        n = (x.size // seq_len) * seq_len
+        x = x[:n].reshape(-1, seq_len)
+    return x.astype(np.int64)
+
+
+@torch.no_grad()
+def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
+                     batch_size: int = 8) -> dict[str, np.ndarray]:
+    """H = sum a a^T over the inputs of every block matrix, float64 [in, in]."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = build_model(cfg.model, params, device=device).eval()
+    targets = {n: m for n, m in model.named_modules() if f"{n}.weight" in params
+               and optim_group(f"{n}.weight") == "matrix"}
+    sums = {n: torch.zeros(m.weight.shape[1], m.weight.shape[1], dtype=torch.float64, device=device)
+            for n, m in targets.items()}
+
+    def recorder(name: str):
+        def hook(module, args):
+            a = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
+            sums[name].addmm_(a.T, a)
+        return hook
+
+    handles = [m.register_forward_pre_hook(recorder(n)) for n, m in targets.items()]
+    try:
+        seqs = _sequences(x, cfg.train.seq_len)
+        for i in range(0, len(seqs), batch_size):
+            idx = torch.from_numpy(seqs[i:i + batch_size]).to(device)
+            model.hidden(idx)   # the head is not a block matrix: no need for logits
+    finally:
+        for h in handles:
+            h.remove()
+    return {f"{n}.weight": sums[n].cpu().numpy() for n in sorted(sums)}

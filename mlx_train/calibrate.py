@@ -1,0 +1,67 @@
+"""GPTQ calibration for the MLX backend: input Hessians of the block matrices.
+
+    hessians = collect_hessians(params, cfg, x)   # x: token ids [batch, seq] (or flat)
+
+For every 2-D block weight W [out, in] (`shared.spec.optim_group == "matrix"`)
+returns H = sum over calibration tokens of a a^T, a being the layer's input
+activation, as a float64 numpy [in, in]. The activations come from this
+backend's own `GPT`: each block linear is swapped for a recording wrapper that
+hands its input to an accumulator and then calls the original layer. The
+forward runs in float32. The numpy quantiser (shared/gptq.py) then turns
+Hessians into codes identically on any backend. Calibration tokens must come
+from the training split, never validation.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from shared.config import Config
+from shared.spec import optim_group
+
+from .model import build_model
+
+
+class _Recording(nn.Module):
+    """Wraps a linear layer; adds a^T a of its input to a float64 numpy sum."""
+
+    def __init__(self, inner: nn.Module, total: np.ndarray):
+        super().__init__()
+        self.inner = inner
+        self._total = total
+
+    def __call__(self, x: mx.array) -> mx.array:
+        a = np.array(x.astype(mx.float32), dtype=np.float64).reshape(-1, x.shape[-1])
+        self._total += a.T @ a
+        return self.inner(x)
+
+
+def _sequences(x: np.ndarray, seq_len: int) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 1:
+        n = (x.size // seq_len) * seq_len
+        x = x[:n].reshape(-1, seq_len)
+    return x.astype(np.int32)
+
+
+def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
+                     batch_size: int = 8) -> dict[str, np.ndarray]:
+    """H = sum a a^T over the inputs of every block matrix, float64 [in, in]."""
+    model = build_model(cfg.model, params, mx.float32)
+    sums: dict[str, np.ndarray] = {}
+    for name in sorted(params):
+        if optim_group(name) != "matrix" or not name.endswith(".weight"):
+            continue
+        path = name[: -len(".weight")].split(".")      # blocks.3.attn.c_q -> ["blocks", "3", "attn", "c_q"]
+        parent = model
+        for part in path[:-1]:
+            parent = parent[int(part)] if isinstance(parent, list) else getattr(parent, part)
+        layer = getattr(parent, path[-1])
+        sums[name] = np.zeros((params[name].shape[1],) * 2, dtype=np.float64)
+        setattr(parent, path[-1], _Recording(layer, sums[name]))
+    seqs = _sequences(x, cfg.train.seq_len)
+    for i in range(0, len(seqs), batch_size):
+        mx.eval(model.hidden(mx.array(seqs[i:i + batch_size])))
+    return sums
