@@ -155,6 +155,24 @@ class QuantConfig:
     calib_tokens: int = 65536        # calibration tokens from the training split (GPTQ, budget mode)
     zstd_level: int = 22
 
+    def validate(self) -> None:
+        # The scheme names are those of shared/quant.py (kept literal here: config imports nothing).
+        schemes = ("fp32", "fp16", "int8", "int7", "int6", "int5", "int4", "int3", "int2")
+        for key in ("embed", "attn", "mlp", "other"):
+            value = getattr(self, key)
+            if value not in schemes:
+                raise PgolfError(f"quant.{key} = {value!r} is not a scheme: choose one of {', '.join(schemes)}")
+        if not 0.0 < self.clip_percentile <= 100.0:
+            raise PgolfError(f"quant.clip_percentile must be in (0, 100], got {self.clip_percentile}")
+        if not self.clip_k > 0.0:
+            raise PgolfError(f"quant.clip_k must be positive, got {self.clip_k}")
+        if not 0.0 < self.gptq_damp < 1.0:
+            raise PgolfError(f"quant.gptq_damp must be in (0, 1), got {self.gptq_damp}")
+        if self.gptq_block < 1 or self.calib_tokens < 1 or self.keep_float_max_numel < 0:
+            raise PgolfError("quant.gptq_block and quant.calib_tokens must be >= 1, quant.keep_float_max_numel >= 0")
+        if not 1 <= self.zstd_level <= 22:
+            raise PgolfError(f"quant.zstd_level must be in 1..22, got {self.zstd_level}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
@@ -176,6 +194,7 @@ class Config:
     def validate(self) -> Config:
         self.model.validate()
         self.train.validate()
+        self.quant.validate()
         return self
 
 

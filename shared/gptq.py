@@ -23,6 +23,8 @@ CPU kernel and the thread count), so the codes are the same on any machine.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from shared.errors import PgolfError
@@ -56,6 +58,28 @@ def damped(h: np.ndarray, damp: float) -> np.ndarray:
     return h
 
 
+# q, k and v (and, per block, fc) share one input and so one Hessian: factor it once.
+_FACTORS: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def factor(h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    """(processing order reversed, L) for `h`: act order, damping escalated until positive definite."""
+    h = np.ascontiguousarray(h, dtype=np.float64)
+    key = hashlib.sha256(h.tobytes() + np.float64(damp).tobytes()).digest()
+    if key in _FACTORS:
+        return _FACTORS[key]
+    order = np.argsort(-np.diagonal(h), kind="stable")
+    proc = order[::-1]                              # factor index i <-> column proc[i]
+    for attempt in range(6):
+        L = cholesky_lower(damped(h, damp * (10.0 ** attempt))[np.ix_(proc, proc)])
+        if L is not None:
+            if len(_FACTORS) >= 8:
+                _FACTORS.pop(next(iter(_FACTORS)))
+            _FACTORS[key] = (proc, L)
+            return proc, L
+    raise PgolfError("GPTQ: Hessian is not positive definite even with heavy damping; check calibration data")
+
+
 def gptq_codes(rows: np.ndarray, hessian: np.ndarray, scale: np.ndarray, bits: int,
                block: int = 128, damp: float = 0.01) -> np.ndarray:
     """Int8 codes [out, in] for `rows` with fixed per-row `scale` (fp16) and `bits`.
@@ -71,16 +95,7 @@ def gptq_codes(rows: np.ndarray, hessian: np.ndarray, scale: np.ndarray, bits: i
         raise PgolfError("GPTQ: Hessian has non-finite entries; recollect calibration statistics")
     m = qmax(bits)
     s = scale.astype(np.float64)
-    order = np.argsort(-np.diagonal(h), kind="stable")
-    proc = order[::-1]                              # reversed processing order: factor index i <-> column proc[i]
-    L = None
-    for attempt in range(6):                        # escalate damping until H is numerically positive definite
-        hr = damped(h, damp * (10.0 ** attempt))[np.ix_(proc, proc)]
-        L = cholesky_lower(hr)
-        if L is not None:
-            break
-    if L is None:
-        raise PgolfError("GPTQ: Hessian is not positive definite even with heavy damping; check calibration data")
+    proc, L = factor(h, damp)
     # Column-major working copy: wt[i] is the target column proc[i] over all rows (contiguous).
     w0 = np.ascontiguousarray(rows.astype(np.float64)[:, proc].T)
     wt = w0.copy()                                  # targets, nudged by the errors of fixed columns
