@@ -54,3 +54,62 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class TrainProgress:
+    """The training status line both trainers show: step, loss, tokens/s, ETA.
+
+    On a terminal one line on stderr is rewritten in place (at most a few
+    times a second); elsewhere (a pipe, CI, a log file) nothing is redrawn and
+    only the trainer's own log lines appear, via `write`, as plain lines.
+    """
+
+    def __init__(self, total_steps: int, max_seconds: float, batch_tokens: int, start_step: int = 0,
+                 start_elapsed: float = 0.0, stream=None, every_s: float = 0.25):
+        self.total, self.max_seconds, self.batch_tokens = total_steps, max_seconds, batch_tokens
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every_s = every_s
+        self._start = (start_step, start_elapsed)
+        self._shown = False
+        self._last = 0.0
+
+    def eta(self, step: int, elapsed: float) -> float:
+        """Seconds left: the sooner of the step budget and the wallclock cap."""
+        s0, e0 = self._start
+        per_step = (elapsed - e0) / max(step - s0, 1)
+        left = max(self.total - step, 0) * per_step
+        if self.max_seconds > 0:
+            left = min(left, max(self.max_seconds - elapsed, 0.0))
+        return left
+
+    def status(self, step: int, loss: float, elapsed: float) -> str:
+        s0, e0 = self._start
+        tok_s = (step - s0) * self.batch_tokens / max(elapsed - e0, 1e-9)
+        return (f"step {step}/{self.total} loss {loss:.4f} {tok_s:,.0f} tok/s "
+                f"elapsed {elapsed:.0f}s ETA {self.eta(step, elapsed):.0f}s")
+
+    def update(self, step: int, loss: float, elapsed: float) -> None:
+        if not self.tty:
+            return
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        self.stream.write("\r\033[K" + self.status(step, loss, elapsed))
+        self.stream.flush()
+        self._shown = True
+
+    def write(self, line: str) -> None:
+        """Print a log line (on stdout) without tearing the status line."""
+        self._clear()
+        print(line, flush=True)
+
+    def _clear(self) -> None:
+        if self._shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self._shown = False
+
+    def close(self) -> None:
+        self._clear()

@@ -1,0 +1,92 @@
+"""`pgolf data`: get a dataset and its tokenizer, and check their byte accounting.
+
+    pgolf data sample [--out data/sample]                     stdlib docs, no download (seconds)
+    pgolf data build --docs SRC --out DIR --vocab N [--val-docs K] [--name NAME]
+    pgolf data download --variant sp1024 --train-shards N [--out data]
+    pgolf data audit --data DIR --tokenizer MODEL [--json]    byte tables vs decoded validation text
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def data() -> None:
+    """Datasets and tokenizers: sample, build, download, audit."""
+
+
+def _done(data_dir: Path, tokenizer: Path) -> None:
+    from shared.data_build import read_manifest
+
+    manifest = read_manifest(data_dir) or {}
+    tokens = manifest.get("tokens", {})
+    click.echo(f"data:      {data_dir}")
+    click.echo(f"tokenizer: {tokenizer}")
+    if tokens:
+        click.echo(f"tokens:    val {tokens.get('val', 0):,}, train {tokens.get('train', 0):,}")
+
+
+@data.command()
+@click.option("--out", default="data/sample", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output root: OUT/datasets/sample_sp1024/ and OUT/tokenizers/sample_1024_bpe.model.")
+def sample(out: Path) -> None:
+    """Build the embedded sample dataset from the Python standard library's documentation (no download)."""
+    from shared.data_sample import build_sample
+
+    _done(*build_sample(out))
+
+
+@data.command()
+@click.option("--docs", "src", required=True,
+              help="A .jsonl file with a `text` field, a folder of .txt files, a glob, or one .txt file "
+                   "(documents separated by blank lines).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output root.")
+@click.option("--vocab", required=True, type=int, help="Tokenizer vocabulary size, e.g. 1024.")
+@click.option("--val-docs", type=int, default=None,
+              help="The first K documents form the validation split [default: 10% of them, at most 50,000].")
+@click.option("--name", default=None, help="Dataset name [default: from --docs]: OUT/datasets/<name>_sp<N>/.")
+def build(src: str, out: Path, vocab: int, val_docs: int | None, name: str | None) -> None:
+    """Train a SentencePiece BPE tokenizer (the challenge's settings) and export challenge shards."""
+    from shared.data_build import build_dataset, read_docs
+
+    docs, default_name = read_docs(src)
+    if val_docs is None:
+        val_docs = min(50_000, max(1, len(docs) // 10))
+    _done(*build_dataset(docs, out, vocab=vocab, val_docs=val_docs, name=name or default_name, source=str(src)))
+
+
+@data.command()
+@click.option("--variant", default="sp1024", show_default=True, help="sp1024, sp4096, sp8192 ...")
+@click.option("--train-shards", type=int, default=1, show_default=True, help="Train shards to fetch (100M tokens each).")
+@click.option("--out", default="data", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output root: OUT/datasets/fineweb10B_<variant>/ and OUT/tokenizers/.")
+@click.option("--repo", default=None, hidden=True, help="Dataset repo id (default willdepueoai/parameter-golf).")
+def download(variant: str, train_shards: int, out: Path, repo: str | None) -> None:
+    """Download the published FineWeb export from Hugging Face (honours HF_ENDPOINT)."""
+    from shared.data_download import REPO_ID
+    from shared.data_download import download as fetch
+
+    _done(*fetch(variant, train_shards, out, repo=repo or REPO_ID))
+
+
+@data.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Dataset folder with the shards.")
+@click.option("--tokenizer", required=True, type=click.Path(path_type=Path), help="The SentencePiece .model file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def audit(data_dir: Path, tokenizer: Path, as_json: bool) -> None:
+    """Check that the byte tables add up to the UTF-8 length of the decoded validation text."""
+    from shared.data_audit import audit as run_audit
+    from shared.data_audit import describe
+
+    report = run_audit(data_dir, tokenizer)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(describe(report))
+    if not report["exact"]:
+        sys.exit(1)
