@@ -1,0 +1,146 @@
+"""PyTorch runtime set-up: process group, rank/world, device, compute dtype, provenance.
+
+`init()` is the one place that reads torchrun's environment (RANK,
+WORLD_SIZE, LOCAL_RANK) and starts the process group: NCCL on GPUs, gloo
+on CPU, with a timeout so that a rank stuck in a collective whose peer died
+gives up with an error instead of waiting forever (torchrun itself also
+stops the surviving workers when one exits non-zero). Everything else in
+the package asks the returned `Runtime` rather than `torch.distributed`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from shared.errors import PgolfError
+
+# A collective that waits this long means a peer is gone: fail rather than hang.
+# Generous enough for a slow first torch.compile on one rank while the others wait.
+PROCESS_GROUP_TIMEOUT_S = float(os.environ.get("PGOLF_PG_TIMEOUT_S", "600"))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def print0(self, *args, **kwargs) -> None:
+        """print on rank 0 only."""
+        if self.is_main:
+            print(*args, **kwargs, flush=True)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """In-place all-reduce (`sum` or `max`); a no-op on one process."""
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return t
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise PgolfError(f"environment variable {name}={raw!r} must be an integer (set by torchrun)") from None
+
+
+def init(device: str | None = None) -> Runtime:
+    """(rank, world size, device) for this process; starts the process group under torchrun.
+
+    `device`: "cuda" or "cpu" to force one; by default CUDA when available.
+    """
+    rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+    local_rank = _env_int("LOCAL_RANK", rank)
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise PgolfError("device cuda was requested but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise PgolfError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPUs are visible")
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+        # TF32 for any fp32 matmul left outside autocast (the optimizer's own maths stays exact enough).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if use_cuda else "gloo"
+        kwargs = {"device_id": dev} if use_cuda else {}
+        dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT_S), **kwargs)
+    return Runtime(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def compute_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """`train.compute_dtype`: auto = bf16 on CUDA, fp32 on CPU (bf16 on CPU is allowed and ~4x faster)."""
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[requested]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{device.index} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def nvidia_smi() -> str | None:
+    """`nvidia-smi` output for the log (modded-nanogpt logs it too), or None without a driver."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        return subprocess.run([exe], capture_output=True, text=True, timeout=20).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance_extra(rt: Runtime, dtype: torch.dtype) -> dict[str, str]:
+    """Torch-side facts for `shared.rundir.provenance`."""
+    info = {
+        "torch": torch.__version__,
+        "device": device_name(rt.device),
+        "world_size": str(rt.world_size),
+        "compute_dtype": dtype_name(dtype),
+    }
+    if rt.is_cuda:
+        info["cuda"] = str(torch.version.cuda)
+        info["gpus"] = str(torch.cuda.device_count())
+    return info
