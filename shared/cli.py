@@ -28,8 +28,11 @@ def cli() -> None:
 
 def _register() -> None:
     from shared.cli_data import data
+    from shared.cli_train import evaluate, train
 
     cli.add_command(data)
+    cli.add_command(train)
+    cli.add_command(evaluate)
 
 
 _register()

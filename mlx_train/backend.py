@@ -1,0 +1,61 @@
+"""The backend contract of docs/DESIGN.md, implemented with MLX.
+
+Every tensor crossing this boundary is a float32 numpy `name -> array` dict
+with the canonical names and layouts of `shared/spec.py`.
+
+    train(cfg, run_dir, resume=False, nproc=1) -> summary dict
+    evaluate(params, cfg, val_tokens, tables, rank=0, world_size=1) -> EvalResult
+    batch_loss(params, cfg, x, y) -> float
+    train_steps(params, cfg, batches) -> (losses, params)
+    collect_hessians(params, cfg, x) -> {name: H [in, in] float64}   (mlx_train/calibrate.py)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlx_train import train as _train
+from shared.bpb import ByteTables, EvalResult
+from shared.config import Config
+from shared.errors import PgolfError
+from shared.spec import check_params
+
+train_steps = _train.train_steps
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1, **hooks: Any) -> dict:
+    return _train.train(cfg, run_dir, resume=resume, nproc=nproc, **hooks)
+
+
+def evaluate(params: dict[str, np.ndarray], cfg: Config, val_tokens: np.ndarray, tables: ByteTables,
+             rank: int = 0, world_size: int = 1) -> EvalResult:
+    """Validation totals of these weights (single process: this rank's share is the total)."""
+    if world_size != 1:
+        raise PgolfError("the MLX backend evaluates in one process (world_size=1)")
+    check_params(params, cfg.model, "weights")
+    return _train.Trainer(cfg, params).evaluate(val_tokens, tables)
+
+
+def batch_loss(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray, y: np.ndarray) -> float:
+    """Mean cross-entropy (nats) of one forward pass."""
+    return _train.Trainer(cfg, params).loss(np.asarray(x), np.asarray(y))
+
+
+def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray) -> dict[str, np.ndarray]:
+    try:
+        from mlx_train.calibrate import collect_hessians as collect
+    except ImportError:
+        raise PgolfError("GPTQ calibration is not available in this build (mlx_train/calibrate.py is missing); "
+                         "set quant.gptq = false") from None
+    return collect(params, cfg, x)
+
+
+def calibration_hessians(params: dict[str, np.ndarray], cfg: Config, dataset) -> dict[str, np.ndarray]:
+    """Hessians over the first `quant.calib_tokens` training tokens (whole sequences)."""
+    seq = cfg.train.seq_len
+    n = max(cfg.quant.calib_tokens // seq, 1) * seq
+    tokens = dataset.train_stream().take(n).astype(np.int64)
+    return collect_hessians(params, cfg, tokens.reshape(-1, seq))

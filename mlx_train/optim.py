@@ -1,0 +1,117 @@
+"""The baseline's optimizers on flat `name -> mx.array` dicts: Muon + Adam groups.
+
+Group of each parameter from `shared.spec.optim_group`:
+
+    matrix  2-D block weights       Muon  (lr optim.matrix_lr)
+    embed   tok_emb.weight          Adam  (optim.tied_embed_lr when tied, else optim.embed_lr)
+    head    lm_head.weight          Adam  (optim.head_lr)
+    scalar  vectors / control       Adam  (optim.scalar_lr)
+
+Each group's lr is its base lr times `shared.schedule.lr_scale`; Muon's
+momentum comes from `shared.schedule.muon_momentum`. Both arrive as array
+arguments so one compiled update serves every step.
+
+Muon (Keller Jordan's, as in the challenge baseline): momentum buffer,
+Nesterov look-ahead, then an approximate orthogonalisation of the update by
+five Newton-Schulz iterations, scaled by sqrt(max(1, rows / cols)).
+Adam is torch's (bias-corrected, no weight decay).
+
+The state is a flat dict of arrays (`<name>.momentum_buffer`, `<name>.exp_avg`,
+`<name>.exp_avg_sq`, and `step`), so it is saved and restored like the weights.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from shared.config import ModelConfig, OptimConfig
+from shared.spec import optim_group
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic Newton-Schulz coefficients (Muon)
+NS_EPS = 1e-7
+
+
+def newton_schulz(g: mx.array, steps: int) -> mx.array:
+    """Approximately U V^T of g = U S V^T: the nearest semi-orthogonal matrix, roughly."""
+    a, b, c = NS_COEFFS
+    x = g / (mx.sqrt(mx.sum(mx.square(g))) + NS_EPS)  # Frobenius norm <= 1 keeps the iteration stable
+    transposed = x.shape[0] > x.shape[1]
+    if transposed:  # iterate on the wide side: X X^T is the smaller Gram matrix
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.T if transposed else x
+
+
+def base_lrs(o: OptimConfig, m: ModelConfig) -> dict[str, float]:
+    return {
+        "matrix": o.matrix_lr,
+        "embed": o.tied_embed_lr if m.tie_embeddings else o.embed_lr,
+        "head": o.head_lr,
+        "scalar": o.scalar_lr,
+    }
+
+
+def init_state(params: dict[str, mx.array]) -> dict[str, mx.array]:
+    state: dict[str, mx.array] = {"step": mx.array(0, dtype=mx.int32)}
+    for name, p in params.items():
+        if optim_group(name) == "matrix":
+            state[f"{name}.momentum_buffer"] = mx.zeros(p.shape, dtype=mx.float32)
+        else:
+            state[f"{name}.exp_avg"] = mx.zeros(p.shape, dtype=mx.float32)
+            state[f"{name}.exp_avg_sq"] = mx.zeros(p.shape, dtype=mx.float32)
+    return state
+
+
+def clip_by_global_norm(grads: dict[str, mx.array], max_norm: float) -> dict[str, mx.array]:
+    """torch's clip_grad_norm_: scale all grads by min(1, max_norm / (norm + 1e-6))."""
+    norm = mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for g in grads.values()))
+    scale = mx.minimum(max_norm / (norm + 1e-6), 1.0)
+    return {k: g * scale for k, g in grads.items()}
+
+
+class MuonAdam:
+    """One optimizer step over all groups: `params, state = opt.update(params, grads, state, lr_scale, momentum)`.
+
+    A pure function of its inputs, so the trainer can `mx.compile` it.
+    """
+
+    def __init__(self, o: OptimConfig, m: ModelConfig, ns_dtype: mx.Dtype = mx.float32):
+        self.o, self.lrs, self.ns_dtype = o, base_lrs(o, m), ns_dtype
+
+    def update(
+        self,
+        params: dict[str, mx.array],
+        grads: dict[str, mx.array],
+        state: dict[str, mx.array],
+        lr_scale: mx.array,
+        momentum: mx.array,
+    ) -> tuple[dict[str, mx.array], dict[str, mx.array]]:
+        o = self.o
+        if o.grad_clip_norm > 0:
+            grads = clip_by_global_norm(grads, o.grad_clip_norm)
+        step = state["step"] + 1
+        t = step.astype(mx.float32)
+        bias1 = 1.0 - mx.power(mx.array(o.beta1, dtype=mx.float32), t)
+        bias2 = 1.0 - mx.power(mx.array(o.beta2, dtype=mx.float32), t)
+        new_params: dict[str, mx.array] = {}
+        new_state: dict[str, mx.array] = {"step": step}
+        for name, p in params.items():
+            g = grads[name].astype(mx.float32)
+            group = optim_group(name)
+            lr = self.lrs[group] * lr_scale
+            if group == "matrix":
+                buf = momentum * state[f"{name}.momentum_buffer"] + g
+                new_state[f"{name}.momentum_buffer"] = buf
+                g = g + momentum * buf  # Nesterov
+                u = newton_schulz(g.astype(self.ns_dtype), o.muon_backend_steps).astype(mx.float32)
+                u = u * max(1.0, p.shape[0] / p.shape[1]) ** 0.5
+                new_params[name] = p - lr * u
+            else:
+                m1 = o.beta1 * state[f"{name}.exp_avg"] + (1.0 - o.beta1) * g
+                m2 = o.beta2 * state[f"{name}.exp_avg_sq"] + (1.0 - o.beta2) * mx.square(g)
+                new_state[f"{name}.exp_avg"], new_state[f"{name}.exp_avg_sq"] = m1, m2
+                denom = mx.sqrt(m2) / mx.sqrt(bias2) + o.adam_eps
+                new_params[name] = p - (lr / bias1) * m1 / denom
+        return new_params, new_state

@@ -1,0 +1,122 @@
+"""`pgolf train` and `pgolf eval`, generic over the backend (`--backend mlx|torch`).
+
+    pgolf train --backend mlx --config configs/small.toml --data DIR --tokenizer MODEL --out runs/small
+    pgolf train --backend mlx --resume runs/small            # continue from its last checkpoint
+    pgolf eval --backend mlx runs/small/model.pgz --data DIR --tokenizer MODEL [--json]
+
+Knobs live in the config (`--set section.key=value`); `--data`/`--tokenizer`
+override `data.dir`/`data.tokenizer`. `eval` takes an artifact (`.pgz`) or a
+checkpoint (`.safetensors`, or a run folder): the model section always comes
+from the file itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from shared.config import Config, from_dict, load_config, parse_override
+from shared.errors import PgolfError
+
+BACKEND_OPTION = click.option("--backend", type=click.Choice(["mlx", "torch"]), default="mlx", show_default=True,
+                              help="mlx (Apple silicon / CPU) or torch (CUDA / CPU)")
+
+
+def apply_overrides(cfg: Config, sets: tuple[str, ...] | list[str]) -> Config:
+    for text in sets:
+        section, key, value = parse_override(text)
+        cfg = from_dict({section: {key: value}}, source="--set", base=cfg)
+    return cfg.validate()
+
+
+def with_data(cfg: Config, data: str | None, tokenizer: str | None) -> Config:
+    d = cfg.data
+    return replace(cfg, data=replace(d, dir=data if data is not None else d.dir,
+                                     tokenizer=tokenizer if tokenizer is not None else d.tokenizer))
+
+
+@click.command()
+@BACKEND_OPTION
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (e.g. configs/small.toml)")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
+@click.option("--data", type=click.Path(), help="dataset folder with fineweb_{train,val}_*.bin (overrides data.dir)")
+@click.option("--tokenizer", type=click.Path(), help="SentencePiece .model (overrides data.tokenizer)")
+@click.option("--out", type=click.Path(file_okay=False), help="run folder to write")
+@click.option("--resume", type=click.Path(file_okay=False), help="continue the run in this folder from its last checkpoint")
+@click.option("--nproc", type=int, default=1, show_default=True, help="processes (torch: DDP ranks)")
+def train(backend, config_path, sets, data, tokenizer, out, resume, nproc) -> None:
+    """Train a model, pack it into RUN_DIR/model.pgz and evaluate it."""
+    from shared.backends import get_backend
+
+    if resume:
+        run_dir = Path(resume)
+        if out and Path(out).resolve() != run_dir.resolve():
+            raise PgolfError(f"--out {out} and --resume {resume} differ: a resumed run continues in its own folder")
+        saved = run_dir / "config.toml"
+        if config_path is None and not saved.is_file():
+            raise PgolfError(f"{saved} not found: is {resume} a folder written by `pgolf train`?")
+        cfg = load_config(config_path or saved)
+    else:
+        if not out:
+            raise PgolfError("--out RUN_DIR is required (where the checkpoint, logs and model.pgz go)")
+        run_dir = Path(out)
+        cfg = load_config(config_path)
+    cfg = apply_overrides(with_data(cfg, data, tokenizer), sets)
+    if nproc < 1:
+        raise PgolfError(f"--nproc must be at least 1, got {nproc}")
+    summary = get_backend(backend).train(cfg, run_dir, resume=bool(resume), nproc=nproc)
+    if summary:
+        click.echo(
+            f"done: val_bpb {summary['val_bpb']:.4f} (packed {summary['q_val_bpb']:.4f}), "
+            f"{summary['total_bytes']:,} bytes of 16,000,000; {run_dir / 'summary.json'}"
+        )
+
+
+def load_weights(path: Path) -> tuple[Config | None, dict]:
+    """(embedded config, float32 params) from an artifact or a checkpoint."""
+    from shared.rundir import CHECKPOINT, load_checkpoint
+
+    if path.is_dir() or path.suffix == ".safetensors":
+        if path.is_dir() and not (path / CHECKPOINT).is_file():
+            raise PgolfError(f"{path} holds no {CHECKPOINT}: pass a model.pgz or checkpoint.safetensors")
+        params, cfg, _ = load_checkpoint(path)
+        return cfg, params
+    from shared.artifact import read_artifact
+
+    return read_artifact(path)
+
+
+@click.command(name="eval")
+@BACKEND_OPTION
+@click.argument("weights", type=click.Path(exists=True, path_type=Path), metavar="ARTIFACT|CHECKPOINT")
+@click.option("--data", type=click.Path(), help="dataset folder (overrides data.dir)")
+@click.option("--tokenizer", type=click.Path(), help="SentencePiece .model (overrides data.tokenizer)")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config for [eval]/[train] settings")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> None:
+    """Validation loss and bits per byte of an artifact or checkpoint."""
+    from shared.backends import get_backend
+    from shared.dataset import open_dataset
+
+    embedded, params = load_weights(weights)
+    if config_path is not None:
+        cfg = load_config(config_path)
+        if embedded is not None and cfg.model != embedded.model:
+            raise PgolfError(f"{config_path}: its [model] section differs from the one stored in {weights}")
+    elif embedded is not None:
+        cfg = embedded
+    else:
+        raise PgolfError(f"{weights} has no embedded config: pass --config with the [model] it was trained with")
+    cfg = apply_overrides(with_data(cfg, data, tokenizer), sets)
+    ds = open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size)
+    res = get_backend(backend).evaluate(params, cfg, ds.val_tokens, ds.tables)
+    out = res.to_json()
+    if as_json:
+        click.echo(json.dumps(out, sort_keys=True))
+        return
+    scope = f" (first {res.tokens:,} target tokens: eval.max_tokens)" if cfg.eval.max_tokens else " (whole split)"
+    click.echo(f"val_loss {out['val_loss']:.6f}\nval_bpb {out['val_bpb']:.6f}\ntokens {out['tokens']}{scope}\nbytes {out['bytes']}")
