@@ -52,7 +52,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "cuda_train", "--config", str(config_file), "--out", str(run_dir)]
     if resume:
-        cmd.append("--resume")
+        cmd += ["--resume", str(run_dir)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(cmd, env=env)

@@ -31,8 +31,8 @@ import math
 import os
 import signal
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,12 +40,12 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cuda_train import runtime
-from cuda_train.model import GPT, build_model, export_params, load_params
+from cuda_train.model import build_model, export_params
 from cuda_train.optim import Optimizers
 from shared.bpb import ByteTables, EvalResult
-from shared.config import Config, TrainConfig
-from shared.dataset import open_dataset
+from shared.config import Config, TrainConfig, to_toml
 from shared.errors import PgolfError
+from shared.progress import TrainProgress
 from shared.rundir import (
     CHECKPOINT,
     TRAIN_STATE,
@@ -57,7 +57,7 @@ from shared.rundir import (
     save_train_state,
 )
 from shared.schedule import lr_scale, muon_momentum
-from shared.shards import BatchLoader, val_batches
+from shared.shards import BatchLoader, val_batches, val_token_count
 from shared.spec import count_params, init_params
 
 
@@ -174,7 +174,7 @@ class StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
     @property
-    def set(self) -> bool:
+    def requested(self) -> bool:
         return self.requested_at is not None
 
 
@@ -199,172 +199,185 @@ def _rank_report(rt: runtime.Runtime, record: dict) -> None:
         (Path(out) / f"rank{rt.rank}.json").write_text(json.dumps(record))
 
 
-def _save(run: RunDir, model: GPT, opt: Optimizers, cfg: Config, step: int, loader: BatchLoader,
-          elapsed: float, tokens: int) -> None:
-    """Checkpoint + train state (rank 0). Weights first: a crash between the two leaves a loadable checkpoint."""
-    if not run.is_main:
-        return
-    save_checkpoint(run.path, export_params(model), cfg, step)
+def _optimizer_state(opt: Optimizers) -> dict[str, np.ndarray]:
     tensors = opt.state_tensors()
     tensors["rng/torch_cpu"] = torch.get_rng_state().numpy().copy()
-    save_train_state(run.path, tensors, {
-        "step": step, "data": loader.stream.state(), "elapsed_s": elapsed, "train_tokens": tokens,
-        "backend": "torch",
-    })
+    return tensors
 
 
-def _resume_state(run: RunDir, model: GPT, opt: Optimizers, loader: BatchLoader, cfg: Config) -> tuple[int, float, int]:
-    """Load the run's checkpoint and train state; (step, elapsed seconds, tokens so far)."""
-    if not (run.path / CHECKPOINT).is_file() or not (run.path / TRAIN_STATE).is_file():
-        raise PgolfError(f"--resume: {run.path} has no {CHECKPOINT} + {TRAIN_STATE} to resume from; "
-                         "start a new run without --resume")
-    params, _, ckpt_step = load_checkpoint(run.path / CHECKPOINT)
-    tensors, state = load_train_state(run.path)
-    if int(state["step"]) != ckpt_step:
-        raise PgolfError(f"{run.path}: checkpoint is at step {ckpt_step} but the train state at step "
-                         f"{state['step']} (interrupted while saving?); the two must match to resume")
-    load_params(model, params, source=str(run.path / CHECKPOINT))
-    if "rng/torch_cpu" in tensors:
-        torch.set_rng_state(torch.from_numpy(tensors.pop("rng/torch_cpu")))
-    opt.load_state_tensors(tensors)
-    loader.stream.restore(state["data"])
-    return int(state["step"]), float(state["elapsed_s"]), int(state.get("train_tokens", 0))
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str | None = None) -> dict[str, Any]:
+    """Train on this process's rank, validate, checkpoint, pack and evaluate; return summary.json's dict."""
+    from shared.dataset import open_dataset
+    from shared.finish import finish_run
 
-
-def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str | None = None) -> dict:
-    """Train `cfg` into `run_dir` on this process's rank; returns the summary (also summary.json)."""
     rt = runtime.init(device)
-    t, m = cfg.train, cfg.model
+    t, o = cfg.train, cfg.optim
     dtype = runtime.compute_dtype(t.compute_dtype, rt.device)
     accum = local_accum_steps(t, rt.world_size)
     run = RunDir(run_dir, is_main=rt.is_main)
-    if not resume and rt.is_main and (run.path / CHECKPOINT).exists():
-        raise PgolfError(f"{run.path} already holds a run: pass --resume to continue it, or choose another --out")
-    rt.barrier()  # nobody starts before rank 0 has checked the run directory
+    dataset = open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size)
     torch.manual_seed(t.seed)
 
-    dataset = open_dataset(cfg.data.dir, cfg.data.tokenizer, m.vocab_size)
-    loader = BatchLoader(dataset.train_stream(), rt.rank, rt.world_size)
-    model = build_model(m, init_params(m, t.seed), rt.device)
-    opt = Optimizers(model, cfg.optim, m.tie_embeddings, ns_dtype=dtype, rank=rt.rank,
-                     world_size=rt.world_size, fused=rt.is_cuda)
-    step, elapsed, tokens = _resume_state(run, model, opt, loader, cfg) if resume else (0, 0.0, 0)
-
+    ckpt_path = run.path / CHECKPOINT
+    if resume:
+        params, ckpt_cfg, ckpt_step = load_checkpoint(ckpt_path)
+        if ckpt_cfg is not None and ckpt_cfg.model != cfg.model:
+            raise PgolfError(f"{ckpt_path}: its [model] section differs from the config; resume with the run's config.toml")
+        opt_tensors, st = load_train_state(run.path)
+        if int(st["step"]) != ckpt_step:
+            raise PgolfError(f"{run.path}: {CHECKPOINT} (step {ckpt_step}) and {TRAIN_STATE} (step {st['step']}) "
+                             "disagree; the run was cut off while saving, start it again")
+    else:
+        params, st = init_params(cfg.model, t.seed), None
     run.write_config(cfg)
-    info = provenance(runtime.provenance_extra(rt, dtype))
-    run.log((f"resumed at step {step}: " if resume else "") + "pgolf train --backend torch " +
-            " ".join(f"{k}={v}" for k, v in info.items()))
+
+    info = provenance({"backend": "torch", **runtime.provenance_extra(rt, dtype)})
+    run.log(("resuming " if resume else "training ") + f"{run.path} | " + " ".join(f"{k}={v}" for k, v in info.items()))
+    run.log(f"model: {count_params(cfg.model):,} parameters, {cfg.model.num_layers} layers x {cfg.model.model_dim}, "
+            f"vocab {cfg.model.vocab_size}; {t.batch_tokens:,} tokens/step, seq {t.seq_len}, grad_accum {t.grad_accum} "
+            f"({accum} per rank x {rt.world_size} ranks)")
+    run.log("resolved config:\n" + to_toml(cfg), console=False)
     smi = runtime.nvidia_smi() if rt.is_main else None
     if smi:
         run.log(smi, console=False)
-    run.log(f"params {count_params(m):,}; {t.batch_tokens:,} tokens/step = {t.grad_accum} micro-batches "
-            f"({accum} per rank x {rt.world_size} ranks); compute {runtime.dtype_name(dtype)}; "
-            f"compile {t.compile}")
+
+    model = build_model(cfg.model, params, rt.device)
+    opt = Optimizers(model, o, cfg.model.tie_embeddings, ns_dtype=dtype, rank=rt.rank,
+                     world_size=rt.world_size, fused=rt.is_cuda)
+    stream = dataset.train_stream()
+    loader = BatchLoader(stream, rt.rank, rt.world_size)
+    step, elapsed, tokens, good_step = 0, 0.0, 0, None
+    if st is not None:
+        if "rng/torch_cpu" in opt_tensors:
+            torch.set_rng_state(torch.from_numpy(opt_tensors.pop("rng/torch_cpu")))
+        opt.load_state_tensors(opt_tensors)
+        stream.restore(st["data"])
+        step, elapsed, tokens, good_step = int(st["step"]), float(st["elapsed"]), int(st["tokens"]), int(st["step"])
 
     # torch.compile and DDP wrap the single-device model here, never inside model.py.
     compiled = torch.compile(model, dynamic=False) if t.compile else model
-    net = DDP(compiled, device_ids=[rt.device.index] if rt.is_cuda else None,
-              broadcast_buffers=False) if rt.distributed else compiled
+    net = (DDP(compiled, device_ids=[rt.device.index] if rt.is_cuda else None, broadcast_buffers=False)
+           if rt.distributed else compiled)
 
-    def sync() -> None:
+    def run_step(scale: float, momentum: float) -> Tensor:
+        opt.set_schedule(scale, momentum)
+        return train_step(net, opt, loader, t, accum, rt.device, dtype)
+
+    if t.warmup_steps > 0:  # compile and warm up, then undo every effect
+        saved = ({k: v.detach().clone() for k, v in model.state_dict().items()}, opt.snapshot(), stream.state())
+        t0 = time.perf_counter()
+        for i in range(t.warmup_steps):
+            run_step(lr_scale(step + i, elapsed, t), muon_momentum(step + i, o))
         if rt.is_cuda:
             torch.cuda.synchronize(rt.device)
+        model.load_state_dict(saved[0])
+        opt.restore(saved[1])
+        stream.restore(saved[2])
+        run.log(f"warm-up: {t.warmup_steps} steps in {time.perf_counter() - t0:.1f}s (undone)")
 
-    # Warm-up: run real steps to compile kernels, then put everything back as it was.
-    if t.warmup_steps > 0:
-        snap = ({k: v.detach().clone() for k, v in model.state_dict().items()}, opt.snapshot(),
-                loader.stream.state())
-        t0 = time.perf_counter()
-        for _ in range(t.warmup_steps):
-            opt.set_schedule(1.0, muon_momentum(0, cfg.optim))
-            train_step(net, opt, loader, t, accum, rt.device, dtype)
-        sync()
-        model.load_state_dict(snap[0])
-        opt.restore(snap[1])
-        loader.stream.restore(snap[2])
-        run.log(f"warm-up: {t.warmup_steps} steps in {time.perf_counter() - t0:.1f}s, undone")
+    def save(at: int) -> None:
+        """Rank 0 writes weights, then optimizer state + data position + clock (no collective needed)."""
+        nonlocal good_step
+        if rt.is_main:
+            save_checkpoint(run.path, export_params(model), cfg, at)
+            save_train_state(run.path, _optimizer_state(opt), {"step": at, "data": stream.state(), "elapsed": elapsed,
+                                                                "tokens": tokens, "seed": t.seed, "backend": "torch",
+                                                                "world_size": rt.world_size})
+        good_step = at
 
-    step_tokens = t.batch_tokens
-    last_good = step if resume else None
-    stop_reason = "iterations"
-    with StopFlag() as flag:
-        while True:
-            last = step >= t.iterations
-            if last or (t.val_every and step % t.val_every == 0 and step > 0 and not flag.set):
-                res = evaluate_model(compiled, cfg, dataset.val_tokens, dataset.tables, rt, dtype)
-                run.log(f"step {step}/{t.iterations} val_loss {res.val_loss:.4f} val_bpb {res.val_bpb:.4f} "
-                        f"train_time {elapsed:.1f}s")
-                run.metrics({"step": step, "val_loss": res.val_loss, "val_bpb": res.val_bpb, "elapsed_s": elapsed})
-            if last:
-                break
+    def _good(s: int | None) -> str:
+        return f"{ckpt_path}, step {s}" if s is not None else "none was written"
+
+    def validate() -> EvalResult:
+        return evaluate_model(compiled, cfg, dataset.val_tokens, dataset.tables, rt, dtype)
+
+    eval_tokens = val_token_count(dataset.val_tokens, t.seq_len, cfg.eval.max_tokens)
+    run.log(f"validation: {eval_tokens:,} target tokens" + (" (eval.max_tokens)" if cfg.eval.max_tokens else " (whole split)"))
+    progress = TrainProgress(t.iterations, t.max_seconds, t.batch_tokens, start_step=step, start_elapsed=elapsed)
+    progress = progress if rt.is_main else None
+    last_val: EvalResult | None = None
+    log_t, log_tokens = elapsed, tokens
+    stop_reason, out_of_time = "iterations", False
+
+    def time_up() -> bool:
+        return step >= t.iterations or out_of_time
+
+    with StopFlag() as stop:
+        while not time_up():
             _test_hooks(step, rt.rank)
-
-            scale = lr_scale(step, elapsed, t)
-            opt.set_schedule(scale, muon_momentum(step, cfg.optim))
+            scale, momentum = lr_scale(step, elapsed, t), muon_momentum(step, o)
             t0 = time.perf_counter()
-            loss = train_step(net, opt, loader, t, accum, rt.device, dtype)
-            rt.all_reduce(loss, "sum")  # the global mean loss, the same on every rank
-            loss_value = loss.item() / rt.world_size  # .item() waits for the GPU: the clock below is true
-            dt = time.perf_counter() - t0
-            elapsed += dt
+            loss_t = rt.all_reduce(run_step(scale, momentum), "sum")  # global mean loss, the same on every rank
+            loss = loss_t.item() / rt.world_size  # .item() waits for the GPU, so the clock below is true
+            elapsed += time.perf_counter() - t0
             step += 1
-            tokens += step_tokens
-
-            if not math.isfinite(loss_value):
-                where = (f"; the last good checkpoint is {run.path / CHECKPOINT} (step {last_good})"
-                         if last_good is not None else "; no checkpoint was saved")
-                raise PgolfError(f"training loss became {loss_value} at step {step}: lower the learning rates "
-                                 f"(optim.*) or set optim.grad_clip_norm{where}")
-            # Agree on stopping, so every rank leaves the loop after the same step.
-            votes = torch.tensor([float(t.max_seconds > 0 and elapsed >= t.max_seconds), float(flag.set)],
-                                 device=rt.device)
-            rt.all_reduce(votes, "max")
+            tokens += t.batch_tokens
+            if not math.isfinite(loss):  # every rank sees the same reduced loss: all stop here
+                if progress:
+                    progress.close()
+                raise PgolfError(f"training diverged: the loss is {loss} at step {step}; stopped without saving "
+                                 f"(last good checkpoint: {_good(good_step)}); lower the learning rates or set "
+                                 "optim.grad_clip_norm")
+            # The ranks agree on stopping (wallclock cap or Ctrl-C on any rank): all leave after the same step.
+            votes = rt.all_reduce(torch.tensor([float(t.max_seconds > 0 and elapsed >= t.max_seconds),
+                                                float(stop.requested)], device=rt.device), "max")
             out_of_time, interrupted = (bool(v) for v in votes.tolist())
-
-            if step % max(t.log_every, 1) == 0 or step == 1 or out_of_time or interrupted:
-                tps = step_tokens / dt
-                run.log(f"step {step}/{t.iterations} loss {loss_value:.4f} lr_scale {scale:.3f} "
-                        f"{1000 * dt:.0f}ms/step {tps:,.0f} tok/s train_time {elapsed:.1f}s")
-                run.metrics({"step": step, "train_loss": loss_value, "lr_scale": scale, "step_ms": 1000 * dt,
-                             "tokens_per_second": tps, "elapsed_s": elapsed})
+            if progress:
+                progress.update(step, loss, elapsed)
+            done = time_up()
+            do_val = done or (t.val_every > 0 and step % t.val_every == 0)
+            if do_val or step == 1 or (t.log_every > 0 and step % t.log_every == 0):
+                tok_s = (tokens - log_tokens) / max(elapsed - log_t, 1e-9)
+                log_t, log_tokens = elapsed, tokens
+                rec = {"step": step, "train_loss": loss, "lr_scale": scale, "tokens_per_second": tok_s, "elapsed": elapsed}
+                line = f"step {step}/{t.iterations} train_loss {loss:.4f} lr_scale {scale:.3f} tok/s {tok_s:,.0f} elapsed {elapsed:.1f}s"
+                if do_val:
+                    last_val = validate()
+                    rec.update(val_loss=last_val.val_loss, val_bpb=last_val.val_bpb)
+                    line += f" val_loss {last_val.val_loss:.4f} val_bpb {last_val.val_bpb:.4f}"
+                run.metrics(rec)
+                run.log(line, console=False)
+                if progress:
+                    progress.write(line)
             if interrupted:
-                _save(run, model, opt, cfg, step, loader, elapsed, tokens)
-                run.log(f"interrupted: saved step {step} to {run.path / CHECKPOINT}; continue with --resume")
+                save(step)
+                if progress:
+                    progress.close()
+                run.log(f"interrupted: saved step {step} to {ckpt_path}; continue with --resume {run.path}")
                 _rank_report(rt, {"rank": rt.rank, "steps": step, "stop": "interrupted"})
                 raise KeyboardInterrupt
-            if t.checkpoint_every and step % t.checkpoint_every == 0:
-                _save(run, model, opt, cfg, step, loader, elapsed, tokens)
-                last_good = step
-            if out_of_time:
-                stop_reason = "wallclock"
-                run.log(f"stopping at step {step}: train.max_seconds={t.max_seconds:g} reached")
-                t = replace(t, iterations=step)  # run the final validation below, once
-
+            if t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and not done:
+                save(step)
+    if progress:
+        progress.close()
+    if out_of_time:
+        stop_reason = "wallclock"
+        run.log(f"stopped at step {step}: train.max_seconds={t.max_seconds:g} reached")
     _rank_report(rt, {"rank": rt.rank, "steps": step, "stop": stop_reason})
-    _save(run, model, opt, cfg, step, loader, elapsed, tokens)
-    params = export_params(model)
-    stats = {
-        "val_loss": res.val_loss, "val_bpb": res.val_bpb, "steps": step, "train_tokens": tokens,
-        "train_seconds": elapsed, "world_size": rt.world_size, "compute_dtype": runtime.dtype_name(dtype),
-        "stop_reason": stop_reason, "device": runtime.device_name(rt.device),
-    }
-    if cfg.quant.gptq:
-        stats["hessians"] = _calibrate(params, cfg, dataset)
+    if last_val is None:  # resumed at the end, or no steps: still measure the final weights
+        last_val = validate()
+        run.metrics({"step": step, "val_loss": last_val.val_loss, "val_bpb": last_val.val_bpb, "elapsed": elapsed})
+    save(step)
+    run.log(f"trained {step} steps, {tokens:,} tokens in {elapsed:.1f}s ({tokens / max(elapsed, 1e-9):,.0f} tok/s); "
+            f"val_loss {last_val.val_loss:.4f} val_bpb {last_val.val_bpb:.4f}")
     from cuda_train import backend
-    from shared.finish import finish_run
 
-    summary = finish_run(backend, params, cfg, run, dataset, stats, rt.rank, rt.world_size)
-    run.log(f"done: val_bpb {summary['val_bpb']:.4f}, after packing {summary['q_val_bpb']:.4f}, "
-            f"{summary['total_bytes']:,} bytes -> {run.path}")
+    weights = export_params(model)
+    stats = {"val_loss": last_val.val_loss, "val_bpb": last_val.val_bpb, "steps": step, "train_tokens": tokens,
+             "train_seconds": elapsed, "tokens_per_second": tokens / max(elapsed, 1e-9),
+             "compute_dtype": runtime.dtype_name(dtype), "world_size": rt.world_size,
+             "device": runtime.device_name(rt.device), "stop_reason": stop_reason}
+    if cfg.quant.gptq:
+        stats["hessians"] = calibration_hessians(weights, cfg, dataset)
+    summary = finish_run(backend, weights, cfg, run, dataset, stats, rt.rank, rt.world_size)
+    runtime.shutdown()
     return summary
 
 
-def _calibrate(params: dict[str, np.ndarray], cfg: Config, dataset) -> dict[str, np.ndarray]:
+def calibration_hessians(params: dict[str, np.ndarray], cfg: Config, dataset) -> dict[str, np.ndarray]:
     """GPTQ Hessians from the first `quant.calib_tokens` training tokens (cuda_train/calibrate.py)."""
-    from cuda_train import backend
+    from cuda_train.calibrate import collect_hessians
 
-    if not hasattr(backend, "collect_hessians"):
-        raise PgolfError("quant.gptq = true needs cuda_train/calibrate.py (collect_hessians), which is missing")
     n = max(cfg.quant.calib_tokens // cfg.train.seq_len, 1) * cfg.train.seq_len
     x = np.asarray(dataset.train_stream().take(n), dtype=np.int64).reshape(-1, cfg.train.seq_len)
-    return backend.collect_hessians(params, cfg, x)
+    return collect_hessians(params, cfg, x)
