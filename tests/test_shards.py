@@ -127,7 +127,7 @@ def test_token_stream_order_wrap_and_restore(tmp_path):
 def test_batch_loader_ranks_split_one_chunk(tmp_path):
     """N ranks together consume what one rank does, each taking its own contiguous span."""
     write_shard(tmp_path / "fineweb_train_000000.bin", np.arange(1000))
-    xs, ys = [], []
+    xs = []
     for rank in range(2):
         x, y = BatchLoader(TokenStream(tmp_path), rank=rank, world_size=2).next_batch(16, 8)
         assert x.shape == (2, 8) and x.dtype == np.int64
