@@ -81,6 +81,9 @@ def train_tokenizer(train_docs: list[str], vocab: int, path: Path, max_chars: in
         )
     except RuntimeError as e:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        if m := re.search(r"smaller than required_chars\. \d+ vs (\d+)", msg):
+            raise PgolfError(f"--vocab {vocab} is below the {m.group(1)} pieces this text needs "
+                             "(its characters, 256 byte pieces, 4 specials): raise --vocab") from None
         raise PgolfError(f"SentencePiece could not train a {vocab}-piece tokenizer ({msg}); "
                          "use a smaller --vocab or more text") from None
     atomic_write_bytes(path, model.getvalue())

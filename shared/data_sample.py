@@ -19,6 +19,7 @@ import ast
 import re
 import sys
 import sysconfig
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,9 @@ def module_document(path: Path) -> str:
     """Docstrings and comment blocks of one source file, in source order ('' when none)."""
     try:
         source = path.read_text(encoding="utf-8")
-        tree = ast.parse(source)
+        with warnings.catch_warnings():  # some stdlib files hold invalid escape sequences
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
     except (SyntaxError, UnicodeDecodeError, ValueError):
         return ""
     docs = _docstrings(tree)
