@@ -1,0 +1,50 @@
+"""`shared/` is framework-free: importing any of it, or running `pgolf --help`, loads neither torch nor mlx.
+
+Checked in a fresh interpreter (sys.modules of this test process is shared
+with backend tests that legitimately import the frameworks).
+"""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import shared
+
+FRAMEWORKS = ("torch", "mlx")
+
+
+def _loaded_after(code: str) -> dict:
+    probe = code + (
+        "\nimport json, sys\n"
+        f"print('@@' + json.dumps({{f: any(m == f or m.startswith(f + '.') for m in sys.modules) for f in {FRAMEWORKS!r}}}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("@@"))
+    return json.loads(line[2:])
+
+
+def test_shared_modules_exist():
+    names = {m.name for m in pkgutil.iter_modules(shared.__path__)}
+    assert {"shards", "bpb", "config", "dataset", "data_build", "cli"} <= names
+
+
+def test_importing_every_shared_module_loads_no_framework():
+    names = sorted(m.name for m in pkgutil.iter_modules(shared.__path__))
+    code = "import importlib\n" + "".join(f"importlib.import_module('shared.{n}')\n" for n in names)
+    assert _loaded_after(code) == {f: False for f in FRAMEWORKS}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["data", "--help"], ["data", "build", "--help"]])
+def test_cli_help_loads_no_framework(argv):
+    code = ("from shared.cli import main\n"
+            "try:\n"
+            f"    main({argv!r})\n"
+            "except SystemExit as e:\n"
+            "    assert e.code in (0, None), e.code\n")
+    assert _loaded_after(code) == {f: False for f in FRAMEWORKS}
