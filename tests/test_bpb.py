@@ -225,3 +225,27 @@ def test_audit_exact_without_space_piece(sp_nospace, tmp_path):
     assert report["decode_u2581"] > 100
     assert report["raw_decode_bytes"] == report["decoded_bytes"] + 2 * report["decode_u2581"]
     assert report["exact"] is True and report["lut_bytes"] == report["decoded_bytes"]
+
+
+def test_audit_reports_the_factor_when_tables_are_wrong(sp_nospace, tmp_path, monkeypatch, capsys):
+    """With the triple counted as 3 bytes (the public bug) the audit says how far off BPB would be."""
+    from shared import data_audit
+    from shared.cli import main
+
+    path = tmp_path / "nospace.model"
+    path.write_bytes(sp_nospace.serialized_model_proto())
+    data = tmp_path / "data"
+    write_shard(data / "fineweb_val_000000.bin", encode_docs(sp_nospace, stdlib_docs(30_000), "encode"))
+    write_shard(data / "fineweb_train_000000.bin", [1, 5])
+    naive = replace(ByteTables.from_processor(sp_nospace), space_triple=None)
+    monkeypatch.setattr(data_audit.ByteTables, "from_processor", classmethod(lambda cls, proc: naive))
+    report = audit(data, path)
+    assert report["exact"] is False
+    assert report["lut_bytes"] == report["decoded_bytes"] + 2 * report["decode_u2581"]
+    assert report["factor"] == pytest.approx(report["lut_bytes"] / report["decoded_bytes"]) and report["factor"] > 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["data", "audit", "--data", str(data), "--tokenizer", str(path)])
+    assert e.value.code == 1
+    out = capsys.readouterr().out
+    assert f"factor {report['factor']:.6f}" in out and "too low" in out
