@@ -153,6 +153,19 @@ def build_body(qts: dict[str, QTensor], cfg: Config) -> bytes:
     return b"".join([struct.pack("<I", len(meta_raw)), meta_raw, *codes.chunks, *scales.chunks, *floats.chunks])
 
 
+def tensor_payload(t: QTensor) -> bytes:
+    """A tensor's stored bytes (codes + shuffled scales, or shuffled floats), as in the body."""
+    if t.q is not None:
+        return np.ascontiguousarray(t.q, dtype=np.int8).tobytes() + shuffle_bytes(t.scale.astype("<f2"))
+    return shuffle_bytes(t.data.astype("<f4" if t.scheme == "fp32" else "<f2").reshape(-1))
+
+
+def tensor_bytes(t: QTensor, level: int) -> int:
+    """Bytes of one tensor's payload compressed alone: an estimate of its share of the artifact
+    (the whole body compresses somewhat better than the sum of its parts)."""
+    return len(compress(tensor_payload(t), level))
+
+
 def compress(body: bytes, level: int) -> bytes:
     """One-shot, single-threaded zstd: the same bytes on every machine (MACHINE-NOTES.md)."""
     if not 1 <= level <= MAX_ZSTD_LEVEL:
@@ -264,11 +277,15 @@ def read_artifact(path: str | Path) -> tuple[Config, dict[str, np.ndarray]]:
 
 # ----------------------------------------------------------------------------- counted code
 
-# The shared modules a training + evaluation run imports (not the CLI, data tools or this
-# packer's budget search): the counted code is these plus every .py file of the backend package.
+# The counted code of a pgolf run: every .py file of the backend package, plus the shared
+# modules that training, packing and evaluating import (the entry point `python -m <backend>`
+# goes through cli.py/cli_train.py). Tools a run does not use (data download/build CLI,
+# `pgolf pack`'s budget search, parity) are not counted. tests/test_artifact.py checks that
+# the backend imports no shared module outside this list.
 SHARED_RUN_MODULES = (
     "__init__.py", "errors.py", "config.py", "spec.py", "shards.py", "bpb.py", "schedule.py",
-    "rundir.py", "artifact.py", "quant.py", "gptq.py", "backends.py",
+    "rundir.py", "artifact.py", "quant.py", "gptq.py", "backends.py", "finish.py", "dataset.py",
+    "data_build.py", "progress.py", "cli.py", "cli_train.py",
 )
 BACKEND_PACKAGES = {"mlx": "mlx_train", "torch": "cuda_train"}
 

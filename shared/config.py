@@ -153,6 +153,7 @@ class QuantConfig:
     gptq_block: int = 128
     gptq_damp: float = 0.01
     calib_tokens: int = 65536        # calibration tokens from the training split (GPTQ, budget mode)
+    budget_tokens: int = 8192        # of those, the tokens whose loss ranks tensors in budget mode
     zstd_level: int = 22
 
     def validate(self) -> None:
@@ -168,8 +169,9 @@ class QuantConfig:
             raise PgolfError(f"quant.clip_k must be positive, got {self.clip_k}")
         if not 0.0 < self.gptq_damp < 1.0:
             raise PgolfError(f"quant.gptq_damp must be in (0, 1), got {self.gptq_damp}")
-        if self.gptq_block < 1 or self.calib_tokens < 1 or self.keep_float_max_numel < 0:
-            raise PgolfError("quant.gptq_block and quant.calib_tokens must be >= 1, quant.keep_float_max_numel >= 0")
+        if min(self.gptq_block, self.calib_tokens, self.budget_tokens) < 1 or self.keep_float_max_numel < 0:
+            raise PgolfError("quant.gptq_block, quant.calib_tokens and quant.budget_tokens must be >= 1, "
+                             "quant.keep_float_max_numel >= 0")
         if not 1 <= self.zstd_level <= 22:
             raise PgolfError(f"quant.zstd_level must be in 1..22, got {self.zstd_level}")
 

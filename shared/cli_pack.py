@@ -1,0 +1,158 @@
+"""`pgolf pack` and `pgolf inspect`: make and audit the 16 MB artifact.
+
+    pgolf pack RUN_DIR/checkpoint.safetensors --backend mlx -o model.pgz \\
+        [--set quant.mlp=int6 --set quant.gptq=true] [--budget 16000000] \\
+        [--data DIR --tokenizer MODEL]
+    pgolf inspect model.pgz [--json] [--backend torch]
+
+`pack` quantises a checkpoint with the `[quant]` section saved in it (plus
+`--set quant.*` overrides). GPTQ (`quant.gptq = true`) and `--budget` need
+calibration tokens, read from the *training* split of `--data` (default: the
+checkpoint's `data.dir`). `--budget BYTES` picks per-tensor bit widths so
+that the artifact plus the backend's counted code fits (shared/budget.py).
+
+`inspect` prints one row per tensor (scheme, bits, parameters and the bytes
+of its payload compressed alone: the parts do not add up exactly to the
+whole), the totals, bytes per parameter, the counted code bytes and the
+headroom against the 16,000,000-byte cap; it exits with code 2 when over.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from shared.config import Config, parse_override
+from shared.errors import PgolfError
+
+SIZE_CAP = 16_000_000
+BACKEND_CHOICE = click.Choice(["mlx", "torch"])
+
+
+def _quant_overrides(cfg: Config, overrides: tuple[str, ...]) -> Config:
+    from shared.config import _apply
+
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section != "quant":
+            raise PgolfError(f"--set {text!r}: pack only takes quant.* overrides (the weights fix the rest)")
+        cfg = _apply(cfg, section, key, value, source="--set")
+    return cfg.validate()
+
+
+@click.command("pack")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--backend", required=True, type=BACKEND_CHOICE, help="Backend for calibration, loss and counted code.")
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Artifact to write (e.g. model.pgz).")
+@click.option("--set", "overrides", multiple=True, metavar="quant.KEY=VALUE", help="Override a [quant] setting.")
+@click.option("--budget", type=int, default=None, help="Byte budget for artifact + counted code (e.g. 16000000).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder (training split gives calibration tokens) [default: the checkpoint's data.dir].")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
+              help="SentencePiece .model [default: the checkpoint's data.tokenizer].")
+def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ...], budget: int | None,
+             data_dir: Path | None, tokenizer: Path | None) -> None:
+    """Quantise and pack a checkpoint into an artifact."""
+    from shared.artifact import code_bytes, pack, unpack, write_artifact
+    from shared.rundir import load_checkpoint
+    from shared.spec import check_params
+
+    params, cfg, step = load_checkpoint(checkpoint)
+    if cfg is None:
+        raise PgolfError(f"{checkpoint} has no embedded config: pack a checkpoint written by `pgolf train`")
+    check_params(params, cfg.model, str(checkpoint))
+    cfg = _quant_overrides(cfg, overrides)
+    code = code_bytes(backend)
+    if budget is not None and budget <= code:
+        raise PgolfError(f"--budget {budget:,} does not even cover the {code:,} bytes of counted code")
+
+    hessians = None
+    schemes = None
+    if cfg.quant.gptq or budget is not None:
+        from shared.backends import get_backend
+        from shared.budget import budget_schemes, calibration_batch, sensitivity_batch
+        from shared.dataset import open_dataset
+
+        be = get_backend(backend)
+        ds = open_dataset(data_dir or cfg.data.dir, tokenizer or cfg.data.tokenizer, cfg.model.vocab_size)
+        x, y = calibration_batch(ds, cfg)
+        click.echo(f"calibration: {x.size:,} tokens from the training split of {ds.data_dir}")
+        if cfg.quant.gptq:
+            hessians = be.collect_hessians(params, cfg, x)
+        if budget is not None:
+            sx, sy = sensitivity_batch(x, y, cfg)
+            schemes = budget_schemes(params, cfg, budget - code, lambda p: be.batch_loss(p, cfg, sx, sy),
+                                     hessians=hessians, log=click.echo)
+    blob = pack(params, cfg, hessians, schemes)
+    unpack(blob, source=str(out))  # the reader must accept what we wrote
+    write_artifact(out, blob)
+    total = len(blob) + code
+    click.echo(f"wrote {out}: {len(blob):,} artifact bytes + {code:,} code bytes ({backend}) = {total:,} "
+               f"of {SIZE_CAP:,} ({'within' if total <= SIZE_CAP else 'OVER'} the cap), checkpoint step {step}")
+
+
+def inspect_report(blob: bytes, backend: str, source: str) -> dict:
+    """The inspect figures as a JSON-able dict (keys are a contract, see the module docstring)."""
+    from shared.artifact import code_bytes, read_quantized, tensor_bytes
+
+    cfg, qts = read_quantized(blob, source)
+    tensors = []
+    for name, t in qts.items():
+        n = int(np.prod(t.shape)) if t.shape else 1
+        tensors.append({"name": name, "shape": list(t.shape), "scheme": t.scheme, "bits": t.bits, "params": n,
+                        "compressed_bytes": tensor_bytes(t, cfg.quant.zstd_level)})
+    params = sum(t["params"] for t in tensors)
+    code = code_bytes(backend)
+    total = len(blob) + code
+    return {
+        "artifact_bytes": len(blob),
+        "code_bytes": code,
+        "code_backend": backend,
+        "total_bytes": total,
+        "params": params,
+        "bytes_per_param": len(blob) / max(params, 1),
+        "headroom": SIZE_CAP - total,
+        "size_cap": SIZE_CAP,
+        "tensor_bytes_note": "compressed_bytes: each tensor's payload compressed alone with the artifact's zstd level",
+        "tensors": tensors,
+    }
+
+
+@click.command("inspect")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--backend", type=BACKEND_CHOICE, default="torch", show_default=True,
+              help="Whose code counts against the cap (the submission script is the torch one).")
+def inspect_cmd(artifact: Path, as_json: bool, backend: str) -> None:
+    """Per-tensor sizes, totals and headroom of an artifact (exit 2 when over 16,000,000 bytes)."""
+    if not artifact.is_file():
+        raise PgolfError(f"{artifact} not found: pass an artifact written by `pgolf pack` or `pgolf train`")
+    r = inspect_report(artifact.read_bytes(), backend, str(artifact))
+    if as_json:
+        click.echo(json.dumps(r, indent=2, sort_keys=True))
+    else:
+        click.echo(f"{'tensor':34s} {'scheme':6s} {'bits':>4s} {'shape':>12s} {'params':>10s} {'bytes*':>10s} {'B/param':>7s}")
+        for t in r["tensors"]:
+            shape = "x".join(str(s) for s in t["shape"])
+            click.echo(f"{t['name']:34s} {t['scheme']:6s} {t['bits']:>4d} {shape:>12s} {t['params']:>10,} "
+                       f"{t['compressed_bytes']:>10,} {t['compressed_bytes'] / t['params']:>7.3f}")
+        click.echo("* each tensor's payload compressed alone; the artifact compresses them together")
+        click.echo(f"params          {r['params']:>12,}")
+        click.echo(f"artifact bytes  {r['artifact_bytes']:>12,}  ({r['bytes_per_param']:.4f} bytes/param)")
+        click.echo(f"code bytes      {r['code_bytes']:>12,}  ({backend} backend)")
+        click.echo(f"total bytes     {r['total_bytes']:>12,}  of {SIZE_CAP:,}")
+        click.echo(f"headroom        {r['headroom']:>12,}")
+    if r["headroom"] < 0:
+        click.echo(f"error: {artifact} is {-r['headroom']:,} bytes over the {SIZE_CAP:,}-byte cap", err=True)
+        sys.exit(2)
+
+
+pack = pack_cmd
+inspect = inspect_cmd
+
+__all__ = ["pack", "inspect", "inspect_report"]

@@ -1,0 +1,196 @@
+"""The artifact format (shared/artifact.py): round trip, determinism, refusal of bad files, code bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared import artifact
+from shared.config import QuantConfig
+from shared.errors import PgolfError
+from shared.spec import init_params, param_shapes, tensor_class
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(**quant):
+    cfg = tiny_config()
+    return replace(cfg, quant=replace(QuantConfig(keep_float_max_numel=0, clip_k=4.0, zstd_level=9), **quant)).validate()
+
+
+def _trained_like(cfg, seed=3) -> dict[str, np.ndarray]:
+    """Spec-initialised weights plus noise, so no tensor is all zeros or all ones."""
+    rng = np.random.default_rng(seed)
+    return {k: (v + rng.normal(0, 0.02, v.shape)).astype(np.float32) for k, v in init_params(cfg.model, 1).items()}
+
+
+def test_round_trip_names_shapes_config_and_error():
+    cfg = _cfg(embed="int8", attn="int6", mlp="int5", other="fp16")
+    params = _trained_like(cfg)
+    blob = artifact.pack(params, cfg)
+    cfg2, out = artifact.unpack(blob)
+    assert cfg2.model == cfg.model and cfg2.quant == cfg.quant and cfg2.train == cfg.train
+    assert list(out) == sorted(param_shapes(cfg.model))
+    bound = {"embed": 0.5 / 127, "attn": 0.5 / 31, "mlp": 0.5 / 15}
+    for name, w in params.items():
+        w_hat = out[name]
+        assert w_hat.dtype == np.float32 and w_hat.shape == w.shape
+        cls = tensor_class(name)
+        if cls == "other":
+            assert np.allclose(w_hat, w, rtol=1e-3, atol=1e-6)
+        else:
+            # Relative to each row's clip (<= max |w|): within half a step, except clipped outliers.
+            rowmax = np.abs(w).max(axis=1, keepdims=True)
+            err = np.abs(w - w_hat) / rowmax
+            assert np.mean(err <= bound[cls] * 1.01) > 0.98, name
+
+
+def test_same_inputs_same_bytes_and_header_is_tiny():
+    cfg = _cfg(attn="int6", mlp="int6")
+    params = _trained_like(cfg)
+    a = artifact.pack(params, cfg)
+    b = artifact.pack({k: params[k].copy() for k in reversed(list(params))}, cfg)  # dict order must not matter
+    assert a == b
+    assert a[:4] == artifact.MAGIC and artifact.HEADER.size <= 16
+
+
+_PACK_SCRIPT = """
+import hashlib, sys
+import numpy as np
+from shared import artifact
+from shared.config import from_toml_text
+data = np.load(sys.argv[1])
+cfg = from_toml_text(open(sys.argv[2]).read())
+params = {k[2:]: data[k] for k in data.files if k.startswith("p:")}
+hess = {k[2:]: data[k] for k in data.files if k.startswith("h:")} or None
+print(hashlib.sha256(artifact.pack(params, cfg, hess)).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("gptq", [False, True])
+def test_bytes_do_not_depend_on_thread_count(tmp_path, gptq):
+    from shared.config import to_toml
+
+    cfg = _cfg(attn="int6", mlp="int5", gptq=gptq, zstd_level=19)
+    params = _trained_like(cfg)
+    arrays = {f"p:{k}": v for k, v in params.items()}
+    if gptq:
+        rng = np.random.default_rng(0)
+        for name, w in params.items():
+            if w.ndim == 2 and tensor_class(name) in ("attn", "mlp"):
+                a = rng.normal(size=(512, w.shape[1])) * rng.uniform(0.1, 3.0, size=w.shape[1])
+                arrays[f"h:{name}"] = a.T @ a
+    np.savez(tmp_path / "in.npz", **arrays)
+    (tmp_path / "cfg.toml").write_text(to_toml(cfg))
+    digests = set()
+    for threads in ("1", "2", "7"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        out = subprocess.run([sys.executable, "-c", _PACK_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "cfg.toml")],
+                             env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    hess = {k[2:]: v for k, v in arrays.items() if k.startswith("h:")} or None
+    digests.add(hashlib.sha256(artifact.pack(params, cfg, hess)).hexdigest())
+    assert len(digests) == 1
+
+
+def _blob():
+    cfg = _cfg(attn="int6")
+    return artifact.pack(_trained_like(cfg), cfg)
+
+
+def _one_line_error(blob, match):
+    with pytest.raises(PgolfError, match=match) as e:
+        artifact.unpack(blob, source="x.pgz")
+    assert "\n" not in str(e.value) and str(e.value).startswith("x.pgz")
+
+
+def test_truncated_and_trailing_bytes_are_refused():
+    blob = _blob()
+    _one_line_error(blob[:-1], "truncated")
+    _one_line_error(blob[:7], "too short")
+    _one_line_error(blob + b"\0", "trailing")
+
+
+def test_corrupted_body_is_refused():
+    blob = bytearray(_blob())
+    for pos in (artifact.HEADER.size + 5, len(blob) // 2, len(blob) - 3):
+        bad = bytearray(blob)
+        bad[pos] ^= 0x40
+        _one_line_error(bytes(bad), "corrupt|checksum")
+
+
+def test_wrong_checksum_magic_and_future_version_are_refused():
+    blob = _blob()
+    magic, version, length, crc = artifact.HEADER.unpack_from(blob)
+    body = blob[artifact.HEADER.size:]
+    _one_line_error(artifact.HEADER.pack(magic, version, length, crc ^ 1) + body, "checksum")
+    _one_line_error(artifact.HEADER.pack(b"PK\x03\x04", version, length, crc) + body, "not a pgolf artifact")
+    _one_line_error(artifact.HEADER.pack(magic, version + 1, length, crc) + body, "version 2 is not supported")
+    assert struct.calcsize("<4sBII") == artifact.HEADER.size and zlib.crc32(b"") == 0
+
+
+def test_write_and_read_artifact(tmp_path):
+    cfg = _cfg()
+    params = _trained_like(cfg)
+    path = artifact.write_artifact(tmp_path / "sub" / "model.pgz", artifact.pack(params, cfg))
+    cfg2, out = artifact.read_artifact(path)
+    assert cfg2.model == cfg.model and set(out) == set(params)
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(PgolfError, match="not found"):
+        artifact.read_artifact(tmp_path / "missing.pgz")
+
+
+def test_gptq_without_hessians_is_a_clear_error():
+    cfg = _cfg(attn="int6", gptq=True)
+    with pytest.raises(PgolfError, match="needs Hessians"):
+        artifact.pack(_trained_like(cfg), cfg)
+
+
+def test_scheme_overrides_and_small_tensors_as_other():
+    cfg = replace(_cfg(attn="int6"), quant=replace(_cfg().quant, attn="int6", keep_float_max_numel=64 * 64))
+    params = _trained_like(cfg)
+    _, qts = artifact.read_quantized(artifact.pack(params, cfg, schemes={"blocks.0.mlp.fc.weight": "int4"}))
+    assert qts["blocks.0.attn.c_q.weight"].scheme == "fp16"       # 64x64 = 4096 <= keep_float_max_numel
+    assert qts["blocks.0.mlp.fc.weight"].scheme == "int4"
+    assert qts["blocks.0.attn_scale"].scheme == "fp16"
+    with pytest.raises(PgolfError, match="unknown tensor"):
+        artifact.pack(params, cfg, schemes={"nope": "int4"})
+
+
+def test_code_bytes_counts_listed_files():
+    for backend in ("mlx", "torch"):
+        files = artifact.code_files(backend)
+        pkg = artifact.BACKEND_PACKAGES[backend]
+        assert any(f.parent.name == pkg for f in files)
+        assert artifact.code_bytes(backend) == sum(len(f.read_bytes()) for f in files) > 10_000
+    with pytest.raises(PgolfError, match="unknown backend"):
+        artifact.code_bytes("jax")
+
+
+_IMPORTS = """
+import importlib, sys
+pkg = sys.argv[1]
+for mod in ("backend", "train", "model", "calibrate"):
+    importlib.import_module(f"{pkg}.{mod}")
+import shared.finish, shared.dataset
+print(" ".join(sorted(m.split(".", 1)[1] + ".py" for m in sys.modules if m.startswith("shared."))))
+"""
+
+
+@pytest.mark.parametrize("backend,framework", [("mlx", "mlx"), ("torch", "torch")])
+def test_counted_code_covers_what_a_run_imports(backend, framework):
+    pytest.importorskip(framework)
+    pkg = artifact.BACKEND_PACKAGES[backend]
+    out = subprocess.run([sys.executable, "-c", _IMPORTS, pkg], cwd=ROOT, capture_output=True, text=True, check=True)
+    imported = set(out.stdout.split())
+    assert imported - set(artifact.SHARED_RUN_MODULES) == set()
