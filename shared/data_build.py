@@ -25,7 +25,7 @@ import numpy as np
 
 from shared.errors import PgolfError
 from shared.progress import Progress
-from shared.shards import find_shards, write_shard
+from shared.shards import FILE_MODE, find_shards, write_shard
 
 BOS_ID = 1
 SHARD_TOKENS = 100_000_000  # the published export's train shard size
@@ -90,6 +90,8 @@ def train_tokenizer(train_docs: list[str], vocab: int, path: Path, max_chars: in
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     vocab_text = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
     atomic_write_bytes(path.with_suffix(".vocab"), vocab_text.encode("utf-8"))
+    for written in (path, path.with_suffix(".vocab")):
+        written.chmod(FILE_MODE)  # atomic writes start as 0600
     return path
 
 
@@ -183,7 +185,9 @@ def write_manifest(data_dir: Path, tok_path: Path, name: str, vocab: int, docs: 
         "tokens": totals,
         "files": entries,
     }
-    return atomic_write_bytes(data_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    path = atomic_write_bytes(data_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    path.chmod(FILE_MODE)
+    return path
 
 
 def read_manifest(data_dir: str | Path) -> dict | None:

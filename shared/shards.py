@@ -30,6 +30,9 @@ VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would have given a new file
 
 
 def write_shard(path: str | Path, tokens: np.ndarray) -> Path:
@@ -43,6 +46,7 @@ def write_shard(path: str | Path, tokens: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; data is meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(header.tobytes())
             f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
