@@ -28,11 +28,14 @@ def cli() -> None:
 
 def _register() -> None:
     from shared.cli_data import data
+    from shared.cli_pack import inspect, pack
     from shared.cli_train import evaluate, train
 
     cli.add_command(data)
     cli.add_command(train)
     cli.add_command(evaluate)
+    cli.add_command(pack)
+    cli.add_command(inspect)
 
 
 _register()
