@@ -36,6 +36,8 @@ CHECKPOINT = "checkpoint.safetensors"
 TRAIN_STATE = "train_state.safetensors"
 ARTIFACT = "model.pgz"
 SUMMARY = "summary.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 SUMMARY_KEYS = (
     "backend", "val_loss", "val_bpb", "q_val_loss", "q_val_bpb", "artifact_bytes", "code_bytes",
     "total_bytes", "artifact_sha256", "params", "steps", "train_tokens", "train_seconds", "tokens_per_second",
@@ -50,6 +52,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
