@@ -1,0 +1,119 @@
+"""`pgolf pack` and `pgolf inspect` (shared/cli_pack.py) through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared import cli_pack
+from shared.artifact import code_bytes, read_artifact, read_quantized
+from shared.cli import main
+from shared.rundir import save_checkpoint
+from shared.spec import init_params
+from tests.conftest import tiny_config
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _checkpoint(tmp_path: Path, vocab: int = 512, **quant) -> Path:
+    cfg = tiny_config()
+    cfg = replace(cfg, model=replace(cfg.model, vocab_size=vocab), quant=replace(cfg.quant, keep_float_max_numel=0, **quant))
+    rng = np.random.default_rng(0)
+    params = {k: (v + rng.normal(0, 0.02, v.shape)).astype(np.float32) for k, v in init_params(cfg.model, 1).items()}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    return save_checkpoint(run_dir, params, cfg, step=7)
+
+
+def test_pack_then_inspect_json(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path)
+    out = tmp_path / "model.pgz"
+    code, stdout, err = run(["pack", str(ckpt), "--backend", "torch", "-o", str(out),
+                             "--set", "quant.mlp=int6", "--set", "quant.zstd_level=9"], capsys)
+    assert code == 0, err
+    assert "artifact bytes" in stdout and out.is_file()
+    cfg, _ = read_artifact(out)
+    assert cfg.quant.mlp == "int6" and cfg.quant.zstd_level == 9
+    code, stdout, err = run(["inspect", str(out), "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(stdout)
+    for key in ("artifact_bytes", "code_bytes", "total_bytes", "params", "bytes_per_param", "headroom", "tensors"):
+        assert key in r
+    assert r["artifact_bytes"] == out.stat().st_size
+    assert r["code_bytes"] == code_bytes("torch")
+    assert r["total_bytes"] == r["artifact_bytes"] + r["code_bytes"]
+    assert r["headroom"] == 16_000_000 - r["total_bytes"]
+    assert r["params"] == sum(t["params"] for t in r["tensors"])
+    assert r["bytes_per_param"] == pytest.approx(r["artifact_bytes"] / r["params"])
+    schemes = {t["name"]: t["scheme"] for t in r["tensors"]}
+    assert schemes["blocks.0.mlp.fc.weight"] == "int6" and schemes["tok_emb.weight"] == "int8"
+    # The human table names every tensor.
+    code, stdout, _ = run(["inspect", str(out)], capsys)
+    assert code == 0 and "blocks.1.mlp.proj.weight" in stdout and "headroom" in stdout
+
+
+def test_inspect_over_the_cap_exits_2(tmp_path, capsys, monkeypatch):
+    ckpt = _checkpoint(tmp_path)
+    out = tmp_path / "model.pgz"
+    assert run(["pack", str(ckpt), "--backend", "mlx", "-o", str(out)], capsys)[0] == 0
+    monkeypatch.setattr(cli_pack, "SIZE_CAP", 1000)
+    code, _, err = run(["inspect", str(out), "--backend", "mlx"], capsys)
+    assert code == 2 and "over the" in err
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path)
+    out = tmp_path / "model.pgz"
+    code, _, err = run(["pack", str(ckpt), "--backend", "torch", "-o", str(out), "--set", "model.num_layers=3"], capsys)
+    assert code == 2 and "only takes quant.*" in err and err.count("\n") == 1
+    code, _, err = run(["pack", str(ckpt), "--backend", "torch", "-o", str(out), "--set", "quant.attn=int9"], capsys)
+    assert code == 2 and "not a scheme" in err
+    code, _, err = run(["pack", str(ckpt), "--backend", "torch", "-o", str(out), "--budget", "1000"], capsys)
+    assert code == 2 and "counted code" in err
+    bad = tmp_path / "bad.pgz"
+    bad.write_bytes(b"PGLF\x01" + b"\0" * 20)
+    code, _, err = run(["inspect", str(bad)], capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    code, _, err = run(["inspect", str(tmp_path / "none.pgz")], capsys)
+    assert code == 2 and "not found" in err
+
+
+@pytest.mark.torch
+def test_gptq_and_budget_from_training_tokens(tmp_path, capsys, tiny_data):
+    pytest.importorskip("torch")
+    ckpt = _checkpoint(tmp_path, vocab=tiny_data.vocab_size, zstd_level=9, calib_tokens=2048, budget_tokens=512)
+    data = ["--data", str(tiny_data.data_dir), "--tokenizer", str(tiny_data.tokenizer)]
+    int8 = tmp_path / "int8.pgz"
+    assert run(["pack", str(ckpt), "--backend", "torch", "-o", str(int8)], capsys)[0] == 0
+    gptq = tmp_path / "gptq.pgz"
+    code, stdout, err = run(["pack", str(ckpt), "--backend", "torch", "-o", str(gptq), "--set", "quant.attn=int6",
+                             "--set", "quant.gptq=true", *data], capsys)
+    assert code == 0, err
+    assert "calibration: 2,048 tokens from the training split" in stdout
+    assert read_quantized(gptq.read_bytes())[0].quant.gptq
+    # A budget 30% below the all-int8 size forces some tensors under 8 bits.
+    budget = code_bytes("torch") + int(0.7 * int8.stat().st_size)
+    out = tmp_path / "budget.pgz"
+    code, stdout, err = run(["pack", str(ckpt), "--backend", "torch", "-o", str(out), "--budget", str(budget), *data],
+                            capsys)
+    assert code == 0, err
+    assert out.stat().st_size + code_bytes("torch") <= budget
+    _, qts = read_quantized(out.read_bytes())
+    bits = [t.bits for t in qts.values() if t.q is not None]
+    assert min(bits) < 8 and "budget:" in stdout
+    # Impossible budgets say so.
+    code, _, err = run(["pack", str(ckpt), "--backend", "torch", "-o", str(out), *data,
+                        "--budget", str(code_bytes("torch") + 2000)], capsys)
+    assert code == 2 and "cannot fit" in err
