@@ -278,6 +278,11 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str | 
     def save(at: int) -> None:
         """Rank 0 writes weights, then optimizer state + data position + clock (no collective needed)."""
         nonlocal good_step
+        # The loss is measured before the update, so the weights it produced can still be bad: check
+        # them on every rank (identical weights, identical verdict) and never overwrite a good checkpoint.
+        if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+            raise PgolfError(f"weights became non-finite by step {at}; not saved, the last good checkpoint is kept "
+                             f"({_good(good_step)}); lower the learning rates or set optim.grad_clip_norm")
         if rt.is_main:
             save_checkpoint(run.path, export_params(model), cfg, at)
             save_train_state(run.path, _optimizer_state(opt), {"step": at, "data": stream.state(), "elapsed": elapsed,
