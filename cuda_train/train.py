@@ -256,8 +256,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str | 
 
     # torch.compile and DDP wrap the single-device model here, never inside model.py.
     compiled = torch.compile(model, dynamic=False) if t.compile else model
-    net = (DDP(compiled, device_ids=[rt.device.index] if rt.is_cuda else None, broadcast_buffers=False)
-           if rt.distributed else compiled)
+    net = DDP(compiled, device_ids=[rt.device.index] if rt.is_cuda else None) if rt.distributed else compiled
 
     def run_step(scale: float, momentum: float) -> Tensor:
         opt.set_schedule(scale, momentum)
