@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import math
 
+# isort: off
+from mlx_train import runtime  # noqa: F401  (before mlx.core: loads the Linux BLAS shim)
+# isort: on
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np

@@ -15,7 +15,8 @@ The shim is compiled with gcc on first use into the cache folder
 the OpenBLAS path, written to a private temp file and renamed into place:
 concurrent first runs each build their own copy and the last rename wins,
 with no lock and never a half-written library. `PGOLF_MLX_BLAS=off` skips it
-(for benchmarks); a missing gcc or scipy-openblas32 falls back with a warning.
+(for benchmarks); products with m*n*k below `PGOLF_BLAS_SMALL_GEMM`
+(default 2**24) run single-threaded; a missing gcc or scipy-openblas32 falls back with a warning.
 
 `mx.compile` on CPU runs a C++ compiler at run time and caches the kernels
 under `$TMPDIR/mlx/<version>/cpu`; when TMPDIR is unset we point it into the
@@ -36,24 +37,39 @@ import warnings
 from pathlib import Path
 
 SHIM_SOURCE = r"""
-/* Forward the unprefixed CBLAS names MLX's CPU backend calls to scipy-openblas32. */
+/* Forward the unprefixed CBLAS names MLX's CPU backend calls to scipy-openblas32.
+   Small products run on one thread: MLX issues attention as many small batched
+   GEMMs, and waking OpenBLAS's thread pool for each costs more than the product
+   (18x slower on a busy 2-core machine). */
 typedef int blasint;
+extern void scipy_openblas_set_num_threads(int);
+extern int scipy_openblas_get_num_threads(void);
 extern void scipy_cblas_sgemm(int, int, int, blasint, blasint, blasint, float, const float *, blasint,
                               const float *, blasint, float, float *, blasint);
 extern void scipy_cblas_dgemm(int, int, int, blasint, blasint, blasint, double, const double *, blasint,
                               const double *, blasint, double, double *, blasint);
 extern void scipy_cblas_cgemm(int, int, int, blasint, blasint, blasint, const void *, const void *, blasint,
                               const void *, blasint, const void *, void *, blasint);
+static int full_threads = 0, current = 0;
+long long pgolf_small_gemm = 1LL << 24; /* m*n*k below this: one thread (set from Python) */
+static void pick_threads(blasint m, blasint n, blasint k) {
+    if (full_threads == 0) { full_threads = scipy_openblas_get_num_threads(); current = full_threads; }
+    int want = ((long long)m * n * k < pgolf_small_gemm) ? 1 : full_threads;
+    if (want != current) { scipy_openblas_set_num_threads(want); current = want; }
+}
 void cblas_sgemm(int o, int ta, int tb, blasint m, blasint n, blasint k, float alpha, const float *a, blasint lda,
                  const float *b, blasint ldb, float beta, float *c, blasint ldc) {
+    pick_threads(m, n, k);
     scipy_cblas_sgemm(o, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 void cblas_dgemm(int o, int ta, int tb, blasint m, blasint n, blasint k, double alpha, const double *a, blasint lda,
                  const double *b, blasint ldb, double beta, double *c, blasint ldc) {
+    pick_threads(m, n, k);
     scipy_cblas_dgemm(o, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 void cblas_cgemm(int o, int ta, int tb, blasint m, blasint n, blasint k, const void *alpha, const void *a, blasint lda,
                  const void *b, blasint ldb, const void *beta, void *c, blasint ldc) {
+    pick_threads(m, n, k);
     scipy_cblas_cgemm(o, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 """
@@ -122,7 +138,11 @@ def setup_blas() -> str:
         return _BLAS
     try:
         shim = _build_shim(lib_dir, cache_dir() / "blas")
-        _LIBS.append(ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL))
+        lib = ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)
+        small = os.environ.get("PGOLF_BLAS_SMALL_GEMM")  # m*n*k threshold for single-threaded GEMM
+        if small:
+            ctypes.c_longlong.in_dll(lib, "pgolf_small_gemm").value = int(small)
+        _LIBS.append(lib)
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         warnings.warn(f"could not build/load the OpenBLAS shim ({e}); MLX's CPU matmul will be slow", stacklevel=2)
         _BLAS = f"MLX bundled reference BLAS (shim failed: {e})"

@@ -33,11 +33,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+# isort: off
+from mlx_train import runtime  # noqa: F401  (before mlx.core: loads the Linux BLAS shim)
+# isort: on
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_unflatten
 
-from mlx_train import runtime
 from mlx_train.model import GPT, flat_params, load_params, to_mx, to_numpy
 from mlx_train.optim import MuonAdam, init_state
 from shared.bpb import ByteTables, EvalResult
