@@ -16,7 +16,7 @@ the OpenBLAS path, written to a private temp file and renamed into place:
 concurrent first runs each build their own copy and the last rename wins,
 with no lock and never a half-written library. `PGOLF_MLX_BLAS=off` skips it
 (for benchmarks); products with m*n*k below `PGOLF_BLAS_SMALL_GEMM`
-(default 2**24) run single-threaded; a missing gcc or scipy-openblas32 falls back with a warning.
+(default 2**27) run single-threaded; a missing gcc or scipy-openblas32 falls back with a warning.
 
 `mx.compile` on CPU runs a C++ compiler at run time and caches the kernels
 under `$TMPDIR/mlx/<version>/cpu`; when TMPDIR is unset we point it into the
@@ -51,7 +51,7 @@ extern void scipy_cblas_dgemm(int, int, int, blasint, blasint, blasint, double, 
 extern void scipy_cblas_cgemm(int, int, int, blasint, blasint, blasint, const void *, const void *, blasint,
                               const void *, blasint, const void *, void *, blasint);
 static int full_threads = 0, current = 0;
-long long pgolf_small_gemm = 1LL << 24; /* m*n*k below this: one thread (set from Python) */
+long long pgolf_small_gemm = 1LL << 27; /* m*n*k below this: one thread (set from Python) */
 static void pick_threads(blasint m, blasint n, blasint k) {
     if (full_threads == 0) { full_threads = scipy_openblas_get_num_threads(); current = full_threads; }
     int want = ((long long)m * n * k < pgolf_small_gemm) ? 1 : full_threads;
