@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", type=Path)
     ap.add_argument("--tokenizer", type=Path)
     ap.add_argument("--clip-k", type=float, default=None, help="quant.clip_k for the int<8 rows [default: config]")
+    ap.add_argument("--eval-tokens", type=int, default=None, help="eval.max_tokens [default: the checkpoint's]")
     ap.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
     args = ap.parse_args(argv)
     if args.checkpoint is None:
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.data, args.tokenizer = args.data or data, args.tokenizer or tok
 
     params, cfg, step = load_checkpoint(args.checkpoint)
+    if args.eval_tokens:
+        cfg = replace(cfg, eval=replace(cfg.eval, max_tokens=args.eval_tokens))
     be = get_backend(args.backend)
     ds = open_dataset(args.data or cfg.data.dir, args.tokenizer or cfg.data.tokenizer, cfg.model.vocab_size)
     n_params = count_params(cfg.model)
