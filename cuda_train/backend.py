@@ -4,6 +4,7 @@
     evaluate(params, cfg, val_tokens, tables, rank=0, world_size=1) -> EvalResult (totals over ranks)
     batch_loss(params, cfg, x, y) -> float
     train_steps(params, cfg, batches) -> (losses, params)
+    export_params(params, cfg) -> params              (load into the model, export back: parity)
     collect_hessians(params, cfg, x) -> {name: H}      (cuda_train/calibrate.py)
 
 `train` with nproc > 1 launches torchrun on this machine
@@ -25,7 +26,8 @@ import torch
 
 from cuda_train import runtime
 from cuda_train.calibrate import collect_hessians  # noqa: F401  (part of the contract)
-from cuda_train.model import build_model, export_params
+from cuda_train.model import build_model
+from cuda_train.model import export_params as export_model
 from cuda_train.optim import Optimizers
 from cuda_train.train import autocast, evaluate_model
 from cuda_train.train import train as train_here
@@ -84,6 +86,12 @@ def _cpu_fp32(cfg: Config) -> tuple[torch.device, torch.dtype]:
     return dev, runtime.compute_dtype(cfg.train.compute_dtype, dev)
 
 
+def export_params(params: dict[str, np.ndarray], cfg: Config) -> dict[str, np.ndarray]:
+    """Load the canonical dict into the torch model and export it back (what a packed run would see)."""
+    dev, _ = _cpu_fp32(cfg)
+    return export_model(build_model(cfg.model, params, dev))
+
+
 @torch.no_grad()
 def batch_loss(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray, y: np.ndarray) -> float:
     """Mean cross-entropy (nats) of one batch: one forward, no state."""
@@ -112,4 +120,4 @@ def train_steps(params: dict[str, np.ndarray], cfg: Config,
         opt.step()
         opt.zero_grad()
         losses.append(float(loss.detach()))
-    return losses, export_params(model)
+    return losses, export_model(model)

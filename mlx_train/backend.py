@@ -7,6 +7,7 @@ with the canonical names and layouts of `shared/spec.py`.
     evaluate(params, cfg, val_tokens, tables, rank=0, world_size=1) -> EvalResult
     batch_loss(params, cfg, x, y) -> float
     train_steps(params, cfg, batches) -> (losses, params)
+    export_params(params, cfg) -> params              (load into the model, export back: parity)
     collect_hessians(params, cfg, x) -> {name: H [in, in] float64}   (mlx_train/calibrate.py)
 """
 
@@ -37,6 +38,14 @@ def evaluate(params: dict[str, np.ndarray], cfg: Config, val_tokens: np.ndarray,
         raise PgolfError("the MLX backend evaluates in one process (world_size=1)")
     check_params(params, cfg.model, "weights")
     return _train.Trainer(cfg, params).evaluate(val_tokens, tables)
+
+
+def export_params(params: dict[str, np.ndarray], cfg: Config) -> dict[str, np.ndarray]:
+    """Load the canonical dict into the MLX model and export it back (what a packed run would see)."""
+    from mlx_train.model import build_model
+    from mlx_train.model import export_params as export_model
+
+    return export_model(build_model(cfg.model, params))
 
 
 def batch_loss(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray, y: np.ndarray) -> float:

@@ -29,6 +29,7 @@ def cli() -> None:
 def _register() -> None:
     from shared.cli_data import data
     from shared.cli_pack import inspect, pack
+    from shared.cli_parity import parity
     from shared.cli_train import evaluate, train
 
     cli.add_command(data)
@@ -36,6 +37,7 @@ def _register() -> None:
     cli.add_command(evaluate)
     cli.add_command(pack)
     cli.add_command(inspect)
+    cli.add_command(parity)
 
 
 _register()

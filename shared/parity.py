@@ -1,0 +1,145 @@
+"""Parity: one checkpoint, two backends, the same numbers.
+
+`run_parity` loads the same float32 weights into MLX and PyTorch (CPU, fp32)
+and checks, each against a stated tolerance:
+
+1. `export`: each backend loads the checkpoint and exports it back; the shared
+   packer turns both exports into byte-identical artifacts.
+2. `bpb`: the artifact's validation BPB from MLX and from PyTorch agree.
+3. `forward`: the loss of one training batch agrees.
+4. `train`: twenty optimizer steps from the same weights on the same batches
+   give losses that agree at every step.
+5. `cross`: the artifact packed from one backend's export, evaluated by the
+   other backend, gives the same BPB as in its own.
+
+Each check says which quantity diverged and by how much, so a one-line
+divergence in a backend (a different RoPE base, say) points at itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from shared.config import Config
+
+BPB_TOL = 1e-4          # absolute, in bits per byte
+FORWARD_TOL = 1e-5      # relative
+TRAIN_TOL = 1e-4        # relative, at every step
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    value: float
+    tol: float
+    detail: str
+
+
+@dataclass
+class ParityReport:
+    checks: list[Check] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def add(self, name: str, value: float, tol: float, detail: str) -> None:
+        ok = bool(np.isfinite(value) and value <= tol)
+        self.checks.append(Check(name, ok, float(value), tol, detail))
+
+    def failures(self) -> list[str]:
+        return [f"{c.name}: {c.detail} (got {c.value:.3g}, allowed {c.tol:.0e})" for c in self.checks if not c.ok]
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.figures)
+        out["ok"] = self.ok
+        out["checks"] = {c.name: {"ok": c.ok, "value": c.value, "tol": c.tol, "detail": c.detail} for c in self.checks}
+        return out
+
+
+def parity_config(cfg: Config) -> Config:
+    """fp32, step-based schedule, no compile: what both backends compute identically on a CPU."""
+    train = replace(cfg.train, compute_dtype="float32", max_seconds=0.0, compile=False, warmup_steps=0)
+    return replace(cfg, train=train).validate()
+
+
+def rel_diff(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+def sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def train_batches(dataset, cfg: Config, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The first `n` micro-batches of the training stream, as a 1-rank run would see them."""
+    from shared.shards import BatchLoader
+
+    loader = BatchLoader(dataset.train_stream())
+    micro = cfg.train.batch_tokens // cfg.train.grad_accum
+    return [loader.next_batch(micro, cfg.train.seq_len) for _ in range(n)]
+
+
+def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int = 20,
+               backends: tuple[str, str] = ("mlx", "torch")) -> ParityReport:
+    from shared.artifact import pack, unpack
+    from shared.backends import get_backend
+
+    cfg = parity_config(cfg)
+    a_name, b_name = backends
+    a, b = get_backend(a_name), get_backend(b_name)
+    rep = ParityReport()
+
+    # 1. Export -> pack: byte-identical artifacts.
+    blob_a = pack(a.export_params(params, cfg), cfg)
+    blob_b = pack(b.export_params(params, cfg), cfg)
+    rep.figures.update({f"sha256_{a_name}": sha256(blob_a), f"sha256_{b_name}": sha256(blob_b),
+                        "identical": blob_a == blob_b, "artifact_bytes": len(blob_a)})
+    rep.add("export", 0.0 if blob_a == blob_b else 1.0, 0.0,
+            f"artifacts packed from the {a_name} and {b_name} exports differ")
+
+    # 2. The artifact's validation BPB in both backends.
+    _, q_a = unpack(blob_a)
+    res_a = a.evaluate(q_a, cfg, dataset.val_tokens, dataset.tables)
+    res_b = b.evaluate(q_a, cfg, dataset.val_tokens, dataset.tables)
+    diff = abs(res_a.val_bpb - res_b.val_bpb)
+    rep.figures.update({f"bpb_{a_name}": res_a.val_bpb, f"bpb_{b_name}": res_b.val_bpb, "bpb_abs_diff": diff,
+                        "eval_tokens": res_a.tokens})
+    rep.add("bpb", diff, BPB_TOL, f"validation BPB of the artifact differs between {a_name} and {b_name}")
+    if res_a.bytes != res_b.bytes or res_a.tokens != res_b.tokens:
+        rep.add("bpb_counts", 1.0, 0.0, "the backends scored different token or byte counts")
+
+    # 3. One forward pass.
+    batches = train_batches(dataset, cfg, max(steps, 1))
+    x, y = batches[0]
+    la, lb = a.batch_loss(params, cfg, x, y), b.batch_loss(params, cfg, x, y)
+    rep.figures.update({f"loss_{a_name}": la, f"loss_{b_name}": lb, "loss_rel_diff": rel_diff(la, lb)})
+    rep.add("forward", rel_diff(la, lb), FORWARD_TOL, "forward loss on the first training batch differs")
+
+    # 4. Training steps from the same weights on the same batches.
+    if steps > 0:
+        losses_a, _ = a.train_steps(params, cfg, batches[:steps])
+        losses_b, _ = b.train_steps(params, cfg, batches[:steps])
+        diffs = [rel_diff(p, q) for p, q in zip(losses_a, losses_b, strict=True)]
+        worst = int(np.argmax(diffs))
+        rep.figures.update({"train_steps": steps, f"train_losses_{a_name}": losses_a,
+                            f"train_losses_{b_name}": losses_b, "max_loss_rel_diff": max(diffs)})
+        rep.add("train", max(diffs), TRAIN_TOL,
+                f"training losses diverge, worst at step {worst + 1} ({losses_a[worst]:.6f} vs {losses_b[worst]:.6f})")
+
+    # 5. Cross evaluation: each backend's artifact read by the other. With identical
+    # artifacts this is check 2 again; otherwise both artifacts are scored by both.
+    cross = diff
+    if blob_a != blob_b:
+        _, q_b = unpack(blob_b)
+        cross = max(diff, abs(a.evaluate(q_b, cfg, dataset.val_tokens, dataset.tables).val_bpb
+                              - b.evaluate(q_b, cfg, dataset.val_tokens, dataset.tables).val_bpb))
+    rep.figures["cross_bpb_abs_diff"] = cross
+    rep.add("cross", cross, BPB_TOL, "an artifact from one backend evaluates differently in the other")
+    return rep

@@ -1,0 +1,144 @@
+"""Parity: MLX and PyTorch compute the same numbers from the same weights.
+
+Every option of the [model], [optim] and [train] sections has a case here:
+the architecture and optimizer options through `run_parity`'s forward and
+training-step checks, the training-loop options (accumulation, micro-batch
+cap, undone warm-up, warmdown) through whole `train` runs compared step by step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mlx.core")
+pytest.importorskip("torch")
+
+from conftest import tiny_config  # noqa: E402
+
+from shared.dataset import open_dataset  # noqa: E402
+from shared.parity import parity_config, rel_diff, run_parity  # noqa: E402
+from shared.rundir import load_checkpoint  # noqa: E402
+from shared.spec import init_params  # noqa: E402
+
+pytestmark = [pytest.mark.mlx, pytest.mark.torch]
+
+
+def _cfg(model=None, optim=None, **train):
+    cfg = tiny_config(**train)
+    return replace(cfg, model=replace(cfg.model, **(model or {})), optim=replace(cfg.optim, **(optim or {}))).validate()
+
+
+# Each case changes options away from the defaults; together they cover every model and optim key.
+CASES = {
+    "baseline_shape": _cfg(),
+    "untied_head": _cfg(model={"tie_embeddings": False}, optim={"embed_lr": 0.3, "head_lr": 0.02}),
+    "mha_odd_depth": _cfg(model={"num_layers": 3, "num_heads": 2, "num_kv_heads": 2, "mlp_mult": 3, "model_dim": 48}),
+    "softcap_rope_gain": _cfg(model={"logit_softcap": 5.0, "rope_base": 100.0, "qk_gain_init": 3.0,
+                                     "tied_embed_init_std": 0.05}),
+    "optimizer_knobs": _cfg(optim={"tied_embed_lr": 0.1, "matrix_lr": 0.02, "scalar_lr": 0.01, "muon_momentum": 0.9,
+                                   "muon_backend_steps": 3, "muon_momentum_warmup_start": 0.5,
+                                   "muon_momentum_warmup_steps": 3, "beta1": 0.8, "beta2": 0.99, "adam_eps": 1e-6,
+                                   "grad_clip_norm": 0.05}),
+    "step_warmdown": _cfg(iterations=6, warmdown_iters=4),
+}
+
+
+def live_params(cfg, seed: int) -> dict[str, np.ndarray]:
+    """Initial weights made far from uniform: projections filled in and embeddings large enough
+    that the logits (and so the loss) depend on every path, as in a trained model."""
+    params = init_params(cfg.model, seed=seed)
+    rng = np.random.default_rng(seed)
+    for k, v in params.items():
+        if k.endswith("proj.weight"):
+            params[k] = rng.uniform(-1, 1, v.shape).astype(np.float32) / np.sqrt(v.shape[1])
+        elif k in ("tok_emb.weight", "lm_head.weight"):
+            params[k] = rng.normal(0, 0.5, v.shape).astype(np.float32)
+    return params
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_backends_agree(tiny_data, case):
+    cfg = replace(CASES[case], data=replace(CASES[case].data, dir=str(tiny_data.data_dir),
+                                            tokenizer=str(tiny_data.tokenizer)))
+    ds = open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size)
+    params = init_params(cfg.model, seed=7)
+    rep = run_parity(live_params(cfg, seed=7), cfg, ds, steps=6)
+    assert rep.ok, rep.failures()
+    f = rep.figures
+    assert f["identical"] and f["sha256_mlx"] == f["sha256_torch"]
+    assert f["bpb_abs_diff"] <= 1e-4 and f["max_loss_rel_diff"] <= 1e-4
+    # The training steps moved the model: the check compared something.
+    assert f["train_losses_mlx"][-1] != f["train_losses_mlx"][0]
+
+
+def test_parity_names_a_divergence(tiny_data, monkeypatch):
+    """A one-line difference in one backend (here: MLX's RoPE base) fails the suite and says where."""
+    import mlx.core as mx
+
+    from mlx_train import model as mlx_model
+
+    cfg = replace(CASES["baseline_shape"], data=replace(CASES["baseline_shape"].data, dir=str(tiny_data.data_dir),
+                                                        tokenizer=str(tiny_data.tokenizer)))
+    ds = open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size)
+
+    def rope_other_base(self, x):
+        return mx.fast.rope(x, self.head_dim, traditional=False, base=self.rope_base * 2, scale=-1.0, offset=0)
+
+    monkeypatch.setattr(mlx_model.CausalSelfAttention, "_rope", rope_other_base)
+    rep = run_parity(live_params(cfg, seed=1), cfg, ds, steps=2)
+    failed = [c.name for c in rep.checks if not c.ok]
+    assert "forward" in failed and "bpb" in failed
+    assert "export" not in failed  # the weights themselves still pack identically
+    assert any("forward loss" in f for f in rep.failures())
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tiny_data, tmp_path_factory):
+    """The same tiny config trained by both trainers: accumulation, a micro-batch token cap,
+    undone warm-up and warmdown all in play."""
+    from shared.backends import get_backend
+
+    cfg = tiny_config(iterations=6, grad_accum=2, max_microbatch_tokens=256, warmup_steps=2, warmdown_iters=3)
+    cfg = replace(parity_config(cfg), data=replace(cfg.data, dir=str(tiny_data.data_dir),
+                                                   tokenizer=str(tiny_data.tokenizer)))
+    root = tmp_path_factory.mktemp("parity_runs")
+    for name in ("mlx", "torch"):
+        get_backend(name).train(cfg, root / name)
+    return root
+
+
+def test_training_loops_agree(trained_runs):
+    """Whole runs of both trainers from the same seed: same losses at every step, same final weights."""
+    runs = {}
+    for name in ("mlx", "torch"):
+        records = map(json.loads, (trained_runs / name / "metrics.jsonl").read_text().splitlines())
+        runs[name] = ([r["train_loss"] for r in records if "train_loss" in r], load_checkpoint(trained_runs / name)[0])
+    (lm, wm), (lt, wt) = runs["mlx"], runs["torch"]
+    assert len(lm) == len(lt) == 6
+    assert max(rel_diff(a, b) for a, b in zip(lm, lt, strict=True)) <= 1e-4
+    for k in wm:
+        np.testing.assert_allclose(wm[k], wt[k], rtol=1e-3, atol=1e-4, err_msg=k)
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_cli_parity_on_trained_checkpoint(trained_runs, tiny_data, backend, capsys):
+    """`pgolf parity` on a checkpoint written by each trainer: exit 0 and the documented keys."""
+    from shared.cli import main
+
+    ckpt = trained_runs / backend / "checkpoint.safetensors"
+    try:
+        main([
+            "parity", str(ckpt), "--data", str(tiny_data.data_dir), "--tokenizer", str(tiny_data.tokenizer),
+            "--steps", "5", "--json",
+        ])
+    except SystemExit as e:
+        assert e.code in (0, None), capsys.readouterr()
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["ok"] is True and out["identical"] is True
+    assert out["sha256_mlx"] == out["sha256_torch"]
+    assert out["bpb_abs_diff"] <= 1e-4 and out["max_loss_rel_diff"] <= 1e-4
+    assert abs(out["bpb_mlx"] - out["bpb_torch"]) == out["bpb_abs_diff"]
