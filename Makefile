@@ -20,6 +20,7 @@ setup: $(PY)
 	@$(PY) -c "import shared, mlx.core, torch; print('setup ok: torch', torch.__version__)"
 
 demo: setup
+	rm -rf $(DEMO_DIR)
 	$(PY) -m shared.demo --out $(DEMO_DIR)
 
 test: setup
