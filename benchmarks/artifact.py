@@ -8,7 +8,8 @@ trains configs/small.toml into runs/bench_small/ first (minutes on a CPU).
 
 Rows (the table in BENCHMARKS.md):
     int8 + zlib      the challenge baseline's export: per-row int8, 99.99984th-percentile
-                     clip, fp16 scales, tensors of <= 65,536 values kept fp16, zlib level 9
+                     clip, step floored at 1/127, fp16 scales, control tensors fp32, other
+                     tensors of <= 65,536 values kept fp16, zlib level 9
                      (here: our body layout compressed with zlib instead of zstd)
     int8 + zstd      the same quantisation, our format (zstd-22)
     int6 RTN         int6 for every block matrix, std clip (quant.clip_k), round to nearest;
@@ -91,9 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"checkpoint {args.checkpoint} (step {step}, {n_params:,} params): val_bpb {val_bpb:.4f} "
           f"({time.time() - t0:.0f}s); counted code {code:,} bytes ({args.backend})", flush=True)
 
-    base = with_quant(cfg, embed="int8", attn="int8", mlp="int8", other="fp16", keep_float_max_numel=65536,
-                      gptq=False, zstd_level=22)
-    low = with_quant(cfg, embed="int8", other="fp16", keep_float_max_numel=0, zstd_level=22,
+    # The challenge baseline's export rule: per-row int8, step floored at 1/127, control tensors fp32.
+    base = with_quant(cfg, embed="int8", attn="int8", mlp="int8", other="fp32", keep_float_max_numel=65536,
+                      min_scale=1 / 127, gptq=False, zstd_level=22)
+    low = with_quant(cfg, embed="int8", other="fp16", keep_float_max_numel=0, zstd_level=22, min_scale=0.0,
                      **({"clip_k": args.clip_k} if args.clip_k else {}))
     x, y = calibration_batch(ds, cfg)
     t = time.time()

@@ -81,21 +81,25 @@ def evaluate(params: dict[str, np.ndarray], cfg: Config, val_tokens: np.ndarray,
     return evaluate_model(model, cfg, val_tokens, tables, rt, dtype, rank=rank, world_size=world_size)
 
 
-def _cpu_fp32(cfg: Config) -> tuple[torch.device, torch.dtype]:
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _device_dtype(cfg: Config) -> tuple[torch.device, torch.dtype]:
+    """fp32 work runs on the CPU (exact, comparable with MLX: a GPU may use TF32); the rest on CUDA if present."""
+    if cfg.train.compute_dtype == "float32" or not torch.cuda.is_available():
+        dev = torch.device("cpu")
+    else:
+        dev = torch.device("cuda")
     return dev, runtime.compute_dtype(cfg.train.compute_dtype, dev)
 
 
 def export_params(params: dict[str, np.ndarray], cfg: Config) -> dict[str, np.ndarray]:
     """Load the canonical dict into the torch model and export it back (what a packed run would see)."""
-    dev, _ = _cpu_fp32(cfg)
+    dev, _ = _device_dtype(cfg)
     return export_model(build_model(cfg.model, params, dev))
 
 
 @torch.no_grad()
 def batch_loss(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray, y: np.ndarray) -> float:
     """Mean cross-entropy (nats) of one batch: one forward, no state."""
-    dev, dtype = _cpu_fp32(cfg)
+    dev, dtype = _device_dtype(cfg)
     model = build_model(cfg.model, params, dev).eval()
     with autocast(dev, dtype):
         loss = model(torch.as_tensor(np.asarray(x, dtype=np.int64), device=dev),
@@ -106,7 +110,7 @@ def batch_loss(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray, y: np.
 def train_steps(params: dict[str, np.ndarray], cfg: Config,
                 batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list[float], dict[str, np.ndarray]]:
     """The real optimizers and step-based schedule, one batch per step, no warm-up (the parity suite)."""
-    dev, dtype = _cpu_fp32(cfg)
+    dev, dtype = _device_dtype(cfg)
     model = build_model(cfg.model, params, dev)
     opt = Optimizers(model, cfg.optim, cfg.model.tie_embeddings, ns_dtype=dtype)
     steps_cfg = replace(cfg.train, max_seconds=0.0)  # the schedule by step count, never the clock

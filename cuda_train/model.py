@@ -116,7 +116,10 @@ class GPT(nn.Module):
     def hidden(self, idx: Tensor) -> Tensor:
         """Final normalised hidden states [batch, seq, dim]."""
         m = self.cfg
-        x = rms_norm(self.tok_emb(idx))
+        x = self.tok_emb(idx)
+        if torch.is_autocast_enabled(x.device.type):  # the residual stream in the compute dtype, as the reference
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        x = rms_norm(x)
         x0, skips = x, []
         for i in range(m.num_encoder_layers):
             x = self.blocks[i](x, x0)

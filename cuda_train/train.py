@@ -48,13 +48,11 @@ from shared.errors import PgolfError
 from shared.progress import TrainProgress
 from shared.rundir import (
     CHECKPOINT,
-    TRAIN_STATE,
     RunDir,
-    load_checkpoint,
-    load_train_state,
+    load_resume_state,
     provenance,
     save_checkpoint,
-    save_train_state,
+    save_resume_state,
 )
 from shared.schedule import lr_scale, muon_momentum
 from shared.shards import BatchLoader, val_batches, val_token_count
@@ -220,13 +218,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str | 
 
     ckpt_path = run.path / CHECKPOINT
     if resume:
-        params, ckpt_cfg, ckpt_step = load_checkpoint(ckpt_path)
-        if ckpt_cfg is not None and ckpt_cfg.model != cfg.model:
-            raise PgolfError(f"{ckpt_path}: its [model] section differs from the config; resume with the run's config.toml")
-        opt_tensors, st = load_train_state(run.path)
-        if int(st["step"]) != ckpt_step:
-            raise PgolfError(f"{run.path}: {CHECKPOINT} (step {ckpt_step}) and {TRAIN_STATE} (step {st['step']}) "
-                             "disagree; the run was cut off while saving, start it again")
+        params, opt_tensors, st = load_resume_state(run.path, cfg, "torch")
     else:
         params, st = init_params(cfg.model, t.seed), None
     run.write_config(cfg)
@@ -283,10 +275,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str | 
             raise PgolfError(f"weights became non-finite by step {at}; not saved, the last good checkpoint is kept "
                              f"({_good(good_step)}); lower the learning rates or set optim.grad_clip_norm")
         if rt.is_main:
-            save_checkpoint(run.path, export_params(model), cfg, at)
-            save_train_state(run.path, _optimizer_state(opt), {"step": at, "data": stream.state(), "elapsed": elapsed,
-                                                                "tokens": tokens, "seed": t.seed, "backend": "torch",
-                                                                "world_size": rt.world_size})
+            weights = export_params(model)
+            save_resume_state(run.path, weights, _optimizer_state(opt), {"step": at, "data": stream.state(),
+                              "elapsed": elapsed, "tokens": tokens, "backend": "torch", "world_size": rt.world_size}, cfg)
+            save_checkpoint(run.path, weights, cfg, at)
         good_step = at
 
     def _good(s: int | None) -> str:

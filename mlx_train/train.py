@@ -50,11 +50,10 @@ from shared.rundir import (
     CHECKPOINT,
     TRAIN_STATE,
     RunDir,
-    load_checkpoint,
-    load_train_state,
+    load_resume_state,
     provenance,
     save_checkpoint,
-    save_train_state,
+    save_resume_state,
 )
 from shared.schedule import lr_scale, muon_momentum
 from shared.shards import BatchLoader, val_batches, val_token_count
@@ -219,13 +218,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1
 
     ckpt_path = run.path / CHECKPOINT
     if resume:
-        params, ckpt_cfg, ckpt_step = load_checkpoint(ckpt_path)
-        if ckpt_cfg is not None and ckpt_cfg.model != cfg.model:
-            raise PgolfError(f"{ckpt_path}: its [model] section differs from the config; resume with the run's config.toml")
-        opt_tensors, st = load_train_state(run.path)
-        if int(st["step"]) != ckpt_step:
-            raise PgolfError(f"{run.path}: {CHECKPOINT} (step {ckpt_step}) and {TRAIN_STATE} (step {st['step']}) "
-                             "disagree; the run was cut off while saving, start it again")
+        params, opt_tensors, st = load_resume_state(run.path, cfg, "mlx")
     else:
         params, st = init_params(cfg.model, t.seed), None
     run.write_config(cfg)
@@ -266,9 +259,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1
             raise PgolfError(f"weights became non-finite by step {at}; not saved, the last good checkpoint is kept "
                              f"({_good(good_step)}); lower the learning rates or set optim.grad_clip_norm")
         tensors, opt_step = trainer.optimizer_tensors()
+        save_resume_state(run.path, weights, tensors, {"step": at, "opt_step": opt_step, "data": stream.state(),
+                                                       "elapsed": elapsed, "tokens": tokens, "backend": "mlx"}, cfg)
         save_checkpoint(run.path, weights, cfg, at)
-        save_train_state(run.path, tensors, {"step": at, "opt_step": opt_step, "data": stream.state(),
-                                             "elapsed": elapsed, "tokens": tokens, "seed": t.seed, "backend": "mlx"})
         good_step = at
 
     def _good(s: int | None) -> str:

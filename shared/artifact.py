@@ -36,7 +36,7 @@ import zstandard
 from shared.config import Config, from_toml_text, to_toml
 from shared.errors import PgolfError
 from shared.quant import FLOAT_SCHEMES, INT_BITS, QTensor, dequantize, quantize, scheme_bits
-from shared.spec import tensor_class
+from shared.spec import check_params, tensor_class
 
 MAGIC = b"PGLF"
 VERSION = 1
@@ -126,7 +126,7 @@ def quantize_all(params: dict[str, np.ndarray], cfg: Config, hessians: dict | No
         h = None
         if q.gptq and scheme in INT_BITS and w.ndim == 2 and name in (hessians or {}):
             h = hessians[name]
-        out[name] = quantize(w, scheme, percentile=q.clip_percentile, clip_k=q.clip_k, hessian=h,
+        out[name] = quantize(w, scheme, percentile=q.clip_percentile, clip_k=q.clip_k, min_scale=q.min_scale, hessian=h,
                              gptq_block=q.gptq_block, gptq_damp=q.gptq_damp)
     return out
 
@@ -231,6 +231,15 @@ def _decode_body(blob: bytes, source: str) -> tuple[dict, memoryview]:
 def read_quantized(blob: bytes, source: str = "artifact") -> tuple[Config, dict[str, QTensor]]:
     """The config and the packed tensors (codes and scales, not yet dequantised)."""
     meta, data = _decode_body(blob, source)
+    try:
+        cfg, out = _read_table(meta, data, source)
+    except (KeyError, TypeError, ZeroDivisionError, IndexError) as e:  # a well-formed checksum over a bad table
+        raise PgolfError(f"{source}: malformed artifact table ({type(e).__name__}: {e}); repack it") from None
+    check_params(out, cfg.model, source)
+    return cfg, out
+
+
+def _read_table(meta: dict, data: memoryview, source: str) -> tuple[Config, dict[str, QTensor]]:
     cfg = from_toml_text(meta["config"], source=f"{source} (embedded config)")
     sizes = meta["streams"]
     base = {"q": 0, "s": sizes["q"], "f": sizes["q"] + sizes["s"]}
@@ -295,6 +304,8 @@ SHARED_RUN_MODULES = (
     "__init__.py", "errors.py", "config.py", "spec.py", "shards.py", "bpb.py", "schedule.py",
     "rundir.py", "artifact.py", "quant.py", "gptq.py", "backends.py", "finish.py", "dataset.py",
     "data_build.py", "progress.py", "cli.py", "cli_train.py",
+    # `python -m cuda_train` enters through shared.cli, which registers every command:
+    "cli_data.py", "cli_pack.py", "cli_parity.py",
 )
 BACKEND_PACKAGES = {"mlx": "mlx_train", "torch": "cuda_train"}
 

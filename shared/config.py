@@ -68,6 +68,9 @@ class ModelConfig:
         return min(self.num_encoder_layers, self.num_decoder_layers)
 
     def validate(self) -> None:
+        for key in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult"):
+            if getattr(self, key) < 1:
+                raise PgolfError(f"model.{key} must be at least 1, got {getattr(self, key)}")
         if self.model_dim % self.num_heads:
             raise PgolfError(f"model.model_dim={self.model_dim} must be divisible by model.num_heads={self.num_heads}")
         if self.num_heads % self.num_kv_heads:
@@ -100,6 +103,13 @@ class TrainConfig:
     compile: bool = True
 
     def validate(self) -> None:
+        for key in ("iterations", "batch_tokens", "seq_len", "grad_accum"):
+            if getattr(self, key) < 1:
+                raise PgolfError(f"train.{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("max_seconds", "max_microbatch_tokens", "warmup_steps", "warmdown_iters", "val_every",
+                    "log_every", "checkpoint_every"):
+            if getattr(self, key) < 0:
+                raise PgolfError(f"train.{key} must not be negative, got {getattr(self, key)}")
         if self.compute_dtype not in ("auto", "float32", "bfloat16"):
             raise PgolfError(f"train.compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
         if self.batch_tokens % (self.grad_accum * self.seq_len):
@@ -148,6 +158,7 @@ class QuantConfig:
     other: str = "fp16"              # vectors and control tensors
     keep_float_max_numel: int = 65536  # float tensors this small are stored as `other`
     clip_percentile: float = 99.99984  # int8 per-row clip (the baseline's)
+    min_scale: float = 0.0           # floor on every row's quantisation step (the baseline's export: 1/127)
     clip_k: float = 12.0             # std-based clip for int<8 schemes: clip = clip_k * row std
     gptq: bool = False
     gptq_block: int = 128
@@ -165,6 +176,8 @@ class QuantConfig:
                 raise PgolfError(f"quant.{key} = {value!r} is not a scheme: choose one of {', '.join(schemes)}")
         if not 0.0 < self.clip_percentile <= 100.0:
             raise PgolfError(f"quant.clip_percentile must be in (0, 100], got {self.clip_percentile}")
+        if self.min_scale < 0.0:
+            raise PgolfError(f"quant.min_scale must not be negative, got {self.min_scale}")
         if not self.clip_k > 0.0:
             raise PgolfError(f"quant.clip_k must be positive, got {self.clip_k}")
         if not 0.0 < self.gptq_damp < 1.0:
@@ -183,6 +196,11 @@ class EvalConfig:
     max_tokens: int = 0              # 0 = whole validation split; otherwise the first N target tokens
     batch_tokens: int = 524288       # tokens per validation batch, all ranks together
 
+    def validate(self) -> None:
+        if self.max_tokens < 0 or self.batch_tokens < 1:
+            raise PgolfError(f"eval.max_tokens must be >= 0 and eval.batch_tokens >= 1, got {self.max_tokens}, "
+                             f"{self.batch_tokens}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
@@ -197,6 +215,7 @@ class Config:
         self.model.validate()
         self.train.validate()
         self.quant.validate()
+        self.eval.validate()
         return self
 
 

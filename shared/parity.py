@@ -8,7 +8,7 @@ and checks, each against a stated tolerance:
 2. `bpb`: the artifact's validation BPB from MLX and from PyTorch agree.
 3. `forward`: the loss of one training batch agrees.
 4. `train`: twenty optimizer steps from the same weights on the same batches
-   give losses that agree at every step.
+   give losses that agree at every step, and (`weights`) the same weights.
 5. `cross`: the artifact packed from one backend's export, evaluated by the
    other backend, gives the same BPB as in its own.
 
@@ -29,6 +29,7 @@ from shared.config import Config
 BPB_TOL = 1e-4          # absolute, in bits per byte
 FORWARD_TOL = 1e-5      # relative
 TRAIN_TOL = 1e-4        # relative, at every step
+WEIGHT_TOL = 1e-4       # relative to each tensor's largest entry, after the training steps
 
 
 @dataclass
@@ -124,14 +125,19 @@ def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int =
 
     # 4. Training steps from the same weights on the same batches.
     if steps > 0:
-        losses_a, _ = a.train_steps(params, cfg, batches[:steps])
-        losses_b, _ = b.train_steps(params, cfg, batches[:steps])
+        losses_a, after_a = a.train_steps(params, cfg, batches[:steps])
+        losses_b, after_b = b.train_steps(params, cfg, batches[:steps])
         diffs = [rel_diff(p, q) for p, q in zip(losses_a, losses_b, strict=True)]
         worst = int(np.argmax(diffs))
         rep.figures.update({"train_steps": steps, f"train_losses_{a_name}": losses_a,
                             f"train_losses_{b_name}": losses_b, "max_loss_rel_diff": max(diffs)})
         rep.add("train", max(diffs), TRAIN_TOL,
                 f"training losses diverge, worst at step {worst + 1} ({losses_a[worst]:.6f} vs {losses_b[worst]:.6f})")
+        wdiff = {k: float(np.abs(after_a[k] - after_b[k]).max() / max(float(np.abs(after_a[k]).max()), 1e-12))
+                 for k in after_a}
+        wname = max(wdiff, key=wdiff.get)
+        rep.figures["max_weight_rel_diff"] = wdiff[wname]
+        rep.add("weights", wdiff[wname], WEIGHT_TOL, f"weights after {steps} steps differ most in {wname}")
 
     # 5. Cross evaluation: each backend's artifact read by the other. With identical
     # artifacts this is check 2 again; otherwise both artifacts are scored by both.

@@ -83,9 +83,12 @@ def std_clip(rows: np.ndarray, k: float) -> np.ndarray:
     return np.minimum(k * std, np.abs(r).max(axis=1))
 
 
-def row_scales(rows: np.ndarray, scheme: str, percentile: float, clip_k: float) -> np.ndarray:
+def row_scales(rows: np.ndarray, scheme: str, percentile: float, clip_k: float, min_scale: float = 0.0) -> np.ndarray:
     bits = scheme_bits(scheme)
     clip = percentile_clip(rows, percentile) if scheme == "int8" else std_clip(rows, clip_k)
+    # The challenge baseline floors every row's step at 1/127 (`clamp_min` in its export):
+    # quant.min_scale reproduces that rule; 0 leaves each row its own step.
+    clip = np.maximum(clip, min_scale * qmax(bits))
     return fp16_scale(clip, bits)
 
 
@@ -97,7 +100,8 @@ def round_to_codes(rows: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray
 
 
 def quantize(w: np.ndarray, scheme: str, *, percentile: float = 99.99984, clip_k: float = 12.0,
-             hessian: np.ndarray | None = None, gptq_block: int = 128, gptq_damp: float = 0.01) -> QTensor:
+             hessian: np.ndarray | None = None, gptq_block: int = 128, gptq_damp: float = 0.01,
+             min_scale: float = 0.0) -> QTensor:
     """Quantise one tensor with `scheme`; a Hessian [in, in] switches int schemes to GPTQ."""
     w = np.asarray(w, dtype=np.float32)
     bits = scheme_bits(scheme)
@@ -106,7 +110,7 @@ def quantize(w: np.ndarray, scheme: str, *, percentile: float = 99.99984, clip_k
         dtype = np.float32 if scheme == "fp32" else np.float16
         return QTensor(scheme if scheme in FLOAT_SCHEMES else "fp16", shape, data=w.astype(dtype))
     rows = as_rows(w)
-    scale = row_scales(rows, scheme, percentile, clip_k)
+    scale = row_scales(rows, scheme, percentile, clip_k, min_scale)
     if hessian is not None:
         from shared.gptq import gptq_codes
 

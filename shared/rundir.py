@@ -112,6 +112,43 @@ def load_train_state(run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, An
     return tensors, json.loads(meta["state"])
 
 
+MODEL_PREFIX = "model/"
+# What fixes a run's trajectory: a resume must not change any of it.
+TRAJECTORY_KEYS = ("seed", "batch_tokens", "seq_len", "grad_accum")
+
+
+def save_resume_state(run_dir: Path, weights: dict[str, np.ndarray], opt_tensors: dict[str, np.ndarray],
+                      state: dict[str, Any], cfg: Config) -> Path:
+    """Everything `--resume` needs in ONE atomically written file: weights, optimizer buffers, and
+    step / data position / clock / RNG. Written before checkpoint.safetensors, so a crash between
+    the two writes leaves a consistent resume point."""
+    tensors = {MODEL_PREFIX + k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+    tensors.update(opt_tensors)
+    return save_train_state(run_dir, tensors, {**state, "config": to_toml(cfg)})
+
+
+def load_resume_state(run_dir: Path, cfg: Config, backend: str
+                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """(weights, optimizer tensors, state) of the last save, after checking that `cfg` continues it."""
+    tensors, st = load_train_state(run_dir)
+    where = run_dir / TRAIN_STATE
+    if st.get("backend") != backend:
+        raise PgolfError(f"{where} was written by the {st.get('backend')} backend: resume it with "
+                         f"--backend {st.get('backend')} (optimizer state does not carry across backends)")
+    saved = from_toml_text(st["config"], source=str(where))
+    if saved.model != cfg.model:
+        raise PgolfError(f"{where}: the [model] section differs from the run's; resume with its config.toml")
+    for key in TRAJECTORY_KEYS:
+        if getattr(saved.train, key) != getattr(cfg.train, key):
+            raise PgolfError(f"{where}: train.{key} was {getattr(saved.train, key)}, now {getattr(cfg.train, key)}; "
+                             "a resumed run must keep it (start a new run to change it)")
+    if Path(saved.data.dir).resolve() != Path(cfg.data.dir).resolve():
+        raise PgolfError(f"{where}: data.dir was {saved.data.dir}, now {cfg.data.dir}; resume on the same data")
+    weights = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    opt = {k: v for k, v in tensors.items() if not k.startswith(MODEL_PREFIX)}
+    return weights, opt, st
+
+
 def git_sha() -> str:
     try:
         out = subprocess.run(

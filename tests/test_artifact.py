@@ -182,7 +182,7 @@ import importlib, sys
 pkg = sys.argv[1]
 for mod in ("backend", "train", "model", "calibrate"):
     importlib.import_module(f"{pkg}.{mod}")
-import shared.finish, shared.dataset
+import shared.finish, shared.dataset, shared.cli  # the entry point (`python -m cuda_train`, `pgolf train`)
 print(" ".join(sorted(m.split(".", 1)[1] + ".py" for m in sys.modules if m.startswith("shared."))))
 """
 

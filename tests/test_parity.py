@@ -65,7 +65,6 @@ def test_backends_agree(tiny_data, case):
     cfg = replace(CASES[case], data=replace(CASES[case].data, dir=str(tiny_data.data_dir),
                                             tokenizer=str(tiny_data.tokenizer)))
     ds = open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size)
-    params = init_params(cfg.model, seed=7)
     rep = run_parity(live_params(cfg, seed=7), cfg, ds, steps=6)
     assert rep.ok, rep.failures()
     f = rep.figures
