@@ -130,8 +130,11 @@ def save_resume_state(run_dir: Path, weights: dict[str, np.ndarray], opt_tensors
 def load_resume_state(run_dir: Path, cfg: Config, backend: str
                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
     """(weights, optimizer tensors, state) of the last save, after checking that `cfg` continues it."""
-    tensors, st = load_train_state(run_dir)
     where = run_dir / TRAIN_STATE
+    if not where.is_file():
+        raise PgolfError(f"{where} not found: nothing to resume in {run_dir} (no checkpoint was saved yet?); "
+                         "start a new run with --out")
+    tensors, st = load_train_state(run_dir)
     if st.get("backend") != backend:
         raise PgolfError(f"{where} was written by the {st.get('backend')} backend: resume it with "
                          f"--backend {st.get('backend')} (optimizer state does not carry across backends)")

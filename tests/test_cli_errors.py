@@ -126,3 +126,20 @@ def test_no_traceback_in_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("override,field", [
+    ("train.grad_accum=0", "train.grad_accum"), ("model.num_heads=0", "model.num_heads"),
+    ("train.batch_tokens=0", "train.batch_tokens"), ("eval.batch_tokens=0", "eval.batch_tokens"),
+])
+def test_non_positive_sizes_name_the_field(capsys, tmp_path, override, field):
+    msg = run_cli(capsys, "train", "--set", override, "--out", str(tmp_path / "run"))
+    assert field in msg
+
+
+def test_unwritable_output_is_one_line(capsys, tiny_data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    msg = run_cli(capsys, "train", "--data", str(tiny_data.data_dir), "--tokenizer", str(tiny_data.tokenizer),
+                  "--set", "model.vocab_size=512", "--out", str(blocker / "run"))
+    assert str(blocker) in msg

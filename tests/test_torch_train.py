@@ -109,5 +109,5 @@ def test_non_finite_weights_are_never_checkpointed(tiny_data, tmp_path):
 
 def test_resume_without_a_checkpoint_names_the_file(tiny_data, tmp_path):
     cfg = with_data(tiny_config(iterations=2), tiny_data)
-    with pytest.raises(PgolfError, match="checkpoint.safetensors not found"):
+    with pytest.raises(PgolfError, match="train_state.safetensors not found: nothing to resume"):
         backend.train(cfg, tmp_path, resume=True)
