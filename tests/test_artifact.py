@@ -17,6 +17,7 @@ import pytest
 from shared import artifact
 from shared.config import QuantConfig
 from shared.errors import PgolfError
+from shared.quant import row_scales
 from shared.spec import init_params, param_shapes, tensor_class
 from tests.conftest import tiny_config
 
@@ -41,7 +42,7 @@ def test_round_trip_names_shapes_config_and_error():
     cfg2, out = artifact.unpack(blob)
     assert cfg2.model == cfg.model and cfg2.quant == cfg.quant and cfg2.train == cfg.train
     assert list(out) == sorted(param_shapes(cfg.model))
-    bound = {"embed": 0.5 / 127, "attn": 0.5 / 31, "mlp": 0.5 / 15}
+    schemes = {"embed": "int8", "attn": "int6", "mlp": "int5"}
     for name, w in params.items():
         w_hat = out[name]
         assert w_hat.dtype == np.float32 and w_hat.shape == w.shape
@@ -49,10 +50,11 @@ def test_round_trip_names_shapes_config_and_error():
         if cls == "other":
             assert np.allclose(w_hat, w, rtol=1e-3, atol=1e-6)
         else:
-            # Relative to each row's clip (<= max |w|): within half a step, except clipped outliers.
-            rowmax = np.abs(w).max(axis=1, keepdims=True)
-            err = np.abs(w - w_hat) / rowmax
-            assert np.mean(err <= bound[cls] * 1.01) > 0.98, name
+            # Within half of each row's step, except clipped outliers.
+            q = cfg.quant
+            step = row_scales(w, schemes[cls], q.clip_percentile, q.clip_k, q.min_scale).astype(np.float64)
+            err = np.abs(w - w_hat) / step[:, None]
+            assert np.mean(err <= 0.5 * 1.01) > 0.98, name
 
 
 def test_same_inputs_same_bytes_and_header_is_tiny():
