@@ -162,14 +162,15 @@ class StopFlag:
 
     def __enter__(self) -> StopFlag:
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            # SIGTERM (preemption, a scheduler's stop) gets the same save-then-exit as Ctrl-C.
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
             self._previous = None
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in (self._previous or {}).items():
+            signal.signal(sig, handler)
 
     @property
     def requested(self) -> bool:
@@ -337,6 +338,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str | 
                     progress.write(line)
             if interrupted:
                 save(step)
+                rt.barrier()  # no rank exits (and gets the group torn down) while rank 0 is still writing
                 if progress:
                     progress.close()
                 run.log(f"interrupted: saved step {step} to {ckpt_path}; continue with --resume {run.path}")
@@ -363,17 +365,6 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str | 
              "train_seconds": elapsed, "tokens_per_second": tokens / max(elapsed, 1e-9),
              "compute_dtype": runtime.dtype_name(dtype), "world_size": rt.world_size,
              "device": runtime.device_name(rt.device), "stop_reason": stop_reason}
-    if cfg.quant.gptq:
-        stats["hessians"] = calibration_hessians(weights, cfg, dataset)
     summary = finish_run(backend, weights, cfg, run, dataset, stats, rt.rank, rt.world_size)
     runtime.shutdown()
     return summary
-
-
-def calibration_hessians(params: dict[str, np.ndarray], cfg: Config, dataset) -> dict[str, np.ndarray]:
-    """GPTQ Hessians from the first `quant.calib_tokens` training tokens (cuda_train/calibrate.py)."""
-    from cuda_train.calibrate import collect_hessians
-
-    n = max(cfg.quant.calib_tokens // cfg.train.seq_len, 1) * cfg.train.seq_len
-    x = np.asarray(dataset.train_stream().take(n), dtype=np.int64).reshape(-1, cfg.train.seq_len)
-    return collect_hessians(params, cfg, x)

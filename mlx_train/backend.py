@@ -60,11 +60,3 @@ def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray) 
         raise PgolfError("GPTQ calibration is not available in this build (mlx_train/calibrate.py is missing); "
                          "set quant.gptq = false") from None
     return collect(params, cfg, x)
-
-
-def calibration_hessians(params: dict[str, np.ndarray], cfg: Config, dataset) -> dict[str, np.ndarray]:
-    """Hessians over the first `quant.calib_tokens` training tokens (whole sequences)."""
-    seq = cfg.train.seq_len
-    n = max(cfg.quant.calib_tokens // seq, 1) * seq
-    tokens = dataset.train_stream().take(n).astype(np.int64)
-    return collect_hessians(params, cfg, tokens.reshape(-1, seq))

@@ -328,8 +328,6 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1
     stats = {"val_loss": last_val.val_loss, "val_bpb": last_val.val_bpb, "steps": step, "train_tokens": tokens,
              "train_seconds": elapsed, "tokens_per_second": tokens / max(elapsed, 1e-9),
              "compute_dtype": str(dtype).split(".")[-1], "blas": runtime.blas_info()}
-    if cfg.quant.gptq:
-        stats["hessians"] = backend.calibration_hessians(trainer.weights(), cfg, dataset)
     return finish_run(backend, trainer.weights(), cfg, run, dataset, stats)
 
 

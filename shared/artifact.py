@@ -305,7 +305,7 @@ SHARED_RUN_MODULES = (
     "rundir.py", "artifact.py", "quant.py", "gptq.py", "backends.py", "finish.py", "dataset.py",
     "data_build.py", "progress.py", "cli.py", "cli_train.py",
     # `python -m cuda_train` enters through shared.cli, which registers every command:
-    "cli_data.py", "cli_pack.py", "cli_parity.py",
+    "cli_data.py", "cli_pack.py", "cli_parity.py", "budget.py",
 )
 BACKEND_PACKAGES = {"mlx": "mlx_train", "torch": "cuda_train"}
 

@@ -10,7 +10,7 @@
 
 `train_stats` comes from the trainer: `val_loss`, `val_bpb` (the weights before
 packing, evaluated on the same tokens), `steps`, `train_tokens`,
-`train_seconds`, optionally `hessians` (GPTQ calibration) and anything else
+`train_seconds`, and anything else
 worth keeping in the summary. `backend.evaluate` returns totals over all ranks.
 """
 
@@ -50,7 +50,11 @@ def finish_run(
 
     name = backend_name(backend_module)
     stats = dict(train_stats)
-    hessians = stats.pop("hessians", None)
+    hessians = None
+    if cfg.quant.gptq:  # GPTQ Hessians from the first training tokens, through the backend's own forward
+        from shared.budget import calibration_batch
+
+        hessians = backend_module.collect_hessians(params, cfg, calibration_batch(dataset, cfg)[0])
     if "val_loss" not in stats or "val_bpb" not in stats:
         pre = backend_module.evaluate(params, cfg, dataset.val_tokens, dataset.tables, rank, world_size)
         stats["val_loss"], stats["val_bpb"] = pre.val_loss, pre.val_bpb
