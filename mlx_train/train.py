@@ -300,14 +300,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1
             if do_val or done or step == 1 or (t.log_every > 0 and step % t.log_every == 0):
                 tok_s = (tokens - log_tokens) / max(elapsed - log_t, 1e-9)
                 log_t, log_tokens = elapsed, tokens
-                rec = {"step": step, "train_loss": loss, "lr_scale": scale, "tokens_per_second": tok_s, "elapsed": elapsed}
-                line = f"step {step}/{t.iterations} train_loss {loss:.4f} lr_scale {scale:.3f} tok/s {tok_s:,.0f} elapsed {elapsed:.1f}s"
                 if do_val:
                     last_val = validate()
-                    rec.update(val_loss=last_val.val_loss, val_bpb=last_val.val_bpb)
-                    line += f" val_loss {last_val.val_loss:.4f} val_bpb {last_val.val_bpb:.4f}"
-                run.metrics(rec)
-                run.log(line, console=False)
+                line = run.log_step(step, t.iterations, loss, scale, tok_s, elapsed, last_val if do_val else None)
                 progress.write(line)
             if stop.requested:
                 save(step)

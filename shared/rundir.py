@@ -201,6 +201,20 @@ class RunDir:
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
 
+    def log_step(self, step: int, iterations: int, loss: float, lr_scale: float, tokens_per_second: float,
+                 elapsed: float, val=None) -> str:
+        """One training log line (metrics.jsonl record + train.log line), the same for both trainers."""
+        rec = {"step": step, "train_loss": loss, "lr_scale": lr_scale, "tokens_per_second": tokens_per_second,
+               "elapsed": elapsed}
+        line = (f"step {step}/{iterations} train_loss {loss:.4f} lr_scale {lr_scale:.3f} "
+                f"tok/s {tokens_per_second:,.0f} elapsed {elapsed:.1f}s")
+        if val is not None:
+            rec.update(val_loss=val.val_loss, val_bpb=val.val_bpb)
+            line += f" val_loss {val.val_loss:.4f} val_bpb {val.val_bpb:.4f}"
+        self.metrics(rec)
+        self.log(line, console=False)
+        return line
+
     def write_config(self, cfg: Config) -> None:
         if self.is_main:
             atomic_write_bytes(self.path / "config.toml", to_toml(cfg).encode())
