@@ -48,12 +48,17 @@ def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
         return hook
 
     handles = [m.register_forward_pre_hook(recorder(n)) for n, m in targets.items()]
+    # Full fp32 matmuls whatever a training run set process-wide: the same checkpoint must give
+    # the same Hessians (and so the same artifact bytes) from `pgolf train` and from `pgolf pack`.
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
     try:
         seqs = _sequences(x, cfg.train.seq_len)
         for i in range(0, len(seqs), batch_size):
             idx = torch.from_numpy(seqs[i:i + batch_size]).to(device)
             model.hidden(idx)   # the head is not a block matrix: no need for logits
     finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
         for h in handles:
             h.remove()
     return {f"{n}.weight": sums[n].cpu().numpy() for n in sorted(sums)}

@@ -45,11 +45,6 @@ class Runtime:
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    def print0(self, *args, **kwargs) -> None:
-        """print on rank 0 only."""
-        if self.is_main:
-            print(*args, **kwargs, flush=True)
-
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

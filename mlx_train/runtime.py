@@ -186,10 +186,5 @@ def device_name() -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def init() -> tuple[int, int, str, bool]:
-    """(rank, world_size, device, is_main) for this process; single-process MLX training."""
-    return 0, 1, device_name(), True
-
-
 setup_compile_cache()
 setup_blas()
