@@ -30,7 +30,7 @@ bench: setup
 	$(PY) -m benchmarks.run
 
 lint: setup
-	$(VENV)/bin/ruff check shared mlx_train cuda_train tests
+	$(VENV)/bin/ruff check shared mlx_train cuda_train tests benchmarks
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
