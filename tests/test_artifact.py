@@ -110,7 +110,7 @@ def _blob():
     return artifact.pack(_trained_like(cfg), cfg)
 
 
-def _one_line_error(blob, match):
+def _check_refused(blob, match):
     with pytest.raises(PgolfError, match=match) as e:
         artifact.unpack(blob, source="x.pgz")
     assert "\n" not in str(e.value) and str(e.value).startswith("x.pgz")
@@ -118,9 +118,9 @@ def _one_line_error(blob, match):
 
 def test_truncated_and_trailing_bytes_are_refused():
     blob = _blob()
-    _one_line_error(blob[:-1], "truncated")
-    _one_line_error(blob[:7], "too short")
-    _one_line_error(blob + b"\0", "trailing")
+    _check_refused(blob[:-1], "truncated")
+    _check_refused(blob[:7], "too short")
+    _check_refused(blob + b"\0", "trailing")
 
 
 def test_corrupted_body_is_refused():
@@ -128,16 +128,16 @@ def test_corrupted_body_is_refused():
     for pos in (artifact.HEADER.size + 5, len(blob) // 2, len(blob) - 3):
         bad = bytearray(blob)
         bad[pos] ^= 0x40
-        _one_line_error(bytes(bad), "corrupt|checksum")
+        _check_refused(bytes(bad), "corrupt|checksum")
 
 
 def test_wrong_checksum_magic_and_future_version_are_refused():
     blob = _blob()
     magic, version, length, crc = artifact.HEADER.unpack_from(blob)
     body = blob[artifact.HEADER.size:]
-    _one_line_error(artifact.HEADER.pack(magic, version, length, crc ^ 1) + body, "checksum")
-    _one_line_error(artifact.HEADER.pack(b"PK\x03\x04", version, length, crc) + body, "not a pgolf artifact")
-    _one_line_error(artifact.HEADER.pack(magic, version + 1, length, crc) + body, "version 2 is not supported")
+    _check_refused(artifact.HEADER.pack(magic, version, length, crc ^ 1) + body, "checksum")
+    _check_refused(artifact.HEADER.pack(b"PK\x03\x04", version, length, crc) + body, "not a pgolf artifact")
+    _check_refused(artifact.HEADER.pack(magic, version + 1, length, crc) + body, "version 2 is not supported")
     assert struct.calcsize("<4sBII") == artifact.HEADER.size and zlib.crc32(b"") == 0
 
 
@@ -196,3 +196,18 @@ def test_counted_code_covers_what_a_run_imports(backend, framework):
     out = subprocess.run([sys.executable, "-c", _IMPORTS, pkg], cwd=ROOT, capture_output=True, text=True, check=True)
     imported = set(out.stdout.split())
     assert imported - set(artifact.SHARED_RUN_MODULES) == set()
+
+
+def test_malformed_table_with_a_valid_checksum_is_refused():
+    """A body whose checksum is right but whose table is not (no stream sizes) is still one line."""
+    import json
+    import struct
+    import zlib as _zlib
+
+    from shared.config import to_toml
+
+    table = json.dumps({"config": to_toml(tiny_config()), "tensors": []}).encode()
+    body = struct.pack("<I", len(table)) + table
+    comp = artifact.compress(body, 3)
+    blob = artifact.HEADER.pack(artifact.MAGIC, artifact.VERSION, len(comp), _zlib.crc32(body)) + comp
+    _check_refused(blob, "malformed artifact table")
