@@ -299,14 +299,17 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str | 
     def time_up() -> bool:
         return step >= t.iterations or out_of_time
 
+    # The training clock runs through everything but validation (the reference's rule):
+    # logging, the stop vote and checkpoint saves count against train.max_seconds.
+    clock = time.perf_counter()
     with StopFlag() as stop:
         while not time_up():
             _test_hooks(step, rt.rank)
             scale, momentum = lr_scale(step, elapsed, t), muon_momentum(step, o)
-            t0 = time.perf_counter()
             loss_t = rt.all_reduce(run_step(scale, momentum), "sum")  # global mean loss, the same on every rank
             loss = loss_t.item() / rt.world_size  # .item() waits for the GPU, so the clock below is true
-            elapsed += time.perf_counter() - t0
+            now = time.perf_counter()
+            elapsed, clock = elapsed + now - clock, now
             step += 1
             tokens += t.batch_tokens
             if not math.isfinite(loss):  # every rank sees the same reduced loss: all stop here
@@ -328,6 +331,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str | 
                 log_t, log_tokens = elapsed, tokens
                 if do_val:
                     last_val = validate()
+                    clock = time.perf_counter()  # validation is not training time
                 line = run.log_step(step, t.iterations, loss, scale, tok_s, elapsed, last_val if do_val else None)
                 if progress:
                     progress.write(line)

@@ -279,12 +279,15 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1
     def time_up() -> bool:
         return step >= t.iterations or (t.max_seconds > 0 and elapsed >= t.max_seconds)
 
+    # The training clock runs through everything but validation (the reference's rule):
+    # logging, the stop vote and checkpoint saves count against train.max_seconds.
+    clock = time.perf_counter()
     with StopFlag() as stop:
         while not time_up():
             scale, momentum = lr_scale(step, elapsed, t), muon_momentum(step, o)
-            t0 = time.perf_counter()
             loss = trainer.step(next_step_batches(), scale, momentum, n_chunks)
-            elapsed += time.perf_counter() - t0
+            now = time.perf_counter()
+            elapsed, clock = elapsed + now - clock, now
             step += 1
             tokens += t.batch_tokens
             if not math.isfinite(loss):
@@ -302,6 +305,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1
                 log_t, log_tokens = elapsed, tokens
                 if do_val:
                     last_val = validate()
+                    clock = time.perf_counter()  # validation is not training time
                 line = run.log_step(step, t.iterations, loss, scale, tok_s, elapsed, last_val if do_val else None)
                 progress.write(line)
             if stop.requested:
