@@ -164,7 +164,7 @@ class QuantConfig:
     gptq_block: int = 128
     gptq_damp: float = 0.01
     calib_tokens: int = 65536        # calibration tokens from the training split (GPTQ, budget mode)
-    budget_tokens: int = 8192        # of those, the tokens whose loss ranks tensors in budget mode
+    budget_tokens: int = 32768       # of those, the tokens whose loss ranks tensors in budget mode (8192 was too noisy: BENCHMARKS.md)
     zstd_level: int = 22
 
     def validate(self) -> None:
