@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     for n in args.tokens:
         bcfg = replace(cfg, quant=replace(low, attn="int8", mlp="int8", budget_tokens=n))
         sx, sy = sensitivity_batch(x, y, bcfg)
-        schemes = budget_schemes(params, bcfg, len(blob6), lambda p: be.batch_loss(p, bcfg, sx, sy), hessians,
+        schemes = budget_schemes(params, bcfg, len(blob6), lambda p, c=bcfg, a=sx, b=sy: be.batch_loss(p, c, a, b), hessians,
                                  log=lambda s: None)
         blob = artifact.pack(params, bcfg, hessians, schemes)
         print(f"| budget, {n:,} sensitivity tokens | {len(blob):,} | {gap(blob):+.4f} |", flush=True)
