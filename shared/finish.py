@@ -10,8 +10,9 @@
 
 `train_stats` comes from the trainer: `val_loss`, `val_bpb` (the weights before
 packing, evaluated on the same tokens), `steps`, `train_tokens`,
-`train_seconds`, and anything else
-worth keeping in the summary. `backend.evaluate` returns totals over all ranks.
+`train_seconds`, and anything else worth keeping in the summary.
+`backend.evaluate` returns totals over all ranks. An artifact over the cap is an
+error (exit code 2) raised after everything is written, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from shared.config import Config
+from shared.errors import PgolfError
 from shared.rundir import ARTIFACT, RunDir
 from shared.spec import count_params
 
@@ -98,4 +100,9 @@ def finish_run(
         f"val_bpb {summary['val_bpb']:.4f} -> {q.val_bpb:.4f} after packing"
     )
     run_dir.write_summary(summary)
+    if not summary["within_cap"]:
+        raise PgolfError(
+            f"{run_dir.path / ARTIFACT}: {summary['total_bytes']:,} bytes (model + code) is over the "
+            f"{SIZE_CAP:,}-byte cap by {summary['total_bytes'] - SIZE_CAP:,}; the run is saved: repack it smaller "
+            "with `pgolf pack --budget 16000000` or lower quant.* bit widths")
     return summary

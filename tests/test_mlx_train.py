@@ -116,3 +116,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path):
     assert step == 2
     assert all(np.isfinite(v).all() for v in params.values())
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_artifact_over_the_cap_is_an_error_after_everything_is_saved(tiny_data, tmp_path, monkeypatch):
+    import shared.finish
+
+    monkeypatch.setattr(shared.finish, "SIZE_CAP", 1000)
+    cfg = replace(tiny_config(iterations=2), data=replace(tiny_config().data, dir=str(tiny_data.data_dir),
+                                                          tokenizer=str(tiny_data.tokenizer)))
+    with pytest.raises(PgolfError, match="over the 1,000-byte cap"):
+        backend.train(cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["within_cap"] is False and (tmp_path / "model.pgz").is_file()
