@@ -96,6 +96,9 @@ def init(device: str | None = None) -> Runtime:
 
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
+        # Every rank reaches teardown before any closes its connections: a rank that destroys
+        # the group while a peer is still in its last collective can abort at exit under gloo.
+        dist.barrier()
         dist.destroy_process_group()
 
 
