@@ -17,17 +17,10 @@ import numpy as np
 import torch
 
 from shared.config import Config
+from shared.shards import as_sequences
 from shared.spec import optim_group
 
 from .model import build_model
-
-
-def _sequences(x: np.ndarray, seq_len: int) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim == 1:
-        n = (x.size // seq_len) * seq_len
-        x = x[:n].reshape(-1, seq_len)
-    return x.astype(np.int64)
 
 
 @torch.no_grad()
@@ -53,7 +46,7 @@ def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        seqs = _sequences(x, cfg.train.seq_len)
+        seqs = as_sequences(x, cfg.train.seq_len)
         for i in range(0, len(seqs), batch_size):
             idx = torch.from_numpy(seqs[i:i + batch_size]).to(device)
             model.hidden(idx)   # the head is not a block matrix: no need for logits

@@ -19,6 +19,7 @@ import mlx.nn as nn
 import numpy as np
 
 from shared.config import Config
+from shared.shards import as_sequences
 from shared.spec import optim_group
 
 from .model import build_model
@@ -38,14 +39,6 @@ class _Recording(nn.Module):
         return self.inner(x)
 
 
-def _sequences(x: np.ndarray, seq_len: int) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim == 1:
-        n = (x.size // seq_len) * seq_len
-        x = x[:n].reshape(-1, seq_len)
-    return x.astype(np.int32)
-
-
 def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
                      batch_size: int = 8) -> dict[str, np.ndarray]:
     """H = sum a a^T over the inputs of every block matrix, float64 [in, in]."""
@@ -61,7 +54,7 @@ def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
         layer = getattr(parent, path[-1])
         sums[name] = np.zeros((params[name].shape[1],) * 2, dtype=np.float64)
         setattr(parent, path[-1], _Recording(layer, sums[name]))
-    seqs = _sequences(x, cfg.train.seq_len)
+    seqs = as_sequences(x, cfg.train.seq_len).astype(np.int32)
     for i in range(0, len(seqs), batch_size):
         mx.eval(model.hidden(mx.array(seqs[i:i + batch_size])))
     return sums

@@ -38,6 +38,7 @@ from shared.errors import PgolfError
 from shared.quant import FLOAT_SCHEMES, INT_BITS, QTensor, dequantize, quantize, scheme_bits
 from shared.spec import check_params, tensor_class
 
+SIZE_CAP = 16_000_000  # code bytes + compressed model bytes (decimal), CHALLENGE.md
 MAGIC = b"PGLF"
 VERSION = 1
 HEADER = struct.Struct("<4sBII")

@@ -26,22 +26,18 @@ from pathlib import Path
 import click
 import numpy as np
 
-from shared.config import Config, parse_override
+from shared.artifact import SIZE_CAP
+from shared.config import Config, apply_overrides, parse_override
 from shared.errors import PgolfError
 
-SIZE_CAP = 16_000_000
 BACKEND_CHOICE = click.Choice(["mlx", "torch"])
 
 
 def _quant_overrides(cfg: Config, overrides: tuple[str, ...]) -> Config:
-    from shared.config import _apply
-
     for text in overrides:
-        section, key, value = parse_override(text)
-        if section != "quant":
+        if parse_override(text)[0] != "quant":
             raise PgolfError(f"--set {text!r}: pack only takes quant.* overrides (the weights fix the rest)")
-        cfg = _apply(cfg, section, key, value, source="--set")
-    return cfg.validate()
+    return apply_overrides(cfg, overrides)
 
 
 @click.command("pack")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from shared.cli_train import apply_overrides, load_weights, with_data
+from shared.cli_train import load_weights, with_data
+from shared.config import apply_overrides
 from shared.errors import PgolfError
 
 

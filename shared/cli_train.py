@@ -18,18 +18,11 @@ from pathlib import Path
 
 import click
 
-from shared.config import Config, from_dict, load_config, parse_override
+from shared.config import Config, apply_overrides, load_config
 from shared.errors import PgolfError
 
 BACKEND_OPTION = click.option("--backend", type=click.Choice(["mlx", "torch"]), default="mlx", show_default=True,
                               help="mlx (Apple silicon / CPU) or torch (CUDA / CPU)")
-
-
-def apply_overrides(cfg: Config, sets: tuple[str, ...] | list[str]) -> Config:
-    for text in sets:
-        section, key, value = parse_override(text)
-        cfg = from_dict({section: {key: value}}, source="--set", base=cfg)
-    return cfg.validate()
 
 
 def with_data(cfg: Config, data: str | None, tokenizer: str | None) -> Config:

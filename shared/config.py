@@ -278,6 +278,14 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...], source: str = "--set") -> Config:
+    """Each `section.key=value`, type-checked against the current value, then cross-field checks."""
+    for text in overrides:
+        section, key, value = parse_override(text)
+        cfg = _apply(cfg, section, key, value, source=source)
+    return cfg.validate()
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the TOML file, then each `--set` override, then cross-field checks."""
     cfg = Config()
@@ -290,10 +298,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise PgolfError(f"{path}: malformed TOML ({e}); fix the file and retry") from None
         cfg = from_dict(tree, source=str(path), base=cfg)
-    for text in overrides:
-        section, key, value = parse_override(text)
-        cfg = _apply(cfg, section, key, value, source="--set")
-    return cfg.validate()
+    return apply_overrides(cfg, overrides)
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

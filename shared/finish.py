@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from shared.artifact import SIZE_CAP
 from shared.config import Config
 from shared.errors import PgolfError
 from shared.rundir import ARTIFACT, RunDir
 from shared.spec import count_params
-
-SIZE_CAP = 16_000_000  # code bytes + compressed model bytes (decimal), CHALLENGE.md
 
 
 def backend_name(backend_module: ModuleType) -> str:

@@ -171,6 +171,14 @@ class BatchLoader:
         return local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
 
 
+def as_sequences(x: np.ndarray, seq_len: int) -> np.ndarray:
+    """Tokens as int64 rows of `seq_len` (a flat array is cut to whole sequences)."""
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x[: (x.size // seq_len) * seq_len].reshape(-1, seq_len)
+    return x.astype(np.int64)
+
+
 def val_batches(
     tokens: np.ndarray,
     seq_len: int,
