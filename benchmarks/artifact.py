@@ -13,8 +13,11 @@ Rows (the table in BENCHMARKS.md):
                      (here: our body layout compressed with zlib instead of zstd)
     int8 + zstd      the same quantisation, our format (zstd-22)
     int6 RTN         int6 for every block matrix, std clip (quant.clip_k), round to nearest;
-                     int8 embedding
-    int6 GPTQ        the same with GPTQ (Hessians from calibration tokens of the train split)
+                     int8 embedding with "frequency" steps (quant.embed_steps, embed_clip_k)
+    int6 GPTQ        the same with GPTQ (Hessians from calibration tokens of the train split,
+                     for the block matrices and the tied head)
+    int6 GPTQ, row-step embedding
+                     the same with the embedding's per-row percentile int8 (no frequency steps)
     int5 GPTQ        int5 block matrices
     budget           per-tensor widths chosen by `--budget` at the size of the int6 GPTQ row
 Each row reports artifact bytes, bytes per parameter and the gap `q_val_bpb - val_bpb`
@@ -36,7 +39,7 @@ import numpy as np
 
 from shared import artifact
 from shared.backends import get_backend
-from shared.budget import budget_schemes, calibration_batch, sensitivity_batch
+from shared.budget import budget_schemes, calibration_batch, calibration_counts, sensitivity_batch
 from shared.config import Config
 from shared.dataset import open_dataset
 from shared.rundir import load_checkpoint
@@ -96,8 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
     base = with_quant(cfg, embed="int8", attn="int8", mlp="int8", other="fp32", keep_float_max_numel=65536,
                       min_scale=1 / 127, gptq=False, zstd_level=22)
     low = with_quant(cfg, embed="int8", other="fp16", keep_float_max_numel=0, zstd_level=22, min_scale=0.0,
-                     **({"clip_k": args.clip_k} if args.clip_k else {}))
+                     embed_steps="frequency", **({"clip_k": args.clip_k} if args.clip_k else {}))
     x, y = calibration_batch(ds, cfg)
+    counts = calibration_counts(x, y, cfg.model.vocab_size)
     t = time.time()
     hessians = be.collect_hessians(params, cfg, x)
     print(f"hessians: {len(hessians)} matrices from {x.size:,} training tokens ({time.time() - t:.0f}s)", flush=True)
@@ -122,23 +126,29 @@ def main(argv: list[str] | None = None) -> dict:
 
     def packed(name: str, c: Config, h=None, schemes=None, note="") -> int:
         t = time.time()
-        blob = artifact.pack(params, c, h, schemes)
+        blob = artifact.pack(params, c, h, schemes, counts)
         seconds = time.time() - t
         add(name, len(blob), artifact.unpack(blob)[1], seconds, note)
         return len(blob)
 
     packed("int8 + zstd", base, note="baseline rule, zstd-22")
-    packed("int6 RTN", with_quant(low, attn="int6", mlp="int6", gptq=False), note=f"clip_k {low.quant.clip_k}")
+    q = low.quant
+    packed("int6 RTN", with_quant(low, attn="int6", mlp="int6", gptq=False),
+           note=f"clip_k {q.clip_k}; int8 embedding, frequency steps (embed_clip_k {q.embed_clip_k}, "
+                f"floor {q.embed_freq_floor})")
     size6 = packed("int6 GPTQ", with_quant(low, attn="int6", mlp="int6", gptq=True), hessians)
+    packed("int6 GPTQ, row-step embedding", with_quant(low, attn="int6", mlp="int6", gptq=True, embed_steps="row"),
+           hessians, note="int8 embedding with per-row percentile clip")
     packed("int5 GPTQ", with_quant(low, attn="int5", mlp="int5", gptq=True), hessians)
     bcfg = with_quant(low, attn="int8", mlp="int8", gptq=True)
     sx, sy = sensitivity_batch(x, y, bcfg)
     t = time.time()
-    schemes = budget_schemes(params, bcfg, size6, lambda p: be.batch_loss(p, bcfg, sx, sy), hessians, log=lambda s: None)
+    schemes = budget_schemes(params, bcfg, size6, lambda p: be.batch_loss(p, bcfg, sx, sy), hessians,
+                             log=lambda s: None, token_counts=counts)
     search = time.time() - t
-    counts = {s: sum(1 for v in schemes.values() if v == s) for s in sorted(set(schemes.values()))}
+    per_scheme = {s: sum(1 for v in schemes.values() if v == s) for s in sorted(set(schemes.values()))}
     packed("budget", bcfg, hessians, schemes,
-           note=f"budget = int6 GPTQ size; {', '.join(f'{c} {s}' for s, c in counts.items())}; search {search:.0f}s")
+           note=f"budget = int6 GPTQ size; {', '.join(f'{c} {s}' for s, c in per_scheme.items())}; search {search:.0f}s")
 
     print("\n| scheme | artifact bytes | bytes/param | q_val_bpb | gap (q - val) | note |")
     print("|---|---:|---:|---:|---:|---|")

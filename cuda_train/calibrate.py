@@ -1,10 +1,12 @@
-"""GPTQ calibration for the PyTorch backend: input Hessians of the block matrices.
+"""GPTQ calibration for the PyTorch backend: input Hessians of the block matrices and the head.
 
     hessians = collect_hessians(params, cfg, x)   # x: token ids [batch, seq] (or flat)
 
 For every 2-D block weight W [out, in] (`shared.spec.optim_group == "matrix"`)
 returns H = sum over calibration tokens of a a^T, a being the layer's input
-activation, as a float64 numpy [in, in]. The activations come from this
+activation, as a float64 numpy [in, in]; and for the output head (the tied
+`tok_emb.weight`, or `lm_head.weight`) the same sum over the final normalised
+hidden states that the head multiplies. The activations come from this
 backend's own `GPT` (forward pre-hooks on its linear layers), run in float32
 without autocast, one sequence chunk at a time. The numpy quantiser
 (shared/gptq.py) then turns Hessians into codes identically on any backend.
@@ -18,7 +20,7 @@ import torch
 
 from shared.config import Config
 from shared.shards import as_sequences
-from shared.spec import optim_group
+from shared.spec import head_weight_name, optim_group
 
 from .model import build_model
 
@@ -26,13 +28,14 @@ from .model import build_model
 @torch.no_grad()
 def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
                      batch_size: int = 8) -> dict[str, np.ndarray]:
-    """H = sum a a^T over the inputs of every block matrix, float64 [in, in]."""
+    """H = sum a a^T over the inputs of every block matrix and of the head, float64 [in, in]."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = build_model(cfg.model, params, device=device).eval()
     targets = {n: m for n, m in model.named_modules() if f"{n}.weight" in params
                and optim_group(f"{n}.weight") == "matrix"}
     sums = {n: torch.zeros(m.weight.shape[1], m.weight.shape[1], dtype=torch.float64, device=device)
             for n, m in targets.items()}
+    head = torch.zeros(cfg.model.model_dim, cfg.model.model_dim, dtype=torch.float64, device=device)
 
     def recorder(name: str):
         def hook(module, args):
@@ -49,9 +52,12 @@ def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
         seqs = as_sequences(x, cfg.train.seq_len)
         for i in range(0, len(seqs), batch_size):
             idx = torch.from_numpy(seqs[i:i + batch_size]).to(device)
-            model.hidden(idx)   # the head is not a block matrix: no need for logits
+            h = model.hidden(idx).reshape(-1, cfg.model.model_dim).to(torch.float64)
+            head.addmm_(h.T, h)   # what the head multiplies: no need for the logits themselves
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         for h in handles:
             h.remove()
-    return {f"{n}.weight": sums[n].cpu().numpy() for n in sorted(sums)}
+    out = {f"{n}.weight": sums[n].cpu().numpy() for n in sums}
+    out[head_weight_name(cfg.model)] = head.cpu().numpy()
+    return dict(sorted(out.items()))

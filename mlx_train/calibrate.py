@@ -1,10 +1,12 @@
-"""GPTQ calibration for the MLX backend: input Hessians of the block matrices.
+"""GPTQ calibration for the MLX backend: input Hessians of the block matrices and the head.
 
     hessians = collect_hessians(params, cfg, x)   # x: token ids [batch, seq] (or flat)
 
 For every 2-D block weight W [out, in] (`shared.spec.optim_group == "matrix"`)
 returns H = sum over calibration tokens of a a^T, a being the layer's input
-activation, as a float64 numpy [in, in]. The activations come from this
+activation, as a float64 numpy [in, in]; and for the output head (the tied
+`tok_emb.weight`, or `lm_head.weight`) the same sum over the final normalised
+hidden states that the head multiplies. The activations come from this
 backend's own `GPT`: each block linear is swapped for a recording wrapper that
 hands its input to an accumulator and then calls the original layer. The
 forward runs in float32. The numpy quantiser (shared/gptq.py) then turns
@@ -20,7 +22,7 @@ import numpy as np
 
 from shared.config import Config
 from shared.shards import as_sequences
-from shared.spec import optim_group
+from shared.spec import head_weight_name, optim_group
 
 from .model import build_model
 
@@ -41,7 +43,7 @@ class _Recording(nn.Module):
 
 def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
                      batch_size: int = 8) -> dict[str, np.ndarray]:
-    """H = sum a a^T over the inputs of every block matrix, float64 [in, in]."""
+    """H = sum a a^T over the inputs of every block matrix and of the head, float64 [in, in]."""
     model = build_model(cfg.model, params, mx.float32)
     sums: dict[str, np.ndarray] = {}
     for name in sorted(params):
@@ -54,7 +56,11 @@ def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
         layer = getattr(parent, path[-1])
         sums[name] = np.zeros((params[name].shape[1],) * 2, dtype=np.float64)
         setattr(parent, path[-1], _Recording(layer, sums[name]))
+    head = np.zeros((cfg.model.model_dim,) * 2, dtype=np.float64)
     seqs = as_sequences(x, cfg.train.seq_len).astype(np.int32)
     for i in range(0, len(seqs), batch_size):
-        mx.eval(model.hidden(mx.array(seqs[i:i + batch_size])))
-    return sums
+        h = model.hidden(mx.array(seqs[i:i + batch_size]))
+        a = np.array(h.astype(mx.float32), dtype=np.float64).reshape(-1, h.shape[-1])
+        head += a.T @ a
+    sums[head_weight_name(cfg.model)] = head
+    return dict(sorted(sums.items()))

@@ -11,7 +11,8 @@ Format v1 (docs/ARTIFACT.md has the full description):
         meta_len u32 + meta (compact sorted JSON: config TOML + tensor table)
         integer codes | fp16 scales | floats   (empty sections are skipped)
 
-Every byte is a pure function of (params, config, Hessians): no timestamps,
+Every byte is a pure function of (params, config, Hessians, calibration token
+counts for "frequency" embedding steps): no timestamps,
 no dict-order or thread-count dependence (zstd runs single-threaded and
 one-shot, see MACHINE-NOTES.md), so both backends write identical files from
 identical weights. The reader checks magic, version, length and checksum and
@@ -35,7 +36,7 @@ import zstandard
 
 from shared.config import Config, from_toml_text, to_toml
 from shared.errors import PgolfError
-from shared.quant import FLOAT_SCHEMES, INT_BITS, QTensor, dequantize, quantize, scheme_bits
+from shared.quant import FLOAT_SCHEMES, INT_BITS, QTensor, dequantize, quantize, scheme_bits, token_weights
 from shared.spec import check_params, tensor_class
 
 SIZE_CAP = 16_000_000  # code bytes + compressed model bytes (decimal), CHALLENGE.md
@@ -107,8 +108,11 @@ def _config_text(cfg: Config) -> str:
 
 
 def quantize_all(params: dict[str, np.ndarray], cfg: Config, hessians: dict | None = None,
-                 schemes: dict[str, str] | None = None) -> dict[str, QTensor]:
-    """Quantise every tensor (sorted by name) with its scheme; GPTQ where asked and possible."""
+                 schemes: dict[str, str] | None = None, token_counts: np.ndarray | None = None) -> dict[str, QTensor]:
+    """Quantise every tensor (sorted by name) with its scheme; GPTQ where asked and possible.
+
+    `token_counts` [vocab]: how often each token occurs among the calibration tokens (inputs
+    and targets); needed when `quant.embed_steps = "frequency"`."""
     q = cfg.quant
     chosen = choose_schemes(params, cfg)
     if schemes:
@@ -119,16 +123,26 @@ def quantize_all(params: dict[str, np.ndarray], cfg: Config, hessians: dict | No
     if q.gptq and hessians is None:
         raise PgolfError("quant.gptq = true needs Hessians: pack with `pgolf pack --data DIR --tokenizer MODEL` "
                          "(calibration tokens from the training split) or set quant.gptq=false")
+    frequency = q.embed_steps == "frequency"
+    if frequency and token_counts is None:
+        raise PgolfError('quant.embed_steps = "frequency" needs calibration token counts: pack with `pgolf pack '
+                         '--data DIR --tokenizer MODEL` (training split) or set quant.embed_steps=row')
     out: dict[str, QTensor] = {}
     for name in sorted(params):
         w = np.asarray(params[name], dtype=np.float32)
         scheme = chosen[name]
         scheme_bits(scheme)
-        h = None
+        h, clip_k, row_weights = None, q.clip_k, None
         if q.gptq and scheme in INT_BITS and w.ndim == 2 and name in (hessians or {}):
             h = hessians[name]
-        out[name] = quantize(w, scheme, percentile=q.clip_percentile, clip_k=q.clip_k, min_scale=q.min_scale, hessian=h,
-                             gptq_block=q.gptq_block, gptq_damp=q.gptq_damp)
+        if tensor_class(name) == "embed" and scheme in INT_BITS and w.ndim == 2:
+            clip_k = q.embed_clip_k
+            if frequency:
+                if len(token_counts) != w.shape[0]:
+                    raise PgolfError(f"{name}: {w.shape[0]} rows but {len(token_counts)} token counts")
+                row_weights = token_weights(token_counts, q.embed_freq_floor)
+        out[name] = quantize(w, scheme, percentile=q.clip_percentile, clip_k=clip_k, min_scale=q.min_scale, hessian=h,
+                             gptq_block=q.gptq_block, gptq_damp=q.gptq_damp, row_weights=row_weights)
     return out
 
 
@@ -183,13 +197,14 @@ def compress(body: bytes, level: int) -> bytes:
 
 
 def pack(params: dict[str, np.ndarray], cfg: Config, hessians: dict | None = None,
-         schemes: dict[str, str] | None = None) -> bytes:
+         schemes: dict[str, str] | None = None, token_counts: np.ndarray | None = None) -> bytes:
     """Quantise and pack `params` (canonical names) into artifact bytes.
 
     `hessians` maps a 2-D weight's name to its [in, in] float64 input Hessian
     (used when `quant.gptq`); `schemes` overrides the scheme of named tensors
-    (the budget mode's per-tensor choice)."""
-    return pack_quantized(quantize_all(params, cfg, hessians, schemes), cfg)
+    (the budget mode's per-tensor choice); `token_counts` feeds "frequency"
+    embedding steps (`quantize_all`)."""
+    return pack_quantized(quantize_all(params, cfg, hessians, schemes, token_counts), cfg)
 
 
 def pack_quantized(qts: dict[str, QTensor], cfg: Config) -> bytes:

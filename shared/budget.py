@@ -2,7 +2,8 @@
 
 `calibration_batch(dataset, cfg)` takes `quant.calib_tokens` tokens from the
 *training* split (never validation) as `(x, y)` sequences of `train.seq_len`:
-GPTQ Hessians and the budget mode's loss sensitivities come from them.
+GPTQ Hessians, the token counts of "frequency" embedding steps
+(`calibration_counts`) and the budget mode's loss sensitivities come from them.
 
 `budget_schemes(...)` answers "which bit width for which tensor so that the
 artifact plus the counted code fits in N bytes": every tensor the config
@@ -37,6 +38,12 @@ def calibration_batch(dataset, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     return toks[:-1].reshape(n, seq), toks[1:].reshape(n, seq)
 
 
+def calibration_counts(x: np.ndarray, y: np.ndarray, vocab_size: int) -> np.ndarray:
+    """How often each token occurs among the calibration inputs and targets, float64 [vocab]."""
+    return (np.bincount(np.asarray(x).ravel(), minlength=vocab_size)
+            + np.bincount(np.asarray(y).ravel(), minlength=vocab_size)).astype(np.float64)[:vocab_size]
+
+
 def sensitivity_batch(x: np.ndarray, y: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     n = max(1, cfg.quant.budget_tokens // x.shape[1])
     return x[:n], y[:n]
@@ -49,6 +56,7 @@ def budget_schemes(
     loss: Callable[[dict[str, np.ndarray]], float],
     hessians: dict | None = None,
     log: Callable[[str], None] = print,
+    token_counts: np.ndarray | None = None,
 ) -> dict[str, str]:
     """Per-tensor schemes whose packed artifact is at most `max_artifact_bytes`."""
     q = cfg.quant
@@ -64,7 +72,7 @@ def budget_schemes(
     for name in eligible:
         size[name], delta[name] = [], []
         for scheme in CANDIDATES:
-            qt = quantize_all({name: params[name]}, cfg, hessians, {name: scheme})[name]
+            qt = quantize_all({name: params[name]}, cfg, hessians, {name: scheme}, token_counts)[name]
             size[name].append(tensor_bytes(qt, level))
             delta[name].append(loss({**params, name: dequantize(qt)}) - base)
 
@@ -90,7 +98,7 @@ def budget_schemes(
         level_of[best] += 1
         return True
 
-    actual = len(pack(params, cfg, hessians, choice()))
+    actual = len(pack(params, cfg, hessians, choice(), token_counts))
     offset = actual - sum(size[n][0] for n in eligible)   # everything that is not an eligible payload
     while actual > max_artifact_bytes:
         est = offset + sum(size[n][level_of[n]] for n in eligible)
@@ -100,7 +108,7 @@ def budget_schemes(
                     f"cannot fit the artifact in {max_artifact_bytes:,} bytes even with every tensor at "
                     f"{CANDIDATES[-1]}: raise --budget or shrink the model")
             est = offset + sum(size[n][level_of[n]] for n in eligible)
-        actual = len(pack(params, cfg, hessians, choice()))
+        actual = len(pack(params, cfg, hessians, choice(), token_counts))
         if actual > max_artifact_bytes:
             offset += actual - est   # the estimate was optimistic: correct it and keep lowering
             if not step():

@@ -6,8 +6,9 @@
     pgolf inspect model.pgz [--json] [--backend torch]
 
 `pack` quantises a checkpoint with the `[quant]` section saved in it (plus
-`--set quant.*` overrides). GPTQ (`quant.gptq = true`) and `--budget` need
-calibration tokens, read from the *training* split of `--data` (default: the
+`--set quant.*` overrides). GPTQ (`quant.gptq = true`), "frequency"
+embedding steps (`quant.embed_steps`) and `--budget` need calibration
+tokens, read from the *training* split of `--data` (default: the
 checkpoint's `data.dir`). `--budget BYTES` picks per-tensor bit widths so
 that the artifact plus the backend's counted code fits (shared/budget.py).
 
@@ -67,24 +68,24 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
     if budget is not None and budget <= code:
         raise PgolfError(f"--budget {budget:,} does not even cover the {code:,} bytes of counted code")
 
-    hessians = None
-    schemes = None
-    if cfg.quant.gptq or budget is not None:
+    hessians = schemes = counts = None
+    if cfg.quant.gptq or budget is not None or cfg.quant.embed_steps == "frequency":
         from shared.backends import get_backend
-        from shared.budget import budget_schemes, calibration_batch, sensitivity_batch
+        from shared.budget import budget_schemes, calibration_batch, calibration_counts, sensitivity_batch
         from shared.dataset import open_dataset
 
         be = get_backend(backend)
         ds = open_dataset(data_dir or cfg.data.dir, tokenizer or cfg.data.tokenizer, cfg.model.vocab_size)
         x, y = calibration_batch(ds, cfg)
+        counts = calibration_counts(x, y, cfg.model.vocab_size)
         click.echo(f"calibration: {x.size:,} tokens from the training split of {ds.data_dir}")
         if cfg.quant.gptq:
             hessians = be.collect_hessians(params, cfg, x)
         if budget is not None:
             sx, sy = sensitivity_batch(x, y, cfg)
             schemes = budget_schemes(params, cfg, budget - code, lambda p: be.batch_loss(p, cfg, sx, sy),
-                                     hessians=hessians, log=click.echo)
-    blob = pack(params, cfg, hessians, schemes)
+                                     hessians=hessians, log=click.echo, token_counts=counts)
+    blob = pack(params, cfg, hessians, schemes, counts)
     unpack(blob, source=str(out))  # the reader must accept what we wrote
     write_artifact(out, blob)
     total = len(blob) + code

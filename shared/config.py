@@ -159,7 +159,11 @@ class QuantConfig:
     keep_float_max_numel: int = 65536  # float tensors this small are stored as `other`
     clip_percentile: float = 99.99984  # int8 per-row clip (the baseline's)
     min_scale: float = 0.0           # floor on every row's quantisation step (the baseline's export: 1/127)
-    clip_k: float = 12.0             # std-based clip for int<8 schemes: clip = clip_k * row std
+    clip_k: float = 12.0             # std-based clip for int<8 block matrices: clip = clip_k * row std
+    embed_steps: str = "row"         # embedding/head row steps: "row" (the scheme's own clip per row) or
+                                     # "frequency" (finer steps for frequent tokens: shared/quant.py)
+    embed_clip_k: float = 20.0       # the embedding's std-based clip (int<8, or any int in "frequency" steps)
+    embed_freq_floor: float = 0.1    # "frequency" steps: added to each token's relative count (rare tokens)
     gptq: bool = False
     gptq_block: int = 128
     gptq_damp: float = 0.01
@@ -180,6 +184,12 @@ class QuantConfig:
             raise PgolfError(f"quant.min_scale must not be negative, got {self.min_scale}")
         if not self.clip_k > 0.0:
             raise PgolfError(f"quant.clip_k must be positive, got {self.clip_k}")
+        if self.embed_steps not in ("row", "frequency"):
+            raise PgolfError(f"quant.embed_steps = {self.embed_steps!r}: choose \"row\" or \"frequency\"")
+        if not self.embed_clip_k > 0.0:
+            raise PgolfError(f"quant.embed_clip_k must be positive, got {self.embed_clip_k}")
+        if not self.embed_freq_floor > 0.0:
+            raise PgolfError(f"quant.embed_freq_floor must be positive, got {self.embed_freq_floor}")
         if not 0.0 < self.gptq_damp < 1.0:
             raise PgolfError(f"quant.gptq_damp must be in (0, 1), got {self.gptq_damp}")
         if min(self.gptq_block, self.calib_tokens, self.budget_tokens) < 1 or self.keep_float_max_numel < 0:

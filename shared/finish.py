@@ -51,18 +51,21 @@ def finish_run(
 
     name = backend_name(backend_module)
     stats = dict(train_stats)
-    hessians = None
-    if cfg.quant.gptq:  # GPTQ Hessians from the first training tokens, through the backend's own forward
-        from shared.budget import calibration_batch
+    hessians = counts = None
+    if cfg.quant.gptq or cfg.quant.embed_steps == "frequency":  # calibration: the first training tokens
+        from shared.budget import calibration_batch, calibration_counts
 
-        hessians = backend_module.collect_hessians(params, cfg, calibration_batch(dataset, cfg)[0])
+        x, y = calibration_batch(dataset, cfg)
+        counts = calibration_counts(x, y, cfg.model.vocab_size)
+        if cfg.quant.gptq:   # GPTQ Hessians through the backend's own forward
+            hessians = backend_module.collect_hessians(params, cfg, x)
     if "val_loss" not in stats or "val_bpb" not in stats:
         pre = backend_module.evaluate(params, cfg, dataset.val_tokens, dataset.tables, rank, world_size)
         stats["val_loss"], stats["val_bpb"] = pre.val_loss, pre.val_bpb
 
     # Every rank packs the same bytes (the packer is deterministic), so every
     # rank can evaluate them without waiting for a file; only rank 0 writes it.
-    blob = artifact.pack(params, cfg, hessians=hessians)
+    blob = artifact.pack(params, cfg, hessians=hessians, token_counts=counts)
     if rank == 0 and run_dir.is_main:
         artifact.write_artifact(run_dir.path / ARTIFACT, blob)
     _, q_params = artifact.unpack(blob)

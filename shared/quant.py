@@ -9,6 +9,17 @@ Schemes (names used in `[quant]` and in the artifact's tensor table):
                      times the row's standard deviation, round to nearest
                      (or GPTQ, shared/gptq.py, when a Hessian is given and `quant.gptq`)
 
+The embedding (and an untied head) may instead take "frequency" steps
+(`quant.embed_steps`): one row per token, so a row's error costs in proportion
+to how often its token is read or predicted. Given each token's weight w_v
+(its count among the calibration tokens, inputs and targets, divided by the
+mean count, plus `quant.embed_freq_floor`), row v's clip is
+`quant.embed_clip_k * median(row std) * sqrt(median(w) / w_v)`: the step that
+minimises the frequency-weighted squared error for a given entropy (each row's
+error ~ step^2, its code length ~ -log2(step)). Frequent tokens get fine steps,
+byte-fallback pieces that never occur get coarse ones. Only the scales change:
+the format and dequantisation are the same.
+
 Every integer scheme stores one value per byte (int8) plus one fp16 scale per
 row; dequantisation is `q * float32(scale)[:, None]`. The scale is rounded to
 fp16 *before* quantising, so what the reader multiplies by is exactly what the
@@ -84,9 +95,30 @@ def std_clip(rows: np.ndarray, k: float) -> np.ndarray:
     return k * std
 
 
-def row_scales(rows: np.ndarray, scheme: str, percentile: float, clip_k: float, min_scale: float = 0.0) -> np.ndarray:
+def token_weights(counts: np.ndarray, floor: float) -> np.ndarray:
+    """Each token's weight for "frequency" steps: count / mean count + floor (float64, > 0)."""
+    c = np.asarray(counts, dtype=np.float64)
+    return c / max(c.mean(), 1e-12) + floor
+
+
+def frequency_clip(rows: np.ndarray, k: float, weights: np.ndarray) -> np.ndarray:
+    """Per-row clip k * median(row std) * sqrt(median(w) / w_v): finer for heavier rows."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (rows.shape[0],) or not np.all(w > 0):
+        raise PgolfError(f"row weights must be {rows.shape[0]} positive values, got shape {w.shape}")
+    unit = np.median(rows.astype(np.float64).std(axis=1))
+    return k * unit * np.sqrt(np.median(w) / w)
+
+
+def row_scales(rows: np.ndarray, scheme: str, percentile: float, clip_k: float, min_scale: float = 0.0,
+               row_weights: np.ndarray | None = None) -> np.ndarray:
     bits = scheme_bits(scheme)
-    clip = percentile_clip(rows, percentile) if scheme == "int8" else std_clip(rows, clip_k)
+    if row_weights is not None:
+        clip = frequency_clip(rows, clip_k, row_weights)
+    elif scheme == "int8":
+        clip = percentile_clip(rows, percentile)
+    else:
+        clip = std_clip(rows, clip_k)
     # The challenge baseline floors every row's step at 1/127 (`clamp_min` in its export):
     # quant.min_scale reproduces that rule; 0 leaves each row its own step.
     clip = np.maximum(clip, min_scale * qmax(bits))
@@ -102,8 +134,9 @@ def round_to_codes(rows: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray
 
 def quantize(w: np.ndarray, scheme: str, *, percentile: float = 99.99984, clip_k: float = 12.0,
              hessian: np.ndarray | None = None, gptq_block: int = 128, gptq_damp: float = 0.01,
-             min_scale: float = 0.0) -> QTensor:
-    """Quantise one tensor with `scheme`; a Hessian [in, in] switches int schemes to GPTQ."""
+             min_scale: float = 0.0, row_weights: np.ndarray | None = None) -> QTensor:
+    """Quantise one tensor with `scheme`; a Hessian [in, in] switches int schemes to GPTQ;
+    `row_weights` (one per row, > 0) switches the clip to "frequency" steps."""
     w = np.asarray(w, dtype=np.float32)
     bits = scheme_bits(scheme)
     shape = tuple(int(s) for s in w.shape)
@@ -111,7 +144,7 @@ def quantize(w: np.ndarray, scheme: str, *, percentile: float = 99.99984, clip_k
         dtype = np.float32 if scheme == "fp32" else np.float16
         return QTensor(scheme if scheme in FLOAT_SCHEMES else "fp16", shape, data=w.astype(dtype))
     rows = as_rows(w)
-    scale = row_scales(rows, scheme, percentile, clip_k, min_scale)
+    scale = row_scales(rows, scheme, percentile, clip_k, min_scale, row_weights)
     if hessian is not None:
         from shared.gptq import gptq_codes
 

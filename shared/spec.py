@@ -97,6 +97,11 @@ def optim_group(name: str) -> str:
     return "scalar"
 
 
+def head_weight_name(m: ModelConfig) -> str:
+    """The weight the output head multiplies the final hidden states by."""
+    return "tok_emb.weight" if m.tie_embeddings else "lm_head.weight"
+
+
 def tensor_class(name: str) -> str:
     """Which quantizer class a tensor falls in: embed | attn | mlp | other."""
     if name in ("tok_emb.weight", "lm_head.weight"):

@@ -158,6 +158,29 @@ def test_gptq_without_hessians_is_a_clear_error():
         artifact.pack(_trained_like(cfg), cfg)
 
 
+def test_frequency_embedding_steps_need_counts_and_follow_them():
+    cfg = _cfg(embed="int8", attn="int6", mlp="int6", embed_steps="frequency", embed_clip_k=20.0)
+    params = _trained_like(cfg)
+    vocab = cfg.model.vocab_size
+    with pytest.raises(PgolfError, match="frequency"):
+        artifact.pack(params, cfg)
+    with pytest.raises(PgolfError, match="token counts"):
+        artifact.pack(params, cfg, token_counts=np.ones(vocab - 1))
+    counts = np.zeros(vocab)
+    counts[: vocab // 2] = np.arange(vocab // 2, 0, -1) ** 2      # lower ids more frequent; the upper half unseen
+    blob = artifact.pack(params, cfg, token_counts=counts)
+    assert blob == artifact.pack(params, cfg, token_counts=counts.copy())
+    _, qts = artifact.read_quantized(blob)
+    scale = qts["tok_emb.weight"].scale.astype(np.float64)
+    assert np.all(np.diff(scale[: vocab // 2]) >= 0) and scale[0] < scale[vocab // 2 - 1] < scale[-1]
+    assert np.all(scale[vocab // 2:] == scale[-1])               # every unseen token gets the coarsest step
+    # Only the embedding changes: the block matrices are packed as with per-row steps.
+    _, rows = artifact.read_quantized(artifact.pack(params, replace(cfg, quant=replace(cfg.quant, embed_steps="row"))))
+    for name, t in qts.items():
+        if name != "tok_emb.weight" and t.q is not None:
+            assert np.array_equal(t.q, rows[name].q) and np.array_equal(t.scale, rows[name].scale), name
+
+
 def test_scheme_overrides_and_small_tensors_as_other():
     cfg = replace(_cfg(attn="int6"), quant=replace(_cfg().quant, attn="int6", keep_float_max_numel=64 * 64))
     params = _trained_like(cfg)

@@ -96,7 +96,7 @@ def test_gptq_lowers_layer_error_on_a_trained_model(tiny_data):
 
     cfg, params, calib = _train_tiny(backend, tiny_data)
     hessians = backend.collect_hessians(params, cfg, calib)
-    matrices = [n for n in params if optim_group(n) == "matrix"]
+    matrices = [n for n in params if optim_group(n) == "matrix"] + ["tok_emb.weight"]  # blocks and the tied head
     assert sorted(hessians) == sorted(matrices)
     for bits in (6, 4):
         gptq_total = rtn_total = 0.0
@@ -114,17 +114,21 @@ def test_gptq_lowers_layer_error_on_a_trained_model(tiny_data):
 
 @pytest.mark.mlx
 @pytest.mark.torch
-def test_backends_collect_the_same_hessians():
+@pytest.mark.parametrize("tied", [True, False])
+def test_backends_collect_the_same_hessians(tied):
     pytest.importorskip("mlx.core")
     pytest.importorskip("torch")
     from cuda_train.calibrate import collect_hessians as torch_h
     from mlx_train.calibrate import collect_hessians as mlx_h
 
     cfg = tiny_config()
+    cfg = replace(cfg, model=replace(cfg.model, tie_embeddings=tied))
     rng = np.random.default_rng(0)
     params = {k: (v + rng.normal(0, 0.02, v.shape)).astype(np.float32) for k, v in init_params(cfg.model, 1).items()}
     x = rng.integers(0, cfg.model.vocab_size, size=(3, cfg.train.seq_len))
     a, b = mlx_h(params, cfg, x), torch_h(params, cfg, x)
     assert sorted(a) == sorted(b)
+    head = "tok_emb.weight" if tied else "lm_head.weight"
+    assert head in a and ("lm_head.weight" in a) != tied and a[head].shape == (cfg.model.model_dim,) * 2
     for k in a:
         assert np.allclose(a[k], b[k], rtol=1e-4, atol=1e-4 * np.abs(b[k]).max()), k

@@ -89,16 +89,27 @@ def test_resume_after_interrupt_reproduces_weights(tiny_data, tmp_path):
 
 
 def test_artifact_round_trip_matches_summary(tiny_data, tmp_path):
-    from shared.artifact import read_artifact
+    from shared.artifact import pack, read_artifact
+    from shared.budget import calibration_batch, calibration_counts
     from shared.dataset import open_dataset
+    from shared.rundir import load_checkpoint
 
+    # The packing stack of the benchmarks: int6 GPTQ blocks, int8 embedding with "frequency" steps.
     cfg = with_data(tiny_config(iterations=4), tiny_data)
+    cfg = replace(cfg, quant=replace(cfg.quant, attn="int6", mlp="int6", gptq=True, embed_steps="frequency",
+                                     calib_tokens=2048))
     summary = backend.train(cfg, tmp_path)
     art_cfg, params = read_artifact(tmp_path / "model.pgz")
     ds = open_dataset(tiny_data.data_dir, tiny_data.tokenizer, cfg.model.vocab_size)
     res = backend.evaluate(params, with_data(art_cfg, tiny_data), ds.val_tokens, ds.tables)
     assert res.val_bpb == pytest.approx(summary["q_val_bpb"], rel=1e-6)
     assert res.tokens == summary["eval_tokens"]
+    # The run's artifact is what packing its checkpoint gives: calibration is a function of the weights and data.
+    weights, ckpt_cfg, _ = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    x, y = calibration_batch(ds, ckpt_cfg)
+    blob = pack(weights, ckpt_cfg, backend.collect_hessians(weights, ckpt_cfg, x),
+                token_counts=calibration_counts(x, y, cfg.model.vocab_size))
+    assert blob == (tmp_path / "model.pgz").read_bytes()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path):

@@ -103,6 +103,16 @@ def test_gptq_and_budget_from_training_tokens(tmp_path, capsys, tiny_data):
     assert code == 0, err
     assert "calibration: 2,048 tokens from the training split" in stdout
     assert read_quantized(gptq.read_bytes())[0].quant.gptq
+    # "frequency" embedding steps count the same calibration tokens; without them they are refused.
+    freq = tmp_path / "freq.pgz"
+    code, _, err = run(["pack", str(ckpt), "--backend", "torch", "-o", str(freq), "--set", "quant.embed_steps=frequency",
+                        "--data", str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and "nowhere" in err
+    code, stdout, err = run(["pack", str(ckpt), "--backend", "torch", "-o", str(freq), "--set", "quant.embed_steps=frequency",
+                             *data], capsys)
+    assert code == 0 and "calibration: 2,048 tokens" in stdout, err
+    _, qts = read_quantized(freq.read_bytes())
+    assert len(np.unique(qts["tok_emb.weight"].scale)) > 1
     # A budget 30% below the all-int8 size forces some tensors under 8 bits.
     budget = code_bytes("torch") + int(0.7 * int8.stat().st_size)
     out = tmp_path / "budget.pgz"

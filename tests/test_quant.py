@@ -7,7 +7,8 @@ import pytest
 
 from shared.config import QuantConfig, load_config
 from shared.errors import PgolfError
-from shared.quant import INT_BITS, SCHEMES, dequantize, qmax, quantize, std_clip
+from shared.quant import (INT_BITS, SCHEMES, dequantize, fp16_scale, frequency_clip, qmax, quantize, std_clip,
+                          token_weights)
 
 
 def _weights(rows=48, cols=96, seed=0) -> np.ndarray:
@@ -86,3 +87,22 @@ def test_config_schemes_match_the_quantizer_and_are_validated():
     with pytest.raises(PgolfError, match="zstd_level"):
         load_config(overrides=["quant.zstd_level=23"])
     assert QuantConfig().embed == "int8"
+
+
+def test_frequency_steps_are_finer_for_frequent_tokens():
+    w = _weights(rows=64, cols=32).astype(np.float64)
+    counts = (np.arange(64, dtype=np.float64) ** 2)[::-1]          # the last token never occurs
+    weights = token_weights(counts, 0.1)
+    assert np.allclose(weights, counts / counts.mean() + 0.1)
+    clip = frequency_clip(w, 20.0, weights)
+    assert np.all(np.diff(clip) > 0)                              # rarer token, coarser step
+    # The step goes as 1/sqrt(weight), in units of the median row std, whatever each row's own std.
+    assert np.allclose(clip * np.sqrt(weights), clip[0] * np.sqrt(weights[0]))
+    assert np.allclose(frequency_clip(w, 20.0, np.ones(64)), 20.0 * np.median(w.std(axis=1)))
+    t = quantize(w.astype(np.float32), "int8", clip_k=20.0, row_weights=weights)
+    assert np.array_equal(t.scale, fp16_scale(clip, 8))
+    assert t.q is not None and np.abs(t.q[-1]).max() < np.abs(t.q[0]).max()   # the unseen row spends fewer codes
+    with pytest.raises(PgolfError, match="64 positive"):
+        frequency_clip(w, 20.0, np.ones(3))
+    with pytest.raises(PgolfError, match="64 positive"):
+        frequency_clip(w, 20.0, np.zeros(64))
