@@ -7,8 +7,17 @@ import pytest
 
 from shared.config import QuantConfig, load_config
 from shared.errors import PgolfError
-from shared.quant import (INT_BITS, SCHEMES, dequantize, fp16_scale, frequency_clip, qmax, quantize, std_clip,
-                          token_weights)
+from shared.quant import (
+    INT_BITS,
+    SCHEMES,
+    dequantize,
+    fp16_scale,
+    frequency_clip,
+    qmax,
+    quantize,
+    std_clip,
+    token_weights,
+)
 
 
 def _weights(rows=48, cols=96, seed=0) -> np.ndarray:
