@@ -162,7 +162,7 @@ class QuantConfig:
     clip_k: float = 12.0             # std-based clip for int<8 block matrices: clip = clip_k * row std
     embed_steps: str = "row"         # embedding/head row steps: "row" (the scheme's own clip per row) or
                                      # "frequency" (finer steps for frequent tokens: shared/quant.py)
-    embed_clip_k: float = 20.0       # the embedding's std-based clip (int<8, or any int in "frequency" steps)
+    embed_clip_k: float = 16.0       # the embedding's std-based clip (int<8, or any int in "frequency" steps)
     embed_freq_floor: float = 0.1    # "frequency" steps: added to each token's relative count (rare tokens)
     gptq: bool = False
     gptq_block: int = 128
