@@ -88,6 +88,14 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
     blob = pack(params, cfg, hessians, schemes, counts)
     unpack(blob, source=str(out))  # the reader must accept what we wrote
     write_artifact(out, blob)
+    if counts is not None and cfg.quant.embed_steps == "frequency":
+        from shared.artifact import read_quantized
+
+        for name, t in read_quantized(blob, str(out))[1].items():
+            if t.scale is not None and name in ("tok_emb.weight", "lm_head.weight"):
+                steps = t.scale.astype(np.float64)
+                click.echo(f"{name}: frequency steps {steps.min():.3g} (most frequent token) to {steps.max():.3g} "
+                           f"({int((counts == 0).sum())} of {len(counts)} tokens unseen in calibration)")
     total = len(blob) + code
     click.echo(f"wrote {out}: {len(blob):,} artifact bytes + {code:,} code bytes ({backend}) = {total:,} "
                f"of {SIZE_CAP:,} ({'within' if total <= SIZE_CAP else 'OVER'} the cap), checkpoint step {step}")

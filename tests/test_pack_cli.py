@@ -111,6 +111,7 @@ def test_gptq_and_budget_from_training_tokens(tmp_path, capsys, tiny_data):
     code, stdout, err = run(["pack", str(ckpt), "--backend", "torch", "-o", str(freq), "--set", "quant.embed_steps=frequency",
                              *data], capsys)
     assert code == 0 and "calibration: 2,048 tokens" in stdout, err
+    assert "tok_emb.weight: frequency steps" in stdout and stdout.rstrip().endswith("checkpoint step 7")
     _, qts = read_quantized(freq.read_bytes())
     assert len(np.unique(qts["tok_emb.weight"].scale)) > 1
     # A budget 30% below the all-int8 size forces some tensors under 8 bits.
