@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # The challenge baseline's export rule: per-row int8, step floored at 1/127, control tensors fp32.
     base = with_quant(cfg, embed="int8", attn="int8", mlp="int8", other="fp32", keep_float_max_numel=65536,
-                      min_scale=1 / 127, gptq=False, zstd_level=22)
+                      min_scale=1 / 127, gptq=False, embed_steps="row", zstd_level=22)
     low = with_quant(cfg, embed="int8", other="fp16", keep_float_max_numel=0, zstd_level=22, min_scale=0.0,
                      embed_steps="frequency", **({"clip_k": args.clip_k} if args.clip_k else {}))
     x, y = calibration_batch(ds, cfg)

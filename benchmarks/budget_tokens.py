@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from shared import artifact
 from shared.backends import get_backend
-from shared.budget import budget_schemes, calibration_batch, sensitivity_batch
+from shared.budget import budget_schemes, calibration_batch, calibration_counts, sensitivity_batch
 from shared.dataset import open_dataset
 from shared.rundir import load_checkpoint
 
@@ -33,16 +33,18 @@ def main(argv: list[str] | None = None) -> None:
 
     base = be.evaluate(params, cfg, ds.val_tokens, ds.tables).val_bpb
     x, y = calibration_batch(ds, cfg)
-    hessians = be.collect_hessians(params, cfg, x)
-    low = replace(cfg.quant, embed="int8", other="fp16", keep_float_max_numel=0, min_scale=0.0, gptq=True)
-    blob6 = artifact.pack(params, replace(cfg, quant=replace(low, attn="int6", mlp="int6")), hessians)
+    hessians, counts = be.collect_hessians(params, cfg, x), calibration_counts(x, y, cfg.model.vocab_size)
+    low = replace(cfg.quant, embed="int8", embed_steps="frequency", other="fp16", keep_float_max_numel=0, min_scale=0.0,
+                  gptq=True)
+    blob6 = artifact.pack(params, replace(cfg, quant=replace(low, attn="int6", mlp="int6")), hessians,
+                          token_counts=counts)
     print(f"| scheme | artifact bytes | gap |\n|---|---:|---:|\n| int6 GPTQ | {len(blob6):,} | {gap(blob6):+.4f} |")
     for n in args.tokens:
         bcfg = replace(cfg, quant=replace(low, attn="int8", mlp="int8", budget_tokens=n))
         sx, sy = sensitivity_batch(x, y, bcfg)
         schemes = budget_schemes(params, bcfg, len(blob6), lambda p, c=bcfg, a=sx, b=sy: be.batch_loss(p, c, a, b), hessians,
-                                 log=lambda s: None)
-        blob = artifact.pack(params, bcfg, hessians, schemes)
+                                 log=lambda s: None, token_counts=counts)
+        blob = artifact.pack(params, bcfg, hessians, schemes, counts)
         print(f"| budget, {n:,} sensitivity tokens | {len(blob):,} | {gap(blob):+.4f} |", flush=True)
 
 

@@ -139,7 +139,8 @@ def quantize_all(params: dict[str, np.ndarray], cfg: Config, hessians: dict | No
             clip_k = q.embed_clip_k
             if frequency:
                 if len(token_counts) != w.shape[0]:
-                    raise PgolfError(f"{name}: {w.shape[0]} rows but {len(token_counts)} token counts")
+                    raise PgolfError(f"{name}: {w.shape[0]} rows but {len(token_counts)} token counts: count the "
+                                     "calibration tokens with shared.budget.calibration_counts(x, y, vocab_size)")
                 row_weights = token_weights(token_counts, q.embed_freq_floor)
         out[name] = quantize(w, scheme, percentile=q.clip_percentile, clip_k=clip_k, min_scale=q.min_scale, hessian=h,
                              gptq_block=q.gptq_block, gptq_damp=q.gptq_damp, row_weights=row_weights)

@@ -17,7 +17,7 @@ import pytest
 from shared import artifact
 from shared.config import QuantConfig
 from shared.errors import PgolfError
-from shared.quant import row_scales
+from shared.quant import fp16_scale, frequency_clip, row_scales, token_weights
 from shared.spec import init_params, param_shapes, tensor_class
 from tests.conftest import tiny_config
 
@@ -172,13 +172,20 @@ def test_frequency_embedding_steps_need_counts_and_follow_them():
     assert blob == artifact.pack(params, cfg, token_counts=counts.copy())
     _, qts = artifact.read_quantized(blob)
     scale = qts["tok_emb.weight"].scale.astype(np.float64)
-    assert np.all(np.diff(scale[: vocab // 2]) >= 0) and scale[0] < scale[vocab // 2 - 1] < scale[-1]
+    expected = fp16_scale(frequency_clip(params["tok_emb.weight"], 20.0, token_weights(counts, cfg.quant.embed_freq_floor)), 8)
+    assert np.array_equal(qts["tok_emb.weight"].scale, expected) and scale[0] < scale[vocab // 2 - 1] < scale[-1]
     assert np.all(scale[vocab // 2:] == scale[-1])               # every unseen token gets the coarsest step
     # Only the embedding changes: the block matrices are packed as with per-row steps.
     _, rows = artifact.read_quantized(artifact.pack(params, replace(cfg, quant=replace(cfg.quant, embed_steps="row"))))
     for name, t in qts.items():
         if name != "tok_emb.weight" and t.q is not None:
             assert np.array_equal(t.q, rows[name].q) and np.array_equal(t.scale, rows[name].scale), name
+    # Untied: the input embedding and the head both take the token's frequency.
+    untied = replace(cfg, model=replace(cfg.model, tie_embeddings=False))
+    _, qts = artifact.read_quantized(artifact.pack(_trained_like(untied), untied, token_counts=counts))
+    for name in ("tok_emb.weight", "lm_head.weight"):
+        scale = qts[name].scale.astype(np.float64)
+        assert scale[0] < scale[-1] and np.all(scale[vocab // 2:] == scale[-1]), name
 
 
 def test_scheme_overrides_and_small_tensors_as_other():
@@ -208,6 +215,7 @@ pkg = sys.argv[1]
 for mod in ("backend", "train", "model", "calibrate"):
     importlib.import_module(f"{pkg}.{mod}")
 import shared.finish, shared.dataset, shared.cli  # the entry point (`python -m cuda_train`, `pgolf train`)
+import shared.budget  # imported by finish_run when it calibrates (GPTQ, "frequency" embedding steps)
 print(" ".join(sorted(m.split(".", 1)[1] + ".py" for m in sys.modules if m.startswith("shared."))))
 """
 

@@ -11,8 +11,10 @@ import pytest
 
 from shared import cli_pack
 from shared.artifact import code_bytes, read_artifact, read_quantized
+from shared.budget import calibration_batch, calibration_counts
 from shared.cli import main
-from shared.rundir import save_checkpoint
+from shared.dataset import open_dataset
+from shared.rundir import load_checkpoint, save_checkpoint
 from shared.spec import init_params
 from tests.conftest import tiny_config
 
@@ -113,7 +115,11 @@ def test_gptq_and_budget_from_training_tokens(tmp_path, capsys, tiny_data):
     assert code == 0 and "calibration: 2,048 tokens" in stdout, err
     assert "tok_emb.weight: frequency steps" in stdout and stdout.rstrip().endswith("checkpoint step 7")
     _, qts = read_quantized(freq.read_bytes())
-    assert len(np.unique(qts["tok_emb.weight"].scale)) > 1
+    scale = qts["tok_emb.weight"].scale
+    cfg = load_checkpoint(ckpt)[1]
+    counts = calibration_counts(*calibration_batch(open_dataset(tiny_data.data_dir, tiny_data.tokenizer, 512), cfg), 512)
+    assert (counts == 0).any() and np.all(scale[counts == 0] == scale.max())   # unseen tokens: the coarsest step
+    assert scale[np.argmax(counts)] < np.median(scale)                          # the most frequent: a fine one
     # A budget 30% below the all-int8 size forces some tensors under 8 bits.
     budget = code_bytes("torch") + int(0.7 * int8.stat().st_size)
     out = tmp_path / "budget.pgz"

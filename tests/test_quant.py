@@ -103,15 +103,20 @@ def test_frequency_steps_are_finer_for_frequent_tokens():
     counts = (np.arange(64, dtype=np.float64) ** 2)[::-1]          # the last token never occurs
     weights = token_weights(counts, 0.1)
     assert np.allclose(weights, counts / counts.mean() + 0.1)
+    # The step goes as 1/sqrt(weight), in units of the median row std, whatever each row's own std,
+    # but never clips a value: a clip below the row's max |w| is raised to it.
+    raw = 20.0 * np.median(w.std(axis=1)) * np.sqrt(np.median(weights) / weights)
+    row_max = np.abs(w).max(axis=1)
     clip = frequency_clip(w, 20.0, weights)
-    assert np.all(np.diff(clip) > 0)                              # rarer token, coarser step
-    # The step goes as 1/sqrt(weight), in units of the median row std, whatever each row's own std.
-    assert np.allclose(clip * np.sqrt(weights), clip[0] * np.sqrt(weights[0]))
-    assert np.allclose(frequency_clip(w, 20.0, np.ones(64)), 20.0 * np.median(w.std(axis=1)))
+    assert np.array_equal(clip, np.maximum(raw, row_max)) and np.all(np.diff(raw) > 0)
+    assert clip[-1] > clip[0] and np.any(clip > row_max)
+    assert np.allclose(frequency_clip(w, 20.0, np.ones(64)), np.maximum(20.0 * np.median(w.std(axis=1)), row_max))
     t = quantize(w.astype(np.float32), "int8", clip_k=20.0, row_weights=weights)
     assert np.array_equal(t.scale, fp16_scale(clip, 8))
     assert t.q is not None and np.abs(t.q[-1]).max() < np.abs(t.q[0]).max()   # the unseen row spends fewer codes
-    with pytest.raises(PgolfError, match="64 positive"):
+    with pytest.raises(PgolfError, match="64 values"):
         frequency_clip(w, 20.0, np.ones(3))
-    with pytest.raises(PgolfError, match="64 positive"):
+    with pytest.raises(PgolfError, match="embed_freq_floor"):
         frequency_clip(w, 20.0, np.zeros(64))
+    with pytest.raises(PgolfError, match="embed_steps=row"):
+        frequency_clip(np.zeros((64, 32)), 20.0, weights)
