@@ -104,8 +104,8 @@ def token_weights(counts: np.ndarray, floor: float) -> np.ndarray:
 
 def frequency_clip(rows: np.ndarray, k: float, weights: np.ndarray) -> np.ndarray:
     """Per-row clip k * median(row std) * sqrt(median(w) / w_v): finer for heavier rows, but never
-    below the row's own max |w| (docs/ARTIFACT.md: clipping the most frequent tokens' values doubled
-    the weighted error for ~90 bytes)."""
+    below the row's own max |w| (docs/ARTIFACT.md: clipping the most frequent tokens' values raised
+    the weighted error by half)."""
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (rows.shape[0],):
         raise PgolfError(f"row weights must be {rows.shape[0]} values (one per row), got shape {w.shape}")
