@@ -5,7 +5,7 @@
     batch_loss(params, cfg, x, y) -> float
     train_steps(params, cfg, batches) -> (losses, params)
     export_params(params, cfg) -> params              (load into the model, export back: parity)
-    collect_hessians(params, cfg, x) -> {name: H}      (cuda_train/calibrate.py)
+    collect_hessians(params, cfg, x, show_progress=True) -> {name: H}   (calibrate.py)
 
 `train` with nproc > 1 launches torchrun on this machine
 (`python -m torch.distributed.run --standalone --nproc_per_node=N -m cuda_train`)

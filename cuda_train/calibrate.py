@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from shared.config import Config
+from shared.progress import Progress
 from shared.shards import as_sequences
 from shared.spec import head_weight_name, optim_group
 
@@ -27,7 +28,7 @@ from .model import build_model
 
 @torch.no_grad()
 def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
-                     batch_size: int = 8) -> dict[str, np.ndarray]:
+                     batch_size: int = 8, show_progress: bool = True) -> dict[str, np.ndarray]:
     """H = sum a a^T over the inputs of every block matrix and of the head, float64 [in, in]."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = build_model(cfg.model, params, device=device).eval()
@@ -50,10 +51,12 @@ def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         seqs = as_sequences(x, cfg.train.seq_len)
-        for i in range(0, len(seqs), batch_size):
-            idx = torch.from_numpy(seqs[i:i + batch_size]).to(device)
-            h = model.hidden(idx).reshape(-1, cfg.model.model_dim).to(torch.float64)
-            head.addmm_(h.T, h)   # what the head multiplies: no need for the logits themselves
+        with Progress("calibration: Hessians", total=len(seqs), unit="seqs", enabled=show_progress) as bar:
+            for i in range(0, len(seqs), batch_size):
+                idx = torch.from_numpy(seqs[i:i + batch_size]).to(device)
+                h = model.hidden(idx).reshape(-1, cfg.model.model_dim).to(torch.float64)
+                head.addmm_(h.T, h)   # what the head multiplies: no need for the logits themselves
+                bar.update(len(idx))
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         for h in handles:

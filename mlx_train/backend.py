@@ -8,7 +8,7 @@ with the canonical names and layouts of `shared/spec.py`.
     batch_loss(params, cfg, x, y) -> float
     train_steps(params, cfg, batches) -> (losses, params)
     export_params(params, cfg) -> params              (load into the model, export back: parity)
-    collect_hessians(params, cfg, x) -> {name: H [in, in] float64}   (mlx_train/calibrate.py)
+    collect_hessians(params, cfg, x, show_progress=True) -> {name: H [in, in] float64}   (calibrate.py)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mlx_train import train as _train
+from mlx_train.calibrate import collect_hessians  # noqa: F401  (part of the contract)
 from shared.bpb import ByteTables, EvalResult
 from shared.config import Config
 from shared.errors import PgolfError
@@ -53,10 +54,3 @@ def batch_loss(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray, y: np.
     return _train.Trainer(cfg, params).loss(np.asarray(x), np.asarray(y))
 
 
-def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray) -> dict[str, np.ndarray]:
-    try:
-        from mlx_train.calibrate import collect_hessians as collect
-    except ImportError:
-        raise PgolfError("GPTQ calibration is not available in this build (mlx_train/calibrate.py is missing); "
-                         "set quant.gptq = false") from None
-    return collect(params, cfg, x)

@@ -21,6 +21,7 @@ import mlx.nn as nn
 import numpy as np
 
 from shared.config import Config
+from shared.progress import Progress
 from shared.shards import as_sequences
 from shared.spec import head_weight_name, optim_group
 
@@ -42,7 +43,7 @@ class _Recording(nn.Module):
 
 
 def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
-                     batch_size: int = 8) -> dict[str, np.ndarray]:
+                     batch_size: int = 8, show_progress: bool = True) -> dict[str, np.ndarray]:
     """H = sum a a^T over the inputs of every block matrix and of the head, float64 [in, in]."""
     model = build_model(cfg.model, params, mx.float32)
     sums: dict[str, np.ndarray] = {}
@@ -58,9 +59,11 @@ def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
         setattr(parent, path[-1], _Recording(layer, sums[name]))
     head = np.zeros((cfg.model.model_dim,) * 2, dtype=np.float64)
     seqs = as_sequences(x, cfg.train.seq_len).astype(np.int32)
-    for i in range(0, len(seqs), batch_size):
-        h = model.hidden(mx.array(seqs[i:i + batch_size]))
-        a = np.array(h.astype(mx.float32), dtype=np.float64).reshape(-1, h.shape[-1])
-        head += a.T @ a
+    with Progress("calibration: Hessians", total=len(seqs), unit="seqs", enabled=show_progress) as bar:
+        for i in range(0, len(seqs), batch_size):
+            h = model.hidden(mx.array(seqs[i:i + batch_size]))
+            a = np.array(h.astype(mx.float32), dtype=np.float64).reshape(-1, h.shape[-1])
+            head += a.T @ a
+            bar.update(len(seqs[i:i + batch_size]))
     sums[head_weight_name(cfg.model)] = head
     return dict(sorted(sums.items()))

@@ -25,6 +25,7 @@ import numpy as np
 from shared.artifact import choose_schemes, pack, quantize_all, tensor_bytes
 from shared.config import Config
 from shared.errors import PgolfError
+from shared.progress import Progress
 from shared.quant import INT_BITS, dequantize
 
 CANDIDATES = ("int8", "int7", "int6", "int5", "int4")
@@ -69,12 +70,14 @@ def budget_schemes(
         f"measuring {len(eligible)} tensors x {len(CANDIDATES)} schemes")
     size: dict[str, list[int]] = {}
     delta: dict[str, list[float]] = {}
-    for name in eligible:
-        size[name], delta[name] = [], []
-        for scheme in CANDIDATES:
-            qt = quantize_all({name: params[name]}, cfg, hessians, {name: scheme}, token_counts)[name]
-            size[name].append(tensor_bytes(qt, level))
-            delta[name].append(loss({**params, name: dequantize(qt)}) - base)
+    with Progress("budget: sensitivities", total=len(eligible) * len(CANDIDATES), unit="losses") as bar:
+        for name in eligible:
+            size[name], delta[name] = [], []
+            for scheme in CANDIDATES:
+                qt = quantize_all({name: params[name]}, cfg, hessians, {name: scheme}, token_counts)[name]
+                size[name].append(tensor_bytes(qt, level))
+                delta[name].append(loss({**params, name: dequantize(qt)}) - base)
+                bar.update()
 
     level_of = dict.fromkeys(eligible, 0)
 

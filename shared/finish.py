@@ -58,7 +58,7 @@ def finish_run(
         x, y = calibration_batch(dataset, cfg)
         counts = calibration_counts(x, y, cfg.model.vocab_size)
         if cfg.quant.gptq:   # GPTQ Hessians through the backend's own forward
-            hessians = backend_module.collect_hessians(params, cfg, x)
+            hessians = backend_module.collect_hessians(params, cfg, x, show_progress=rank == 0)
     if "val_loss" not in stats or "val_bpb" not in stats:
         pre = backend_module.evaluate(params, cfg, dataset.val_tokens, dataset.tables, rank, world_size)
         stats["val_loss"], stats["val_bpb"] = pre.val_loss, pre.val_bpb

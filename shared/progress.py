@@ -14,13 +14,14 @@ class Progress:
     """`with Progress("encode train", total=n, unit="docs") as p: p.update(k)`."""
 
     def __init__(self, desc: str, total: int | None = None, unit: str = "it", every_s: float = 5.0,
-                 unit_scale: bool = False, stream=None):
+                 unit_scale: bool = False, stream=None, enabled: bool = True):
         self.desc, self.total, self.unit, self.every_s = desc, total, unit, every_s
         self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled    # False: count silently (e.g. every rank but the first)
         self.n = 0
         self._bar = None
         self._t0 = self._last = time.monotonic()
-        if getattr(self.stream, "isatty", lambda: False)():
+        if enabled and getattr(self.stream, "isatty", lambda: False)():
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, file=self.stream,
@@ -32,7 +33,7 @@ class Progress:
             self._bar.update(k)
             return
         now = time.monotonic()
-        if now - self._last >= self.every_s:
+        if self.enabled and now - self._last >= self.every_s:
             self._last = now
             self._line()
 
@@ -46,7 +47,7 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        else:
+        elif self.enabled:
             self._line()
 
     def __enter__(self) -> Progress:
