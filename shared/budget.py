@@ -65,6 +65,11 @@ def budget_schemes(
     eligible = [n for n, s in choose_schemes(params, cfg).items() if s in INT_BITS]
     if not eligible:
         raise PgolfError("budget mode has no integer-quantised tensors to trade: set quant.attn/mlp/embed to int schemes")
+    widest = dict.fromkeys(eligible, CANDIDATES[0])
+    actual = len(pack(params, cfg, hessians, widest, token_counts))
+    if actual <= max_artifact_bytes:   # nothing to trade: no need to measure anything
+        log(f"budget: {actual:,} artifact bytes <= {max_artifact_bytes:,} with every tensor at {CANDIDATES[0]}")
+        return widest
     base = loss(params)
     log(f"budget: base loss {base:.4f} nats on {q.budget_tokens} calibration tokens; "
         f"measuring {len(eligible)} tensors x {len(CANDIDATES)} schemes")
@@ -101,7 +106,6 @@ def budget_schemes(
         level_of[best] += 1
         return True
 
-    actual = len(pack(params, cfg, hessians, choice(), token_counts))
     offset = actual - sum(size[n][0] for n in eligible)   # everything that is not an eligible payload
     while actual > max_artifact_bytes:
         est = offset + sum(size[n][level_of[n]] for n in eligible)

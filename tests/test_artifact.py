@@ -188,6 +188,21 @@ def test_frequency_embedding_steps_need_counts_and_follow_them():
         assert scale[0] < scale[-1] and np.all(scale[vocab // 2:] == scale[-1]), name
 
 
+def test_budget_that_fits_at_int8_measures_nothing():
+    from shared.budget import CANDIDATES, budget_schemes
+
+    cfg = _cfg(embed="int8", attn="int6", mlp="int6")
+    params = _trained_like(cfg)
+
+    def loss(_):
+        raise AssertionError("no sensitivity is needed when everything fits at the widest scheme")
+
+    lines: list[str] = []
+    chosen = budget_schemes(params, cfg, 10**9, loss, log=lines.append)
+    assert set(chosen.values()) == {CANDIDATES[0]} and "every tensor at int8" in lines[-1]
+    assert len(artifact.pack(params, cfg, schemes=chosen)) <= 10**9
+
+
 def test_scheme_overrides_and_small_tensors_as_other():
     cfg = replace(_cfg(attn="int6"), quant=replace(_cfg().quant, attn="int6", keep_float_max_numel=64 * 64))
     params = _trained_like(cfg)
