@@ -123,10 +123,6 @@ def quantize_all(params: dict[str, np.ndarray], cfg: Config, hessians: dict | No
     if q.gptq and hessians is None:
         raise PgolfError("quant.gptq = true needs Hessians: pack with `pgolf pack --data DIR --tokenizer MODEL` "
                          "(calibration tokens from the training split) or set quant.gptq=false")
-    frequency = q.embed_steps == "frequency"
-    if frequency and token_counts is None:
-        raise PgolfError('quant.embed_steps = "frequency" needs calibration token counts: pack with `pgolf pack '
-                         '--data DIR --tokenizer MODEL` (training split) or set quant.embed_steps=row')
     out: dict[str, QTensor] = {}
     for name in sorted(params):
         w = np.asarray(params[name], dtype=np.float32)
@@ -137,7 +133,11 @@ def quantize_all(params: dict[str, np.ndarray], cfg: Config, hessians: dict | No
             h = hessians[name]
         if tensor_class(name) == "embed" and scheme in INT_BITS and w.ndim == 2:
             clip_k = q.embed_clip_k
-            if frequency:
+            if q.embed_steps == "frequency":
+                if token_counts is None:
+                    raise PgolfError('quant.embed_steps = "frequency" needs calibration token counts: pack with '
+                                     '`pgolf pack --data DIR --tokenizer MODEL` (training split) or set '
+                                     'quant.embed_steps=row')
                 if len(token_counts) != w.shape[0]:
                     raise PgolfError(f"{name}: {w.shape[0]} rows but {len(token_counts)} token counts: count the "
                                      "calibration tokens with shared.budget.calibration_counts(x, y, vocab_size)")

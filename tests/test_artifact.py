@@ -166,6 +166,7 @@ def test_frequency_embedding_steps_need_counts_and_follow_them():
         artifact.pack(params, cfg)
     with pytest.raises(PgolfError, match="token counts"):
         artifact.pack(params, cfg, token_counts=np.ones(vocab - 1))
+    artifact.pack(params, replace(cfg, quant=replace(cfg.quant, embed="fp16")))   # a float embedding needs no counts
     counts = np.zeros(vocab)
     counts[: vocab // 2] = np.arange(vocab // 2, 0, -1) ** 2      # lower ids more frequent; the upper half unseen
     blob = artifact.pack(params, cfg, token_counts=counts)
