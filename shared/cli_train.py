@@ -82,6 +82,19 @@ def load_weights(path: Path) -> tuple[Config | None, dict]:
     return read_artifact(path)
 
 
+def _run_dir_data(cfg: Config, weights: Path) -> Config:
+    """An artifact carries no data paths (they are machine-local): inside a run directory, take
+    them from the run's config.toml when it describes the same model."""
+    from shared.config import DataConfig
+    from shared.rundir import CONFIG
+
+    run_cfg = weights.parent / CONFIG
+    if cfg.data != DataConfig() or not run_cfg.is_file():
+        return cfg
+    run = load_config(run_cfg)
+    return replace(cfg, data=run.data) if run.model == cfg.model else cfg
+
+
 @click.command(name="eval")
 @BACKEND_OPTION
 @click.argument("weights", type=click.Path(exists=True, path_type=Path), metavar="ARTIFACT|CHECKPOINT")
@@ -105,6 +118,11 @@ def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> N
     else:
         raise PgolfError(f"{weights} has no embedded config: pass --config with the [model] it was trained with")
     cfg = apply_overrides(with_data(cfg, data, tokenizer), sets)
+    if data is None and tokenizer is None:
+        cfg = _run_dir_data(cfg, Path(weights))
+        if not Path(cfg.data.dir).is_dir():
+            raise PgolfError(f"{weights}: its data folder {cfg.data.dir} is not here (an artifact stores no data "
+                             "paths): pass --data DIR --tokenizer MODEL")
     ds = open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size)
     res = get_backend(backend).evaluate(params, cfg, ds.val_tokens, ds.tables)
     out = res.to_json()

@@ -33,6 +33,7 @@ from shared.config import Config, from_toml_text, to_toml
 from shared.errors import PgolfError
 
 CHECKPOINT = "checkpoint.safetensors"
+CONFIG = "config.toml"
 TRAIN_STATE = "train_state.safetensors"
 ARTIFACT = "model.pgz"
 SUMMARY = "summary.json"
@@ -217,7 +218,7 @@ class RunDir:
 
     def write_config(self, cfg: Config) -> None:
         if self.is_main:
-            atomic_write_bytes(self.path / "config.toml", to_toml(cfg).encode())
+            atomic_write_bytes(self.path / CONFIG, to_toml(cfg).encode())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         missing = [k for k in SUMMARY_KEYS if k not in summary]

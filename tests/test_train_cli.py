@@ -47,6 +47,15 @@ def test_train_then_eval_artifact_and_checkpoint(tiny_data, tiny_toml, tmp_path,
     assert res["val_bpb"] == pytest.approx(summary["q_val_bpb"], rel=1e-6)
     assert res["tokens"] == summary["eval_tokens"] and res["bytes"] > 0
 
+    # Inside its run directory an artifact finds its data through the run's config.toml; a copy
+    # elsewhere has no data paths and says which flags to pass.
+    code, out, err = run_cli(["eval", "--backend", "mlx", str(run / "model.pgz"), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["val_bpb"] == pytest.approx(summary["q_val_bpb"], rel=1e-6)
+    (tmp_path / "copy.pgz").write_bytes((run / "model.pgz").read_bytes())
+    code, _, err = run_cli(["eval", "--backend", "mlx", str(tmp_path / "copy.pgz")], capsys)
+    assert code == 2 and "pass --data DIR --tokenizer MODEL" in err and len(err.strip().splitlines()) == 1
+
     code, out, err = run_cli(["eval", "--backend", "mlx", str(run / "checkpoint.safetensors"), *data], capsys)
     assert code == 0, err
     lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
