@@ -70,6 +70,10 @@ def budget_schemes(
     if actual <= max_artifact_bytes:   # nothing to trade: no need to measure anything
         log(f"budget: {actual:,} artifact bytes <= {max_artifact_bytes:,} with every tensor at {CANDIDATES[0]}")
         return widest
+    narrowest = len(pack(params, cfg, hessians, dict.fromkeys(eligible, CANDIDATES[-1]), token_counts))
+    if narrowest > max_artifact_bytes:  # impossible: say so before minutes of measuring
+        raise PgolfError(f"cannot fit the artifact in {max_artifact_bytes:,} bytes: it takes {narrowest:,} even with "
+                         f"every tensor at {CANDIDATES[-1]}; raise --budget or shrink the model")
     base = loss(params)
     log(f"budget: base loss {base:.4f} nats on {q.budget_tokens} calibration tokens; "
         f"measuring {len(eligible)} tensors x {len(CANDIDATES)} schemes")

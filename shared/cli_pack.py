@@ -10,7 +10,8 @@
 embedding steps (`quant.embed_steps`) and `--budget` need calibration
 tokens, read from the *training* split of `--data` (default: the
 checkpoint's `data.dir`). `--budget BYTES` picks per-tensor bit widths so
-that the artifact plus the backend's counted code fits (shared/budget.py).
+that the artifact plus the counted code fits, counting the larger of the two
+backends' code (shared/budget.py).
 
 `inspect` prints one row per tensor (scheme, bits, parameters and the bytes
 of its payload compressed alone: the parts do not add up exactly to the
@@ -65,8 +66,11 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
     check_params(params, cfg.model, str(checkpoint))
     cfg = _quant_overrides(cfg, overrides)
     code = code_bytes(backend)
-    if budget is not None and budget <= code:
-        raise PgolfError(f"--budget {budget:,} does not even cover the {code:,} bytes of counted code")
+    # The budget counts the larger of the two trainers' code, so the artifact fits whichever submits it
+    # (and `pgolf inspect`, which counts the torch code by default, agrees).
+    budget_code = max(code_bytes("mlx"), code_bytes("torch"))
+    if budget is not None and budget <= budget_code:
+        raise PgolfError(f"--budget {budget:,} does not even cover the {budget_code:,} bytes of counted code")
 
     hessians = schemes = counts = None
     if cfg.quant.gptq or budget is not None or cfg.quant.embed_steps == "frequency":
@@ -83,7 +87,9 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
             hessians = be.collect_hessians(params, cfg, x)
         if budget is not None:
             sx, sy = sensitivity_batch(x, y, cfg)
-            schemes = budget_schemes(params, cfg, budget - code, lambda p: be.batch_loss(p, cfg, sx, sy),
+            click.echo(f"budget: {budget:,} bytes less {budget_code:,} bytes of code (the larger backend's) "
+                       f"leaves {budget - budget_code:,} for the artifact")
+            schemes = budget_schemes(params, cfg, budget - budget_code, lambda p: be.batch_loss(p, cfg, sx, sy),
                                      hessians=hessians, log=click.echo, token_counts=counts)
     blob = pack(params, cfg, hessians, schemes, counts)
     unpack(blob, source=str(out))  # the reader must accept what we wrote
