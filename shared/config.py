@@ -233,8 +233,9 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config)} 
 
 
 def _nearest(name: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(name, options, n=1, cutoff=0.0)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    """A likely misspelling names its key; anything else lists the valid ones."""
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else f" (valid: {', '.join(sorted(options))})"
 
 
 def _check_type(where: str, value: Any, default: Any) -> Any:

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import Config, from_toml_text, load_config, parse_override, to_dict, to_toml
+from shared.config import (
+    Config,
+    apply_overrides,
+    from_toml_text,
+    load_config,
+    parse_override,
+    to_dict,
+    to_toml,
+)
 from shared.errors import PgolfError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
@@ -43,6 +51,8 @@ def test_round_trip_of_every_value_type(tmp_path):
 
 
 def test_unknown_key_names_the_nearest(tmp_path):
+    with pytest.raises(PgolfError, match=r"unknown config key 'quant.foo' \(valid: attn, budget_tokens, "):
+        apply_overrides(Config(), ["quant.foo=1"])
     with pytest.raises(PgolfError, match=r"unknown config key 'model.num_layer' \(did you mean 'num_layers'\?\)"):
         load_config(_write(tmp_path, "[model]\nnum_layer = 3\n"))
     with pytest.raises(PgolfError, match=r"unknown config section 'optimizer' \(did you mean 'optim'\?\)"):
