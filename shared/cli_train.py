@@ -121,8 +121,8 @@ def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> N
     if data is None and tokenizer is None:
         cfg = _run_dir_data(cfg, Path(weights))
         if not Path(cfg.data.dir).is_dir():
-            raise PgolfError(f"{weights}: its data folder {cfg.data.dir} is not here (an artifact stores no data "
-                             "paths): pass --data DIR --tokenizer MODEL")
+            raise PgolfError(f"{weights}: data folder {cfg.data.dir} not found (artifacts store no data paths; "
+                             "checkpoints store the training machine's): pass --data DIR --tokenizer MODEL")
     ds = open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size)
     res = get_backend(backend).evaluate(params, cfg, ds.val_tokens, ds.tables)
     out = res.to_json()
