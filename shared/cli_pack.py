@@ -73,7 +73,7 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
         raise PgolfError(f"--budget {budget:,} does not even cover the {budget_code:,} bytes of counted code")
 
     hessians = schemes = counts = None
-    if cfg.quant.gptq or budget is not None or cfg.quant.embed_steps == "frequency":
+    if cfg.quant.calibrates or budget is not None:
         from shared.backends import get_backend
         from shared.budget import budget_schemes, calibration_batch, calibration_counts, sensitivity_batch
         from shared.dataset import open_dataset
@@ -96,9 +96,10 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
     write_artifact(out, blob)
     if counts is not None and cfg.quant.embed_steps == "frequency":
         from shared.artifact import read_quantized
+        from shared.spec import tensor_class
 
         for name, t in read_quantized(blob, str(out))[1].items():
-            if t.scale is not None and name in ("tok_emb.weight", "lm_head.weight"):
+            if t.scale is not None and tensor_class(name) == "embed":
                 steps = t.scale.astype(np.float64)
                 click.echo(f"{name}: frequency steps {steps.min():.3g} (most frequent token) to {steps.max():.3g} "
                            f"({int((counts == 0).sum())} of {len(counts)} tokens unseen in calibration)")

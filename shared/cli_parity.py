@@ -1,6 +1,6 @@
 """`pgolf parity`: prove that MLX and PyTorch agree on one checkpoint.
 
-    pgolf parity runs/small/checkpoint.safetensors --data DIR --tokenizer MODEL [--json]
+    pgolf parity runs/small/checkpoint.safetensors [--data DIR --tokenizer MODEL] [--json]
 
 Runs the five checks of shared/parity.py (export -> identical artifact bytes,
 artifact BPB, forward loss, twenty training steps, cross evaluation) in fp32

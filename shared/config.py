@@ -171,6 +171,11 @@ class QuantConfig:
     budget_tokens: int = 32768       # of those, the tokens whose loss ranks tensors in budget mode (8192 was too noisy: BENCHMARKS.md)
     zstd_level: int = 22
 
+    @property
+    def calibrates(self) -> bool:
+        """Whether packing needs calibration tokens (GPTQ Hessians, "frequency" token counts)."""
+        return self.gptq or self.embed_steps == "frequency"
+
     def validate(self) -> None:
         # The scheme names are those of shared/quant.py (kept literal here: config imports nothing).
         schemes = ("fp32", "fp16", "int8", "int7", "int6", "int5", "int4", "int3", "int2")

@@ -52,7 +52,7 @@ def finish_run(
     name = backend_name(backend_module)
     stats = dict(train_stats)
     hessians = counts = None
-    if cfg.quant.gptq or cfg.quant.embed_steps == "frequency":  # calibration: the first training tokens
+    if cfg.quant.calibrates:  # calibration: the first training tokens
         from shared.budget import calibration_batch, calibration_counts
 
         x, y = calibration_batch(dataset, cfg)
