@@ -21,7 +21,7 @@ setup: $(PY)
 
 demo: setup
 	rm -rf $(DEMO_DIR)
-	$(PY) -m shared.demo --out $(DEMO_DIR)
+	$(PY) -m shared.tools.demo --out $(DEMO_DIR)
 
 test: setup
 	$(PY) -m pytest tests

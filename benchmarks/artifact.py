@@ -37,13 +37,15 @@ from pathlib import Path
 
 import numpy as np
 
-from shared import artifact
-from shared.backends import get_backend
-from shared.budget import budget_schemes, calibration_batch, calibration_counts, sensitivity_batch
-from shared.config import Config
-from shared.dataset import open_dataset
-from shared.rundir import load_checkpoint
-from shared.spec import count_params
+from shared.artifact import format as artifact
+from shared.artifact.budget import budget_schemes, sensitivity_batch
+from shared.artifact.calibration import calibration_batch, calibration_counts
+from shared.artifact.code import code_bytes
+from shared.core.backends import get_backend
+from shared.core.config import Config
+from shared.core.rundir import load_checkpoint
+from shared.core.spec import count_params
+from shared.data.dataset import open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     be = get_backend(args.backend)
     ds = open_dataset(args.data or cfg.data.dir, args.tokenizer or cfg.data.tokenizer, cfg.model.vocab_size)
     n_params = count_params(cfg.model)
-    code = artifact.code_bytes(args.backend)
+    code = code_bytes(args.backend)
 
     def bpb(p) -> float:
         return be.evaluate(p, cfg, ds.val_tokens, ds.tables).val_bpb

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from shared import artifact
-from shared.backends import get_backend
-from shared.budget import budget_schemes, calibration_batch, calibration_counts, sensitivity_batch
-from shared.dataset import open_dataset
-from shared.rundir import load_checkpoint
+from shared.artifact import format as artifact
+from shared.artifact.budget import budget_schemes, sensitivity_batch
+from shared.artifact.calibration import calibration_batch, calibration_counts
+from shared.core.backends import get_backend
+from shared.core.rundir import load_checkpoint
+from shared.data.dataset import open_dataset
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from shared import artifact
-from shared.backends import get_backend
-from shared.budget import calibration_batch, calibration_counts
-from shared.dataset import open_dataset
-from shared.rundir import load_checkpoint
-from shared.spec import count_params
+from shared.artifact import format as artifact
+from shared.artifact.calibration import calibration_batch, calibration_counts
+from shared.core.backends import get_backend
+from shared.core.rundir import load_checkpoint
+from shared.core.spec import count_params
+from shared.data.dataset import open_dataset
 
 
 def main(argv: list[str] | None = None) -> None:

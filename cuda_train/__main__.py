@@ -5,7 +5,7 @@
         --tokenizer data/tokenizers/fineweb_1024_bpe.model --out runs/record
     python -m cuda_train eval runs/record/model.pgz --data DIR --tokenizer MODEL
 
-Each rank parses the same options (shared/cli_train.py) and runs
+Each rank parses the same options (shared/cli/train.py) and runs
 `cuda_train.train.train`; only rank 0 prints to stdout and writes the run
 directory. A user error prints one line and exits 2 on every rank; Ctrl-C
 saves the step and exits 130.
@@ -16,11 +16,9 @@ from __future__ import annotations
 import os
 import sys
 
-from shared.cli import main
+from shared.cli.train import backend_main
 
 if __name__ == "__main__":
     if int(os.environ.get("RANK", "0")) > 0:
         sys.stdout = open(os.devnull, "w")  # rank 0 speaks for the run; errors still reach stderr
-    args = sys.argv[1:]
-    command = args.pop(0) if args and args[0] in ("train", "eval") else "train"
-    main([command, "--backend", "torch", *args])
+    backend_main("torch", sys.argv[1:])

@@ -31,11 +31,11 @@ from cuda_train.model import export_params as export_model
 from cuda_train.optim import Optimizers
 from cuda_train.train import autocast, evaluate_model
 from cuda_train.train import train as train_here
-from shared.bpb import ByteTables, EvalResult
-from shared.config import Config, to_toml
+from shared.core.config import Config, to_toml
+from shared.core.rundir import SUMMARY, atomic_write_bytes
+from shared.core.schedule import lr_scale, muon_momentum
+from shared.data.bpb import ByteTables, EvalResult
 from shared.errors import PgolfError
-from shared.rundir import SUMMARY, atomic_write_bytes
-from shared.schedule import lr_scale, muon_momentum
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

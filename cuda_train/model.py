@@ -1,6 +1,6 @@
-"""The GPT of shared/spec.py as a single-device `nn.Module`.
+"""The GPT of shared/core/spec.py as a single-device `nn.Module`.
 
-Parameter names and layouts are the canonical ones (`shared.spec`): the
+Parameter names and layouts are the canonical ones (`shared.core.spec`): the
 module is built empty, filled with `load_params` from a numpy dict (strict:
 every name present, no extras, shapes checked) and exported back with
 `export_params`. No `torch.distributed` here: DDP and `torch.compile` are
@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shared.config import ModelConfig
-from shared.spec import RMS_EPS, check_params, param_shapes
+from shared.core.config import ModelConfig
+from shared.core.spec import RMS_EPS, check_params, param_shapes
 
 
 def rms_norm(x: Tensor) -> Tensor:
-    # The eps is pinned (shared.spec.RMS_EPS) so that both backends normalise identically.
+    # The eps is pinned (shared.core.spec.RMS_EPS) so that both backends normalise identically.
     return F.rms_norm(x, (x.size(-1),), eps=RMS_EPS)
 
 
@@ -155,11 +155,11 @@ def load_params(model: GPT, params: dict[str, np.ndarray], source: str = "params
     state = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in params.items()}
     own = {k for k, _ in model.named_parameters()}
     if own != set(param_shapes(model.cfg)):  # the module and the spec must never drift apart
-        raise AssertionError(f"GPT parameters differ from shared.spec: {sorted(own ^ set(param_shapes(model.cfg)))}")
+        raise AssertionError(f"GPT parameters differ from shared.core.spec: {sorted(own ^ set(param_shapes(model.cfg)))}")
     model.load_state_dict(state, strict=True)
 
 
 def export_params(model: nn.Module) -> dict[str, np.ndarray]:
-    """The canonical float32 numpy dict, in `shared.spec` order."""
+    """The canonical float32 numpy dict, in `shared.core.spec` order."""
     own = dict(model.named_parameters())
     return {k: own[k].detach().to("cpu", torch.float32).numpy().copy() for k in param_shapes(model.cfg)}

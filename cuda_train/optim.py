@@ -1,10 +1,10 @@
 """The optimizers of the spec: Muon for 2-D block matrices, Adam for the rest.
 
-Groups come from `shared.spec.optim_group`: `matrix` -> Muon (lr
+Groups come from `shared.core.spec.optim_group`: `matrix` -> Muon (lr
 `matrix_lr`), `embed` -> Adam (`tied_embed_lr`, or `embed_lr` when
 untied), `head` -> Adam (`head_lr`), `scalar` -> Adam (`scalar_lr`).
 Each step the trainer sets `lr = base_lr * lr_scale` on every group and the
-Muon momentum from `shared.schedule`.
+Muon momentum from `shared.core.schedule`.
 
 Muon (Keller Jordan's, as used by the challenge's reference): Nesterov
 momentum, then the update is orthogonalised by five Newton-Schulz
@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from shared.config import OptimConfig
-from shared.spec import optim_group
+from shared.core.config import OptimConfig
+from shared.core.spec import optim_group
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7

@@ -131,7 +131,7 @@ def nvidia_smi() -> str | None:
 
 
 def provenance_extra(rt: Runtime, dtype: torch.dtype) -> dict[str, str]:
-    """Torch-side facts for `shared.rundir.provenance`."""
+    """Torch-side facts for `shared.core.rundir.provenance`."""
     info = {
         "torch": torch.__version__,
         "device": device_name(rt.device),

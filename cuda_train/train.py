@@ -12,10 +12,10 @@ ranks agree (all-reduce MAX) on whether to stop (wallclock cap or Ctrl-C) and
 see the same global loss (all-reduce SUM), so a NaN stops every rank at the
 same step with the same message.
 
-Only rank 0 logs and writes the run directory (shared/rundir.py). Every rank
+Only rank 0 logs and writes the run directory (shared/core/rundir.py). Every rank
 holds the full weights and optimizer state, so rank 0 saves checkpoints
 without a collective. The end of the run (pack, re-evaluate, summary.json)
-is `shared.finish.finish_run`, shared with the MLX trainer.
+is `shared.core.finish.finish_run`, shared with the MLX trainer.
 
 Test-only hooks (environment variables, never set them in real runs):
     PGOLF_TEST_FAIL_RANK=r [PGOLF_TEST_FAIL_STEP=s]  rank r raises at step s (default 1)
@@ -42,11 +42,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from cuda_train import runtime
 from cuda_train.model import build_model, export_params
 from cuda_train.optim import Optimizers
-from shared.bpb import ByteTables, EvalResult
-from shared.config import Config, TrainConfig, to_toml
-from shared.errors import PgolfError
-from shared.progress import TrainProgress
-from shared.rundir import (
+from shared.core.config import Config, TrainConfig, to_toml
+from shared.core.progress import TrainProgress
+from shared.core.rundir import (
     CHECKPOINT,
     RunDir,
     load_resume_state,
@@ -54,9 +52,11 @@ from shared.rundir import (
     save_checkpoint,
     save_resume_state,
 )
-from shared.schedule import lr_scale, muon_momentum
-from shared.shards import BatchLoader, val_batches, val_token_count
-from shared.spec import count_params, init_params
+from shared.core.schedule import lr_scale, muon_momentum
+from shared.core.spec import count_params, init_params
+from shared.data.bpb import ByteTables, EvalResult
+from shared.data.shards import BatchLoader, val_batches, val_token_count
+from shared.errors import PgolfError
 
 
 def local_accum_steps(t: TrainConfig, world_size: int) -> int:
@@ -139,7 +139,7 @@ def evaluate_model(model, cfg: Config, val_tokens: np.ndarray, tables: ByteTable
     model.train(was_training)
     totals = torch.tensor([0.0, float(tokens), float(nbytes)], device=rt.device, dtype=torch.float64)
     totals[0] = nats
-    if world_size > 1:  # totals, never averages of averages (shared/bpb.py)
+    if world_size > 1:  # totals, never averages of averages (shared/data/bpb.py)
         rt.all_reduce(totals, "sum")
     n, tok, by = totals.tolist()
     return EvalResult(n, int(round(tok)), int(round(by)))
@@ -206,8 +206,8 @@ def _optimizer_state(opt: Optimizers) -> dict[str, np.ndarray]:
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str | None = None) -> dict[str, Any]:
     """Train on this process's rank, validate, checkpoint, pack and evaluate; return summary.json's dict."""
-    from shared.dataset import open_dataset
-    from shared.finish import finish_run
+    from shared.core.finish import finish_run
+    from shared.data.dataset import open_dataset
 
     rt = runtime.init(device)
     t, o = cfg.train, cfg.optim

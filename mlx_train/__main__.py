@@ -9,9 +9,7 @@ from __future__ import annotations
 import sys
 
 import mlx_train  # noqa: F401  (the BLAS shim before mlx.core)
-from shared.cli import main
+from shared.cli.train import backend_main
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    command = args.pop(0) if args and args[0] in ("train", "eval") else "train"
-    main([command, "--backend", "mlx", *args])
+    backend_main("mlx", sys.argv[1:])

@@ -1,7 +1,7 @@
 """The backend contract of docs/DESIGN.md, implemented with MLX.
 
 Every tensor crossing this boundary is a float32 numpy `name -> array` dict
-with the canonical names and layouts of `shared/spec.py`.
+with the canonical names and layouts of `shared/core/spec.py`.
 
     train(cfg, run_dir, resume=False, nproc=1) -> summary dict
     evaluate(params, cfg, val_tokens, tables, rank=0, world_size=1) -> EvalResult
@@ -20,10 +20,10 @@ import numpy as np
 
 from mlx_train import train as _train
 from mlx_train.calibrate import collect_hessians  # noqa: F401  (part of the contract)
-from shared.bpb import ByteTables, EvalResult
-from shared.config import Config
+from shared.core.config import Config
+from shared.core.spec import check_params
+from shared.data.bpb import ByteTables, EvalResult
 from shared.errors import PgolfError
-from shared.spec import check_params
 
 train_steps = _train.train_steps
 

@@ -2,14 +2,14 @@
 
     hessians = collect_hessians(params, cfg, x)   # x: token ids [batch, seq] (or flat)
 
-For every 2-D block weight W [out, in] (`shared.spec.optim_group == "matrix"`)
+For every 2-D block weight W [out, in] (`shared.core.spec.optim_group == "matrix"`)
 returns H = sum over calibration tokens of a a^T, a being the layer's input
 activation, as a float64 numpy [in, in]; and for the output head (the tied
 `tok_emb.weight`, or `lm_head.weight`) the same sum over the final normalised
 hidden states that the head multiplies. The activations come from this
 backend's own `GPT`: each block linear is swapped for a recording wrapper that
 hands its input to an accumulator and then calls the original layer. The
-forward runs in float32. The numpy quantiser (shared/gptq.py) then turns
+forward runs in float32. The numpy quantiser (shared/artifact/gptq.py) then turns
 Hessians into codes identically on any backend. Calibration tokens must come
 from the training split, never validation.
 """
@@ -20,10 +20,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from shared.config import Config
-from shared.progress import Progress
-from shared.shards import as_sequences
-from shared.spec import head_weight_name, optim_group
+from shared.core.config import Config
+from shared.core.progress import Progress
+from shared.core.spec import head_weight_name, optim_group
+from shared.data.shards import as_sequences
 
 from .model import build_model
 

@@ -1,4 +1,4 @@
-"""The GPT of shared/spec.py as an MLX `nn.Module` (single device).
+"""The GPT of shared/core/spec.py as an MLX `nn.Module` (single device).
 
 The challenge's naive baseline: GQA attention with QK RMSNorm, RoPE and a
 learned per-head q gain; relu^2 MLP; U-Net skips with learned per-channel
@@ -7,7 +7,7 @@ output scales; tied embeddings; tanh logit softcap. Every shape comes from
 `ModelConfig`.
 
 Module attribute names are the canonical parameter names, so
-`tree_flatten(model.parameters())` yields exactly `shared.spec.param_shapes`
+`tree_flatten(model.parameters())` yields exactly `shared.core.spec.param_shapes`
 and weights cross the backend boundary as plain `name -> array` dicts
 (`load_params` / `export_params`). Weights stay float32 (the optimizer's
 master copy); each layer casts them to the compute dtype of its input.
@@ -25,12 +25,12 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from shared.config import ModelConfig
-from shared.spec import RMS_EPS, check_params, param_shapes
+from shared.core.config import ModelConfig
+from shared.core.spec import RMS_EPS, check_params, param_shapes
 
 
 def rms_norm(x: mx.array) -> mx.array:
-    # Weightless, with torch's float32 eps (shared.spec.RMS_EPS) so both backends agree.
+    # Weightless, with torch's float32 eps (shared.core.spec.RMS_EPS) so both backends agree.
     return mx.fast.rms_norm(x, None, RMS_EPS)
 
 
@@ -155,7 +155,7 @@ def load_params(model: GPT, params: dict[str, np.ndarray] | dict[str, mx.array],
 
 
 def flat_params(model: GPT) -> dict[str, mx.array]:
-    """The model's weights as a flat canonical dict, in shared.spec order."""
+    """The model's weights as a flat canonical dict, in shared.core.spec order."""
     flat = dict(tree_flatten(model.parameters()))
     return {k: flat[k] for k in param_shapes(model.cfg)}
 

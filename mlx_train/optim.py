@@ -1,14 +1,14 @@
 """The baseline's optimizers on flat `name -> mx.array` dicts: Muon + Adam groups.
 
-Group of each parameter from `shared.spec.optim_group`:
+Group of each parameter from `shared.core.spec.optim_group`:
 
     matrix  2-D block weights       Muon  (lr optim.matrix_lr)
     embed   tok_emb.weight          Adam  (optim.tied_embed_lr when tied, else optim.embed_lr)
     head    lm_head.weight          Adam  (optim.head_lr)
     scalar  vectors / control       Adam  (optim.scalar_lr)
 
-Each group's lr is its base lr times `shared.schedule.lr_scale`; Muon's
-momentum comes from `shared.schedule.muon_momentum`. Both arrive as array
+Each group's lr is its base lr times `shared.core.schedule.lr_scale`; Muon's
+momentum comes from `shared.core.schedule.muon_momentum`. Both arrive as array
 arguments so one compiled update serves every step.
 
 Muon (Keller Jordan's, as in the challenge baseline): momentum buffer,
@@ -27,8 +27,8 @@ from mlx_train import runtime  # noqa: F401  (before mlx.core: loads the Linux B
 # isort: on
 import mlx.core as mx
 
-from shared.config import ModelConfig, OptimConfig
-from shared.spec import optim_group
+from shared.core.config import ModelConfig, OptimConfig
+from shared.core.spec import optim_group
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic Newton-Schulz coefficients (Muon)
 NS_EPS = 1e-7

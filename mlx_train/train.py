@@ -42,11 +42,9 @@ from mlx.utils import tree_unflatten
 
 from mlx_train.model import GPT, flat_params, load_params, to_mx, to_numpy
 from mlx_train.optim import MuonAdam, init_state
-from shared.bpb import ByteTables, EvalResult
-from shared.config import Config, to_toml
-from shared.errors import PgolfError
-from shared.progress import TrainProgress
-from shared.rundir import (
+from shared.core.config import Config, to_toml
+from shared.core.progress import TrainProgress
+from shared.core.rundir import (
     CHECKPOINT,
     TRAIN_STATE,
     RunDir,
@@ -55,9 +53,11 @@ from shared.rundir import (
     save_checkpoint,
     save_resume_state,
 )
-from shared.schedule import lr_scale, muon_momentum
-from shared.shards import BatchLoader, val_batches, val_token_count
-from shared.spec import count_params, init_params
+from shared.core.schedule import lr_scale, muon_momentum
+from shared.core.spec import count_params, init_params
+from shared.data.bpb import ByteTables, EvalResult
+from shared.data.shards import BatchLoader, val_batches, val_token_count
+from shared.errors import PgolfError
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
 
@@ -205,8 +205,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1
     `on_step(step, trainer)` is called after every optimizer step (tests use it
     to interrupt a run or to poison its weights).
     """
-    from shared.dataset import open_dataset
-    from shared.finish import finish_run
+    from shared.core.finish import finish_run
+    from shared.data.dataset import open_dataset
 
     if nproc != 1:
         raise PgolfError(f"--nproc {nproc}: the MLX backend trains in one process; use --nproc 1 or --backend torch")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import Config, EvalConfig, ModelConfig, TrainConfig, load_config
+from shared.core.config import Config, EvalConfig, ModelConfig, TrainConfig, load_config
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -41,7 +41,7 @@ def stdlib_docs(limit_chars: int = 400_000) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> TinyData:
     """vocab 512 tokenizer + val/train shards with BOS before each document, built by `build_dataset`."""
-    from shared.data_build import build_dataset
+    from shared.data.build import build_dataset
 
     out = tmp_path_factory.mktemp("tiny_data")
     data_dir, tok = build_dataset(stdlib_docs(), out, vocab=512, val_docs=8, name="tiny")

@@ -1,4 +1,4 @@
-"""The artifact format (shared/artifact.py): round trip, determinism, refusal of bad files, code bytes."""
+"""The artifact format (shared/artifact/format.py): round trip, determinism, refusal of bad files, code bytes."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared import artifact
-from shared.config import QuantConfig
+from shared.artifact import code
+from shared.artifact import format as artifact
+from shared.artifact.quant import fp16_scale, frequency_clip, row_scales, token_weights
+from shared.core.config import QuantConfig
+from shared.core.spec import init_params, param_shapes, tensor_class
 from shared.errors import PgolfError
-from shared.quant import fp16_scale, frequency_clip, row_scales, token_weights
-from shared.spec import init_params, param_shapes, tensor_class
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +70,9 @@ def test_same_inputs_same_bytes_and_header_is_tiny():
 _PACK_SCRIPT = """
 import hashlib, sys
 import numpy as np
-from shared import artifact
-from shared.config import from_toml_text
+from shared.artifact import code
+from shared.artifact import format as artifact
+from shared.core.config import from_toml_text
 data = np.load(sys.argv[1])
 cfg = from_toml_text(open(sys.argv[2]).read())
 params = {k[2:]: data[k] for k in data.files if k.startswith("p:")}
@@ -81,7 +83,7 @@ print(hashlib.sha256(artifact.pack(params, cfg, hess)).hexdigest())
 
 @pytest.mark.parametrize("gptq", [False, True])
 def test_bytes_do_not_depend_on_thread_count(tmp_path, gptq):
-    from shared.config import to_toml
+    from shared.core.config import to_toml
 
     cfg = _cfg(attn="int6", mlp="int5", gptq=gptq, zstd_level=19)
     params = _trained_like(cfg)
@@ -190,7 +192,7 @@ def test_frequency_embedding_steps_need_counts_and_follow_them():
 
 
 def test_budget_that_fits_at_int8_measures_nothing():
-    from shared.budget import CANDIDATES, budget_schemes
+    from shared.artifact.budget import CANDIDATES, budget_schemes
 
     cfg = _cfg(embed="int8", attn="int6", mlp="int6")
     params = _trained_like(cfg)
@@ -215,34 +217,55 @@ def test_scheme_overrides_and_small_tensors_as_other():
         artifact.pack(params, cfg, schemes={"nope": "int4"})
 
 
-def test_code_bytes_counts_listed_files():
+def test_code_bytes_counts_the_computed_files():
     for backend in ("mlx", "torch"):
-        files = artifact.code_files(backend)
-        pkg = artifact.BACKEND_PACKAGES[backend]
+        files = code.code_files(backend)
+        pkg = code.BACKEND_PACKAGES[backend]
         assert any(f.parent.name == pkg for f in files)
-        assert artifact.code_bytes(backend) == sum(len(f.read_bytes()) for f in files) > 10_000
+        assert code.code_bytes(backend) == sum(len(f.read_bytes()) for f in files) > 10_000
+        names = {str(f.relative_to(ROOT)) for f in files}
+        # The tools a run never imports are not counted; what a run needs is.
+        assert "shared/artifact/format.py" in names and "shared/core/finish.py" in names
+        assert not names & {"shared/data/download.py", "shared/data/audit.py", "shared/tools/parity.py",
+                            "shared/artifact/budget.py", "shared/cli/data.py", "shared/cli/pack.py"}
     with pytest.raises(PgolfError, match="unknown backend"):
-        artifact.code_bytes("jax")
+        code.code_bytes("jax")
 
 
 _IMPORTS = """
-import importlib, sys
-pkg = sys.argv[1]
-for mod in ("backend", "train", "model", "calibrate"):
-    importlib.import_module(f"{pkg}.{mod}")
-import shared.finish, shared.dataset, shared.cli  # the entry point (`python -m cuda_train`, `pgolf train`)
-import shared.budget  # imported by finish_run when it calibrates (GPTQ, "frequency" embedding steps)
-print(" ".join(sorted(m.split(".", 1)[1] + ".py" for m in sys.modules if m.startswith("shared."))))
+import sys, runpy
+from pathlib import Path
+from shared.core.config import to_toml
+from tests.conftest import tiny_config
+from dataclasses import replace
+cfg = tiny_config(iterations=2)
+cfg = replace(cfg, data=replace(cfg.data, dir=sys.argv[2], tokenizer=sys.argv[3]),
+              quant=replace(cfg.quant, gptq=True, embed_steps="frequency"))
+out = Path(sys.argv[4])
+(out.parent / "cfg.toml").write_text(to_toml(cfg))
+sys.argv = [sys.argv[1], "--config", str(out.parent / "cfg.toml"), "--out", str(out)]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__")
+except SystemExit as e:
+    assert e.code in (0, None), e.code
+loaded = [m.__file__ for n, m in list(sys.modules.items())
+          if n.split(".")[0] in ("shared", "mlx_train", "cuda_train") and getattr(m, "__file__", None)]
+print("@@" + " ".join(sorted(loaded)))
 """
 
 
 @pytest.mark.parametrize("backend,framework", [("mlx", "mlx"), ("torch", "torch")])
-def test_counted_code_covers_what_a_run_imports(backend, framework):
+def test_counted_code_covers_what_a_run_imports(backend, framework, tiny_data, tmp_path):
+    """A real training run (calibrating, packing, evaluating) through `python -m <backend>` loads only counted files."""
     pytest.importorskip(framework)
-    pkg = artifact.BACKEND_PACKAGES[backend]
-    out = subprocess.run([sys.executable, "-c", _IMPORTS, pkg], cwd=ROOT, capture_output=True, text=True, check=True)
-    imported = set(out.stdout.split())
-    assert imported - set(artifact.SHARED_RUN_MODULES) == set()
+    pkg = code.BACKEND_PACKAGES[backend]
+    out = subprocess.run([sys.executable, "-c", _IMPORTS, pkg, str(tiny_data.data_dir), str(tiny_data.tokenizer),
+                          str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "run" / "model.pgz").is_file()
+    loaded = {Path(f).resolve() for f in out.stdout.split("@@")[-1].split()}
+    loaded = {f for f in loaded if "tests" not in f.relative_to(ROOT).parts}
+    assert loaded - set(code.code_files(backend)) == set()
 
 
 def test_malformed_table_with_a_valid_checksum_is_refused():
@@ -251,7 +274,7 @@ def test_malformed_table_with_a_valid_checksum_is_refused():
     import struct
     import zlib as _zlib
 
-    from shared.config import to_toml
+    from shared.core.config import to_toml
 
     table = json.dumps({"config": to_toml(tiny_config()), "tensors": []}).encode()
     body = struct.pack("<I", len(table)) + table

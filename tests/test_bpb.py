@@ -13,11 +13,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from shared.bpb import SPACE, ByteTables, EvalResult, bits_per_byte, load_tokenizer
-from shared.data_audit import audit
-from shared.data_build import encode_docs
+from shared.data.audit import audit
+from shared.data.bpb import SPACE, ByteTables, EvalResult, bits_per_byte, load_tokenizer
+from shared.data.build import encode_docs
+from shared.data.shards import write_shard
 from shared.errors import PgolfError
-from shared.shards import write_shard
 from tests.conftest import stdlib_docs
 
 
@@ -229,8 +229,8 @@ def test_audit_exact_without_space_piece(sp_nospace, tmp_path):
 
 def test_audit_reports_the_factor_when_tables_are_wrong(sp_nospace, tmp_path, monkeypatch, capsys):
     """With the triple counted as 3 bytes (the public bug) the audit says how far off BPB would be."""
-    from shared import data_audit
     from shared.cli import main
+    from shared.data import audit as data_audit
 
     path = tmp_path / "nospace.model"
     path.write_bytes(sp_nospace.serialized_model_proto())

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from shared.cli import main
-from shared.data_build import build_dataset
-from shared.dataset import open_dataset
+from shared.data.build import build_dataset
+from shared.data.dataset import open_dataset
+from shared.data.shards import read_shard, write_shard
 from shared.errors import PgolfError
-from shared.shards import read_shard, write_shard
 from tests.conftest import stdlib_docs
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import (
+from shared.core.config import (
     Config,
     apply_overrides,
     from_toml_text,

@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from shared.bpb import load_tokenizer
 from shared.cli import main
-from shared.data_build import build_dataset, read_docs, sha256_file
-from shared.dataset import open_dataset
+from shared.data.bpb import load_tokenizer
+from shared.data.build import build_dataset, read_docs
+from shared.data.dataset import open_dataset
+from shared.data.manifest import sha256_file
+from shared.data.shards import read_shard
 from shared.errors import PgolfError
-from shared.shards import read_shard
 from tests.conftest import SHAKESPEARE, stdlib_docs
 
 
@@ -130,7 +131,7 @@ def test_tinyshakespeare_audit_exact(tmp_path, capsys):
 @pytest.mark.slow
 def test_sample_layout_and_audit(tmp_path, capsys):
     """`pgolf data sample`: the paths configs/small.toml points at, real text, exact."""
-    from shared.config import load_config
+    from shared.core.config import load_config
 
     main(["data", "sample", "--out", str(tmp_path / "data/sample")])
     cfg = load_config("configs/small.toml")

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from shared.cli import main
-from shared.data_download import REMOTE_ROOT, download
-from shared.dataset import open_dataset
+from shared.data.dataset import open_dataset
+from shared.data.download import REMOTE_ROOT, download
+from shared.data.shards import HEADER_BYTES, read_shard, write_shard
 from shared.errors import PgolfError
-from shared.shards import HEADER_BYTES, read_shard, write_shard
 
 REPO = "someone/parameter-golf"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

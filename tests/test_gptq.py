@@ -1,4 +1,4 @@
-"""GPTQ (shared/gptq.py) and the backends' Hessian collection (calibrate.py)."""
+"""GPTQ (shared/artifact/gptq.py) and the backends' Hessian collection (calibrate.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from shared.artifact.gptq import cholesky_lower, damped, gptq_codes, layer_error
+from shared.artifact.quant import fp16_scale, qmax, round_to_codes, std_clip
+from shared.core.spec import init_params, optim_group
+from shared.data.shards import BatchLoader, TokenStream
 from shared.errors import PgolfError
-from shared.gptq import cholesky_lower, damped, gptq_codes, layer_error
-from shared.quant import fp16_scale, qmax, round_to_codes, std_clip
-from shared.shards import BatchLoader, TokenStream
-from shared.spec import init_params, optim_group
 from tests.conftest import tiny_config
 
 

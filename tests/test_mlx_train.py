@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from shared.config import to_toml
+from shared.core.config import to_toml
 from shared.errors import PgolfError
 from tests.conftest import tiny_config
 
@@ -24,7 +24,7 @@ def with_data(cfg, tiny):
 
 
 def test_loss_falls_and_summary_is_complete(tiny_data, tmp_path):
-    from shared.rundir import SUMMARY_KEYS
+    from shared.core.rundir import SUMMARY_KEYS
 
     cfg = with_data(tiny_config(iterations=12, val_every=6), tiny_data)
     summary = backend.train(cfg, tmp_path)
@@ -48,8 +48,8 @@ def test_loss_falls_and_summary_is_complete(tiny_data, tmp_path):
 def test_gradients_finite_and_accumulation_matches_one_batch(tiny_data):
     """Splitting a micro-batch into chunks (max_microbatch_tokens) does not change the step."""
     from mlx_train.train import Trainer
-    from shared.shards import BatchLoader, TokenStream
-    from shared.spec import init_params
+    from shared.core.spec import init_params
+    from shared.data.shards import BatchLoader, TokenStream
 
     cfg = tiny_config(grad_accum=1)
     params = init_params(cfg.model, 0)
@@ -67,7 +67,7 @@ def test_gradients_finite_and_accumulation_matches_one_batch(tiny_data):
 
 
 def test_resume_after_interrupt_reproduces_weights(tiny_data, tmp_path):
-    from shared.rundir import load_checkpoint
+    from shared.core.rundir import load_checkpoint
 
     cfg = with_data(tiny_config(iterations=8), tiny_data)
     backend.train(cfg, tmp_path / "full")
@@ -89,10 +89,10 @@ def test_resume_after_interrupt_reproduces_weights(tiny_data, tmp_path):
 
 
 def test_artifact_round_trip_matches_summary(tiny_data, tmp_path):
-    from shared.artifact import pack, read_artifact
-    from shared.budget import calibration_batch, calibration_counts
-    from shared.dataset import open_dataset
-    from shared.rundir import load_checkpoint
+    from shared.artifact.calibration import calibration_batch, calibration_counts
+    from shared.artifact.format import pack, read_artifact
+    from shared.core.rundir import load_checkpoint
+    from shared.data.dataset import open_dataset
 
     # The packing stack of the benchmarks: int6 GPTQ blocks, int8 embedding with "frequency" steps.
     cfg = with_data(tiny_config(iterations=4), tiny_data)
@@ -113,7 +113,7 @@ def test_artifact_round_trip_matches_summary(tiny_data, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path):
-    from shared.rundir import load_checkpoint
+    from shared.core.rundir import load_checkpoint
 
     cfg = with_data(tiny_config(iterations=8, checkpoint_every=2), tiny_data)
 
@@ -130,9 +130,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path):
 
 
 def test_artifact_over_the_cap_is_an_error_after_everything_is_saved(tiny_data, tmp_path, monkeypatch):
-    import shared.finish
+    import shared.core.finish
 
-    monkeypatch.setattr(shared.finish, "SIZE_CAP", 1000)
+    monkeypatch.setattr(shared.core.finish, "SIZE_CAP", 1000)
     cfg = replace(tiny_config(iterations=2), data=replace(tiny_config().data, dir=str(tiny_data.data_dir),
                                                           tokenizer=str(tiny_data.tokenizer)))
     with pytest.raises(PgolfError, match="over the 1,000-byte cap"):

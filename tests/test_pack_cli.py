@@ -1,4 +1,4 @@
-"""`pgolf pack` and `pgolf inspect` (shared/cli_pack.py) through the real CLI entry point."""
+"""`pgolf pack` and `pgolf inspect` (shared/cli/pack.py) through the real CLI entry point."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared import cli_pack
-from shared.artifact import code_bytes, read_artifact, read_quantized
-from shared.budget import calibration_batch, calibration_counts
+from shared.artifact.calibration import calibration_batch, calibration_counts
+from shared.artifact.code import code_bytes
+from shared.artifact.format import read_artifact, read_quantized
 from shared.cli import main
-from shared.dataset import open_dataset
-from shared.rundir import load_checkpoint, save_checkpoint
-from shared.spec import init_params
+from shared.cli import pack as cli_pack
+from shared.core.rundir import load_checkpoint, save_checkpoint
+from shared.core.spec import init_params
+from shared.data.dataset import open_dataset
 from tests.conftest import tiny_config
 
 

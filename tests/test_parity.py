@@ -19,10 +19,10 @@ pytest.importorskip("torch")
 
 from conftest import tiny_config  # noqa: E402
 
-from shared.dataset import open_dataset  # noqa: E402
-from shared.parity import parity_config, rel_diff, run_parity  # noqa: E402
-from shared.rundir import load_checkpoint  # noqa: E402
-from shared.spec import init_params  # noqa: E402
+from shared.core.rundir import load_checkpoint  # noqa: E402
+from shared.core.spec import init_params  # noqa: E402
+from shared.data.dataset import open_dataset  # noqa: E402
+from shared.tools.parity import parity_config, rel_diff, run_parity  # noqa: E402
 
 pytestmark = [pytest.mark.mlx, pytest.mark.torch]
 
@@ -99,7 +99,7 @@ def test_parity_names_a_divergence(tiny_data, monkeypatch):
 def trained_runs(tiny_data, tmp_path_factory):
     """The same tiny config trained by both trainers: accumulation, a micro-batch token cap,
     undone warm-up and warmdown all in play."""
-    from shared.backends import get_backend
+    from shared.core.backends import get_backend
 
     cfg = tiny_config(iterations=6, grad_accum=2, max_microbatch_tokens=256, warmup_steps=2, warmdown_iters=3)
     cfg = replace(parity_config(cfg), data=replace(cfg.data, dir=str(tiny_data.data_dir),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from shared.progress import TrainProgress
+from shared.core.progress import TrainProgress
 
 
 class FakeTTY(io.StringIO):

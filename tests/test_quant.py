@@ -1,13 +1,11 @@
-"""Quantizers (shared/quant.py): each scheme round-trips within its expected error."""
+"""Quantizers (shared/artifact/quant.py): each scheme round-trips within its expected error."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from shared.config import QuantConfig, load_config
-from shared.errors import PgolfError
-from shared.quant import (
+from shared.artifact.quant import (
     INT_BITS,
     SCHEMES,
     dequantize,
@@ -18,6 +16,8 @@ from shared.quant import (
     std_clip,
     token_weights,
 )
+from shared.core.config import QuantConfig, load_config
+from shared.errors import PgolfError
 
 
 def _weights(rows=48, cols=96, seed=0) -> np.ndarray:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.bpb import ByteTables
-from shared.errors import PgolfError
-from shared.shards import (
+from shared.data.bpb import ByteTables
+from shared.data.shards import (
     HEADER_BYTES,
     MAGIC,
     BatchLoader,
@@ -20,6 +19,7 @@ from shared.shards import (
     val_token_count,
     write_shard,
 )
+from shared.errors import PgolfError
 
 
 def _header(path) -> np.ndarray:

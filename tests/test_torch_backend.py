@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shared.core.spec import init_params, optim_group
+from shared.data.shards import BatchLoader, TokenStream, val_batches, val_token_count
 from shared.errors import PgolfError
-from shared.shards import BatchLoader, TokenStream, val_batches, val_token_count
-from shared.spec import init_params, optim_group
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.torch
@@ -73,7 +73,7 @@ def test_batch_loss_at_init_is_uniform(tiny_data):
 
 
 def test_evaluate_counts_and_shards_add_up(tiny_data):
-    from shared.dataset import open_dataset
+    from shared.data.dataset import open_dataset
 
     cfg = tiny_config()
     ds = open_dataset(tiny_data.data_dir, tiny_data.tokenizer, cfg.model.vocab_size)

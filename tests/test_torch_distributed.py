@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.config import to_toml
-from shared.rundir import load_checkpoint
+from shared.core.config import to_toml
+from shared.core.rundir import load_checkpoint
 from tests.conftest import tiny_config
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.config import load_config, to_toml
+from shared.core.config import load_config, to_toml
+from shared.core.rundir import SUMMARY_KEYS, load_checkpoint
 from shared.errors import PgolfError
-from shared.rundir import SUMMARY_KEYS, load_checkpoint
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.torch

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from shared.cli import main
-from shared.config import to_toml
+from shared.core.config import to_toml
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.mlx

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.config import ModelConfig
+from shared.core.config import ModelConfig
 
 # RMSNorm epsilon of both backends: torch F.rms_norm(eps=None) uses finfo(float32).eps;
 # MLX is given the same number explicitly so the two agree.

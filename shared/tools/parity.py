@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.config import Config
+from shared.core.config import Config
 
 BPB_TOL = 1e-4          # absolute, in bits per byte
 FORWARD_TOL = 1e-5      # relative
@@ -84,7 +84,7 @@ def sha256(blob: bytes) -> str:
 
 def train_batches(dataset, cfg: Config, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The first `n` micro-batches of the training stream, as a 1-rank run would see them."""
-    from shared.shards import BatchLoader
+    from shared.data.shards import BatchLoader
 
     loader = BatchLoader(dataset.train_stream())
     micro = cfg.train.batch_tokens // cfg.train.grad_accum
@@ -93,8 +93,8 @@ def train_batches(dataset, cfg: Config, n: int) -> list[tuple[np.ndarray, np.nda
 
 def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int = 20,
                backends: tuple[str, str] = ("mlx", "torch")) -> ParityReport:
-    from shared.artifact import pack, unpack
-    from shared.backends import get_backend
+    from shared.artifact.format import pack, unpack
+    from shared.core.backends import get_backend
 
     cfg = parity_config(cfg)
     a_name, b_name = backends

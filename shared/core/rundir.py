@@ -3,9 +3,9 @@
     RUN_DIR/config.toml              resolved config
     RUN_DIR/train.log                human-readable log (opens with provenance)
     RUN_DIR/metrics.jsonl            one JSON object per log line
-    RUN_DIR/checkpoint.safetensors   weights: canonical names, float32 (shared/spec.py)
+    RUN_DIR/checkpoint.safetensors   weights: canonical names, float32 (shared/core/spec.py)
     RUN_DIR/train_state.safetensors  optimizer buffers + step, data position, clock
-    RUN_DIR/model.pgz                packed artifact (shared/artifact.py)
+    RUN_DIR/model.pgz                packed artifact (shared/artifact/format.py)
     RUN_DIR/summary.json             final figures
 
 Every file is written atomically (temp file + rename), so an interrupted
@@ -29,7 +29,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from shared.config import Config, from_toml_text, to_toml
+from shared.core.config import Config, from_toml_text, to_toml
 from shared.errors import PgolfError
 
 CHECKPOINT = "checkpoint.safetensors"

@@ -7,7 +7,7 @@ Schemes (names used in `[quant]` and in the artifact's tensor table):
                      baseline's export: `quant.clip_percentile`), scale = clip / 127
     int6/int5/int4   per-row signed ints in [-(2^(b-1)-1), 2^(b-1)-1], clip = `quant.clip_k`
                      times the row's standard deviation, round to nearest
-                     (or GPTQ, shared/gptq.py, when a Hessian is given and `quant.gptq`)
+                     (or GPTQ, shared/artifact/gptq.py, when a Hessian is given and `quant.gptq`)
 
 The embedding (and an untied head) may instead take "frequency" steps
 (`quant.embed_steps`): one row per token, so a row's error costs in proportion
@@ -34,24 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared.artifact.gptq import gptq_codes
+from shared.artifact.schemes import FLOAT_SCHEMES, INT_BITS, SCHEMES, qmax, scheme_bits  # noqa: F401  (re-exported)
 from shared.errors import PgolfError
-
-INT_BITS = {"int8": 8, "int7": 7, "int6": 6, "int5": 5, "int4": 4, "int3": 3, "int2": 2}
-FLOAT_SCHEMES = {"fp32": 32, "fp16": 16}
-SCHEMES = tuple(FLOAT_SCHEMES) + tuple(INT_BITS)
-
-
-def scheme_bits(scheme: str) -> int:
-    if scheme in INT_BITS:
-        return INT_BITS[scheme]
-    if scheme in FLOAT_SCHEMES:
-        return FLOAT_SCHEMES[scheme]
-    raise PgolfError(f"unknown quant scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
-
-
-def qmax(bits: int) -> int:
-    """Largest magnitude of a symmetric signed `bits`-bit code (-qmax..qmax)."""
-    return (1 << (bits - 1)) - 1
 
 
 @dataclass(frozen=True)
@@ -156,8 +141,6 @@ def quantize(w: np.ndarray, scheme: str, *, percentile: float = 99.99984, clip_k
     rows = as_rows(w)
     scale = row_scales(rows, scheme, percentile, clip_k, min_scale, row_weights)
     if hessian is not None:
-        from shared.gptq import gptq_codes
-
         q = gptq_codes(rows, hessian, scale, bits, block=gptq_block, damp=gptq_damp)
     else:
         q = round_to_codes(rows, scale, bits)

@@ -2,11 +2,11 @@
 
     summary = finish_run(backend, params, cfg, run_dir, dataset, train_stats, rank, world_size)
 
-1. pack the float32 canonical weights with the shared packer (`shared.artifact`);
+1. pack the float32 canonical weights with the shared packer (`shared.artifact.format`);
    rank 0 writes `model.pgz` atomically;
 2. unpack the same bytes and evaluate those weights with the backend's
    `evaluate` (so `q_val_*` is exactly what `pgolf eval model.pgz` reports);
-3. write `summary.json` (keys: `shared.rundir.SUMMARY_KEYS`, plus a few extras).
+3. write `summary.json` (keys: `shared.core.rundir.SUMMARY_KEYS`, plus a few extras).
 
 `train_stats` comes from the trainer: `val_loss`, `val_bpb` (the weights before
 packing, evaluated on the same tokens), `steps`, `train_tokens`,
@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from shared.artifact import SIZE_CAP
-from shared.config import Config
+from shared.artifact.code import code_bytes
+from shared.artifact.format import SIZE_CAP
+from shared.core.config import Config
+from shared.core.rundir import ARTIFACT, RunDir
+from shared.core.spec import count_params
 from shared.errors import PgolfError
-from shared.rundir import ARTIFACT, RunDir
-from shared.spec import count_params
 
 
 def backend_name(backend_module: ModuleType) -> str:
@@ -47,13 +48,13 @@ def finish_run(
     world_size: int = 1,
 ) -> dict[str, Any]:
     """Pack, evaluate the round-tripped weights, write summary.json (rank 0); return the summary."""
-    from shared import artifact
+    from shared.artifact import format as artifact
 
     name = backend_name(backend_module)
     stats = dict(train_stats)
     hessians = counts = None
     if cfg.quant.calibrates:  # calibration: the first training tokens
-        from shared.budget import calibration_batch, calibration_counts
+        from shared.artifact.calibration import calibration_batch, calibration_counts
 
         x, y = calibration_batch(dataset, cfg)
         counts = calibration_counts(x, y, cfg.model.vocab_size)
@@ -71,7 +72,7 @@ def finish_run(
     _, q_params = artifact.unpack(blob)
     q = backend_module.evaluate(q_params, cfg, dataset.val_tokens, dataset.tables, rank, world_size)
 
-    code = int(artifact.code_bytes(name))
+    code = int(code_bytes(name))
     seconds = float(stats.get("train_seconds", 0.0))
     tokens = int(stats.get("train_tokens", 0))
     summary: dict[str, Any] = {

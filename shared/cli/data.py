@@ -21,7 +21,7 @@ def data() -> None:
 
 
 def _done(data_dir: Path, tokenizer: Path) -> None:
-    from shared.data_build import read_manifest
+    from shared.data.manifest import read_manifest
 
     manifest = read_manifest(data_dir) or {}
     tokens = manifest.get("tokens", {})
@@ -36,7 +36,7 @@ def _done(data_dir: Path, tokenizer: Path) -> None:
               help="Output root: OUT/datasets/sample_sp1024/ and OUT/tokenizers/sample_1024_bpe.model.")
 def sample(out: Path) -> None:
     """Build the embedded sample dataset from the Python standard library's documentation (no download)."""
-    from shared.data_sample import build_sample
+    from shared.data.sample import build_sample
 
     _done(*build_sample(out))
 
@@ -52,7 +52,7 @@ def sample(out: Path) -> None:
 @click.option("--name", default=None, help="Dataset name [default: from --docs]: OUT/datasets/<name>_sp<N>/.")
 def build(src: str, out: Path, vocab: int, val_docs: int | None, name: str | None) -> None:
     """Train a SentencePiece BPE tokenizer (the challenge's settings) and export challenge shards."""
-    from shared.data_build import build_dataset, read_docs
+    from shared.data.build import build_dataset, read_docs
 
     docs, default_name = read_docs(src)
     if val_docs is None:
@@ -68,8 +68,8 @@ def build(src: str, out: Path, vocab: int, val_docs: int | None, name: str | Non
 @click.option("--repo", default=None, hidden=True, help="Dataset repo id (default willdepueoai/parameter-golf).")
 def download(variant: str, train_shards: int, out: Path, repo: str | None) -> None:
     """Download the published FineWeb export from Hugging Face (honours HF_ENDPOINT)."""
-    from shared.data_download import REPO_ID
-    from shared.data_download import download as fetch
+    from shared.data.download import REPO_ID
+    from shared.data.download import download as fetch
 
     _done(*fetch(variant, train_shards, out, repo=repo or REPO_ID))
 
@@ -80,8 +80,8 @@ def download(variant: str, train_shards: int, out: Path, repo: str | None) -> No
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def audit(data_dir: Path, tokenizer: Path, as_json: bool) -> None:
     """Check that the byte tables add up to the UTF-8 length of the decoded validation text."""
-    from shared.data_audit import audit as run_audit
-    from shared.data_audit import describe
+    from shared.data.audit import audit as run_audit
+    from shared.data.audit import describe
 
     report = run_audit(data_dir, tokenizer)
     if as_json:

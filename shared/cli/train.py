@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from shared.config import Config, apply_overrides, load_config
+from shared.core.config import Config, apply_overrides, load_config
 from shared.errors import PgolfError
 
 BACKEND_OPTION = click.option("--backend", type=click.Choice(["mlx", "torch"]), default="mlx", show_default=True,
@@ -42,7 +42,7 @@ def with_data(cfg: Config, data: str | None, tokenizer: str | None) -> Config:
 @click.option("--nproc", type=int, default=1, show_default=True, help="processes (torch: DDP ranks)")
 def train(backend, config_path, sets, data, tokenizer, out, resume, nproc) -> None:
     """Train a model, pack it into RUN_DIR/model.pgz and evaluate it."""
-    from shared.backends import get_backend
+    from shared.core.backends import get_backend
 
     if resume:
         run_dir = Path(resume)
@@ -70,14 +70,14 @@ def train(backend, config_path, sets, data, tokenizer, out, resume, nproc) -> No
 
 def load_weights(path: Path) -> tuple[Config | None, dict]:
     """(embedded config, float32 params) from an artifact or a checkpoint."""
-    from shared.rundir import CHECKPOINT, load_checkpoint
+    from shared.core.rundir import CHECKPOINT, load_checkpoint
 
     if path.is_dir() or path.suffix == ".safetensors":
         if path.is_dir() and not (path / CHECKPOINT).is_file():
             raise PgolfError(f"{path} holds no {CHECKPOINT}: pass a model.pgz or checkpoint.safetensors")
         params, cfg, _ = load_checkpoint(path)
         return cfg, params
-    from shared.artifact import read_artifact
+    from shared.artifact.format import read_artifact
 
     return read_artifact(path)
 
@@ -85,8 +85,8 @@ def load_weights(path: Path) -> tuple[Config | None, dict]:
 def _run_dir_data(cfg: Config, weights: Path) -> Config:
     """An artifact carries no data paths (they are machine-local): inside a run directory, take
     them from the run's config.toml when it describes the same model."""
-    from shared.config import DataConfig
-    from shared.rundir import CONFIG
+    from shared.core.config import DataConfig
+    from shared.core.rundir import CONFIG
 
     run_cfg = weights.parent / CONFIG
     if cfg.data != DataConfig() or not run_cfg.is_file():
@@ -105,8 +105,8 @@ def _run_dir_data(cfg: Config, weights: Path) -> Config:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> None:
     """Validation loss and bits per byte of an artifact or checkpoint."""
-    from shared.backends import get_backend
-    from shared.dataset import open_dataset
+    from shared.core.backends import get_backend
+    from shared.data.dataset import open_dataset
 
     embedded, params = load_weights(weights)
     if config_path is not None:
@@ -131,3 +131,13 @@ def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> N
         return
     scope = f" (first {res.tokens:,} target tokens: eval.max_tokens)" if cfg.eval.max_tokens else " (whole split)"
     click.echo(f"val_loss {out['val_loss']:.6f}\nval_bpb {out['val_bpb']:.6f}\ntokens {out['tokens']}{scope}\nbytes {out['bytes']}")
+
+
+def backend_main(backend: str, argv: list[str]) -> None:
+    """`python -m mlx_train|cuda_train [train|eval] ...`: the same commands with the backend fixed."""
+    from shared.cli import run
+
+    args = list(argv)
+    name = args.pop(0) if args and args[0] in ("train", "eval") else "train"
+    command = train if name == "train" else evaluate
+    run(command, ["--backend", backend, *args], prog_name=f"pgolf {name}")

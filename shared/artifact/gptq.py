@@ -27,8 +27,8 @@ import hashlib
 
 import numpy as np
 
+from shared.artifact.schemes import qmax
 from shared.errors import PgolfError
-from shared.quant import qmax
 
 
 def cholesky_lower(a: np.ndarray) -> np.ndarray | None:

@@ -19,7 +19,7 @@ identical weights. The reader checks magic, version, length and checksum and
 refuses anything else with a one-line `PgolfError`.
 
 Backends hand in and get back `dict[str, np.ndarray]` with canonical names
-(shared/spec.py); `unpack` returns float32 dequantised weights.
+(shared/core/spec.py); `unpack` returns float32 dequantised weights.
 """
 
 from __future__ import annotations
@@ -34,10 +34,18 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from shared.config import Config, from_toml_text, to_toml
+from shared.artifact.quant import (
+    FLOAT_SCHEMES,
+    INT_BITS,
+    QTensor,
+    dequantize,
+    quantize,
+    scheme_bits,
+    token_weights,
+)
+from shared.core.config import Config, from_toml_text, to_toml
+from shared.core.spec import check_params, tensor_class
 from shared.errors import PgolfError
-from shared.quant import FLOAT_SCHEMES, INT_BITS, QTensor, dequantize, quantize, scheme_bits, token_weights
-from shared.spec import check_params, tensor_class
 
 SIZE_CAP = 16_000_000  # code bytes + compressed model bytes (decimal), CHALLENGE.md
 MAGIC = b"PGLF"
@@ -140,7 +148,7 @@ def quantize_all(params: dict[str, np.ndarray], cfg: Config, hessians: dict | No
                                      'quant.embed_steps=row')
                 if len(token_counts) != w.shape[0]:
                     raise PgolfError(f"{name}: {w.shape[0]} rows but {len(token_counts)} token counts: count the "
-                                     "calibration tokens with shared.budget.calibration_counts(x, y, vocab_size)")
+                                     "calibration tokens with shared.artifact.budget.calibration_counts(x, y, vocab_size)")
                 row_weights = token_weights(token_counts, q.embed_freq_floor)
         out[name] = quantize(w, scheme, percentile=q.clip_percentile, clip_k=clip_k, min_scale=q.min_scale, hessian=h,
                              gptq_block=q.gptq_block, gptq_damp=q.gptq_damp, row_weights=row_weights)
@@ -298,7 +306,7 @@ def unpack(blob: bytes, source: str = "artifact") -> tuple[Config, dict[str, np.
 
 
 def write_artifact(path: str | Path, blob: bytes) -> Path:
-    from shared.rundir import atomic_write_bytes
+    from shared.core.rundir import atomic_write_bytes
 
     return atomic_write_bytes(path, blob)
 
@@ -308,38 +316,3 @@ def read_artifact(path: str | Path) -> tuple[Config, dict[str, np.ndarray]]:
     if not path.is_file():
         raise PgolfError(f"{path} not found: pass an artifact written by `pgolf pack` or `pgolf train`")
     return unpack(path.read_bytes(), source=str(path))
-
-
-# ----------------------------------------------------------------------------- counted code
-
-# The counted code of a pgolf run: every .py file of the backend package, plus the shared
-# modules that training, packing and evaluating import (the entry point `python -m <backend>`
-# goes through cli.py/cli_train.py). Tools a run does not use (data download/build CLI,
-# `pgolf pack`'s budget search, parity) are not counted. tests/test_artifact.py checks that
-# the backend imports no shared module outside this list.
-SHARED_RUN_MODULES = (
-    "__init__.py", "errors.py", "config.py", "spec.py", "shards.py", "bpb.py", "schedule.py",
-    "rundir.py", "artifact.py", "quant.py", "gptq.py", "backends.py", "finish.py", "dataset.py",
-    "data_build.py", "progress.py", "cli.py", "cli_train.py",
-    # `python -m cuda_train` enters through shared.cli, which registers every command:
-    "cli_data.py", "cli_pack.py", "cli_parity.py", "budget.py",
-)
-BACKEND_PACKAGES = {"mlx": "mlx_train", "torch": "cuda_train"}
-
-
-def code_files(backend: str) -> list[Path]:
-    """The files whose UTF-8 bytes count as the submission's code, in a fixed order."""
-    if backend not in BACKEND_PACKAGES:
-        raise PgolfError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_PACKAGES)}")
-    root = Path(__file__).resolve().parent.parent
-    files = [root / "shared" / m for m in SHARED_RUN_MODULES]
-    files += sorted((root / BACKEND_PACKAGES[backend]).glob("*.py"))
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise PgolfError(f"counted code file(s) missing: {missing[:3]}; is the checkout complete?")
-    return files
-
-
-def code_bytes(backend: str) -> int:
-    """Bytes of the counted code for `backend` (see `code_files`)."""
-    return sum(len(f.read_bytes()) for f in code_files(backend))

@@ -2,7 +2,7 @@
 
     pgolf parity runs/small/checkpoint.safetensors [--data DIR --tokenizer MODEL] [--json]
 
-Runs the five checks of shared/parity.py (export -> identical artifact bytes,
+Runs the five checks of shared/tools/parity.py (export -> identical artifact bytes,
 artifact BPB, forward loss, twenty training steps, cross evaluation) in fp32
 on the CPU and exits 1 when one fails, naming it and by how much.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from shared.cli_train import load_weights, with_data
-from shared.config import apply_overrides
+from shared.cli.train import load_weights, with_data
+from shared.core.config import apply_overrides
 from shared.errors import PgolfError
 
 
@@ -28,8 +28,8 @@ from shared.errors import PgolfError
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def parity(checkpoint, data, tokenizer, sets, steps, as_json) -> None:
     """Check that both backends export, evaluate and train a checkpoint identically."""
-    from shared.dataset import open_dataset
-    from shared.parity import run_parity
+    from shared.data.dataset import open_dataset
+    from shared.tools.parity import run_parity
 
     cfg, params = load_weights(checkpoint)
     if cfg is None:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.bpb import ByteTables, load_tokenizer
-from shared.data_build import MANIFEST, read_manifest, sha256_file
+from shared.data.bpb import ByteTables, load_tokenizer
+from shared.data.manifest import MANIFEST, read_manifest, sha256_file
+from shared.data.shards import TokenStream, check_vocab, find_shards, load_val_tokens, read_shard, shard_count
 from shared.errors import PgolfError
-from shared.shards import TokenStream, check_vocab, find_shards, load_val_tokens, read_shard, shard_count
 
 
 @dataclass(frozen=True)

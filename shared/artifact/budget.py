@@ -1,9 +1,7 @@
-"""The packer's searches: calibration tokens and the byte-budget bit-width choice.
+"""The packer's byte-budget search: which bit width for which tensor.
 
-`calibration_batch(dataset, cfg)` takes `quant.calib_tokens` tokens from the
-*training* split (never validation) as `(x, y)` sequences of `train.seq_len`:
-GPTQ Hessians, the token counts of "frequency" embedding steps
-(`calibration_counts`) and the budget mode's loss sensitivities come from them.
+Its loss sensitivities are measured on the calibration tokens of
+`shared.artifact.calibration` (training split only).
 
 `budget_schemes(...)` answers "which bit width for which tensor so that the
 artifact plus the counted code fits in N bytes": every tensor the config
@@ -22,27 +20,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from shared.artifact import choose_schemes, pack, quantize_all, tensor_bytes
-from shared.config import Config
+from shared.artifact.format import choose_schemes, pack, quantize_all, tensor_bytes
+from shared.artifact.quant import INT_BITS, dequantize
+from shared.core.config import Config
+from shared.core.progress import Progress
 from shared.errors import PgolfError
-from shared.progress import Progress
-from shared.quant import INT_BITS, dequantize
 
 CANDIDATES = ("int8", "int7", "int6", "int5", "int4")
-
-
-def calibration_batch(dataset, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) int64 [n, seq_len]: the first `quant.calib_tokens` tokens of the training split."""
-    seq = cfg.train.seq_len
-    n = max(1, cfg.quant.calib_tokens // seq)
-    toks = dataset.train_stream().take(n * seq + 1).astype(np.int64)
-    return toks[:-1].reshape(n, seq), toks[1:].reshape(n, seq)
-
-
-def calibration_counts(x: np.ndarray, y: np.ndarray, vocab_size: int) -> np.ndarray:
-    """How often each token occurs among the calibration inputs and targets, float64 [vocab]."""
-    return (np.bincount(np.asarray(x).ravel(), minlength=vocab_size)
-            + np.bincount(np.asarray(y).ravel(), minlength=vocab_size)).astype(np.float64)[:vocab_size]
 
 
 def sensitivity_batch(x: np.ndarray, y: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:

@@ -161,7 +161,7 @@ class QuantConfig:
     min_scale: float = 0.0           # floor on every row's quantisation step (the baseline's export: 1/127)
     clip_k: float = 12.0             # std-based clip for int<8 block matrices: clip = clip_k * row std
     embed_steps: str = "row"         # embedding/head row steps: "row" (the scheme's own clip per row) or
-                                     # "frequency" (finer steps for frequent tokens: shared/quant.py)
+                                     # "frequency" (finer steps for frequent tokens: shared/artifact/quant.py)
     embed_clip_k: float = 16.0       # the embedding's std-based clip (int<8, or any int in "frequency" steps)
     embed_freq_floor: float = 0.1    # "frequency" steps: added to each token's relative count (rare tokens)
     gptq: bool = False
@@ -177,7 +177,7 @@ class QuantConfig:
         return self.gptq or self.embed_steps == "frequency"
 
     def validate(self) -> None:
-        # The scheme names are those of shared/quant.py (kept literal here: config imports nothing).
+        # The scheme names are those of shared/artifact/quant.py (kept literal here: config imports nothing).
         schemes = ("fp32", "fp16", "int8", "int7", "int6", "int5", "int4", "int3", "int2")
         for key in ("embed", "attn", "mlp", "other"):
             value = getattr(self, key)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.bpb import SPACE, ByteTables, load_tokenizer
-from shared.data_build import BOS_ID, read_manifest
-from shared.progress import Progress
-from shared.shards import load_val_tokens
+from shared.core.progress import Progress
+from shared.data.bpb import SPACE, ByteTables, load_tokenizer
+from shared.data.manifest import BOS_ID, read_manifest
+from shared.data.shards import load_val_tokens
 
 
 def documents(tokens: np.ndarray, bos_id: int = BOS_ID) -> list[tuple[int, int]]:
@@ -37,7 +37,7 @@ def documents(tokens: np.ndarray, bos_id: int = BOS_ID) -> list[tuple[int, int]]
 
 def audit(data_dir: str | Path, tokenizer_path: str | Path, chunk_docs: int = 1024) -> dict:
     """Compare the tables' byte total with the decoded validation text; the JSON report."""
-    from shared.dataset import check_manifest
+    from shared.data.dataset import check_manifest
 
     data_dir, tokenizer_path = Path(data_dir), Path(tokenizer_path)
     sp = load_tokenizer(tokenizer_path)

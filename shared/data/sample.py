@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.data_build import build_dataset
+from shared.data.build import build_dataset
 
 SAMPLE_NAME = "sample"
 SAMPLE_VOCAB = 1024

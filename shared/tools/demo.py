@@ -1,6 +1,6 @@
 """`make demo`: the whole workflow on a laptop in a few minutes, no download.
 
-    python -m shared.demo --out runs/demo [--backend mlx] [--seconds 120]
+    python -m shared.tools.demo --out runs/demo [--backend mlx] [--seconds 120]
 
 1. builds the sample dataset (`pgolf data sample`, skipped when present);
 2. trains configs/small.toml for about two minutes of training steps;
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.config import Config, load_config
+from shared.core.config import Config, load_config
 from shared.errors import PgolfError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def ensure_sample(root: Path) -> tuple[Path, Path]:
     if data.is_dir() and tok.is_file() and any(data.glob("fineweb_val_*.bin")):
         print(f"sample dataset: {data} (present, not rebuilt)")
         return data, tok
-    from shared.data_sample import build_sample
+    from shared.data.sample import build_sample
 
     print(f"building the sample dataset under {root} ...", flush=True)
     return build_sample(root)
@@ -70,16 +70,16 @@ def report(summary: dict, q_check: float, unigram: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m shared.demo", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m shared.tools.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     ap.add_argument("--data-root", default="data/sample", help="where the sample dataset lives / is built")
     ap.add_argument("--backend", default="mlx", choices=["mlx", "torch"])
     ap.add_argument("--seconds", type=float, default=None, help="training wallclock (default: configs/small.toml)")
     args = ap.parse_args(argv)
     try:
-        from shared.artifact import read_artifact
-        from shared.backends import get_backend
-        from shared.dataset import open_dataset
+        from shared.artifact.format import read_artifact
+        from shared.core.backends import get_backend
+        from shared.data.dataset import open_dataset
 
         data, tok = ensure_sample(Path(args.data_root))
         cfg = demo_config(data, tok, args.seconds)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         art_cfg, params = read_artifact(out / "model.pgz")
         ds = open_dataset(data, tok, cfg.model.vocab_size)
         q = backend.evaluate(params, replace(art_cfg, data=cfg.data, eval=cfg.eval), ds.val_tokens, ds.tables)
-        from shared.shards import find_shards, read_shard
+        from shared.data.shards import find_shards, read_shard
 
         train_tokens = read_shard(find_shards(data, "train")[0])[:4_000_000]
         uni = unigram_bpb(train_tokens, ds.val_tokens, ds.tables, q.tokens, cfg.model.vocab_size)

@@ -11,7 +11,7 @@ embedding steps (`quant.embed_steps`) and `--budget` need calibration
 tokens, read from the *training* split of `--data` (default: the
 checkpoint's `data.dir`). `--budget BYTES` picks per-tensor bit widths so
 that the artifact plus the counted code fits, counting the larger of the two
-backends' code (shared/budget.py).
+backends' code (shared/artifact/budget.py).
 
 `inspect` prints one row per tensor (scheme, bits, parameters and the bytes
 of its payload compressed alone: the parts do not add up exactly to the
@@ -28,8 +28,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from shared.artifact import SIZE_CAP
-from shared.config import Config, apply_overrides, parse_override
+from shared.artifact.format import SIZE_CAP
+from shared.core.config import Config, apply_overrides, parse_override
 from shared.errors import PgolfError
 
 BACKEND_CHOICE = click.Choice(["mlx", "torch"])
@@ -56,9 +56,10 @@ def _quant_overrides(cfg: Config, overrides: tuple[str, ...]) -> Config:
 def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ...], budget: int | None,
              data_dir: Path | None, tokenizer: Path | None) -> None:
     """Quantise and pack a checkpoint into an artifact."""
-    from shared.artifact import code_bytes, pack, unpack, write_artifact
-    from shared.rundir import load_checkpoint
-    from shared.spec import check_params
+    from shared.artifact.code import code_bytes
+    from shared.artifact.format import pack, unpack, write_artifact
+    from shared.core.rundir import load_checkpoint
+    from shared.core.spec import check_params
 
     params, cfg, step = load_checkpoint(checkpoint)
     if cfg is None:
@@ -74,9 +75,10 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
 
     hessians = schemes = counts = None
     if cfg.quant.calibrates or budget is not None:
-        from shared.backends import get_backend
-        from shared.budget import budget_schemes, calibration_batch, calibration_counts, sensitivity_batch
-        from shared.dataset import open_dataset
+        from shared.artifact.budget import budget_schemes, sensitivity_batch
+        from shared.artifact.calibration import calibration_batch, calibration_counts
+        from shared.core.backends import get_backend
+        from shared.data.dataset import open_dataset
 
         be = get_backend(backend)
         ds = open_dataset(data_dir or cfg.data.dir, tokenizer or cfg.data.tokenizer, cfg.model.vocab_size)
@@ -95,8 +97,8 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
     unpack(blob, source=str(out))  # the reader must accept what we wrote
     write_artifact(out, blob)
     if counts is not None and cfg.quant.embed_steps == "frequency":
-        from shared.artifact import read_quantized
-        from shared.spec import tensor_class
+        from shared.artifact.format import read_quantized
+        from shared.core.spec import tensor_class
 
         for name, t in read_quantized(blob, str(out))[1].items():
             if t.scale is not None and tensor_class(name) == "embed":
@@ -110,7 +112,8 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
 
 def inspect_report(blob: bytes, backend: str, source: str) -> dict:
     """The inspect figures as a JSON-able dict (keys are a contract, see the module docstring)."""
-    from shared.artifact import code_bytes, read_quantized, tensor_bytes
+    from shared.artifact.code import code_bytes
+    from shared.artifact.format import read_quantized, tensor_bytes
 
     cfg, qts = read_quantized(blob, source)
     tensors = []

@@ -6,7 +6,7 @@ compute the same numbers and a resumed run continues on the same curve.
 
 from __future__ import annotations
 
-from shared.config import OptimConfig, TrainConfig
+from shared.core.config import OptimConfig, TrainConfig
 
 
 def lr_scale(step: int, elapsed_s: float, t: TrainConfig) -> float:

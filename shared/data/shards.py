@@ -23,7 +23,7 @@ import numpy as np
 from shared.errors import PgolfError
 
 if TYPE_CHECKING:
-    from shared.bpb import ByteTables
+    from shared.data.bpb import ByteTables
 
 MAGIC = 20240520
 VERSION = 1

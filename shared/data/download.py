@@ -25,10 +25,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from shared.data_build import write_manifest
+from shared.core.progress import Progress
+from shared.data.manifest import write_manifest
+from shared.data.shards import shard_count
 from shared.errors import PgolfError
-from shared.progress import Progress
-from shared.shards import shard_count
 
 REPO_ID = "willdepueoai/parameter-golf"
 REMOTE_ROOT = "datasets"
@@ -132,7 +132,7 @@ def download(variant: str, train_shards: int, out: str | Path = "data", repo: st
             _place(_fetch(repo, f"{REMOTE_ROOT}/{rel}", out, endpoint), dest)
         tok_paths.append(dest)
 
-    from shared.bpb import load_tokenizer
+    from shared.data.bpb import load_tokenizer
 
     vocab = int(load_tokenizer(tok_paths[0]).vocab_size())
     write_manifest(data_dir, tok_paths[0], name=name, vocab=vocab, source=f"{endpoint or 'https://huggingface.co'} {repo}")

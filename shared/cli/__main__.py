@@ -1,0 +1,5 @@
+"""`python -m shared.cli ...` is `pgolf ...`."""
+
+from shared.cli import main
+
+main()

@@ -1,0 +1,83 @@
+"""A dataset folder's manifest.json: every shard's token count, size and sha256, and the tokenizer's.
+
+Written by `pgolf data build|sample|download`, read by every command that
+opens a dataset (shared/data/dataset.py) to catch missing, damaged or
+mismatched files before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from shared.data.shards import FILE_MODE, find_shards
+from shared.errors import PgolfError
+
+BOS_ID = 1
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "pgolf-dataset"
+
+# CHALLENGE.md: the settings of the published tokenizers.
+TOKENIZER_SETTINGS = dict(
+    model_type="bpe", byte_fallback=True, split_digits=True, normalization_rule_name="nmt_nfkc",
+    add_dummy_prefix=False, pad_id=0, bos_id=1, eos_id=2, unk_id=3, character_coverage=0.999,
+)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(data_dir: Path, tok_path: Path, name: str, vocab: int, docs: dict | None = None,
+                   source: str = "") -> Path:
+    """manifest.json in the dataset folder: every shard's tokens/bytes/sha256 and the tokenizer's sha256."""
+    from shared.core.rundir import atomic_write_bytes
+    from shared.data.shards import shard_count
+
+    entries, totals = [], {"val": 0, "train": 0}
+    for split in ("val", "train"):
+        for f in find_shards(data_dir, split):
+            n = shard_count(f)
+            totals[split] += n
+            entries.append({"name": f.name, "split": split, "tokens": n, "bytes": f.stat().st_size,
+                            "sha256": sha256_file(f)})
+    tok_files = [tok_path, tok_path.with_suffix(".vocab")]
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": 1,
+        "name": name,
+        "vocab_size": vocab,
+        "source": source,
+        "tokenizer": {
+            "file": tok_path.name,
+            "sha256": sha256_file(tok_path),
+            "settings": TOKENIZER_SETTINGS,
+        },
+        "tokenizer_files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                            for p in tok_files if p.is_file()],
+        "docs": docs or {},
+        "tokens": totals,
+        "files": entries,
+    }
+    path = atomic_write_bytes(data_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    path.chmod(FILE_MODE)
+    return path
+
+
+def read_manifest(data_dir: str | Path) -> dict | None:
+    """The dataset folder's manifest.json, None when absent, an error when unreadable."""
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PgolfError(f"{path} is not valid JSON ({e}); rebuild the dataset or delete the file") from None
+    if not isinstance(manifest, dict):
+        raise PgolfError(f"{path} is not a pgolf dataset manifest (expected a JSON object)")
+    return manifest
