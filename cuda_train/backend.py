@@ -14,10 +14,7 @@ with the resolved config written into the run directory, and waits for it.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,8 +28,7 @@ from cuda_train.model import export_params as export_model
 from cuda_train.optim import Optimizers
 from cuda_train.train import autocast, evaluate_model
 from cuda_train.train import train as train_here
-from shared.core.config import Config, to_toml
-from shared.core.rundir import SUMMARY, atomic_write_bytes
+from shared.core.config import Config
 from shared.core.schedule import lr_scale, muon_momentum
 from shared.data.bpb import ByteTables, EvalResult
 from shared.errors import PgolfError
@@ -41,35 +37,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1) -> dict:
-    """Train in this process (nproc = 1) or under a torchrun this call starts and waits for."""
+    """Train in this process (nproc = 1) or under a torchrun this call starts and waits for (launch.py)."""
     if nproc < 1:
         raise PgolfError(f"--nproc must be at least 1, got {nproc}")
     if nproc == 1 or os.environ.get("WORLD_SIZE"):
         return train_here(cfg, run_dir, resume=resume)
-    if cfg.train.grad_accum % nproc:
-        raise PgolfError(f"train.grad_accum={cfg.train.grad_accum} is not divisible by --nproc {nproc}: "
-                         f"set train.grad_accum to a multiple of {nproc}")
-    run_dir = Path(run_dir)
-    config_file = atomic_write_bytes(run_dir / "config.toml", to_toml(cfg).encode())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "cuda_train", "--config", str(config_file), "--out", str(run_dir)]
-    if resume:
-        cmd += ["--resume", str(run_dir)]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen(cmd, env=env)
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        # Ctrl-C reached torchrun and its workers too: let them save and exit instead of killing them.
-        code = proc.wait()
-        raise KeyboardInterrupt from None
-    if code == 130:
-        raise KeyboardInterrupt
-    if code != 0:
-        raise PgolfError(f"torchrun with {nproc} ranks failed (exit code {code}); the rank errors are above "
-                         f"and the log is {run_dir / 'train.log'}")
-    return json.loads((run_dir / SUMMARY).read_text())
+    from cuda_train.launch import torchrun
+
+    return torchrun(cfg, run_dir, resume, nproc)
 
 
 def evaluate(params: dict[str, np.ndarray], cfg: Config, val_tokens: np.ndarray, tables: ByteTables,

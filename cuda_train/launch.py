@@ -1,0 +1,48 @@
+"""`pgolf train --backend torch --nproc N`: start torchrun on this machine and wait for it.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=N -m cuda_train --config RUN/config.toml --out RUN
+
+The resolved config is written into the run directory first; every rank reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from shared.core.config import Config, to_toml
+from shared.core.rundir import SUMMARY, atomic_write_bytes
+from shared.errors import PgolfError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def torchrun(cfg: Config, run_dir: str | Path, resume: bool, nproc: int) -> dict:
+    """Run `python -m cuda_train` under torchrun with `nproc` ranks on this machine; return its summary."""
+    if cfg.train.grad_accum % nproc:
+        raise PgolfError(f"train.grad_accum={cfg.train.grad_accum} is not divisible by --nproc {nproc}: "
+                         f"set train.grad_accum to a multiple of {nproc}")
+    run_dir = Path(run_dir)
+    config_file = atomic_write_bytes(run_dir / "config.toml", to_toml(cfg).encode())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "cuda_train", "--config", str(config_file), "--out", str(run_dir)]
+    if resume:
+        cmd += ["--resume", str(run_dir)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached torchrun and its workers too: let them save and exit instead of killing them.
+        code = proc.wait()
+        raise KeyboardInterrupt from None
+    if code == 130:
+        raise KeyboardInterrupt
+    if code != 0:
+        raise PgolfError(f"torchrun with {nproc} ranks failed (exit code {code}); the rank errors are above "
+                         f"and the log is {run_dir / 'train.log'}")
+    return json.loads((run_dir / SUMMARY).read_text())
