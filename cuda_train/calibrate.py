@@ -20,7 +20,7 @@ import torch
 
 from shared.core.config import Config
 from shared.core.progress import Progress
-from shared.core.spec import head_weight_name, optim_group
+from shared.core.spec import head_weight_name, names_in_group
 from shared.data.shards import as_sequences
 
 from .model import build_model
@@ -32,8 +32,8 @@ def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
     """H = sum a a^T over the inputs of every block matrix and of the head, float64 [in, in]."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = build_model(cfg.model, params, device=device).eval()
-    targets = {n: m for n, m in model.named_modules() if f"{n}.weight" in params
-               and optim_group(f"{n}.weight") == "matrix"}
+    matrices = set(names_in_group(cfg.model, "matrix"))
+    targets = {n: m for n, m in model.named_modules() if f"{n}.weight" in matrices}
     sums = {n: torch.zeros(m.weight.shape[1], m.weight.shape[1], dtype=torch.float64, device=device)
             for n, m in targets.items()}
     head = torch.zeros(cfg.model.model_dim, cfg.model.model_dim, dtype=torch.float64, device=device)

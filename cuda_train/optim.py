@@ -1,6 +1,6 @@
 """The optimizers of the spec: Muon for 2-D block matrices, Adam for the rest.
 
-Groups come from `shared.core.spec.optim_group`: `matrix` -> Muon (lr
+Groups come from the parameter table (`shared.core.spec.param_table`): `matrix` -> Muon (lr
 `matrix_lr`), `embed` -> Adam (`tied_embed_lr`, or `embed_lr` when
 untied), `head` -> Adam (`head_lr`), `scalar` -> Adam (`scalar_lr`).
 Each step the trainer sets `lr = base_lr * lr_scale` on every group and the
@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from shared.core.config import OptimConfig
-from shared.core.spec import optim_group
+from shared.core.spec import param_table
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7
@@ -92,9 +92,10 @@ class Optimizers:
                  rank: int = 0, world_size: int = 1, fused: bool = False):
         named = dict(model.named_parameters())
         self.names = {p: n for n, p in named.items()}
+        table = param_table(model.cfg)  # each parameter's optimizer group is its row's
         groups: dict[str, list[Tensor]] = {"embed": [], "head": [], "matrix": [], "scalar": []}
         for name, p in named.items():
-            groups[optim_group(name)].append(p)
+            groups[table[name].group].append(p)
         adam_kwargs = dict(betas=(o.beta1, o.beta2), eps=o.adam_eps, fused=fused)
         adam_groups = [
             {"params": groups["embed"], "lr": o.tied_embed_lr if tied else o.embed_lr},

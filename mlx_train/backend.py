@@ -1,12 +1,12 @@
-"""The backend contract of docs/DESIGN.md, implemented with MLX.
+"""The backend contract of shared/core/backends.py, implemented with MLX.
 
 Every tensor crossing this boundary is a float32 numpy `name -> array` dict
-with the canonical names and layouts of `shared/core/spec.py`.
+with the canonical names and layouts of the parameter table (shared/core/spec.py).
 
-    train(cfg, run_dir, resume=False, nproc=1) -> summary dict
+    session(cfg) -> MLXSession                       (session.py: what the shared loop drives)
+    train(cfg, run_dir, resume=False, nproc=1, hooks=None) -> summary dict
     evaluate(params, cfg, val_tokens, tables, rank=0, world_size=1) -> EvalResult
     batch_loss(params, cfg, x, y) -> float
-    train_steps(params, cfg, batches) -> (losses, params)
     export_params(params, cfg) -> params              (load into the model, export back: parity)
     collect_hessians(params, cfg, x, show_progress=True) -> {name: H [in, in] float64}   (calibrate.py)
 """
@@ -14,22 +14,27 @@ with the canonical names and layouts of `shared/core/spec.py`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from mlx_train import train as _train
 from mlx_train.calibrate import collect_hessians  # noqa: F401  (part of the contract)
+from mlx_train.session import MLXSession, session_from
 from shared.core.config import Config
+from shared.core.loop import Hooks, train_loop
 from shared.core.spec import check_params
 from shared.data.bpb import ByteTables, EvalResult
 from shared.errors import PgolfError
 
-train_steps = _train.train_steps
+
+def session(cfg: Config) -> MLXSession:
+    return MLXSession(cfg)
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1, **hooks: Any) -> dict:
-    return _train.train(cfg, run_dir, resume=resume, nproc=nproc, **hooks)
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1, hooks: Hooks | None = None) -> dict:
+    """Train in this process with the shared loop; returns summary.json's dict."""
+    if nproc != 1:
+        raise PgolfError(f"--nproc {nproc}: the MLX backend trains in one process; use --nproc 1 or --backend torch")
+    return train_loop(MLXSession(cfg), cfg, run_dir, resume=resume, hooks=hooks)
 
 
 def evaluate(params: dict[str, np.ndarray], cfg: Config, val_tokens: np.ndarray, tables: ByteTables,
@@ -38,7 +43,7 @@ def evaluate(params: dict[str, np.ndarray], cfg: Config, val_tokens: np.ndarray,
     if world_size != 1:
         raise PgolfError("the MLX backend evaluates in one process (world_size=1)")
     check_params(params, cfg.model, "weights")
-    return _train.Trainer(cfg, params).evaluate(val_tokens, tables)
+    return session_from(cfg, params).evaluate(val_tokens, tables)
 
 
 def export_params(params: dict[str, np.ndarray], cfg: Config) -> dict[str, np.ndarray]:
@@ -51,6 +56,4 @@ def export_params(params: dict[str, np.ndarray], cfg: Config) -> dict[str, np.nd
 
 def batch_loss(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray, y: np.ndarray) -> float:
     """Mean cross-entropy (nats) of one forward pass."""
-    return _train.Trainer(cfg, params).loss(np.asarray(x), np.asarray(y))
-
-
+    return session_from(cfg, params).loss(np.asarray(x), np.asarray(y))

@@ -22,7 +22,7 @@ import numpy as np
 
 from shared.core.config import Config
 from shared.core.progress import Progress
-from shared.core.spec import head_weight_name, optim_group
+from shared.core.spec import head_weight_name, names_in_group
 from shared.data.shards import as_sequences
 
 from .model import build_model
@@ -47,9 +47,7 @@ def collect_hessians(params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
     """H = sum a a^T over the inputs of every block matrix and of the head, float64 [in, in]."""
     model = build_model(cfg.model, params, mx.float32)
     sums: dict[str, np.ndarray] = {}
-    for name in sorted(params):
-        if optim_group(name) != "matrix" or not name.endswith(".weight"):
-            continue
+    for name in sorted(names_in_group(cfg.model, "matrix")):
         path = name[: -len(".weight")].split(".")      # blocks.3.attn.c_q -> ["blocks", "3", "attn", "c_q"]
         parent = model
         for part in path[:-1]:

@@ -1,6 +1,6 @@
 """The baseline's optimizers on flat `name -> mx.array` dicts: Muon + Adam groups.
 
-Group of each parameter from `shared.core.spec.optim_group`:
+Group of each parameter: its row of the parameter table (`shared.core.spec.param_table`):
 
     matrix  2-D block weights       Muon  (lr optim.matrix_lr)
     embed   tok_emb.weight          Adam  (optim.tied_embed_lr when tied, else optim.embed_lr)
@@ -28,7 +28,7 @@ from mlx_train import runtime  # noqa: F401  (before mlx.core: loads the Linux B
 import mlx.core as mx
 
 from shared.core.config import ModelConfig, OptimConfig
-from shared.core.spec import optim_group
+from shared.core.spec import param_table
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic Newton-Schulz coefficients (Muon)
 NS_EPS = 1e-7
@@ -56,10 +56,11 @@ def base_lrs(o: OptimConfig, m: ModelConfig) -> dict[str, float]:
     }
 
 
-def init_state(params: dict[str, mx.array]) -> dict[str, mx.array]:
+def init_state(params: dict[str, mx.array], m: ModelConfig) -> dict[str, mx.array]:
+    table = param_table(m)
     state: dict[str, mx.array] = {"step": mx.array(0, dtype=mx.int32)}
     for name, p in params.items():
-        if optim_group(name) == "matrix":
+        if table[name].group == "matrix":
             state[f"{name}.momentum_buffer"] = mx.zeros(p.shape, dtype=mx.float32)
         else:
             state[f"{name}.exp_avg"] = mx.zeros(p.shape, dtype=mx.float32)
@@ -82,6 +83,7 @@ class MuonAdam:
 
     def __init__(self, o: OptimConfig, m: ModelConfig, ns_dtype: mx.Dtype = mx.float32):
         self.o, self.lrs, self.ns_dtype = o, base_lrs(o, m), ns_dtype
+        self.groups = {name: p.group for name, p in param_table(m).items()}
 
     def update(
         self,
@@ -102,7 +104,7 @@ class MuonAdam:
         new_state: dict[str, mx.array] = {"step": step}
         for name, p in params.items():
             g = grads[name].astype(mx.float32)
-            group = optim_group(name)
+            group = self.groups[name]
             lr = self.lrs[group] * lr_scale
             if group == "matrix":
                 buf = momentum * state[f"{name}.momentum_buffer"] + g

@@ -18,7 +18,7 @@ from shared.artifact import code
 from shared.artifact import format as artifact
 from shared.artifact.quant import fp16_scale, frequency_clip, row_scales, token_weights
 from shared.core.config import QuantConfig
-from shared.core.spec import init_params, param_shapes, tensor_class
+from shared.core.spec import init_params, param_shapes, param_table
 from shared.errors import PgolfError
 from tests.conftest import tiny_config
 
@@ -47,7 +47,7 @@ def test_round_trip_names_shapes_config_and_error():
     for name, w in params.items():
         w_hat = out[name]
         assert w_hat.dtype == np.float32 and w_hat.shape == w.shape
-        cls = tensor_class(name)
+        cls = param_table(cfg.model)[name].qclass
         if cls == "other":
             assert np.allclose(w_hat, w, rtol=1e-3, atol=1e-6)
         else:
@@ -91,7 +91,7 @@ def test_bytes_do_not_depend_on_thread_count(tmp_path, gptq):
     if gptq:
         rng = np.random.default_rng(0)
         for name, w in params.items():
-            if w.ndim == 2 and tensor_class(name) in ("attn", "mlp"):
+            if w.ndim == 2 and param_table(cfg.model)[name].qclass in ("attn", "mlp"):
                 a = rng.normal(size=(512, w.shape[1])) * rng.uniform(0.1, 3.0, size=w.shape[1])
                 arrays[f"h:{name}"] = a.T @ a
     np.savez(tmp_path / "in.npz", **arrays)

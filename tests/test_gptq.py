@@ -9,7 +9,7 @@ import pytest
 
 from shared.artifact.gptq import cholesky_lower, damped, gptq_codes, layer_error
 from shared.artifact.quant import fp16_scale, qmax, round_to_codes, std_clip
-from shared.core.spec import init_params, optim_group
+from shared.core.spec import init_params, param_table
 from shared.data.shards import BatchLoader, TokenStream
 from shared.errors import PgolfError
 from tests.conftest import tiny_config
@@ -83,7 +83,9 @@ def _train_tiny(backend, tiny_data, steps=40):
                   train=replace(cfg.train, iterations=steps, warmdown_iters=10))
     loader = BatchLoader(TokenStream(tiny_data.data_dir, "train"))
     batches = [loader.next_batch(cfg.train.batch_tokens, cfg.train.seq_len) for _ in range(steps)]
-    losses, params = backend.train_steps(init_params(cfg.model, cfg.train.seed), cfg, batches)
+    from shared.tools.parity import train_steps
+
+    losses, params = train_steps(backend, init_params(cfg.model, cfg.train.seed), cfg, batches)
     assert losses[-1] < losses[0] - 0.5  # it did learn something
     calib = loader.next_batch(4096, cfg.train.seq_len)[0]  # unseen training tokens
     return cfg, params, calib
@@ -96,7 +98,7 @@ def test_gptq_lowers_layer_error_on_a_trained_model(tiny_data):
 
     cfg, params, calib = _train_tiny(backend, tiny_data)
     hessians = backend.collect_hessians(params, cfg, calib)
-    matrices = [n for n in params if optim_group(n) == "matrix"] + ["tok_emb.weight"]  # blocks and the tied head
+    matrices = [n for n in params if param_table(cfg.model)[n].group == "matrix"] + ["tok_emb.weight"]  # blocks and the tied head
     assert sorted(hessians) == sorted(matrices)
     for bits in (6, 4):
         gptq_total = rtn_total = 0.0

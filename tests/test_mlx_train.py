@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from shared.core.config import to_toml
+from shared.core.loop import Hooks
 from shared.errors import PgolfError
 from tests.conftest import tiny_config
 
@@ -47,16 +48,17 @@ def test_loss_falls_and_summary_is_complete(tiny_data, tmp_path):
 
 def test_gradients_finite_and_accumulation_matches_one_batch(tiny_data):
     """Splitting a micro-batch into chunks (max_microbatch_tokens) does not change the step."""
-    from mlx_train.train import Trainer
+    from mlx_train.session import session_from
     from shared.core.spec import init_params
     from shared.data.shards import BatchLoader, TokenStream
 
     cfg = tiny_config(grad_accum=1)
     params = init_params(cfg.model, 0)
     x, y = BatchLoader(TokenStream(tiny_data.data_dir)).next_batch(1024, 64)
-    whole, split = Trainer(cfg, params), Trainer(replace(cfg, train=replace(cfg.train, max_microbatch_tokens=256)), params)
+    whole = session_from(cfg, params)
+    split = session_from(replace(cfg, train=replace(cfg.train, max_microbatch_tokens=256)), params)
     la = whole.step([(x, y)], 1.0, 0.9)
-    lb = split.step([(x, y)], 1.0, 0.9, n_chunks=4)
+    lb = split.step([(x, y)], 1.0, 0.9)  # 1024 tokens in 4 chunks of 256
     assert np.isfinite(la) and la == pytest.approx(lb, rel=1e-5)
     wa, wb = whole.weights(), split.weights()
     for k in wa:
@@ -72,12 +74,12 @@ def test_resume_after_interrupt_reproduces_weights(tiny_data, tmp_path):
     cfg = with_data(tiny_config(iterations=8), tiny_data)
     backend.train(cfg, tmp_path / "full")
 
-    def interrupt(step, trainer):
+    def interrupt(step, session):
         if step == 3:
             os.kill(os.getpid(), signal.SIGINT)  # the real Ctrl-C path: finish the step, save, exit
 
     with pytest.raises(KeyboardInterrupt):
-        backend.train(cfg, tmp_path / "cut", on_step=interrupt)
+        backend.train(cfg, tmp_path / "cut", hooks=Hooks(after_step=interrupt))
     _, _, saved_step = load_checkpoint(tmp_path / "cut")
     assert saved_step == 3
     backend.train(cfg, tmp_path / "cut", resume=True)
@@ -117,12 +119,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path):
 
     cfg = with_data(tiny_config(iterations=8, checkpoint_every=2), tiny_data)
 
-    def poison(step, trainer):
+    def poison(step, session):
         if step == 3:  # as if the update had blown up: the next forward pass gives NaN
-            trainer.params["tok_emb.weight"] = trainer.params["tok_emb.weight"] * float("nan")
+            session.params["tok_emb.weight"] = session.params["tok_emb.weight"] * float("nan")
 
     with pytest.raises(PgolfError, match="step 4"):
-        backend.train(cfg, tmp_path, on_step=poison)
+        backend.train(cfg, tmp_path, hooks=Hooks(after_step=poison))
     params, _, step = load_checkpoint(tmp_path)
     assert step == 2
     assert all(np.isfinite(v).all() for v in params.values())

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.core.spec import init_params, optim_group
+from shared.core.spec import init_params, param_table
 from shared.data.shards import BatchLoader, TokenStream, val_batches, val_token_count
 from shared.errors import PgolfError
 from tests.conftest import tiny_config
@@ -59,7 +59,7 @@ def test_muon_owns_exactly_the_block_matrices():
     opt = Optimizers(model, cfg.optim, tied=True, ns_dtype=torch.float32)
     names = {p: n for n, p in model.named_parameters()}
     muon = {names[p] for p in opt.muon.param_groups[0]["params"]}
-    assert muon == {n for n in names.values() if optim_group(n) == "matrix"}
+    assert muon == {n for n in names.values() if param_table(cfg.model)[n].group == "matrix"}
     adam = {names[p] for g in opt.adam.param_groups for p in g["params"]}
     assert adam | muon == set(names.values()) and not adam & muon
 
@@ -98,7 +98,9 @@ def test_train_steps_learns_a_repeated_batch(tiny_data):
     cfg = tiny_config(iterations=10, warmdown_iters=0)
     params = init_params(cfg.model, 0)
     x, y = BatchLoader(TokenStream(tiny_data.data_dir)).next_batch(512, 64)
-    losses, out = backend.train_steps(params, cfg, [(x, y)] * 10)
+    from shared.tools.parity import train_steps
+
+    losses, out = train_steps(backend, params, cfg, [(x, y)] * 10)
     assert len(losses) == 10 and all(np.isfinite(losses))
     assert losses[-1] < losses[0] - 1.0, losses
     assert set(out) == set(params)
@@ -107,7 +109,7 @@ def test_train_steps_learns_a_repeated_batch(tiny_data):
 
 
 def test_grad_accum_must_split_over_ranks():
-    from cuda_train.train import local_accum_steps
+    from shared.core.loop import local_accum_steps
 
     t = tiny_config(grad_accum=2).train
     assert local_accum_steps(t, 2) == 1 and local_accum_steps(t, 1) == 2

@@ -28,12 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 HANG_GUARD_S = 240  # a hang fails the test instead of blocking the suite
 
 
-def torchrun(cfg, out: Path, tmp: Path, nproc: int = 2, env: dict | None = None, sets=()) -> subprocess.CompletedProcess:
+def torchrun(cfg, out: Path, tmp: Path, nproc: int = 2, faults=(), sets=()) -> subprocess.CompletedProcess:
+    """`-m cuda_train` under torchrun; with `faults` (tests/fault_entry.py flags) the test entry instead."""
     config = tmp / f"{out.name}.toml"
     config.write_text(to_toml(cfg))
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "PGOLF_PG_TIMEOUT_S": "60", **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "PGOLF_PG_TIMEOUT_S": "60"}
+    entry = ["-m", "tests.fault_entry", *faults] if faults else ["-m", "cuda_train"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "cuda_train", "--config", str(config), "--out", str(out)]
+           *entry, "--config", str(config), "--out", str(out)]
     for s in sets:
         cmd += ["--set", s]
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=HANG_GUARD_S)
@@ -69,7 +71,7 @@ def test_two_ranks_equal_one_rank_with_accumulation(tiny_data, tmp_path):
 def test_wallclock_stop_lands_on_the_same_step_on_every_rank(tiny_data, tmp_path):
     cfg = with_data(tiny_config(iterations=100_000, max_seconds=1.0, warmdown_iters=5), tiny_data)
     report = tmp_path / "ranks"
-    res = torchrun(cfg, tmp_path / "run", tmp_path, env={"PGOLF_TEST_RANK_REPORT": str(report)})
+    res = torchrun(cfg, tmp_path / "run", tmp_path, faults=["--rank-report", str(report)])
     assert res.returncode == 0, res.stderr[-3000:]
     r0, r1 = (json.loads((report / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["stop"] == r1["stop"] == "wallclock"
@@ -86,15 +88,15 @@ def test_nan_loss_stops_every_rank_with_one_line(tiny_data, tmp_path):
     # slower one before it prints, so at least one rank's line is there; no traceback from our code
     # (torchrun's agent prints its own ChildFailedError report).
     assert "error: training diverged: the loss is nan at step 2" in res.stderr
-    assert 'cuda_train/train.py", line' not in res.stderr
+    assert 'cuda_train/session.py", line' not in res.stderr and 'shared/core/loop.py", line' not in res.stderr
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
 def test_a_failing_rank_ends_the_run_without_a_hang(tiny_data, tmp_path):
     cfg = with_data(tiny_config(iterations=50), tiny_data)
-    res = torchrun(cfg, tmp_path / "run", tmp_path, env={"PGOLF_TEST_FAIL_RANK": "1", "PGOLF_TEST_FAIL_STEP": "2"})
+    res = torchrun(cfg, tmp_path / "run", tmp_path, faults=["--fail-rank", "1", "--fail-step", "2"])
     assert res.returncode != 0
-    assert "PGOLF_TEST_FAIL_RANK: injected failure on rank 1 at step 2" in res.stderr
+    assert "injected failure on rank 1 at step 2" in res.stderr
     assert not (tmp_path / "run" / "summary.json").exists()
 
 

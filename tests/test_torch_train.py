@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from shared.core.config import load_config, to_toml
+from shared.core.loop import Hooks
 from shared.core.rundir import SUMMARY_KEYS, load_checkpoint
 from shared.errors import PgolfError
 from tests.conftest import tiny_config
@@ -23,6 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def with_data(cfg, tiny):
     return replace(cfg, data=replace(cfg.data, dir=str(tiny.data_dir), tokenizer=str(tiny.tokenizer)))
+
+
+def interrupt_before(step: int) -> Hooks:
+    """A real SIGINT to this process at the boundary before step `step + 1` runs."""
+    def hook(at, session):
+        if at == step:
+            os.kill(os.getpid(), signal.SIGINT)
+    return Hooks(before_step=hook)
 
 
 def records(run: Path) -> list[dict]:
@@ -59,12 +70,10 @@ def test_small_config_learns_and_writes_a_complete_run(tiny_data, tmp_path):
 def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
     cfg = with_data(tiny_config(iterations=8, warmup_steps=2), tiny_data)
     straight = backend.train(cfg, tmp_path / "a")
-    monkeypatch.setenv("PGOLF_TEST_INTERRUPT_STEP", "3")  # a real SIGINT before step 3
     with pytest.raises(KeyboardInterrupt):
-        backend.train(cfg, tmp_path / "b")
+        backend.train(cfg, tmp_path / "b", hooks=interrupt_before(3))  # a real SIGINT before step 4 runs
     _, _, saved_step = load_checkpoint(tmp_path / "b")
     assert saved_step == 4  # the step in flight finishes, then the run saves and stops
-    monkeypatch.delenv("PGOLF_TEST_INTERRUPT_STEP")
     resumed = backend.train(cfg, tmp_path / "b", resume=True)
     a, _, _ = load_checkpoint(tmp_path / "a")
     b, _, step = load_checkpoint(tmp_path / "b")
@@ -81,13 +90,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_data, tmp_path, monkeypatc
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
     cfg = with_data(tiny_config(iterations=8, checkpoint_every=3), tiny_data)
     with pytest.raises(KeyboardInterrupt):
-        import os
-
-        os.environ["PGOLF_TEST_INTERRUPT_STEP"] = "3"
-        try:
-            backend.train(cfg, tmp_path)
-        finally:
-            del os.environ["PGOLF_TEST_INTERRUPT_STEP"]
+        backend.train(cfg, tmp_path, hooks=interrupt_before(3))
     good, _, good_step = load_checkpoint(tmp_path)
     # Continue with an infinite Adam step: the weights go non-finite, the next loss is NaN.
     bad = replace(cfg, optim=replace(cfg.optim, scalar_lr=float("inf")),

@@ -44,7 +44,7 @@ from shared.artifact.quant import (
     token_weights,
 )
 from shared.core.config import Config, from_toml_text, to_toml
-from shared.core.spec import check_params, tensor_class
+from shared.core.spec import check_params, param_table
 from shared.errors import PgolfError
 
 SIZE_CAP = 16_000_000  # code bytes + compressed model bytes (decimal), CHALLENGE.md
@@ -62,10 +62,11 @@ MAX_ZSTD_LEVEL = 22
 def choose_schemes(params: dict[str, np.ndarray], cfg: Config) -> dict[str, str]:
     """The scheme of every tensor from `[quant]`: by class, small tensors as `quant.other`."""
     q = cfg.quant
+    table = param_table(cfg.model)
     out: dict[str, str] = {}
     for name in sorted(params):
         w = params[name]
-        cls = tensor_class(name)
+        cls = table[name].qclass
         if w.ndim < 2 or w.size <= q.keep_float_max_numel:
             cls = "other"
         out[name] = getattr(q, cls)
@@ -132,6 +133,7 @@ def quantize_all(params: dict[str, np.ndarray], cfg: Config, hessians: dict | No
         raise PgolfError("quant.gptq = true needs Hessians: pack with `pgolf pack --data DIR --tokenizer MODEL` "
                          "(calibration tokens from the training split) or set quant.gptq=false")
     out: dict[str, QTensor] = {}
+    table = param_table(cfg.model)
     for name in sorted(params):
         w = np.asarray(params[name], dtype=np.float32)
         scheme = chosen[name]
@@ -139,7 +141,7 @@ def quantize_all(params: dict[str, np.ndarray], cfg: Config, hessians: dict | No
         h, clip_k, row_weights = None, q.clip_k, None
         if q.gptq and scheme in INT_BITS and w.ndim == 2 and name in (hessians or {}):
             h = hessians[name]
-        if tensor_class(name) == "embed" and scheme in INT_BITS and w.ndim == 2:
+        if table[name].qclass == "embed" and scheme in INT_BITS and w.ndim == 2:
             clip_k = q.embed_clip_k
             if q.embed_steps == "frequency":
                 if token_counts is None:

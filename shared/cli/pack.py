@@ -98,10 +98,11 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
     write_artifact(out, blob)
     if counts is not None and cfg.quant.embed_steps == "frequency":
         from shared.artifact.format import read_quantized
-        from shared.core.spec import tensor_class
+        from shared.core.spec import param_table
 
+        table = param_table(cfg.model)
         for name, t in read_quantized(blob, str(out))[1].items():
-            if t.scale is not None and tensor_class(name) == "embed":
+            if t.scale is not None and table[name].qclass == "embed":
                 steps = t.scale.astype(np.float64)
                 click.echo(f"{name}: frequency steps {steps.min():.3g} (most frequent token) to {steps.max():.3g} "
                            f"({int((counts == 0).sum())} of {len(counts)} tokens unseen in calibration)")

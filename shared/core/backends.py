@@ -1,18 +1,86 @@
-"""Pick a backend by name without importing a framework until it is needed."""
+"""The backend contract (typed) and the one registry of backend names.
+
+Each backend package (`mlx_train`, `cuda_train`) has a `backend.py` module
+that satisfies `Backend`; its `session(cfg, ...)` returns a `Session`, the
+small object the shared training loop (shared/core/loop.py), the end of a
+run (shared/core/finish.py) and the parity suite (shared/tools/parity.py)
+drive. Every tensor crossing the boundary is a float32 numpy
+`name -> array` dict with the names and layouts of the parameter table
+(shared/core/spec.py). `get_backend` imports a backend only when asked, so
+nothing here loads a framework.
+"""
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from pathlib import Path
+from typing import Any, Protocol
 
+import numpy as np
+
+from shared.core.config import Config
+from shared.data.bpb import ByteTables, EvalResult
 from shared.errors import PgolfError
 
+Batch = tuple[np.ndarray, np.ndarray]   # (x, y) int token ids [rows, seq_len]
+
+
+class Session(Protocol):
+    """One process's model + optimizer state for the shared loop (a rank under DDP)."""
+
+    backend: str          # "mlx" | "torch": written into the resume state, which only this backend can read
+    rank: int
+    world_size: int
+    is_main: bool
+
+    def step(self, batches: list[Batch], lr_scale: float, momentum: float) -> float:
+        """One optimizer step on this rank's micro-batches; returns the global mean loss (same on every rank)."""
+    def evaluate(self, val_tokens: np.ndarray, tables: ByteTables) -> EvalResult:
+        """Validation totals of the current weights, summed over ranks."""
+    def evaluate_params(self, params: dict[str, np.ndarray], val_tokens: np.ndarray, tables: ByteTables) -> EvalResult:
+        """Validation totals of other weights (the packed artifact's), summed over ranks."""
+    def collect_hessians(self, params: dict[str, np.ndarray], x: np.ndarray, show_progress: bool) -> dict:
+        """GPTQ input Hessians of `params` on calibration tokens x (see calibrate.py)."""
+    def load_weights(self, params: dict[str, np.ndarray]) -> None: ...
+    def weights(self) -> dict[str, np.ndarray]: ...
+    def all_finite(self) -> bool: ...
+    def optimizer_state(self) -> dict[str, np.ndarray]: ...
+    def load_optimizer_state(self, tensors: dict[str, np.ndarray]) -> None: ...
+    def snapshot(self) -> Any:
+        """Everything a step changes (weights, optimizer state, RNG), to undo the warm-up."""
+    def rollback(self, snap: Any) -> None: ...
+    def agree(self, flags: list[bool]) -> list[bool]:
+        """Each flag OR-ed over all ranks (a collective: every rank calls it at the same step)."""
+    def barrier(self) -> None: ...
+    def info(self) -> dict[str, str]:
+        """Provenance for the log's first line: framework version, device, dtype, BLAS."""
+    def log_lines(self) -> list[str]:
+        """Extra lines for the log file only (e.g. nvidia-smi)."""
+    def summary_extras(self) -> dict[str, Any]:
+        """Backend facts for summary.json (compute dtype, device, BLAS)."""
+
+
+class Backend(Protocol):
+    """What `mlx_train.backend` and `cuda_train.backend` export."""
+
+    def session(self, cfg: Config) -> Session: ...
+    def train(self, cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1,
+              hooks: Any = None) -> dict: ...
+    def evaluate(self, params: dict[str, np.ndarray], cfg: Config, val_tokens: np.ndarray, tables: ByteTables,
+                 rank: int = 0, world_size: int = 1) -> EvalResult: ...
+    def batch_loss(self, params: dict[str, np.ndarray], cfg: Config, x: np.ndarray, y: np.ndarray) -> float: ...
+    def export_params(self, params: dict[str, np.ndarray], cfg: Config) -> dict[str, np.ndarray]: ...
+    def collect_hessians(self, params: dict[str, np.ndarray], cfg: Config, x: np.ndarray,
+                         show_progress: bool = True) -> dict[str, np.ndarray]: ...
+
+
+# name -> (module, framework it needs, how to install it)
 BACKENDS = {"mlx": ("mlx_train.backend", "mlx", "pip install -e '.[mlx]'"),
             "torch": ("cuda_train.backend", "torch", "pip install -e '.[torch]'")}
 
 
-def get_backend(name: str) -> ModuleType:
-    """`mlx_train.backend` or `cuda_train.backend` (the contract in docs/DESIGN.md)."""
+def get_backend(name: str) -> Backend:
+    """`mlx_train.backend` or `cuda_train.backend`, imported on first use."""
     if name not in BACKENDS:
         raise PgolfError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
     module, framework, install = BACKENDS[name]
@@ -20,4 +88,4 @@ def get_backend(name: str) -> ModuleType:
         importlib.import_module(framework)
     except ImportError:
         raise PgolfError(f"backend {name!r} needs {framework}, which is not installed: {install}") from None
-    return importlib.import_module(module)
+    return importlib.import_module(module)  # type: ignore[return-value]

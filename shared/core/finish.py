@@ -1,56 +1,48 @@
 """The end of every training run, shared by both trainers: pack, re-evaluate, summarise.
 
-    summary = finish_run(backend, params, cfg, run_dir, dataset, train_stats, rank, world_size)
+    summary = finish_run(session, params, cfg, run_dir, dataset, train_stats)
 
 1. pack the float32 canonical weights with the shared packer (`shared.artifact.format`);
    rank 0 writes `model.pgz` atomically;
-2. unpack the same bytes and evaluate those weights with the backend's
-   `evaluate` (so `q_val_*` is exactly what `pgolf eval model.pgz` reports);
+2. unpack the same bytes and evaluate those weights with the session
+   (so `q_val_*` is exactly what `pgolf eval model.pgz` reports);
 3. write `summary.json` (keys: `shared.core.rundir.SUMMARY_KEYS`, plus a few extras).
 
 `train_stats` comes from the trainer: `val_loss`, `val_bpb` (the weights before
 packing, evaluated on the same tokens), `steps`, `train_tokens`,
 `train_seconds`, and anything else worth keeping in the summary.
-`backend.evaluate` returns totals over all ranks. An artifact over the cap is an
+`session.evaluate_params` returns totals over all ranks. An artifact over the cap is an
 error (exit code 2) raised after everything is written, so nothing is lost.
 """
 
 from __future__ import annotations
 
 import hashlib
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from shared.artifact.code import code_bytes
 from shared.artifact.format import SIZE_CAP
+from shared.core.backends import Session
 from shared.core.config import Config
 from shared.core.rundir import ARTIFACT, RunDir
 from shared.core.spec import count_params
 from shared.errors import PgolfError
 
 
-def backend_name(backend_module: ModuleType) -> str:
-    """`mlx` or `torch`, from the backend module's package."""
-    pkg = backend_module.__name__.split(".")[0]
-    return {"mlx_train": "mlx", "cuda_train": "torch"}.get(pkg, pkg)
-
-
 def finish_run(
-    backend_module: ModuleType,
+    session: Session,
     params: dict[str, np.ndarray],
     cfg: Config,
     run_dir: RunDir,
     dataset,
     train_stats: dict[str, Any],
-    rank: int = 0,
-    world_size: int = 1,
 ) -> dict[str, Any]:
     """Pack, evaluate the round-tripped weights, write summary.json (rank 0); return the summary."""
     from shared.artifact import format as artifact
 
-    name = backend_name(backend_module)
+    name, rank = session.backend, session.rank
     stats = dict(train_stats)
     hessians = counts = None
     if cfg.quant.calibrates:  # calibration: the first training tokens
@@ -59,9 +51,9 @@ def finish_run(
         x, y = calibration_batch(dataset, cfg)
         counts = calibration_counts(x, y, cfg.model.vocab_size)
         if cfg.quant.gptq:   # GPTQ Hessians through the backend's own forward
-            hessians = backend_module.collect_hessians(params, cfg, x, show_progress=rank == 0)
+            hessians = session.collect_hessians(params, x, show_progress=rank == 0)
     if "val_loss" not in stats or "val_bpb" not in stats:
-        pre = backend_module.evaluate(params, cfg, dataset.val_tokens, dataset.tables, rank, world_size)
+        pre = session.evaluate_params(params, dataset.val_tokens, dataset.tables)
         stats["val_loss"], stats["val_bpb"] = pre.val_loss, pre.val_bpb
 
     # Every rank packs the same bytes (the packer is deterministic), so every
@@ -70,7 +62,7 @@ def finish_run(
     if rank == 0 and run_dir.is_main:
         artifact.write_artifact(run_dir.path / ARTIFACT, blob)
     _, q_params = artifact.unpack(blob)
-    q = backend_module.evaluate(q_params, cfg, dataset.val_tokens, dataset.tables, rank, world_size)
+    q = session.evaluate_params(q_params, dataset.val_tokens, dataset.tables)
 
     code = int(code_bytes(name))
     seconds = float(stats.get("train_seconds", 0.0))

@@ -1,29 +1,35 @@
-"""The canonical parameter set: names, shapes, initial values, groups.
+"""The parameter table: every tensor of the model, one row each, built from the config.
 
-Both backends build their model from this dict and hand back the same dict,
-so a checkpoint from either loads in the other. Layouts follow torch's
-`nn.Linear`: a weight is `[out_features, in_features]` and a layer computes
-`y = x @ W.T`. All tensors are float32.
+    name                        shape               init                         group    quant class
+    tok_emb.weight              [vocab, dim]        normal(0, tied_embed_init_std) (tied) / normal(0, 1)   embed  embed
+    lm_head.weight              [vocab, dim]        zeros (only when untied)     head     embed
+    skip_weights                [num_skip, dim]     ones (U-Net skip gains)      scalar   other
+    blocks.{i}.attn.c_q.weight  [dim, dim]          uniform(+-1/sqrt(dim))       matrix   attn
+    blocks.{i}.attn.c_k.weight  [kv_dim, dim]       uniform(+-1/sqrt(dim))       matrix   attn
+    blocks.{i}.attn.c_v.weight  [kv_dim, dim]       uniform(+-1/sqrt(dim))       matrix   attn
+    blocks.{i}.attn.proj.weight [dim, dim]          zeros                        matrix   attn
+    blocks.{i}.attn.q_gain      [num_heads]         qk_gain_init                 scalar   other
+    blocks.{i}.mlp.fc.weight    [hidden, dim]       uniform(+-1/sqrt(dim))       matrix   mlp
+    blocks.{i}.mlp.proj.weight  [dim, hidden]       zeros                        matrix   mlp
+    blocks.{i}.attn_scale       [dim]               ones                         scalar   other
+    blocks.{i}.mlp_scale        [dim]               ones                         scalar   other
+    blocks.{i}.resid_mix        [2, dim]            rows (ones, zeros)           scalar   other
 
-    tok_emb.weight              [vocab, dim]        normal(0, tied_embed_init_std) (tied) / normal(0, 1)
-    lm_head.weight              [vocab, dim]        zeros (only when tie_embeddings = false)
-    skip_weights                [num_skip, dim]     ones  (U-Net skip gains, decoder block i uses row i)
-    blocks.{i}.attn.c_q.weight  [dim, dim]          uniform(+-1/sqrt(dim))  (torch's Linear default)
-    blocks.{i}.attn.c_k.weight  [kv_dim, dim]       uniform(+-1/sqrt(dim))
-    blocks.{i}.attn.c_v.weight  [kv_dim, dim]       uniform(+-1/sqrt(dim))
-    blocks.{i}.attn.proj.weight [dim, dim]          zeros
-    blocks.{i}.attn.q_gain      [num_heads]         qk_gain_init
-    blocks.{i}.mlp.fc.weight    [hidden, dim]       uniform(+-1/sqrt(dim))
-    blocks.{i}.mlp.proj.weight  [dim, hidden]       zeros
-    blocks.{i}.attn_scale       [dim]               ones
-    blocks.{i}.mlp_scale        [dim]               ones
-    blocks.{i}.resid_mix        [2, dim]            rows (ones, zeros): x = mix[0] * x + mix[1] * x0
+`param_table(model_cfg)` is the single source of truth: both backends build
+modules that expose exactly these names and shapes (tests/test_spec.py),
+the optimizers take each row's `group` (matrix -> Muon; embed, head, scalar
+-> Adam), the packer takes its `qclass`, and `init_params` draws every
+initial value here, in numpy, from `train.seed`, so both backends start from
+the same bits. Adding a tensor to the model is one row here plus its use in
+each backend's `model.py` (docs/DESIGN.md shows an example).
 
-Initial values are drawn here once, in numpy, from `train.seed`, so both
-backends start from the same bits.
+Layouts follow torch's `nn.Linear`: a weight is `[out_features, in_features]`
+and a layer computes `y = x @ W.T`. All tensors are float32.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,86 +39,100 @@ from shared.core.config import ModelConfig
 # MLX is given the same number explicitly so the two agree.
 RMS_EPS = float(np.finfo(np.float32).eps)  # 1.1920929e-07
 
-# Small learned tensors that steer the residual stream (from the challenge's reference).
-CONTROL_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights")
+GROUPS = ("embed", "head", "matrix", "scalar")   # optimizer groups
+QCLASSES = ("embed", "attn", "mlp", "other")     # quantizer classes: the keys of [quant]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tensor of the model. `init` is ("normal", std) | ("uniform", bound) | ("zeros",) | ("ones",)
+    | ("full", value) | ("rows", (v0, v1, ...)) (row r filled with v_r)."""
+
+    name: str
+    shape: tuple[int, ...]
+    init: tuple
+    group: str
+    qclass: str
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def _fan_in(shape: tuple[int, ...]) -> tuple:
+    return ("uniform", 1.0 / np.sqrt(shape[1]))  # torch's nn.Linear default
+
+
+def param_table(m: ModelConfig) -> dict[str, Param]:
+    """Every parameter of the model described by `m`, in a fixed order (the order of init draws)."""
+    d, kv, h = m.model_dim, m.kv_dim, m.hidden_dim
+    rows: list[Param] = []
+
+    def add(name: str, shape: tuple[int, ...], init: tuple, group: str, qclass: str) -> None:
+        rows.append(Param(name, tuple(int(s) for s in shape), init, group, qclass))
+
+    add("tok_emb.weight", (m.vocab_size, d), ("normal", m.tied_embed_init_std if m.tie_embeddings else 1.0),
+        "embed", "embed")
+    if not m.tie_embeddings:
+        add("lm_head.weight", (m.vocab_size, d), ("zeros",), "head", "embed")
+    add("skip_weights", (m.num_skip_weights, d), ("ones",), "scalar", "other")
+    for i in range(m.num_layers):
+        p = f"blocks.{i}."
+        add(p + "attn.c_q.weight", (d, d), _fan_in((d, d)), "matrix", "attn")
+        add(p + "attn.c_k.weight", (kv, d), _fan_in((kv, d)), "matrix", "attn")
+        add(p + "attn.c_v.weight", (kv, d), _fan_in((kv, d)), "matrix", "attn")
+        add(p + "attn.proj.weight", (d, d), ("zeros",), "matrix", "attn")
+        add(p + "attn.q_gain", (m.num_heads,), ("full", m.qk_gain_init), "scalar", "other")
+        add(p + "mlp.fc.weight", (h, d), _fan_in((h, d)), "matrix", "mlp")
+        add(p + "mlp.proj.weight", (d, h), ("zeros",), "matrix", "mlp")
+        add(p + "attn_scale", (d,), ("ones",), "scalar", "other")
+        add(p + "mlp_scale", (d,), ("ones",), "scalar", "other")
+        add(p + "resid_mix", (2, d), ("rows", (1.0, 0.0)), "scalar", "other")
+    table = {r.name: r for r in rows}
+    assert len(table) == len(rows), "duplicate parameter name"
+    return table
 
 
 def param_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter's canonical name and shape, in a fixed order."""
-    d, kv, h = m.model_dim, m.kv_dim, m.hidden_dim
-    shapes: dict[str, tuple[int, ...]] = {"tok_emb.weight": (m.vocab_size, d)}
-    if not m.tie_embeddings:
-        shapes["lm_head.weight"] = (m.vocab_size, d)
-    shapes["skip_weights"] = (m.num_skip_weights, d)
-    for i in range(m.num_layers):
-        p = f"blocks.{i}."
-        shapes[p + "attn.c_q.weight"] = (d, d)
-        shapes[p + "attn.c_k.weight"] = (kv, d)
-        shapes[p + "attn.c_v.weight"] = (kv, d)
-        shapes[p + "attn.proj.weight"] = (d, d)
-        shapes[p + "attn.q_gain"] = (m.num_heads,)
-        shapes[p + "mlp.fc.weight"] = (h, d)
-        shapes[p + "mlp.proj.weight"] = (d, h)
-        shapes[p + "attn_scale"] = (d,)
-        shapes[p + "mlp_scale"] = (d,)
-        shapes[p + "resid_mix"] = (2, d)
-    return shapes
+    """Every parameter's canonical name and shape, in table order."""
+    return {n: p.shape for n, p in param_table(m).items()}
 
 
 def count_params(m: ModelConfig) -> int:
-    return int(sum(int(np.prod(s)) for s in param_shapes(m).values()))
+    return sum(p.numel for p in param_table(m).values())
+
+
+def _draw(p: Param, rng: np.random.Generator) -> np.ndarray:
+    kind, *args = p.init
+    if kind == "normal":
+        return rng.normal(0.0, args[0], size=p.shape)
+    if kind == "uniform":
+        return rng.uniform(-args[0], args[0], size=p.shape)
+    if kind == "zeros":
+        return np.zeros(p.shape)
+    if kind == "ones":
+        return np.ones(p.shape)
+    if kind == "full":
+        return np.full(p.shape, args[0])
+    if kind == "rows":
+        return np.stack([np.full(p.shape[1:], v) for v in args[0]])
+    raise ValueError(f"{p.name}: unknown init {p.init!r}")
 
 
 def init_params(m: ModelConfig, seed: int) -> dict[str, np.ndarray]:
-    """Initial weights, a pure function of (config, seed)."""
+    """Initial weights, a pure function of (config, seed): table rows drawn in order from one generator."""
     rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
-    for name, shape in param_shapes(m).items():
-        if name == "tok_emb.weight":
-            std = m.tied_embed_init_std if m.tie_embeddings else 1.0
-            w = rng.normal(0.0, std, size=shape)
-        elif name.endswith(("proj.weight", "lm_head.weight")):
-            w = np.zeros(shape)
-        elif name.endswith(".weight"):
-            bound = 1.0 / np.sqrt(shape[1])
-            w = rng.uniform(-bound, bound, size=shape)
-        elif name.endswith("q_gain"):
-            w = np.full(shape, m.qk_gain_init)
-        elif name.endswith("resid_mix"):
-            w = np.stack([np.ones(shape[1]), np.zeros(shape[1])])
-        else:  # attn_scale, mlp_scale, skip_weights
-            w = np.ones(shape)
-        out[name] = np.ascontiguousarray(w, dtype=np.float32)
-    return out
+    return {name: np.ascontiguousarray(_draw(p, rng), dtype=np.float32) for name, p in param_table(m).items()}
 
 
-def optim_group(name: str) -> str:
-    """Which optimizer group owns a parameter: embed | head | matrix | scalar."""
-    if name == "tok_emb.weight":
-        return "embed"
-    if name == "lm_head.weight":
-        return "head"
-    if name.startswith("blocks.") and name.endswith(".weight") and not any(p in name for p in CONTROL_PATTERNS):
-        return "matrix"
-    return "scalar"
+def names_in_group(m: ModelConfig, group: str) -> list[str]:
+    """The parameters one optimizer group owns, in table order."""
+    return [n for n, p in param_table(m).items() if p.group == group]
 
 
 def head_weight_name(m: ModelConfig) -> str:
     """The weight the output head multiplies the final hidden states by."""
     return "tok_emb.weight" if m.tie_embeddings else "lm_head.weight"
-
-
-def tensor_class(name: str) -> str:
-    """Which quantizer class a tensor falls in: embed | attn | mlp | other."""
-    if name in ("tok_emb.weight", "lm_head.weight"):
-        return "embed"
-    if any(p in name for p in CONTROL_PATTERNS):
-        return "other"
-    if ".attn." in name:
-        return "attn"
-    if ".mlp." in name:
-        return "mlp"
-    return "other"
 
 
 def check_params(params: dict[str, np.ndarray], m: ModelConfig, source: str) -> None:

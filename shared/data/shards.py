@@ -171,6 +171,16 @@ class BatchLoader:
         return local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
 
 
+def chunk_count(rows: int, seq_len: int, cap_tokens: int) -> int:
+    """Smallest split of `rows` sequences into equal chunks of at most `cap_tokens` tokens (0 = no cap).
+
+    Both backends split a micro-batch this way (`train.max_microbatch_tokens`, a memory cap): the
+    loss is the mean over equal chunks, so the gradient is the same; equal shapes keep one compiled graph."""
+    if not cap_tokens:
+        return 1
+    return next(n for n in range(1, rows + 1) if rows % n == 0 and rows // n * seq_len <= cap_tokens)
+
+
 def as_sequences(x: np.ndarray, seq_len: int) -> np.ndarray:
     """Tokens as int64 rows of `seq_len` (a flat array is cut to whole sequences)."""
     x = np.asarray(x)

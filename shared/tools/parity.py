@@ -91,6 +91,20 @@ def train_batches(dataset, cfg: Config, n: int) -> list[tuple[np.ndarray, np.nda
     return [loader.next_batch(micro, cfg.train.seq_len) for _ in range(n)]
 
 
+def train_steps(backend, params: dict[str, np.ndarray], cfg: Config, batches: list[tuple[np.ndarray, np.ndarray]]
+                ) -> tuple[list[float], dict[str, np.ndarray]]:
+    """The production step (`Session.step`, as the training loop drives it), one batch per step,
+    from `params`, on the step-based schedule; returns the losses and the final weights."""
+    from shared.core.schedule import lr_scale, muon_momentum
+
+    session = backend.session(cfg)
+    session.load_weights(params)
+    t = replace(cfg.train, max_seconds=0.0)
+    losses = [session.step([(np.asarray(x), np.asarray(y))], lr_scale(i, 0.0, t), muon_momentum(i, cfg.optim))
+              for i, (x, y) in enumerate(batches)]
+    return losses, session.weights()
+
+
 def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int = 20,
                backends: tuple[str, str] = ("mlx", "torch")) -> ParityReport:
     from shared.artifact.format import pack, unpack
@@ -129,8 +143,8 @@ def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int =
 
     # 4. Training steps from the same weights on the same batches.
     if steps > 0:
-        losses_a, after_a = a.train_steps(params, cfg, batches[:steps])
-        losses_b, after_b = b.train_steps(params, cfg, batches[:steps])
+        losses_a, after_a = train_steps(a, params, cfg, batches[:steps])
+        losses_b, after_b = train_steps(b, params, cfg, batches[:steps])
         diffs = [rel_diff(p, q) for p, q in zip(losses_a, losses_b, strict=True)]
         worst = int(np.argmax(diffs))
         rep.figures.update({"train_steps": steps, f"train_losses_{a_name}": losses_a,

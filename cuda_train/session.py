@@ -1,0 +1,217 @@
+"""The PyTorch training session: model, DDP, optimizers and one step, for the shared loop.
+
+    session = TorchSession(cfg, runtime.init())    # a rank under torchrun, or one process
+    session.load_weights(params)
+    loss = session.step([(x, y), ...], lr_scale, momentum)   # the global mean loss
+
+`torch.compile` and DDP wrap the single-device model here, never inside
+model.py. A step runs this rank's micro-batches, each split into equal
+chunks (`shared.data.shards.chunk_count`, the `train.max_microbatch_tokens`
+memory cap); DDP's gradient all-reduce fires only on the last backward of
+the step. The loss is all-reduced so that every rank sees the same number
+(and stops together on a NaN). Under bf16 autocast on CUDA the weights stay
+fp32 masters. Every rank holds the full weights and optimizer state, so
+rank 0 saves checkpoints without a collective.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from cuda_train import runtime
+from cuda_train.model import GPT, export_params, load_params
+from cuda_train.optim import Optimizers
+from shared.core.config import Config
+from shared.data.bpb import ByteTables, EvalResult
+from shared.data.shards import chunk_count, val_batches
+
+RNG_KEY = "rng/torch_cpu"  # the CPU generator's state among the optimizer tensors (dropout-free, but seeded)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast (weights stay fp32 masters), or nothing for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(batch: tuple[np.ndarray, np.ndarray], device: torch.device) -> tuple[Tensor, Tensor]:
+    x, y = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)) for a in batch)
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x, y
+
+
+def local_runtime(cfg: Config) -> runtime.Runtime:
+    """One process, no process group: fp32 work on the CPU (exact, comparable with MLX: a GPU may use
+    TF32), the rest on CUDA when present. For evaluation, packing and parity."""
+    on_gpu = cfg.train.compute_dtype != "float32" and torch.cuda.is_available()
+    dev = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    return runtime.Runtime(rank=0, world_size=1, local_rank=0, device=dev)
+
+
+class TorchSession:
+    """This rank's model and optimizers; `rt` says which rank, how many, and on what device.
+
+    `training=False` (evaluation, packing, parity) skips `torch.compile` and the DDP wrapper."""
+
+    backend = "torch"
+
+    def __init__(self, cfg: Config, rt: runtime.Runtime, training: bool = True):
+        self.cfg, self.rt = cfg, rt
+        self.rank, self.world_size, self.is_main = rt.rank, rt.world_size, rt.is_main
+        self.dtype = runtime.compute_dtype(cfg.train.compute_dtype, rt.device)
+        torch.manual_seed(cfg.train.seed)
+        self.model = GPT(cfg.model).to(rt.device)
+        self.opt: Optimizers | None = None
+        self.compiled = torch.compile(self.model, dynamic=False) if cfg.train.compile and training else self.model
+        self.net = (DDP(self.compiled, device_ids=[rt.device.index] if rt.is_cuda else None)
+                    if rt.distributed and training else self.compiled)
+
+    def _optimizers(self) -> Optimizers:
+        if self.opt is None:  # built after the weights are loaded (the groups hold the parameters)
+            self.opt = Optimizers(self.model, self.cfg.optim, self.cfg.model.tie_embeddings, ns_dtype=self.dtype,
+                                  rank=self.rank, world_size=self.world_size, fused=self.rt.is_cuda)
+        return self.opt
+
+    # -- the step
+    def _micro_step(self, x: Tensor, y: Tensor, weight: float, sync: bool) -> Tensor:
+        """Forward + backward of one micro-batch in equal chunks, loss scaled by `weight`; its mean loss."""
+        n = chunk_count(x.size(0), x.size(1), self.cfg.train.max_microbatch_tokens)
+        total = torch.zeros((), device=self.rt.device)
+        for j, (cx, cy) in enumerate(zip(x.chunk(n), y.chunk(n), strict=True)):
+            last = j == n - 1
+            ctx = self.net.no_sync() if isinstance(self.net, DDP) and not (sync and last) else contextlib.nullcontext()
+            with ctx:
+                with autocast(self.rt.device, self.dtype):
+                    loss = self.net(cx, cy)
+                (loss * (weight / n)).backward()
+            total += loss.detach().float() / n
+        return total
+
+    def step(self, batches: list[tuple[np.ndarray, np.ndarray]], lr_scale: float, momentum: float) -> float:
+        opt = self._optimizers()
+        opt.set_schedule(lr_scale, momentum)
+        total = torch.zeros((), device=self.rt.device)
+        for k, batch in enumerate(batches):
+            x, y = to_device(batch, self.rt.device)
+            total += self._micro_step(x, y, 1.0 / len(batches), sync=k == len(batches) - 1)
+        opt.step()
+        opt.zero_grad()
+        loss = self.rt.all_reduce(total / len(batches), "sum")  # global mean loss, the same on every rank
+        return loss.item() / self.world_size  # .item() waits for the GPU, so the loop's clock is true
+
+    @torch.no_grad()
+    def loss(self, x: np.ndarray, y: np.ndarray) -> float:
+        was = self.model.training
+        self.model.eval()
+        xt, yt = to_device((x, y), self.rt.device)
+        with autocast(self.rt.device, self.dtype):
+            out = float(self.compiled(xt, yt))
+        self.model.train(was)
+        return out
+
+    # -- evaluation
+    @torch.no_grad()
+    def evaluate(self, val_tokens: np.ndarray, tables: ByteTables, rank: int | None = None,
+                 world_size: int | None = None) -> EvalResult:
+        """Summed nats/tokens/bytes of this rank's share of the validation split, reduced over ranks."""
+        rank = self.rank if rank is None else rank
+        world_size = self.world_size if world_size is None else world_size
+        e, t = self.cfg.eval, self.cfg.train
+        was = self.model.training
+        self.model.eval()
+        nats = torch.zeros((), device=self.rt.device, dtype=torch.float64)
+        tokens = nbytes = 0
+        for x, y, b in val_batches(val_tokens, t.seq_len, e.batch_tokens, tables, rank, world_size, e.max_tokens):
+            xt, yt = to_device((x, y), self.rt.device)
+            with autocast(self.rt.device, self.dtype):
+                nats += self.compiled(xt, yt, reduction="sum").double()
+            tokens += y.size
+            nbytes += b
+        self.model.train(was)
+        totals = torch.tensor([0.0, float(tokens), float(nbytes)], device=self.rt.device, dtype=torch.float64)
+        totals[0] = nats
+        if world_size > 1:  # totals, never averages of averages (shared/data/bpb.py)
+            self.rt.all_reduce(totals, "sum")
+        n, tok, by = totals.tolist()
+        return EvalResult(n, int(round(tok)), int(round(by)))
+
+    def evaluate_params(self, params: dict[str, np.ndarray], val_tokens: np.ndarray, tables: ByteTables) -> EvalResult:
+        saved = self.weights()
+        self.load_weights(params)
+        try:
+            return self.evaluate(val_tokens, tables)
+        finally:
+            self.load_weights(saved)
+
+    def collect_hessians(self, params: dict[str, np.ndarray], x: np.ndarray, show_progress: bool) -> dict:
+        from cuda_train.calibrate import collect_hessians
+
+        return collect_hessians(params, self.cfg, x, show_progress=show_progress)
+
+    # -- state in and out
+    @torch.no_grad()
+    def load_weights(self, params: dict[str, np.ndarray]) -> None:
+        """Copy weights into the existing parameters (in place: the optimizers and DDP keep their references)."""
+        load_params(self.model, params)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return export_params(self.model)
+
+    def all_finite(self) -> bool:
+        return bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        tensors = self._optimizers().state_tensors()
+        tensors[RNG_KEY] = torch.get_rng_state().numpy().copy()
+        return tensors
+
+    def load_optimizer_state(self, tensors: dict[str, np.ndarray]) -> None:
+        tensors = dict(tensors)
+        if RNG_KEY in tensors:
+            torch.set_rng_state(torch.from_numpy(tensors.pop(RNG_KEY)))
+        self._optimizers().load_state_tensors(tensors)
+
+    def snapshot(self) -> Any:
+        return ({k: v.detach().clone() for k, v in self.model.state_dict().items()}, self._optimizers().snapshot(),
+                torch.get_rng_state())
+
+    def rollback(self, snap: Any) -> None:
+        if self.rt.is_cuda:
+            torch.cuda.synchronize(self.rt.device)
+        weights, opt_state, rng = snap
+        self.model.load_state_dict(weights)
+        self._optimizers().restore(opt_state)
+        torch.set_rng_state(rng)
+
+    # -- ranks
+    def agree(self, flags: list[bool]) -> list[bool]:
+        votes = self.rt.all_reduce(torch.tensor([float(f) for f in flags], device=self.rt.device), "max")
+        return [bool(v) for v in votes.tolist()]
+
+    def barrier(self) -> None:
+        self.rt.barrier()
+
+    def info(self) -> dict[str, str]:
+        return runtime.provenance_extra(self.rt, self.dtype)
+
+    def log_lines(self) -> list[str]:
+        smi = runtime.nvidia_smi() if self.is_main else None
+        return [smi] if smi else []
+
+    def summary_extras(self) -> dict[str, Any]:
+        return {"compute_dtype": runtime.dtype_name(self.dtype), "device": runtime.device_name(self.rt.device)}
+
+
+def session_from(cfg: Config, params: dict[str, np.ndarray]) -> TorchSession:
+    """A one-process session holding `params` (evaluation, packing, parity)."""
+    s = TorchSession(cfg, local_runtime(cfg), training=False)
+    s.load_weights(params)
+    return s
