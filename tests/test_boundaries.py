@@ -52,3 +52,53 @@ def test_cli_help_loads_no_framework(argv):
             "except SystemExit as e:\n"
             "    assert e.code in (0, None), e.code\n")
     assert _loaded_after(code) == {f: False for f in FRAMEWORKS}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the pgolf modules it imports (anywhere in its body), parents of itself excluded."""
+    from shared.artifact.code import PACKAGES, ROOT, _imports, _module_file, _module_name
+
+    graph = {}
+    for f in (f for p in PACKAGES for f in (ROOT / p).rglob("*.py")):
+        me = _module_name(f)
+        deps = {_module_name(g) for g in map(_module_file, _imports(f)) if g is not None}
+        graph[me] = {d for d in deps if d != me and not me.startswith(d + ".")}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state = [], {}
+
+    def visit(u: str, path: list[str]) -> None:
+        state[u] = "open"
+        path.append(u)
+        for v in sorted(graph.get(u, ())):
+            if state.get(v) == "open":
+                found.append(path[path.index(v):] + [v])
+            elif v not in state:
+                visit(v, path)
+        path.pop()
+        state[u] = "done"
+
+    for u in sorted(graph):
+        if u not in state:
+            visit(u, [])
+    return found
+
+
+def test_no_import_cycles():
+    graph = _import_graph()
+    assert "shared.core.loop" in graph and "cuda_train.session" in graph
+    assert _cycles(graph) == []
+    assert _cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]  # the detector itself finds one
+
+
+def test_backends_never_import_each_other():
+    graph = _import_graph()
+    for mod, deps in graph.items():
+        if mod.startswith("mlx_train"):
+            assert not any(d.startswith("cuda_train") for d in deps), mod
+        if mod.startswith("cuda_train"):
+            assert not any(d.startswith("mlx_train") for d in deps), mod
+        if mod.startswith("shared"):
+            assert not any(d.startswith(("cuda_train", "mlx_train")) for d in deps), mod
