@@ -1,19 +1,27 @@
 """The GPT of shared/core/spec.py as a single-device `nn.Module`.
 
-Parameter names and layouts are the canonical ones (`shared.core.spec`): the
-module is built empty, filled with `load_params` from a numpy dict (strict:
-every name present, no extras, shapes checked) and exported back with
-`export_params`. No `torch.distributed` here: DDP and `torch.compile` are
-applied by `train.py`.
+Parameter names and layouts are the canonical ones (the parameter table of
+`shared.core.spec`): the module is built empty, filled with `load_params`
+from a numpy dict (strict: every name present, no extras, shapes checked)
+and exported back with `export_params`. No `torch.distributed` here: DDP and
+`torch.compile` are applied by `session.py`.
 
 Forward pass (the challenge's reference): tok_emb -> rms_norm -> x0; the
 first half of the blocks store skips, the second half add
 `skip_weights[i] * skips.pop()` before each block; final rms_norm; tied
-(or separate) head; tanh softcap; cross-entropy in float32. Weights stay
-float32 (master copies); on CUDA the trainer runs this under bf16 autocast.
+(or separate) head; tanh softcap; cross-entropy in float32. The record
+stack's options (`ModelConfig`, RECORD-STACK.md) each have a helper of the
+same name in mlx_train/model.py: `smear`, partial RoPE (`rope_dims`), `xsa`,
+the attention output `gate`, `leaky_relu2`, `ln_scale`, gated skips
+(`skip_merge`), depth recurrence (`layer_order`) and parallel lanes
+(`Block.parallel`). Weights stay float32 (master copies); on CUDA the
+session runs this under bf16 autocast. Attention is SDPA (flash on CUDA),
+or FlashAttention 3 when `flash_attn_interface` is importable on a GPU.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -21,7 +29,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shared.core.config import ModelConfig
-from shared.core.spec import RMS_EPS, check_params, param_shapes
+from shared.core.spec import (
+    BOS_ID,
+    LEAKY_SLOPE,
+    RMS_EPS,
+    XSA_EPS,
+    check_params,
+    param_shapes,
+)
+
+try:  # FlashAttention 3 (Hopper); the official pod image lacks it, SDPA's flash kernel is the fallback
+    from flash_attn_interface import flash_attn_func as _fa3
+except ImportError:  # pragma: no cover - depends on the machine
+    _fa3 = None
+
+
+def attention_kernel(device: torch.device, dtype: torch.dtype) -> str:
+    """Which attention kernel the model uses here: "fa3" or "sdpa" (the log says which)."""
+    return "fa3" if _fa3 is not None and device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) else "sdpa"
 
 
 def rms_norm(x: Tensor) -> Tensor:
@@ -30,12 +55,12 @@ def rms_norm(x: Tensor) -> Tensor:
 
 
 class Rotary(nn.Module):
-    """cos/sin tables for half-split RoPE, built in fp32 and cached per sequence length."""
+    """cos/sin tables for half-split RoPE over the first `dims` of a head, built in fp32, cached per length."""
 
-    def __init__(self, head_dim: int, base: float):
+    def __init__(self, dims: int, base: float):
         super().__init__()
         # A plain tensor, not a buffer: nothing for state_dict, nothing for DDP to broadcast.
-        self.inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.inv_freq = 1.0 / (base ** (torch.arange(0, dims, 2, dtype=torch.float32) / dims))
         self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -47,21 +72,45 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    half = x.size(-1) // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
+    """Rotate the first 2 * cos.size(-1) dims of x (partial RoPE); the rest pass through."""
+    r = 2 * cos.size(-1)
+    xr, rest = (x, None) if r == x.size(-1) else (x[..., :r], x[..., r:])
+    x1, x2 = xr[..., : r // 2], xr[..., r // 2:]
+    out = torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
+    return out if rest is None else torch.cat((out, rest), dim=-1)
+
+
+def xsa(y: Tensor, v: Tensor) -> Tensor:
+    """Exclusive self-attention (#1855): remove from each head's output y [b, h, t, d] its component
+    along its own position's unit value vector v [b, kv, t, d] (GQA: each KV head serves h/kv heads)."""
+    b, h, t, d = y.shape
+    kv = v.size(1)
+    vn = v * torch.rsqrt((v * v).sum(-1, keepdim=True) + XSA_EPS)
+    yg = y.reshape(b, kv, h // kv, t, d)
+    vn = vn[:, :, None]
+    return (yg - (yg * vn).sum(-1, keepdim=True) * vn).reshape(b, h, t, d)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, m: ModelConfig):
+    def __init__(self, m: ModelConfig, layer: int):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = m.num_heads, m.num_kv_heads, m.head_dim
+        self.use_xsa = layer >= m.num_layers - m.xsa_last_n
+        self.gate_dims, self.gate_scale = m.gate_dims, m.attn_gate_scale
         self.c_q = nn.Linear(m.model_dim, m.model_dim, bias=False)
         self.c_k = nn.Linear(m.model_dim, m.kv_dim, bias=False)
         self.c_v = nn.Linear(m.model_dim, m.kv_dim, bias=False)
         self.proj = nn.Linear(m.model_dim, m.model_dim, bias=False)
         self.q_gain = nn.Parameter(torch.empty(m.num_heads))
-        self.rotary = Rotary(m.head_dim, m.rope_base)
+        self.gate = nn.Parameter(torch.empty(m.num_heads, m.gate_dims)) if m.attn_gate else None
+        self.rotary = Rotary(m.rotary_dims, m.rope_base)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if _fa3 is not None and attention_kernel(q.device, q.dtype) == "fa3":
+            out = _fa3(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+            return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
+        # GQA without repeating K/V: SDPA broadcasts the KV heads (flash kernel on CUDA).
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
@@ -72,10 +121,17 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(t, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        # GQA without repeating K/V: SDPA broadcasts the KV heads (flash kernel on CUDA).
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           enable_gqa=self.num_kv_heads != self.num_heads)
+        y = self._attend(q, k, v)
+        if self.use_xsa:
+            y = xsa(y, v)
+        if self.gate is not None:  # sparse attention output gate (#1855): per head, from the first residual dims
+            g = torch.sigmoid(self.gate_scale * F.linear(x[..., : self.gate_dims], self.gate.to(x.dtype)))
+            y = y * g.transpose(1, 2)[..., None]
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+def leaky_relu2(x: Tensor) -> Tensor:
+    return F.leaky_relu(x, LEAKY_SLOPE).square()
 
 
 class MLP(nn.Module):
@@ -83,25 +139,66 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(m.model_dim, m.hidden_dim, bias=False)
         self.proj = nn.Linear(m.hidden_dim, m.model_dim, bias=False)
+        self.leaky = m.activation == "leaky_relu2"
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(F.relu(self.fc(x)).square())
+        h = self.fc(x)
+        return self.proj(leaky_relu2(h) if self.leaky else F.relu(h).square())
 
 
 class Block(nn.Module):
-    def __init__(self, m: ModelConfig):
+    def __init__(self, m: ModelConfig, layer: int):
         super().__init__()
-        self.attn = CausalSelfAttention(m)
+        self.attn = CausalSelfAttention(m, layer)
         self.mlp = MLP(m)
         self.attn_scale = nn.Parameter(torch.empty(m.model_dim))
         self.mlp_scale = nn.Parameter(torch.empty(m.model_dim))
         self.resid_mix = nn.Parameter(torch.empty(2, m.model_dim))
+        self.ln = 1.0 / math.sqrt(layer + 1) if m.ln_scale else 1.0  # layer-norm scale (#1855)
+
+    def norm(self, x: Tensor) -> Tensor:
+        return rms_norm(x) * self.ln if self.ln != 1.0 else rms_norm(x)
 
     def forward(self, x: Tensor, x0: Tensor) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x))
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x))
+        x = x + self.attn_scale.to(x.dtype) * self.attn(self.norm(x))
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x))
+
+    def parallel(self, lanes: tuple[Tensor, Tensor], x0: Tensor, route: Tensor, scale: Tensor
+                 ) -> tuple[Tensor, Tensor]:
+        """Parallel residual lanes (#1855): attention reads lane 0 (mixed with x0), the MLP lane 1;
+        both outputs are routed into both lanes by `route` [2 sources, 2 lanes], lanes scaled by `scale`."""
+        lane0, lane1 = lanes
+        mix, route, scale = self.resid_mix.to(lane0.dtype), route.to(lane0.dtype), scale.to(lane0.dtype)
+        a = self.attn_scale.to(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0))
+        f = self.mlp_scale.to(lane0.dtype) * self.mlp(self.norm(lane1))
+        return (scale[0] * lane0 + route[0, 0] * a + route[1, 0] * f,
+                scale[1] * lane1 + route[0, 1] * a + route[1, 1] * f)
+
+
+class Smear(nn.Module):
+    """SmearGate (#1855): x_t += lam * sigmoid(w . x_t[:gate_dims]) * x_{t-1}, zeroed where token t is BOS."""
+
+    def __init__(self, m: ModelConfig):
+        super().__init__()
+        self.gate_dims = m.gate_dims
+        self.weight = nn.Parameter(torch.empty(1, m.gate_dims))
+        self.lam = nn.Parameter(torch.empty(1))
+
+    def forward(self, x: Tensor, idx: Tensor) -> Tensor:
+        g = self.lam.to(x.dtype) * torch.sigmoid(F.linear(x[..., : self.gate_dims], self.weight.to(x.dtype)))
+        prev = torch.cat((torch.zeros_like(x[:, :1]), x[:, :-1]), dim=1)
+        keep = (idx != BOS_ID)[..., None].to(x.dtype)  # a document never reads the previous one
+        return x + keep * g * prev
+
+
+def skip_merge(x: Tensor, skip: Tensor, w: Tensor, g: Tensor | None) -> Tensor:
+    """U-Net skip: x + w * skip, or with a gate (#1855) lerp(w * skip, x, sigmoid(g))."""
+    s = w.to(x.dtype) * skip
+    if g is None:
+        return x + s
+    return s + torch.sigmoid(g.to(x.dtype)) * (x - s)
 
 
 class GPT(nn.Module):
@@ -111,34 +208,56 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(m.vocab_size, m.model_dim)
         self.lm_head = None if m.tie_embeddings else nn.Linear(m.model_dim, m.vocab_size, bias=False)
         self.skip_weights = nn.Parameter(torch.empty(m.num_skip_weights, m.model_dim))
-        self.blocks = nn.ModuleList(Block(m) for _ in range(m.num_layers))
+        self.skip_gates = nn.Parameter(torch.empty(m.num_skip_weights, m.model_dim)) if m.skip_gates else None
+        if m.parallel_from >= 0:
+            self.lane_route = nn.Parameter(torch.empty(m.num_layers, 2, 2))
+            self.lane_scale = nn.Parameter(torch.empty(m.num_layers, 2))
+        self.smear = Smear(m) if m.smear_gate else None
+        self.blocks = nn.ModuleList(Block(m, i) for i in range(m.num_layers))
 
-    def hidden(self, idx: Tensor) -> Tensor:
-        """Final normalised hidden states [batch, seq, dim]."""
+    def hidden(self, idx: Tensor, looped: bool | None = None) -> Tensor:
+        """Final normalised hidden states [batch, seq, dim]; `looped` picks the depth-recurrence order."""
         m = self.cfg
         x = self.tok_emb(idx)
         if torch.is_autocast_enabled(x.device.type):  # the residual stream in the compute dtype, as the reference
             x = x.to(torch.get_autocast_dtype(x.device.type))
+        if self.smear is not None:
+            x = self.smear(x, idx)
         x = rms_norm(x)
-        x0, skips = x, []
-        for i in range(m.num_encoder_layers):
-            x = self.blocks[i](x, x0)
-            skips.append(x)
-        for i in range(m.num_decoder_layers):
-            if skips:  # U-Net: the last stored skip feeds the first decoder block
-                x = x + self.skip_weights[i].to(x.dtype) * skips.pop()
-            x = self.blocks[m.num_encoder_layers + i](x, x0)
+        x0 = x
+        order = m.layer_order(looped)
+        n_enc = len(order) // 2
+        skips: list[Tensor] = []
+        lanes: tuple[Tensor, Tensor] | None = None
+        for j, i in enumerate(order):
+            if j >= n_enc and skips:  # U-Net: the last stored skip feeds the first decoder step
+                k = j - n_enc
+                g = None if self.skip_gates is None else self.skip_gates[k]
+                if lanes is None:
+                    x = skip_merge(x, skips.pop(), self.skip_weights[k], g)
+                else:
+                    lanes = (skip_merge(lanes[0], skips.pop(), self.skip_weights[k], g), lanes[1])
+            if lanes is None and 0 <= m.parallel_from <= i:
+                lanes = (x, x)  # from here on every block runs in parallel lanes
+            if lanes is None:
+                x = self.blocks[i](x, x0)
+            else:
+                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i])
+            if j < n_enc:
+                skips.append(x if lanes is None else lanes[0])
+        if lanes is not None:
+            x = 0.5 * (lanes[0] + lanes[1])
         return rms_norm(x)
 
-    def logits(self, idx: Tensor) -> Tensor:
-        h = self.hidden(idx)
+    def logits(self, idx: Tensor, looped: bool | None = None) -> Tensor:
+        h = self.hidden(idx, looped)
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         cap = self.cfg.logit_softcap
         return cap * torch.tanh(F.linear(h, w.to(h.dtype)) / cap)
 
-    def forward(self, idx: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    def forward(self, idx: Tensor, targets: Tensor, reduction: str = "mean", looped: bool | None = None) -> Tensor:
         """Cross-entropy in nats (`mean` over tokens, or their `sum`), computed in float32."""
-        logits = self.logits(idx)
+        logits = self.logits(idx, looped)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
 
 
@@ -160,6 +279,6 @@ def load_params(model: GPT, params: dict[str, np.ndarray], source: str = "params
 
 
 def export_params(model: nn.Module) -> dict[str, np.ndarray]:
-    """The canonical float32 numpy dict, in `shared.core.spec` order."""
+    """The canonical float32 numpy dict, in parameter-table order."""
     own = dict(model.named_parameters())
     return {k: own[k].detach().to("cpu", torch.float32).numpy().copy() for k in param_shapes(model.cfg)}

@@ -8,7 +8,11 @@ Muon momentum from `shared.core.schedule`.
 
 Muon (Keller Jordan's, as used by the challenge's reference): Nesterov
 momentum, then the update is orthogonalised by five Newton-Schulz
-iterations and scaled by sqrt(max(1, rows/cols)). Under DDP the
+iterations and scaled by sqrt(max(1, rows/cols)). The record stack's
+options (#1855): MuonEq-R (`optim.muon_row_norm`: each row of the update
+divided by its L2 norm first), Polar Express per-iteration coefficients
+(`optim.muon_ns`) and decoupled weight decay (`p *= 1 - lr * wd`:
+`optim.muon_wd`; Adam is AdamW with `embed_wd` / `scalar_wd`). Under DDP the
 orthogonalisation is split: parameter i is handled by rank i % world_size,
 each rank writes its results into a flat buffer of zeros and one all-reduce
 SUM gives every rank every update. Unlike the reference, every rank keeps the
@@ -25,36 +29,39 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from shared.core.config import OptimConfig
-from shared.core.spec import param_table
-
-NS_COEFFS = (3.4445, -4.7750, 2.0315)
-NS_EPS = 1e-7
+from shared.core.spec import NS_EPS, ns_coefficients, param_table
 
 
-def newton_schulz(g: Tensor, steps: int, dtype: torch.dtype) -> Tensor:
+def newton_schulz(g: Tensor, steps: int, dtype: torch.dtype, kind: str = "quintic") -> Tensor:
     """An approximately orthogonal matrix with g's row/column space (quintic Newton-Schulz).
 
     Run in bf16 on CUDA (the reference's choice: fast and accurate enough for an
     update direction) and in fp32 for parity (`dtype` follows train.compute_dtype).
     """
-    a, b, c = NS_COEFFS
     x = g.to(dtype)
     x = x / (x.norm() + NS_EPS)
     transposed = g.size(0) > g.size(1)
     if transposed:  # iterate on the wide orientation: the Gram matrix x @ x.T is the smaller one
         x = x.T
-    for _ in range(steps):
+    for a, b, c in ns_coefficients(kind, steps):
         gram = x @ x.T
         x = a * x + (b * gram + c * gram @ gram) @ x
     return x.T if transposed else x
+
+
+def row_normalize(u: Tensor) -> Tensor:
+    """MuonEq-R (#1855): each row of the update divided by its L2 norm."""
+    return u / (u.norm(dim=1, keepdim=True) + NS_EPS)
 
 
 class Muon(torch.optim.Optimizer):
     """Momentum + orthogonalised update for 2-D matrices; the work split over `world_size` ranks."""
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, ns_dtype: torch.dtype,
-                 rank: int = 0, world_size: int = 1, nesterov: bool = True):
-        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
+                 rank: int = 0, world_size: int = 1, nesterov: bool = True, weight_decay: float = 0.0,
+                 row_norm: bool = False, ns: str = "quintic"):
+        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov,
+                                      weight_decay=weight_decay, row_norm=row_norm, ns=ns))
         self.ns_dtype, self.rank, self.world_size = ns_dtype, rank, world_size
 
     @torch.no_grad()
@@ -73,7 +80,9 @@ class Muon(torch.optim.Optimizer):
                 buf.mul_(mom).add_(g)
                 if i % self.world_size == self.rank:
                     u = g.add(buf, alpha=mom) if group["nesterov"] else buf
-                    u = newton_schulz(u, group["backend_steps"], self.ns_dtype)
+                    if group["row_norm"]:
+                        u = row_normalize(u)
+                    u = newton_schulz(u, group["backend_steps"], self.ns_dtype, group["ns"])
                     u = u * max(1.0, p.size(0) / p.size(1)) ** 0.5
                     flat[offset : offset + n] = u.reshape(-1)
                 offset += n
@@ -81,6 +90,8 @@ class Muon(torch.optim.Optimizer):
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             offset = 0
             for p in params:
+                if group["weight_decay"]:
+                    p.mul_(1.0 - lr * group["weight_decay"])  # decoupled weight decay
                 p.add_(flat[offset : offset + p.numel()].view_as(p).to(p.dtype), alpha=-lr)
                 offset += p.numel()
 
@@ -98,16 +109,17 @@ class Optimizers:
             groups[table[name].group].append(p)
         adam_kwargs = dict(betas=(o.beta1, o.beta2), eps=o.adam_eps, fused=fused)
         adam_groups = [
-            {"params": groups["embed"], "lr": o.tied_embed_lr if tied else o.embed_lr},
-            {"params": groups["head"], "lr": o.head_lr},
-            {"params": groups["scalar"], "lr": o.scalar_lr},
+            {"params": groups["embed"], "lr": o.tied_embed_lr if tied else o.embed_lr, "weight_decay": o.embed_wd},
+            {"params": groups["head"], "lr": o.head_lr, "weight_decay": o.embed_wd},
+            {"params": groups["scalar"], "lr": o.scalar_lr, "weight_decay": o.scalar_wd},
         ]
         adam_groups = [g for g in adam_groups if g["params"]]
         for g in adam_groups:
             g["base_lr"] = g["lr"]
-        self.adam = torch.optim.Adam(adam_groups, **adam_kwargs)
+        self.adam = torch.optim.AdamW(adam_groups, **adam_kwargs)
         self.muon = Muon(groups["matrix"], lr=o.matrix_lr, momentum=o.muon_momentum,
-                         backend_steps=o.muon_backend_steps, ns_dtype=ns_dtype, rank=rank, world_size=world_size)
+                         backend_steps=o.muon_backend_steps, ns_dtype=ns_dtype, rank=rank, world_size=world_size,
+                         weight_decay=o.muon_wd, row_norm=o.muon_row_norm, ns=o.muon_ns)
         for g in self.muon.param_groups:
             g["base_lr"] = o.matrix_lr
         self.all = (self.adam, self.muon)

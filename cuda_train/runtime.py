@@ -119,6 +119,17 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak CUDA allocation on this rank's GPU, or the process's peak resident set on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss * (1 if sys.platform == "darwin" else 1024))
+
+
 def nvidia_smi() -> str | None:
     """`nvidia-smi` output for the log (modded-nanogpt logs it too), or None without a driver."""
     exe = shutil.which("nvidia-smi")

@@ -30,8 +30,10 @@ from cuda_train.optim import Optimizers
 from shared.core.config import Config
 from shared.data.bpb import ByteTables, EvalResult
 from shared.data.shards import chunk_count, val_batches
+from shared.errors import PgolfError
 
 RNG_KEY = "rng/torch_cpu"  # the CPU generator's state among the optimizer tensors (dropout-free, but seeded)
+EMA_PREFIX = "ema/"        # the EMA of the weights among the optimizer tensors
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -70,6 +72,7 @@ class TorchSession:
         torch.manual_seed(cfg.train.seed)
         self.model = GPT(cfg.model).to(rt.device)
         self.opt: Optimizers | None = None
+        self.ema: list[Tensor] | None = None  # fp32 copies, in self.model.parameters() order
         self.compiled = torch.compile(self.model, dynamic=False) if cfg.train.compile and training else self.model
         self.net = (DDP(self.compiled, device_ids=[rt.device.index] if rt.is_cuda else None)
                     if rt.distributed and training else self.compiled)
@@ -81,7 +84,7 @@ class TorchSession:
         return self.opt
 
     # -- the step
-    def _micro_step(self, x: Tensor, y: Tensor, weight: float, sync: bool) -> Tensor:
+    def _micro_step(self, x: Tensor, y: Tensor, weight: float, sync: bool, looped: bool) -> Tensor:
         """Forward + backward of one micro-batch in equal chunks, loss scaled by `weight`; its mean loss."""
         n = chunk_count(x.size(0), x.size(1), self.cfg.train.max_microbatch_tokens)
         total = torch.zeros((), device=self.rt.device)
@@ -90,20 +93,26 @@ class TorchSession:
             ctx = self.net.no_sync() if isinstance(self.net, DDP) and not (sync and last) else contextlib.nullcontext()
             with ctx:
                 with autocast(self.rt.device, self.dtype):
-                    loss = self.net(cx, cy)
+                    loss = self.net(cx, cy, looped=looped)
                 (loss * (weight / n)).backward()
             total += loss.detach().float() / n
         return total
 
-    def step(self, batches: list[tuple[np.ndarray, np.ndarray]], lr_scale: float, momentum: float) -> float:
+    def step(self, batches: list[tuple[np.ndarray, np.ndarray]], lr_scale: float, momentum: float,
+             looped: bool = False) -> float:
         opt = self._optimizers()
         opt.set_schedule(lr_scale, momentum)
+        looped = looped and self.cfg.model.looping
         total = torch.zeros((), device=self.rt.device)
         for k, batch in enumerate(batches):
             x, y = to_device(batch, self.rt.device)
-            total += self._micro_step(x, y, 1.0 / len(batches), sync=k == len(batches) - 1)
+            total += self._micro_step(x, y, 1.0 / len(batches), sync=k == len(batches) - 1, looped=looped)
         opt.step()
         opt.zero_grad()
+        if self.ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.parameters()],
+                                     1.0 - self.cfg.train.ema_decay)
         loss = self.rt.all_reduce(total / len(batches), "sum")  # global mean loss, the same on every rank
         return loss.item() / self.world_size  # .item() waits for the GPU, so the loop's clock is true
 
@@ -121,7 +130,25 @@ class TorchSession:
     @torch.no_grad()
     def evaluate(self, val_tokens: np.ndarray, tables: ByteTables, rank: int | None = None,
                  world_size: int | None = None) -> EvalResult:
-        """Summed nats/tokens/bytes of this rank's share of the validation split, reduced over ranks."""
+        """Summed nats/tokens/bytes of this rank's share of the validation split, reduced over ranks,
+        for the weights that get packed (the EMA when on)."""
+        if self.ema is not None:
+            live = [p.detach().clone() for p in self.model.parameters()]
+            self._copy_into_model(self.ema)
+            try:
+                return self._evaluate(val_tokens, tables, rank, world_size)
+            finally:
+                self._copy_into_model(live)
+        return self._evaluate(val_tokens, tables, rank, world_size)
+
+    @torch.no_grad()
+    def _copy_into_model(self, tensors: list[Tensor]) -> None:
+        for p, t in zip(self.model.parameters(), tensors, strict=True):
+            p.copy_(t)
+
+    @torch.no_grad()
+    def _evaluate(self, val_tokens: np.ndarray, tables: ByteTables, rank: int | None,
+                  world_size: int | None) -> EvalResult:
         rank = self.rank if rank is None else rank
         world_size = self.world_size if world_size is None else world_size
         e, t = self.cfg.eval, self.cfg.train
@@ -144,12 +171,12 @@ class TorchSession:
         return EvalResult(n, int(round(tok)), int(round(by)))
 
     def evaluate_params(self, params: dict[str, np.ndarray], val_tokens: np.ndarray, tables: ByteTables) -> EvalResult:
-        saved = self.weights()
-        self.load_weights(params)
+        live = [p.detach().clone() for p in self.model.parameters()]
+        load_params(self.model, params)
         try:
-            return self.evaluate(val_tokens, tables)
+            return self._evaluate(val_tokens, tables, None, None)
         finally:
-            self.load_weights(saved)
+            self._copy_into_model(live)
 
     def collect_hessians(self, params: dict[str, np.ndarray], x: np.ndarray, show_progress: bool) -> dict:
         from cuda_train.calibrate import collect_hessians
@@ -161,35 +188,57 @@ class TorchSession:
     def load_weights(self, params: dict[str, np.ndarray]) -> None:
         """Copy weights into the existing parameters (in place: the optimizers and DDP keep their references)."""
         load_params(self.model, params)
+        if self.cfg.train.ema_decay > 0:  # the EMA starts at the weights
+            self.ema = [p.detach().clone().float() for p in self.model.parameters()]
 
     def weights(self) -> dict[str, np.ndarray]:
         return export_params(self.model)
 
+    def _ema_dict(self) -> dict[str, np.ndarray]:
+        names = [n for n, _ in self.model.named_parameters()]
+        return {n: t.detach().to("cpu", torch.float32).numpy().copy() for n, t in zip(names, self.ema, strict=True)}
+
+    def final_weights(self) -> dict[str, np.ndarray]:
+        if self.ema is None:
+            return self.weights()
+        ema = self._ema_dict()
+        return {k: ema[k] for k in self.weights()}  # parameter-table order
+
     def all_finite(self) -> bool:
-        return bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
+        tensors = [*self.model.parameters(), *(self.ema or [])]
+        return bool(torch.stack([torch.isfinite(p).all() for p in tensors]).all())
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         tensors = self._optimizers().state_tensors()
         tensors[RNG_KEY] = torch.get_rng_state().numpy().copy()
+        if self.ema is not None:
+            tensors.update({EMA_PREFIX + k: v for k, v in self._ema_dict().items()})
         return tensors
 
     def load_optimizer_state(self, tensors: dict[str, np.ndarray]) -> None:
         tensors = dict(tensors)
         if RNG_KEY in tensors:
             torch.set_rng_state(torch.from_numpy(tensors.pop(RNG_KEY)))
+        if self.ema is not None:
+            names = [n for n, _ in self.model.named_parameters()]
+            missing = [n for n in names if EMA_PREFIX + n not in tensors]
+            if missing:
+                raise PgolfError(f"optimizer state lacks the EMA of {missing[:2]}; was it written with train.ema_decay on?")
+            self.ema = [torch.from_numpy(tensors.pop(EMA_PREFIX + n)).to(self.rt.device) for n in names]
         self._optimizers().load_state_tensors(tensors)
 
     def snapshot(self) -> Any:
         return ({k: v.detach().clone() for k, v in self.model.state_dict().items()}, self._optimizers().snapshot(),
-                torch.get_rng_state())
+                torch.get_rng_state(), None if self.ema is None else [t.clone() for t in self.ema])
 
     def rollback(self, snap: Any) -> None:
         if self.rt.is_cuda:
             torch.cuda.synchronize(self.rt.device)
-        weights, opt_state, rng = snap
+        weights, opt_state, rng, ema = snap
         self.model.load_state_dict(weights)
         self._optimizers().restore(opt_state)
         torch.set_rng_state(rng)
+        self.ema = ema
 
     # -- ranks
     def agree(self, flags: list[bool]) -> list[bool]:
@@ -200,14 +249,17 @@ class TorchSession:
         self.rt.barrier()
 
     def info(self) -> dict[str, str]:
-        return runtime.provenance_extra(self.rt, self.dtype)
+        from cuda_train.model import attention_kernel
+
+        return {**runtime.provenance_extra(self.rt, self.dtype), "attention": attention_kernel(self.rt.device, self.dtype)}
 
     def log_lines(self) -> list[str]:
         smi = runtime.nvidia_smi() if self.is_main else None
         return [smi] if smi else []
 
     def summary_extras(self) -> dict[str, Any]:
-        return {"compute_dtype": runtime.dtype_name(self.dtype), "device": runtime.device_name(self.rt.device)}
+        return {"compute_dtype": runtime.dtype_name(self.dtype), "device": runtime.device_name(self.rt.device),
+                "peak_memory_bytes": runtime.peak_memory_bytes(self.rt.device)}
 
 
 def session_from(cfg: Config, params: dict[str, np.ndarray]) -> TorchSession:

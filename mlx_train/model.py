@@ -3,11 +3,15 @@
 The challenge's naive baseline: GQA attention with QK RMSNorm, RoPE and a
 learned per-head q gain; relu^2 MLP; U-Net skips with learned per-channel
 weights; a residual mix with the first-layer input x0; per-block attn/mlp
-output scales; tied embeddings; tanh logit softcap. Every shape comes from
-`ModelConfig`.
+output scales; tied embeddings; tanh logit softcap. The record stack's
+options (`ModelConfig`, RECORD-STACK.md) each have a helper of the same name
+in cuda_train/model.py: `smear`, partial RoPE (`rope_dims`), `xsa`, the
+attention output `gate`, `leaky_relu2`, `ln_scale`, gated skips
+(`skip_merge`), depth recurrence (`layer_order`) and parallel lanes
+(`Block.parallel`).
 
 Module attribute names are the canonical parameter names, so
-`tree_flatten(model.parameters())` yields exactly `shared.core.spec.param_shapes`
+`tree_flatten(model.parameters())` yields exactly the parameter table
 and weights cross the backend boundary as plain `name -> array` dicts
 (`load_params` / `export_params`). Weights stay float32 (the optimizer's
 master copy); each layer casts them to the compute dtype of its input.
@@ -26,7 +30,15 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from shared.core.config import ModelConfig
-from shared.core.spec import RMS_EPS, check_params, param_shapes
+from shared.core.spec import (
+    BOS_ID,
+    LANE_SCALE_INIT,
+    LEAKY_SLOPE,
+    RMS_EPS,
+    XSA_EPS,
+    check_params,
+    param_shapes,
+)
 
 
 def rms_norm(x: mx.array) -> mx.array:
@@ -45,22 +57,37 @@ class CastedLinear(nn.Module):
         return x @ self.weight.astype(x.dtype).T
 
 
+def xsa(y: mx.array, v: mx.array) -> mx.array:
+    """Exclusive self-attention (#1855): remove from each head's output y [b, h, t, d] its component
+    along its own position's unit value vector v [b, kv, t, d] (GQA: each KV head serves h/kv heads)."""
+    b, h, t, d = y.shape
+    kv = v.shape[1]
+    vn = v * mx.rsqrt(mx.sum(v * v, axis=-1, keepdims=True) + XSA_EPS)
+    yg = y.reshape(b, kv, h // kv, t, d)
+    vn = vn[:, :, None]
+    return (yg - mx.sum(yg * vn, axis=-1, keepdims=True) * vn).reshape(b, h, t, d)
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, m: ModelConfig):
+    def __init__(self, m: ModelConfig, layer: int):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = m.num_heads, m.num_kv_heads, m.head_dim
-        self.rope_base = m.rope_base
+        self.rope_base, self.rope_dims = m.rope_base, m.rotary_dims
+        self.use_xsa = layer >= m.num_layers - m.xsa_last_n
+        self.gate_dims, self.gate_scale = m.gate_dims, m.attn_gate_scale
         self.c_q = CastedLinear(m.model_dim, m.model_dim)
         self.c_k = CastedLinear(m.model_dim, m.kv_dim)
         self.c_v = CastedLinear(m.model_dim, m.kv_dim)
         self.proj = CastedLinear(m.model_dim, m.model_dim)
         self.q_gain = mx.full((m.num_heads,), m.qk_gain_init)
+        if m.attn_gate:
+            self.gate = mx.zeros((m.num_heads, m.gate_dims))
 
     def _rope(self, x: mx.array) -> mx.array:
-        # Half-split (non-interleaved) RoPE. The reference PyTorch code rotates by
-        # -pos * theta (y1 = x1 cos + x2 sin, y2 = x2 cos - x1 sin); a position
-        # scale of -1 makes mx.fast.rope compute exactly that, so logits match.
-        return mx.fast.rope(x, self.head_dim, traditional=False, base=self.rope_base, scale=-1.0, offset=0)
+        # Half-split (non-interleaved) RoPE on the first rope_dims dims of each head (the rest pass
+        # through). The reference PyTorch code rotates by -pos * theta (y1 = x1 cos + x2 sin,
+        # y2 = x2 cos - x1 sin); a position scale of -1 makes mx.fast.rope compute exactly that.
+        return mx.fast.rope(x, self.rope_dims, traditional=False, base=self.rope_base, scale=-1.0, offset=0)
 
     def __call__(self, x: mx.array) -> mx.array:
         b, t, d = x.shape
@@ -71,7 +98,16 @@ class CausalSelfAttention(nn.Module):
         q = q * self.q_gain.astype(q.dtype)[None, :, None, None]
         # The fused kernel handles GQA (fewer KV heads) without repeating k and v.
         y = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim), mask="causal")
+        if self.use_xsa:
+            y = xsa(y, v)
+        if "gate" in self:  # sparse attention output gate (#1855): per head, from the first residual dims
+            g = mx.sigmoid(self.gate_scale * (x[..., : self.gate_dims] @ self.gate.astype(x.dtype).T))
+            y = y * g.transpose(0, 2, 1)[..., None]
         return self.proj(y.transpose(0, 2, 1, 3).reshape(b, t, d))
+
+
+def leaky_relu2(x: mx.array) -> mx.array:
+    return mx.square(nn.leaky_relu(x, LEAKY_SLOPE))
 
 
 class MLP(nn.Module):
@@ -79,25 +115,65 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = CastedLinear(m.model_dim, m.hidden_dim)
         self.proj = CastedLinear(m.hidden_dim, m.model_dim)
+        self.act = leaky_relu2 if m.activation == "leaky_relu2" else (lambda h: mx.square(nn.relu(h)))
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.proj(mx.square(nn.relu(self.fc(x))))
+        return self.proj(self.act(self.fc(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, m: ModelConfig):
+    def __init__(self, m: ModelConfig, layer: int):
         super().__init__()
-        self.attn = CausalSelfAttention(m)
+        self.attn = CausalSelfAttention(m, layer)
         self.mlp = MLP(m)
         self.attn_scale = mx.ones((m.model_dim,))
         self.mlp_scale = mx.ones((m.model_dim,))
         self.resid_mix = mx.stack([mx.ones((m.model_dim,)), mx.zeros((m.model_dim,))])
+        self.ln = 1.0 / math.sqrt(layer + 1) if m.ln_scale else 1.0  # layer-norm scale (#1855)
+
+    def norm(self, x: mx.array) -> mx.array:
+        return rms_norm(x) * self.ln if self.ln != 1.0 else rms_norm(x)
 
     def __call__(self, x: mx.array, x0: mx.array) -> mx.array:
         mix = self.resid_mix.astype(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.astype(x.dtype) * self.attn(rms_norm(x))
-        return x + self.mlp_scale.astype(x.dtype) * self.mlp(rms_norm(x))
+        x = x + self.attn_scale.astype(x.dtype) * self.attn(self.norm(x))
+        return x + self.mlp_scale.astype(x.dtype) * self.mlp(self.norm(x))
+
+    def parallel(self, lanes: tuple[mx.array, mx.array], x0: mx.array, route: mx.array, scale: mx.array
+                 ) -> tuple[mx.array, mx.array]:
+        """Parallel residual lanes (#1855): attention reads lane 0 (mixed with x0), the MLP lane 1;
+        both outputs are routed into both lanes by `route` [2 sources, 2 lanes], lanes scaled by `scale`."""
+        lane0, lane1 = lanes
+        mix, route, scale = self.resid_mix.astype(lane0.dtype), route.astype(lane0.dtype), scale.astype(lane0.dtype)
+        a = self.attn_scale.astype(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0))
+        f = self.mlp_scale.astype(lane0.dtype) * self.mlp(self.norm(lane1))
+        return (scale[0] * lane0 + route[0, 0] * a + route[1, 0] * f,
+                scale[1] * lane1 + route[0, 1] * a + route[1, 1] * f)
+
+
+class Smear(nn.Module):
+    """SmearGate (#1855): x_t += lam * sigmoid(w . x_t[:gate_dims]) * x_{t-1}, zeroed where token t is BOS."""
+
+    def __init__(self, m: ModelConfig):
+        super().__init__()
+        self.gate_dims = m.gate_dims
+        self.weight = mx.zeros((1, m.gate_dims))
+        self.lam = mx.zeros((1,))
+
+    def __call__(self, x: mx.array, idx: mx.array) -> mx.array:
+        g = self.lam.astype(x.dtype) * mx.sigmoid(x[..., : self.gate_dims] @ self.weight.astype(x.dtype).T)
+        prev = mx.concatenate([mx.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
+        keep = (idx != BOS_ID)[..., None].astype(x.dtype)  # a document never reads the previous one
+        return x + keep * g * prev
+
+
+def skip_merge(x: mx.array, skip: mx.array, w: mx.array, g: mx.array | None) -> mx.array:
+    """U-Net skip: x + w * skip, or with a gate (#1855) lerp(w * skip, x, sigmoid(g))."""
+    s = w.astype(x.dtype) * skip
+    if g is None:
+        return x + s
+    return s + mx.sigmoid(g.astype(x.dtype)) * (x - s)
 
 
 class GPT(nn.Module):
@@ -108,24 +184,50 @@ class GPT(nn.Module):
         if not m.tie_embeddings:
             self.lm_head = CastedLinear(m.model_dim, m.vocab_size)
         self.skip_weights = mx.ones((m.num_skip_weights, m.model_dim))
-        self.blocks = [Block(m) for _ in range(m.num_layers)]
+        if m.skip_gates:
+            self.skip_gates = mx.zeros((m.num_skip_weights, m.model_dim))
+        if m.parallel_from >= 0:
+            self.lane_route = mx.ones((m.num_layers, 2, 2))
+            self.lane_scale = mx.full((m.num_layers, 2), LANE_SCALE_INIT)
+        if m.smear_gate:
+            self.smear = Smear(m)
+        self.blocks = [Block(m, i) for i in range(m.num_layers)]
 
-    def hidden(self, idx: mx.array) -> mx.array:
-        x = rms_norm(self.tok_emb(idx).astype(self.compute_dtype))
+    def hidden(self, idx: mx.array, looped: bool | None = None) -> mx.array:
+        """Final normalised hidden states; `looped` picks the depth-recurrence order (default: on if configured)."""
+        m = self.cfg
+        x = self.tok_emb(idx).astype(self.compute_dtype)
+        if m.smear_gate:
+            x = self.smear(x, idx)
+        x = rms_norm(x)
         x0 = x
-        n_enc = self.cfg.num_encoder_layers
-        skips = []
-        for block in self.blocks[:n_enc]:  # encoder half: remember each output
-            x = block(x, x0)
-            skips.append(x)
-        for i, block in enumerate(self.blocks[n_enc:]):  # decoder half: add them back, last first
-            if skips:
-                x = x + self.skip_weights[i].astype(x.dtype) * skips.pop()
-            x = block(x, x0)
+        order = m.layer_order(looped)
+        n_enc = len(order) // 2
+        skips: list[mx.array] = []
+        lanes: tuple[mx.array, mx.array] | None = None
+        gates = self.skip_gates if m.skip_gates else None
+        for j, i in enumerate(order):
+            if j >= n_enc and skips:  # decoder: the last stored skip feeds the first decoder step
+                k = j - n_enc
+                g = None if gates is None else gates[k]
+                if lanes is None:
+                    x = skip_merge(x, skips.pop(), self.skip_weights[k], g)
+                else:
+                    lanes = (skip_merge(lanes[0], skips.pop(), self.skip_weights[k], g), lanes[1])
+            if lanes is None and 0 <= m.parallel_from <= i:
+                lanes = (x, x)  # from here on every block runs in parallel lanes
+            if lanes is None:
+                x = self.blocks[i](x, x0)
+            else:
+                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i])
+            if j < n_enc:
+                skips.append(x if lanes is None else lanes[0])
+        if lanes is not None:
+            x = 0.5 * (lanes[0] + lanes[1])
         return rms_norm(x)
 
-    def logits(self, idx: mx.array) -> mx.array:
-        x = self.hidden(idx)
+    def logits(self, idx: mx.array, looped: bool | None = None) -> mx.array:
+        x = self.hidden(idx, looped)
         if self.cfg.tie_embeddings:
             logits = x @ self.tok_emb.weight.astype(x.dtype).T
         else:
@@ -133,9 +235,10 @@ class GPT(nn.Module):
         cap = self.cfg.logit_softcap
         return cap * mx.tanh(logits.astype(mx.float32) / cap)
 
-    def __call__(self, idx: mx.array, targets: mx.array, reduction: str = "mean") -> mx.array:
+    def __call__(self, idx: mx.array, targets: mx.array, reduction: str = "mean", looped: bool | None = None
+                 ) -> mx.array:
         """Cross-entropy in float32 nats: the mean (training) or the sum (evaluation)."""
-        return nn.losses.cross_entropy(self.logits(idx), targets, reduction=reduction)
+        return nn.losses.cross_entropy(self.logits(idx, looped), targets, reduction=reduction)
 
 
 def to_mx(params: dict[str, np.ndarray]) -> dict[str, mx.array]:
@@ -155,7 +258,7 @@ def load_params(model: GPT, params: dict[str, np.ndarray] | dict[str, mx.array],
 
 
 def flat_params(model: GPT) -> dict[str, mx.array]:
-    """The model's weights as a flat canonical dict, in shared.core.spec order."""
+    """The model's weights as a flat canonical dict, in parameter-table order."""
     flat = dict(tree_flatten(model.parameters()))
     return {k: flat[k] for k in param_shapes(model.cfg)}
 

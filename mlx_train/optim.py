@@ -13,8 +13,12 @@ arguments so one compiled update serves every step.
 
 Muon (Keller Jordan's, as in the challenge baseline): momentum buffer,
 Nesterov look-ahead, then an approximate orthogonalisation of the update by
-five Newton-Schulz iterations, scaled by sqrt(max(1, rows / cols)).
-Adam is torch's (bias-corrected, no weight decay).
+five Newton-Schulz iterations, scaled by sqrt(max(1, rows / cols)). The
+record stack's options (#1855): MuonEq-R (`optim.muon_row_norm`: each row of
+the update divided by its L2 norm first), Polar Express per-iteration
+coefficients (`optim.muon_ns`) and decoupled weight decay
+(`p *= 1 - lr * wd`: `optim.muon_wd`, `embed_wd`, `scalar_wd`).
+Adam is torch's AdamW (bias-corrected, decoupled weight decay).
 
 The state is a flat dict of arrays (`<name>.momentum_buffer`, `<name>.exp_avg`,
 `<name>.exp_avg_sq`, and `step`), so it is saved and restored like the weights.
@@ -28,23 +32,24 @@ from mlx_train import runtime  # noqa: F401  (before mlx.core: loads the Linux B
 import mlx.core as mx
 
 from shared.core.config import ModelConfig, OptimConfig
-from shared.core.spec import param_table
-
-NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic Newton-Schulz coefficients (Muon)
-NS_EPS = 1e-7
+from shared.core.spec import NS_EPS, ns_coefficients, param_table
 
 
-def newton_schulz(g: mx.array, steps: int) -> mx.array:
+def newton_schulz(g: mx.array, steps: int, kind: str = "quintic") -> mx.array:
     """Approximately U V^T of g = U S V^T: the nearest semi-orthogonal matrix, roughly."""
-    a, b, c = NS_COEFFS
     x = g / (mx.sqrt(mx.sum(mx.square(g))) + NS_EPS)  # Frobenius norm <= 1 keeps the iteration stable
     transposed = x.shape[0] > x.shape[1]
     if transposed:  # iterate on the wide side: X X^T is the smaller Gram matrix
         x = x.T
-    for _ in range(steps):
+    for a, b, c in ns_coefficients(kind, steps):
         gram = x @ x.T
         x = a * x + (b * gram + c * (gram @ gram)) @ x
     return x.T if transposed else x
+
+
+def row_normalize(u: mx.array) -> mx.array:
+    """MuonEq-R (#1855): each row of the update divided by its L2 norm."""
+    return u / (mx.sqrt(mx.sum(mx.square(u), axis=1, keepdims=True)) + NS_EPS)
 
 
 def base_lrs(o: OptimConfig, m: ModelConfig) -> dict[str, float]:
@@ -54,6 +59,10 @@ def base_lrs(o: OptimConfig, m: ModelConfig) -> dict[str, float]:
         "head": o.head_lr,
         "scalar": o.scalar_lr,
     }
+
+
+def weight_decays(o: OptimConfig) -> dict[str, float]:
+    return {"matrix": o.muon_wd, "embed": o.embed_wd, "head": o.embed_wd, "scalar": o.scalar_wd}
 
 
 def init_state(params: dict[str, mx.array], m: ModelConfig) -> dict[str, mx.array]:
@@ -82,7 +91,7 @@ class MuonAdam:
     """
 
     def __init__(self, o: OptimConfig, m: ModelConfig, ns_dtype: mx.Dtype = mx.float32):
-        self.o, self.lrs, self.ns_dtype = o, base_lrs(o, m), ns_dtype
+        self.o, self.lrs, self.wds, self.ns_dtype = o, base_lrs(o, m), weight_decays(o), ns_dtype
         self.groups = {name: p.group for name, p in param_table(m).items()}
 
     def update(
@@ -106,11 +115,15 @@ class MuonAdam:
             g = grads[name].astype(mx.float32)
             group = self.groups[name]
             lr = self.lrs[group] * lr_scale
+            if self.wds[group]:
+                p = p * (1.0 - lr * self.wds[group])  # decoupled weight decay
             if group == "matrix":
                 buf = momentum * state[f"{name}.momentum_buffer"] + g
                 new_state[f"{name}.momentum_buffer"] = buf
                 g = g + momentum * buf  # Nesterov
-                u = newton_schulz(g.astype(self.ns_dtype), o.muon_backend_steps).astype(mx.float32)
+                if o.muon_row_norm:
+                    g = row_normalize(g)
+                u = newton_schulz(g.astype(self.ns_dtype), o.muon_backend_steps, o.muon_ns).astype(mx.float32)
                 u = u * max(1.0, p.shape[0] / p.shape[1]) ** 0.5
                 new_params[name] = p - lr * u
             else:

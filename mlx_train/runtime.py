@@ -177,6 +177,17 @@ def default_dtype_name(requested: str) -> str:
     return "bfloat16" if mx.default_device() == mx.gpu and mx.metal.is_available() else "float32"
 
 
+def peak_memory_bytes() -> int:
+    """MLX's peak allocation (Metal), or the process's peak resident set where MLX reports none (CPU)."""
+    import resource
+
+    import mlx.core as mx
+
+    peak = int(mx.get_peak_memory()) if hasattr(mx, "get_peak_memory") else 0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return peak or int(rss)
+
+
 def device_name() -> str:
     import mlx.core as mx
 

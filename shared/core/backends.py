@@ -33,18 +33,23 @@ class Session(Protocol):
     world_size: int
     is_main: bool
 
-    def step(self, batches: list[Batch], lr_scale: float, momentum: float) -> float:
-        """One optimizer step on this rank's micro-batches; returns the global mean loss (same on every rank)."""
+    def step(self, batches: list[Batch], lr_scale: float, momentum: float, looped: bool = False) -> float:
+        """One optimizer step on this rank's micro-batches (in the depth-recurrence order when `looped`);
+        returns the global mean loss (the same on every rank); updates the EMA when on."""
     def evaluate(self, val_tokens: np.ndarray, tables: ByteTables) -> EvalResult:
-        """Validation totals of the current weights, summed over ranks."""
+        """Validation totals of the weights that get packed (the EMA when on), summed over ranks."""
     def evaluate_params(self, params: dict[str, np.ndarray], val_tokens: np.ndarray, tables: ByteTables) -> EvalResult:
         """Validation totals of other weights (the packed artifact's), summed over ranks."""
     def collect_hessians(self, params: dict[str, np.ndarray], x: np.ndarray, show_progress: bool) -> dict:
         """GPTQ input Hessians of `params` on calibration tokens x (see calibrate.py)."""
     def load_weights(self, params: dict[str, np.ndarray]) -> None: ...
-    def weights(self) -> dict[str, np.ndarray]: ...
+    def weights(self) -> dict[str, np.ndarray]:
+        """The live weights (what training continues from)."""
+    def final_weights(self) -> dict[str, np.ndarray]:
+        """What is checkpointed, evaluated and packed: the EMA of the weights when train.ema_decay > 0."""
     def all_finite(self) -> bool: ...
-    def optimizer_state(self) -> dict[str, np.ndarray]: ...
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """Optimizer buffers, the EMA and RNG state as named arrays (the resume file)."""
     def load_optimizer_state(self, tensors: dict[str, np.ndarray]) -> None: ...
     def snapshot(self) -> Any:
         """Everything a step changes (weights, optimizer state, RNG), to undo the warm-up."""

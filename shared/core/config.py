@@ -27,21 +27,50 @@ else:  # pragma: no cover
 from shared.errors import PgolfError
 
 
+class _Section:
+    """Float fields hold floats even when built from ints (`mlp_mult=2`), so that the resolved TOML,
+    and with it every artifact's embedded config, is the same however the config was made."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(f.default, float) and isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, f.name, float(v))
+
+
 @dataclass(frozen=True, kw_only=True)
-class ModelConfig:
-    """The architecture of the challenge baseline (CHALLENGE.md), every shape a knob."""
+class ModelConfig(_Section):
+    """The architecture of the challenge baseline (CHALLENGE.md), every shape a knob.
+
+    The record-stack options (RECORD-STACK.md, PR numbers in README "The record stack")
+    default to off, so the defaults are the baseline bit for bit."""
 
     vocab_size: int = 1024
     num_layers: int = 9
     model_dim: int = 512
     num_heads: int = 8
     num_kv_heads: int = 4
-    mlp_mult: int = 2
+    mlp_mult: float = 2.0            # MLP width as a multiple of model_dim
+    activation: str = "relu2"        # relu2 | leaky_relu2 (LeakyReLU(0.5), then squared)
     tie_embeddings: bool = True
     tied_embed_init_std: float = 0.005
     logit_softcap: float = 30.0
     rope_base: float = 10000.0
+    rope_dims: int = 0               # rotate only the first N dims of each head (0 = all: the baseline)
     qk_gain_init: float = 1.5
+    ln_scale: bool = False           # each block's normalised inputs times 1/sqrt(layer + 1)
+    xsa_last_n: int = 0              # exclusive self-attention on the last N layers (0 = off)
+    skip_gates: bool = False         # U-Net skips as lerp(w * skip, x, sigmoid(g)) instead of x + w * skip
+    loop_start: int = 0              # depth recurrence: layers loop_start..loop_end (inclusive) ...
+    loop_end: int = -1               # ... run 1 + num_loops times in a row (loop_end < loop_start: off)
+    num_loops: int = 0
+    loop_at: float = 0.0             # ... from this fraction of training on (before: the plain order)
+    parallel_from: int = -1          # parallel attention/MLP residual lanes from this layer on (-1 = off)
+    smear_gate: bool = False         # previous-token mixing of the embeddings, gated, zeroed at BOS
+    attn_gate: bool = False          # per-head sigmoid gate on the attention output
+    attn_gate_scale: float = 0.5     # s in sigmoid(s * W x[:gate_dims])
+    gate_dims: int = 12              # residual dims the smear and attention gates read
+    ortho_init: bool = False         # orthogonal init of the input-side block matrices (outputs stay zero)
 
     @property
     def head_dim(self) -> int:
@@ -53,24 +82,61 @@ class ModelConfig:
 
     @property
     def hidden_dim(self) -> int:
-        return self.mlp_mult * self.model_dim
+        return int(round(self.mlp_mult * self.model_dim))
+
+    @property
+    def looping(self) -> bool:
+        return self.num_loops > 0 and self.loop_end >= self.loop_start
+
+    def layer_order(self, looped: bool | None = None) -> list[int]:
+        """The blocks in the order they run: the plain order, or (depth recurrence, once switched on)
+        loop_start..loop_end repeated 1 + num_loops times, e.g. [0,1,2, 3,4,5, 3,4,5, 3,4,5, 6,...]."""
+        plain = list(range(self.num_layers))
+        if not (self.looping if looped is None else looped and self.looping):
+            return plain
+        body = plain[self.loop_start:self.loop_end + 1]
+        return plain[:self.loop_start] + body * (1 + self.num_loops) + plain[self.loop_end + 1:]
 
     @property
     def num_encoder_layers(self) -> int:
-        return self.num_layers // 2
+        """The first half of the (looped, if any) layer order stores U-Net skips."""
+        return len(self.layer_order()) // 2
 
     @property
     def num_decoder_layers(self) -> int:
-        return self.num_layers - self.num_encoder_layers
+        return len(self.layer_order()) - self.num_encoder_layers
 
     @property
     def num_skip_weights(self) -> int:
         return min(self.num_encoder_layers, self.num_decoder_layers)
 
+    @property
+    def rotary_dims(self) -> int:
+        return self.rope_dims or self.head_dim
+
     def validate(self) -> None:
-        for key in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult"):
+        for key in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads"):
             if getattr(self, key) < 1:
                 raise PgolfError(f"model.{key} must be at least 1, got {getattr(self, key)}")
+        if not self.mlp_mult > 0 or self.hidden_dim < 1:
+            raise PgolfError(f"model.mlp_mult must make a hidden width of at least 1, got {self.mlp_mult}")
+        if self.activation not in ("relu2", "leaky_relu2"):
+            raise PgolfError(f"model.activation = {self.activation!r}: choose relu2 or leaky_relu2")
+        if self.rope_dims < 0 or self.rope_dims > self.model_dim // self.num_heads or self.rope_dims % 2:
+            raise PgolfError(f"model.rope_dims must be even and in 0..head dim ({self.model_dim // self.num_heads}), "
+                             f"got {self.rope_dims}")
+        if not 0 <= self.xsa_last_n <= self.num_layers:
+            raise PgolfError(f"model.xsa_last_n must be in 0..num_layers={self.num_layers}, got {self.xsa_last_n}")
+        if self.num_loops < 0 or (self.num_loops > 0 and not 0 <= self.loop_start <= self.loop_end < self.num_layers):
+            raise PgolfError(f"depth recurrence needs 0 <= model.loop_start <= model.loop_end < num_layers and "
+                             f"model.num_loops >= 0, got {self.loop_start}..{self.loop_end} x{self.num_loops}")
+        if not 0.0 <= self.loop_at <= 1.0:
+            raise PgolfError(f"model.loop_at is a fraction of training in [0, 1], got {self.loop_at}")
+        if not -1 <= self.parallel_from < self.num_layers:
+            raise PgolfError(f"model.parallel_from must be -1 (off) or a layer index < {self.num_layers}, "
+                             f"got {self.parallel_from}")
+        if (self.smear_gate or self.attn_gate) and not 1 <= self.gate_dims <= self.model_dim:
+            raise PgolfError(f"model.gate_dims must be in 1..model_dim={self.model_dim}, got {self.gate_dims}")
         if self.model_dim % self.num_heads:
             raise PgolfError(f"model.model_dim={self.model_dim} must be divisible by model.num_heads={self.num_heads}")
         if self.num_heads % self.num_kv_heads:
@@ -84,7 +150,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TrainConfig(_Section):
     """Batch, length of the run, schedule and logging cadence."""
 
     seed: int = 1337
@@ -96,6 +162,10 @@ class TrainConfig:
     max_microbatch_tokens: int = 0   # memory cap: split a micro-batch into chunks of at most this many tokens (0 = no cap)
     warmup_steps: int = 20           # compile/warm-up steps whose effect is undone before training starts
     warmdown_iters: int = 1200       # linear LR warmdown over the last N steps (in wallclock when max_seconds > 0)
+    warmdown_frac: float = 0.0       # instead: warm down over this fraction of training (time, or steps) (0 = use warmdown_iters)
+    min_lr: float = 0.0              # the warmdown's floor, a fraction of each group's peak LR
+    calib_reserve_s: float = 0.0     # seconds of train.max_seconds kept for GPTQ calibration (training stops earlier)
+    ema_decay: float = 0.0           # EMA of the weights after every step (0 = off); the EMA is checkpointed, evaluated, packed
     val_every: int = 1000            # validate every N steps (0 = only at the end)
     log_every: int = 200
     checkpoint_every: int = 0        # save a checkpoint every N steps (0 = only at the end and on Ctrl-C)
@@ -107,7 +177,7 @@ class TrainConfig:
             if getattr(self, key) < 1:
                 raise PgolfError(f"train.{key} must be at least 1, got {getattr(self, key)}")
         for key in ("max_seconds", "max_microbatch_tokens", "warmup_steps", "warmdown_iters", "val_every",
-                    "log_every", "checkpoint_every"):
+                    "log_every", "checkpoint_every", "calib_reserve_s"):
             if getattr(self, key) < 0:
                 raise PgolfError(f"train.{key} must not be negative, got {getattr(self, key)}")
         if self.compute_dtype not in ("auto", "float32", "bfloat16"):
@@ -117,12 +187,20 @@ class TrainConfig:
                 f"train.batch_tokens={self.batch_tokens} must be a multiple of "
                 f"train.grad_accum * train.seq_len = {self.grad_accum * self.seq_len}"
             )
+        if not 0.0 <= self.warmdown_frac <= 1.0 or not 0.0 <= self.min_lr < 1.0:
+            raise PgolfError(f"train.warmdown_frac must be in [0, 1] and train.min_lr in [0, 1), got "
+                             f"{self.warmdown_frac}, {self.min_lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise PgolfError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+        if self.max_seconds > 0 and self.calib_reserve_s >= self.max_seconds:
+            raise PgolfError(f"train.calib_reserve_s={self.calib_reserve_s:g} leaves no training time of "
+                             f"train.max_seconds={self.max_seconds:g}")
         if self.max_microbatch_tokens and self.max_microbatch_tokens % self.seq_len:
             raise PgolfError(f"train.max_microbatch_tokens must be a multiple of train.seq_len={self.seq_len}")
 
 
 @dataclass(frozen=True, kw_only=True)
-class OptimConfig:
+class OptimConfig(_Section):
     """Muon for 2-D block matrices, Adam for the embedding, head and vectors/scalars."""
 
     embed_lr: float = 0.6            # untied embedding
@@ -138,10 +216,24 @@ class OptimConfig:
     beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip_norm: float = 0.0
+    muon_wd: float = 0.0             # decoupled weight decay of the Muon matrices: p *= 1 - lr * wd
+    embed_wd: float = 0.0            # ... of the embedding / head (Adam)
+    scalar_wd: float = 0.0           # ... of the vectors, scalars and gates (Adam)
+    muon_row_norm: bool = False      # MuonEq-R: divide each row of the update by its L2 norm before Newton-Schulz
+    muon_ns: str = "quintic"         # Newton-Schulz coefficients: quintic (fixed) | polar_express (per iteration)
+
+    def validate(self) -> None:
+        if self.muon_ns not in ("quintic", "polar_express"):
+            raise PgolfError(f"optim.muon_ns = {self.muon_ns!r}: choose quintic or polar_express")
+        if self.muon_ns == "polar_express" and self.muon_backend_steps > 5:
+            raise PgolfError("optim.muon_ns = polar_express has coefficients for at most 5 iterations: "
+                             f"set optim.muon_backend_steps <= 5, got {self.muon_backend_steps}")
+        if min(self.muon_wd, self.embed_wd, self.scalar_wd, self.grad_clip_norm) < 0:
+            raise PgolfError("optim.muon_wd, embed_wd, scalar_wd and grad_clip_norm must not be negative")
 
 
 @dataclass(frozen=True, kw_only=True)
-class DataConfig:
+class DataConfig(_Section):
     """Where the shards and tokenizer live (the CLI's --data/--tokenizer win)."""
 
     dir: str = "data/datasets/fineweb10B_sp1024"
@@ -149,7 +241,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class QuantConfig:
+class QuantConfig(_Section):
     """How the artifact is packed, per tensor class."""
 
     embed: str = "int8"              # scheme for the token embedding / head
@@ -205,7 +297,7 @@ class QuantConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalConfig:
+class EvalConfig(_Section):
     """Validation: the whole split unless max_tokens says otherwise."""
 
     max_tokens: int = 0              # 0 = whole validation split; otherwise the first N target tokens
@@ -229,6 +321,7 @@ class Config:
     def validate(self) -> Config:
         self.model.validate()
         self.train.validate()
+        self.optim.validate()
         self.quant.validate()
         self.eval.validate()
         return self

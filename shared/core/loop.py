@@ -52,7 +52,7 @@ from shared.core.rundir import (
     save_checkpoint,
     save_resume_state,
 )
-from shared.core.schedule import lr_scale, muon_momentum
+from shared.core.schedule import looped, lr_scale, muon_momentum, train_seconds
 from shared.core.spec import count_params, init_params
 from shared.data.bpb import EvalResult
 from shared.data.shards import BatchLoader, val_token_count
@@ -147,18 +147,23 @@ def train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool 
     loader = BatchLoader(stream, session.rank, session.world_size)
     micro_tokens = t.batch_tokens // t.grad_accum
 
-    def run_step(at: int, seconds: float) -> float:
+    def run_step(at: int, seconds: float, loop_on: bool) -> float:
         batches = [loader.next_batch(micro_tokens, t.seq_len) for _ in range(accum)]
-        return session.step(batches, lr_scale(at, seconds, t), muon_momentum(at, o))
+        return session.step(batches, lr_scale(at, seconds, t), muon_momentum(at, o), looped=loop_on)
 
-    if t.warmup_steps > 0:  # compile and warm up, then undo every effect
+    if t.warmup_steps > 0:  # compile and warm up (both layer orders with depth recurrence), then undo every effect
         saved, data_pos = session.snapshot(), stream.state()
         t0 = time.perf_counter()
-        for i in range(t.warmup_steps):
-            run_step(step + i, elapsed)
+        orders = (False, True) if cfg.model.looping else (False,)
+        for loop_on in orders:
+            for i in range(t.warmup_steps):
+                run_step(step + i, elapsed, loop_on)
         session.rollback(saved)
         stream.restore(data_pos)
-        run.log(f"warm-up: {t.warmup_steps} steps in {time.perf_counter() - t0:.1f}s (undone)")
+        run.log(f"warm-up: {t.warmup_steps * len(orders)} steps in {time.perf_counter() - t0:.1f}s (undone)")
+    if cfg.model.looping:
+        run.log(f"depth recurrence: from {cfg.model.loop_at:.0%} of training the layer order is "
+                f"{cfg.model.layer_order(True)} (before: {cfg.model.layer_order(False)}); evaluation uses the looped order")
 
     def good(s: int | None) -> str:
         return f"{run.path / CHECKPOINT}, step {s}" if s is not None else "none was written"
@@ -171,12 +176,11 @@ def train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool 
         if not session.all_finite():
             raise PgolfError(f"weights became non-finite by step {at}; not saved, the last good checkpoint is kept "
                              f"({good(good_step)}); lower the learning rates or set optim.grad_clip_norm")
-        if run.is_main:
-            weights = session.weights()
-            save_resume_state(run.path, weights, session.optimizer_state(),
+        if run.is_main:  # the resume state holds the live weights; the checkpoint what gets packed (EMA when on)
+            save_resume_state(run.path, session.weights(), session.optimizer_state(),
                               {"step": at, "data": stream.state(), "elapsed": elapsed, "tokens": tokens,
                                "backend": session.backend, "world_size": session.world_size}, cfg)
-            save_checkpoint(run.path, weights, cfg, at)
+            save_checkpoint(run.path, session.final_weights(), cfg, at)
         good_step = at
 
     def validate() -> EvalResult:
@@ -189,6 +193,8 @@ def train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool 
     last_val: EvalResult | None = None
     log_t, log_tokens = elapsed, tokens
     out_of_time = interrupted = False
+    budget_s = train_seconds(t)  # train.max_seconds less the calibration reserve
+    loop_was = looped(step, elapsed, cfg.model, t)
 
     def close_progress() -> None:
         if progress:
@@ -199,8 +205,11 @@ def train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool 
         while step < t.iterations and not out_of_time:
             if hooks.before_step:
                 hooks.before_step(step, session)
-            scale = lr_scale(step, elapsed, t)
-            loss = run_step(step, elapsed)  # the global mean loss; reading it waits for the device
+            scale, loop_on = lr_scale(step, elapsed, t), looped(step, elapsed, cfg.model, t)
+            if loop_on != loop_was:
+                run.log(f"depth recurrence on from step {step + 1} ({elapsed:.1f}s)")
+                loop_was = loop_on
+            loss = run_step(step, elapsed, loop_on)  # the global mean loss; reading it waits for the device
             now = time.perf_counter()
             elapsed, clock = elapsed + now - clock, now
             step += 1
@@ -212,8 +221,7 @@ def train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool 
                                  "optim.grad_clip_norm")
             if hooks.after_step:
                 hooks.after_step(step, session)
-            out_of_time, interrupted = session.agree([t.max_seconds > 0 and elapsed >= t.max_seconds,
-                                                      stop.requested])
+            out_of_time, interrupted = session.agree([budget_s > 0 and elapsed >= budget_s, stop.requested])
             if progress:
                 progress.update(step, loss, elapsed)
             done = step >= t.iterations or out_of_time
@@ -240,7 +248,8 @@ def train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool 
     close_progress()
     stop_reason = "wallclock" if out_of_time else "iterations"
     if out_of_time:
-        run.log(f"stopped at step {step}: train.max_seconds={t.max_seconds:g} reached")
+        reserve = f" less train.calib_reserve_s={t.calib_reserve_s:g}" if t.calib_reserve_s else ""
+        run.log(f"stopped at step {step}: train.max_seconds={t.max_seconds:g}{reserve} reached")
     if hooks.on_stop:
         hooks.on_stop(step, stop_reason, session)
     if last_val is None:  # resumed at the end, or no steps: still measure the final weights
@@ -252,4 +261,6 @@ def train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool 
     stats = {"val_loss": last_val.val_loss, "val_bpb": last_val.val_bpb, "steps": step, "train_tokens": tokens,
              "train_seconds": elapsed, "tokens_per_second": tokens / max(elapsed, 1e-9),
              "world_size": session.world_size, "stop_reason": stop_reason, **session.summary_extras()}
-    return finish_run(session, session.weights(), cfg, run, dataset, stats)
+    if "peak_memory_bytes" in stats:
+        run.log(f"peak memory: {stats['peak_memory_bytes'] / 2**30:.2f} GiB (rank {session.rank})")
+    return finish_run(session, session.final_weights(), cfg, run, dataset, stats)

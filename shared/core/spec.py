@@ -15,6 +15,19 @@
     blocks.{i}.mlp_scale        [dim]               ones                         scalar   other
     blocks.{i}.resid_mix        [2, dim]            rows (ones, zeros)           scalar   other
 
+The record stack's options (config.ModelConfig) add rows:
+
+    skip_gates                  [num_skip, dim]     zeros (sigmoid 0.5)          scalar   other   model.skip_gates
+    lane_route                  [layers, 2, 2]      ones (attn/mlp -> lanes)     scalar   other   model.parallel_from
+    lane_scale                  [layers, 2]         1.1 (lane residual scales)   scalar   other   model.parallel_from
+    smear.weight                [1, gate_dims]      zeros                        scalar   other   model.smear_gate
+    smear.lam                   [1]                 zeros                        scalar   other   model.smear_gate
+    blocks.{i}.attn.gate        [num_heads, gate_dims] zeros                     scalar   other   model.attn_gate
+
+and `model.ortho_init` draws the input-side block matrices (q, k, v, MLP up)
+orthogonally instead of uniformly. With depth recurrence, `num_skip` counts
+the looped layer order (shared.core.config.ModelConfig.layer_order).
+
 `param_table(model_cfg)` is the single source of truth: both backends build
 modules that expose exactly these names and shapes (tests/test_spec.py),
 the optimizers take each row's `group` (matrix -> Muon; embed, head, scalar
@@ -38,6 +51,26 @@ from shared.core.config import ModelConfig
 # RMSNorm epsilon of both backends: torch F.rms_norm(eps=None) uses finfo(float32).eps;
 # MLX is given the same number explicitly so the two agree.
 RMS_EPS = float(np.finfo(np.float32).eps)  # 1.1920929e-07
+XSA_EPS = 1e-6         # exclusive self-attention: v / sqrt(|v|^2 + eps), both backends
+LEAKY_SLOPE = 0.5      # leaky_relu2: LeakyReLU(0.5), then squared (#1855)
+BOS_ID = 1             # the challenge tokenizers' BOS id: SmearGate never mixes across it
+NS_EPS = 1e-7          # Muon: X / (||X|| + eps) before Newton-Schulz, and MuonEq-R's row norms
+
+# Muon's Newton-Schulz iteration X <- a X + (b A + c A^2) X, A = X X^T: the baseline's fixed quintic
+# coefficients, or "Polar Express" coefficients, one triple per iteration (#1855, RECORD-STACK.md).
+NS_QUINTIC = (3.4445, -4.7750, 2.0315)
+NS_POLAR_EXPRESS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+
+
+def ns_coefficients(kind: str, steps: int) -> list[tuple[float, float, float]]:
+    """The (a, b, c) of each of `steps` Newton-Schulz iterations (`optim.muon_ns`)."""
+    return list(NS_POLAR_EXPRESS[:steps]) if kind == "polar_express" else [NS_QUINTIC] * steps
 
 GROUPS = ("embed", "head", "matrix", "scalar")   # optimizer groups
 QCLASSES = ("embed", "attn", "mlp", "other")     # quantizer classes: the keys of [quant]
@@ -46,7 +79,7 @@ QCLASSES = ("embed", "attn", "mlp", "other")     # quantizer classes: the keys o
 @dataclass(frozen=True)
 class Param:
     """One tensor of the model. `init` is ("normal", std) | ("uniform", bound) | ("zeros",) | ("ones",)
-    | ("full", value) | ("rows", (v0, v1, ...)) (row r filled with v_r)."""
+    | ("full", value) | ("rows", (v0, v1, ...)) (row r filled with v_r) | ("orthogonal", gain)."""
 
     name: str
     shape: tuple[int, ...]
@@ -63,6 +96,9 @@ def _fan_in(shape: tuple[int, ...]) -> tuple:
     return ("uniform", 1.0 / np.sqrt(shape[1]))  # torch's nn.Linear default
 
 
+LANE_SCALE_INIT = 1.1  # the parallel lanes' residual scales start above 1 (#1855)
+
+
 def param_table(m: ModelConfig) -> dict[str, Param]:
     """Every parameter of the model described by `m`, in a fixed order (the order of init draws)."""
     d, kv, h = m.model_dim, m.kv_dim, m.hidden_dim
@@ -76,14 +112,25 @@ def param_table(m: ModelConfig) -> dict[str, Param]:
     if not m.tie_embeddings:
         add("lm_head.weight", (m.vocab_size, d), ("zeros",), "head", "embed")
     add("skip_weights", (m.num_skip_weights, d), ("ones",), "scalar", "other")
+    if m.skip_gates:
+        add("skip_gates", (m.num_skip_weights, d), ("zeros",), "scalar", "other")
+    if m.parallel_from >= 0:
+        add("lane_route", (m.num_layers, 2, 2), ("ones",), "scalar", "other")
+        add("lane_scale", (m.num_layers, 2), ("full", LANE_SCALE_INIT), "scalar", "other")
+    if m.smear_gate:
+        add("smear.weight", (1, m.gate_dims), ("zeros",), "scalar", "other")
+        add("smear.lam", (1,), ("zeros",), "scalar", "other")
+    inner = (lambda shape: ("orthogonal", 1.0)) if m.ortho_init else _fan_in
     for i in range(m.num_layers):
         p = f"blocks.{i}."
-        add(p + "attn.c_q.weight", (d, d), _fan_in((d, d)), "matrix", "attn")
-        add(p + "attn.c_k.weight", (kv, d), _fan_in((kv, d)), "matrix", "attn")
-        add(p + "attn.c_v.weight", (kv, d), _fan_in((kv, d)), "matrix", "attn")
+        add(p + "attn.c_q.weight", (d, d), inner((d, d)), "matrix", "attn")
+        add(p + "attn.c_k.weight", (kv, d), inner((kv, d)), "matrix", "attn")
+        add(p + "attn.c_v.weight", (kv, d), inner((kv, d)), "matrix", "attn")
         add(p + "attn.proj.weight", (d, d), ("zeros",), "matrix", "attn")
         add(p + "attn.q_gain", (m.num_heads,), ("full", m.qk_gain_init), "scalar", "other")
-        add(p + "mlp.fc.weight", (h, d), _fan_in((h, d)), "matrix", "mlp")
+        if m.attn_gate:
+            add(p + "attn.gate", (m.num_heads, m.gate_dims), ("zeros",), "scalar", "other")
+        add(p + "mlp.fc.weight", (h, d), inner((h, d)), "matrix", "mlp")
         add(p + "mlp.proj.weight", (d, h), ("zeros",), "matrix", "mlp")
         add(p + "attn_scale", (d,), ("ones",), "scalar", "other")
         add(p + "mlp_scale", (d,), ("ones",), "scalar", "other")
@@ -116,6 +163,11 @@ def _draw(p: Param, rng: np.random.Generator) -> np.ndarray:
         return np.full(p.shape, args[0])
     if kind == "rows":
         return np.stack([np.full(p.shape[1:], v) for v in args[0]])
+    if kind == "orthogonal":  # rows (or columns, whichever are fewer) orthonormal, times the gain
+        a = rng.normal(size=(max(p.shape), min(p.shape)))
+        q, r = np.linalg.qr(a)
+        q = q * np.sign(np.diag(r))  # a unique, uniformly distributed orthogonal factor
+        return args[0] * (q if p.shape[0] >= p.shape[1] else q.T)
     raise ValueError(f"{p.name}: unknown init {p.init!r}")
 
 

@@ -94,15 +94,17 @@ def train_batches(dataset, cfg: Config, n: int) -> list[tuple[np.ndarray, np.nda
 def train_steps(backend, params: dict[str, np.ndarray], cfg: Config, batches: list[tuple[np.ndarray, np.ndarray]]
                 ) -> tuple[list[float], dict[str, np.ndarray]]:
     """The production step (`Session.step`, as the training loop drives it), one batch per step,
-    from `params`, on the step-based schedule; returns the losses and the final weights."""
-    from shared.core.schedule import lr_scale, muon_momentum
+    from `params`, on the step-based schedule (LR, momentum, depth-recurrence switch); returns the
+    losses and the final weights (the EMA when on)."""
+    from shared.core.schedule import looped, lr_scale, muon_momentum
 
     session = backend.session(cfg)
     session.load_weights(params)
-    t = replace(cfg.train, max_seconds=0.0)
-    losses = [session.step([(np.asarray(x), np.asarray(y))], lr_scale(i, 0.0, t), muon_momentum(i, cfg.optim))
+    t = replace(cfg.train, max_seconds=0.0, iterations=max(cfg.train.iterations, 1))
+    losses = [session.step([(np.asarray(x), np.asarray(y))], lr_scale(i, 0.0, t), muon_momentum(i, cfg.optim),
+                           looped=looped(i, 0.0, cfg.model, t))
               for i, (x, y) in enumerate(batches)]
-    return losses, session.weights()
+    return losses, session.final_weights()
 
 
 def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int = 20,
