@@ -8,13 +8,19 @@
     RUN_DIR/model.pgz                packed artifact (shared/artifact/format.py)
     RUN_DIR/summary.json             final figures
 
+
 Every file is written atomically (temp file + rename), so an interrupted
-write never leaves a half file behind.
+write never leaves a half file behind; a write that fails (a full disk, a
+file-size limit, a read-only folder) is one `PgolfError` naming the file,
+whatever the library underneath raised.
+
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import platform
 import subprocess
@@ -37,6 +43,8 @@ CONFIG = "config.toml"
 TRAIN_STATE = "train_state.safetensors"
 ARTIFACT = "model.pgz"
 SUMMARY = "summary.json"
+LOG = "train.log"
+METRICS = "metrics.jsonl"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 SUMMARY_KEYS = (
@@ -45,16 +53,40 @@ SUMMARY_KEYS = (
 )
 
 
+def write_failed(path: str | Path, err: BaseException) -> PgolfError:
+    """One line for a file that could not be written, whatever raised (OSError, SafetensorError, ...)."""
+    reason = (os.strerror(err.errno) if isinstance(err, OSError) and err.errno else None) or str(err) or type(err).__name__
+    hint = "free some disk space or write elsewhere" if _is_space_error(err) else "check the folder and free disk space"
+    return PgolfError(f"{path}: could not write it ({' '.join(reason.split())[:300]}); {hint}, then retry")
+
+
+def _is_space_error(err: BaseException) -> bool:
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    text = str(err)
+    return "StorageFull" in text or "No space left" in text or "FileTooLarge" in text or "File too large" in text
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)`, then rename the temp file over `path`."""
+    """Call `write(tmp_path)`, then rename the temp file over `path`.
+
+    A failure of the write itself (OSError, or a library error such as safetensors'
+    SafetensorError, which wraps the OS error in its own type) leaves `path` untouched and
+    raises one `PgolfError` naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise write_failed(path, e) from None
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_failed(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -188,19 +220,25 @@ class RunDir:
         if is_main:
             self.path.mkdir(parents=True, exist_ok=True)
 
+    def _append(self, name: str, line: str) -> None:
+        where = self.path / name
+        try:
+            with open(where, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            raise write_failed(where, e) from None
+
     def log(self, msg: str, console: bool = True) -> None:
         if not self.is_main:
             return
         if console:
             print(msg, flush=True)
-        with open(self.path / "train.log", "a", encoding="utf-8") as f:
-            f.write(msg + "\n")
+        self._append(LOG, msg)
 
     def metrics(self, record: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        self._append(METRICS, strict_json(record, sort_keys=True))
 
     def log_step(self, step: int, iterations: int, loss: float, lr_scale: float, tokens_per_second: float,
                  elapsed: float, val=None) -> str:
@@ -225,4 +263,20 @@ class RunDir:
         if missing:
             raise ValueError(f"summary is missing {missing}")
         if self.is_main:
-            atomic_write_bytes(self.path / SUMMARY, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+            atomic_write_bytes(self.path / SUMMARY, (strict_json(summary, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def strict_json(obj: Any, **kwargs: Any) -> str:
+    """JSON that every parser reads: a NaN or infinity becomes null (json.dumps would write `NaN`)."""
+    return json.dumps(_finite_or_null(obj), allow_nan=False, **kwargs)
+

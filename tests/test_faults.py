@@ -1,0 +1,193 @@
+"""Fault injection: nothing hangs, nothing is silently wrong, nothing finished is lost.
+
+One section per fault class of docs/RELIABILITY.md; each test injects a real
+fault (an empty shard, a file-size limit, a NaN weight, a second process on
+the same run folder, a killed torchrun agent) and checks the outcome a user
+sees: one `error: ...` line naming the file or field, exit code 2, no
+traceback, and the run folder left as it was. To cover a new fault, add a
+case to the parametrised list of its class (or a class of its own, and a row
+in docs/RELIABILITY.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.cli import main
+from shared.core.config import to_toml
+from shared.core.rundir import (
+    ARTIFACT,
+    CHECKPOINT,
+    SUMMARY,
+    TRAIN_STATE,
+    RunDir,
+    atomic_write_bytes,
+    save_checkpoint,
+    save_train_state,
+)
+from shared.core.spec import init_params
+from shared.errors import PgolfError
+from tests.conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+LINUX = sys.platform.startswith("linux")
+
+
+def one_error_line(capsys, *argv: str) -> str:
+    """Run `pgolf argv` in-process: exit 2, exactly one `error:` line, no traceback. Returns the line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def pgolf(*argv: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """`pgolf argv` in a fresh interpreter (a hang becomes a test failure, not a stuck suite)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", "from shared.cli import main; main()", *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def assert_one_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: ") and sum(x.startswith("error:") for x in lines) == 1, proc.stderr
+    return lines[-1]
+
+
+@pytest.fixture()
+def data_copy(tiny_data, tmp_path):
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_data.data_dir, dst)
+    return dst
+
+
+def data_args(data_dir, tiny) -> list[str]:
+    return ["--data", str(data_dir), "--tokenizer", str(tiny.tokenizer), "--set", "model.vocab_size=512"]
+
+
+@pytest.fixture()
+def tiny_toml(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(to_toml(tiny_config(iterations=2)))
+    return path
+
+
+def checkpoint(tmp_path: Path, scale: float = 1.0, poison: str | None = None, **quant) -> Path:
+    """A checkpoint of the tiny model; `scale` multiplies its matrices (2-D tensors)."""
+    cfg = tiny_config()
+    cfg = replace(cfg, quant=replace(cfg.quant, **quant))
+    params = {k: v * np.float32(scale if v.ndim == 2 else 1.0) for k, v in init_params(cfg.model, 1).items()}
+    if poison:
+        params[poison] = params[poison].copy()
+        params[poison].flat[3] = np.nan
+    run = tmp_path / "ckpt"
+    run.mkdir(exist_ok=True)
+    return save_checkpoint(run, params, cfg, step=5)
+
+
+# ============================================================================ 2. one line, not a traceback
+
+class _FileSizeLimit:
+    """A real write failure from the kernel: RLIMIT_FSIZE makes writes past `limit` bytes fail (EFBIG)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+
+    def __enter__(self):
+        self._sig = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killing signal
+        self._old = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self._old[1]))
+
+    def __exit__(self, *exc):
+        resource.setrlimit(resource.RLIMIT_FSIZE, self._old)
+        signal.signal(signal.SIGXFSZ, self._sig)
+
+
+def _write_checkpoint(run: Path):
+    cfg = tiny_config()
+    save_checkpoint(run, init_params(cfg.model, 0), cfg, 1)
+
+
+def _write_train_state(run: Path):
+    save_train_state(run, {"x": np.ones(4096, np.float32)}, {"step": 1})
+
+
+def _write_artifact(run: Path):
+    atomic_write_bytes(run / ARTIFACT, b"\0" * 4096)
+
+
+def _write_summary(run: Path):
+    from shared.core.rundir import SUMMARY_KEYS
+
+    RunDir(run).write_summary({**{k: 0.0 for k in SUMMARY_KEYS}, "blurb": "x" * 4096})
+
+
+def _write_log(run: Path):
+    RunDir(run).log("x" * 4096, console=False)
+
+
+WRITERS = {CHECKPOINT: _write_checkpoint, TRAIN_STATE: _write_train_state, ARTIFACT: _write_artifact,
+           SUMMARY: _write_summary, "train.log": _write_log}
+
+
+@pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="needs RLIMIT_FSIZE")
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_a_full_disk_is_one_error_naming_the_file(tmp_path, name):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).write_bytes(b"previous")
+    with pytest.raises(PgolfError) as err, _FileSizeLimit(1024):
+        WRITERS[name](run)
+    assert str(run / name) in str(err.value) and "could not write" in str(err.value)
+    assert "\n" not in str(err.value)
+    if name != "train.log":  # an atomic write leaves the old file whole and no temp file behind
+        assert (run / name).read_bytes() == b"previous"
+        assert sorted(p.name for p in run.iterdir()) == [name]
+
+
+@pytest.mark.mlx
+@pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="needs RLIMIT_FSIZE")
+def test_disk_full_while_training_saves_is_one_line(tiny_data, tmp_path, tiny_toml):
+    """safetensors raises its own SafetensorError (not an OSError) when the disk is full."""
+    pytest.importorskip("mlx.core")
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    run = tmp_path / "run"
+    res = pgolf("train", "--backend", "mlx", "--config", str(tiny_toml), *data_args(tiny_data.data_dir, tiny_data),
+                "--out", str(run), preexec_fn=limit, timeout=300)
+    line = assert_one_line(res)
+    assert str(run / TRAIN_STATE) in line and "could not write" in line
+    assert not (run / CHECKPOINT).exists() and not (run / SUMMARY).exists()
+
+
+def test_summary_json_is_strict_json(tmp_path):
+    from shared.core.rundir import SUMMARY_KEYS
+
+    RunDir(tmp_path).write_summary({**{k: 1.0 for k in SUMMARY_KEYS}, "val_bpb": float("nan"), "x": [float("inf")]})
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    summary = json.loads((tmp_path / SUMMARY).read_text(), parse_constant=refuse)
+    assert summary["val_bpb"] is None and summary["x"] == [None] and summary["val_loss"] == 1.0
