@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +38,8 @@ from shared.core.rundir import (
     save_train_state,
 )
 from shared.core.spec import init_params
+from shared.data.dataset import open_dataset
+from shared.data.shards import TokenStream, read_shard, write_shard
 from shared.errors import PgolfError
 from tests.conftest import tiny_config
 
@@ -101,6 +104,39 @@ def checkpoint(tmp_path: Path, scale: float = 1.0, poison: str | None = None, **
     run = tmp_path / "ckpt"
     run.mkdir(exist_ok=True)
     return save_checkpoint(run, params, cfg, step=5)
+
+
+# ============================================================================ 1. hangs
+
+def test_empty_train_shards_fail_up_front_instead_of_spinning(tiny_data, data_copy, tmp_path, tiny_toml):
+    (data_copy / "manifest.json").unlink(missing_ok=True)  # no manifest to catch the changed counts
+    for f in data_copy.glob("fineweb_train_*.bin"):
+        write_shard(f, np.zeros(0, dtype=np.uint16))
+    with pytest.raises(PgolfError, match=r"fineweb_train_000000\.bin holds no tokens"):
+        open_dataset(data_copy, tiny_data.tokenizer, 512)
+    res = pgolf("train", "--config", str(tiny_toml), *data_args(data_copy, tiny_data), "--out", str(tmp_path / "run"))
+    assert "holds no tokens" in assert_one_line(res)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_token_stream_over_empty_shards_raises(tiny_data, data_copy):
+    """The stream's own guard (for callers that skip open_dataset): a lap without a token is an error."""
+    for f in data_copy.glob("fineweb_train_*.bin"):
+        write_shard(f, np.zeros(0, dtype=np.uint16))
+    stream = TokenStream(data_copy, "train")
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(_take(stream)), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "TokenStream.take spins on empty shards"
+    assert isinstance(result[0], PgolfError) and "hold no tokens" in str(result[0])
+
+
+def _take(stream):
+    try:
+        return stream.take(10)
+    except PgolfError as e:
+        return e
 
 
 # ============================================================================ 2. one line, not a traceback
@@ -191,3 +227,17 @@ def test_summary_json_is_strict_json(tmp_path):
 
     summary = json.loads((tmp_path / SUMMARY).read_text(), parse_constant=refuse)
     assert summary["val_bpb"] is None and summary["x"] == [None] and summary["val_loss"] == 1.0
+
+
+# ============================================================================ 5. validation data up front
+
+@pytest.mark.parametrize("val_tokens", [0, 1, 64])  # 64 tokens = 63 targets < one sequence of 64
+def test_a_validation_split_shorter_than_a_sequence_fails_before_training(tiny_data, data_copy, tmp_path, tiny_toml,
+                                                                          val_tokens):
+    (data_copy / "manifest.json").unlink(missing_ok=True)
+    val = data_copy / "fineweb_val_000000.bin"
+    write_shard(val, np.array(read_shard(val))[:val_tokens])
+    res = pgolf("train", "--config", str(tiny_toml), *data_args(data_copy, tiny_data), "--out", str(tmp_path / "run"))
+    line = assert_one_line(res)
+    assert "fineweb_val_" in line and ("fewer than one sequence" in line or "holds no tokens" in line)
+    assert not (tmp_path / "run").exists()  # no step, no file

@@ -8,6 +8,9 @@ Knobs live in the config (`--set section.key=value`); `--data`/`--tokenizer`
 override `data.dir`/`data.tokenizer`. `eval` takes an artifact (`.pgz`) or a
 checkpoint (`.safetensors`, or a run folder): the model section always comes
 from the file itself.
+
+Before the backend trains, `train` opens the dataset with the run's sequence
+length, so a bad split fails before any step.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def with_data(cfg: Config, data: str | None, tokenizer: str | None) -> Config:
 def train(backend, config_path, sets, data, tokenizer, out, resume, nproc) -> None:
     """Train a model, pack it into RUN_DIR/model.pgz and evaluate it."""
     from shared.core.backends import get_backend
+    from shared.data.dataset import open_dataset
 
     if resume:
         run_dir = Path(resume)
@@ -60,6 +64,8 @@ def train(backend, config_path, sets, data, tokenizer, out, resume, nproc) -> No
     cfg = apply_overrides(with_data(cfg, data, tokenizer), sets)
     if nproc < 1:
         raise PgolfError(f"--nproc must be at least 1, got {nproc}")
+    # Every input check before the folder is touched: shards, tokenizer, at least one validation sequence.
+    open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size, seq_len=cfg.train.seq_len)
     summary = get_backend(backend).train(cfg, run_dir, resume=bool(resume), nproc=nproc)
     if summary:
         click.echo(
