@@ -21,15 +21,20 @@ import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
 
+from shared.artifact.format import pack, pack_quantized, quantize_all
+from shared.artifact.quant import QTensor
 from shared.cli import main
 from shared.core.config import to_toml
+from shared.core.finish import finish_run
 from shared.core.rundir import (
     ARTIFACT,
     CHECKPOINT,
+    CONFIG,
     SUMMARY,
     TRAIN_STATE,
     RunDir,
@@ -38,6 +43,7 @@ from shared.core.rundir import (
     save_train_state,
 )
 from shared.core.spec import init_params
+from shared.data.bpb import EvalResult
 from shared.data.dataset import open_dataset
 from shared.data.shards import TokenStream, read_shard, write_shard
 from shared.errors import PgolfError
@@ -227,6 +233,102 @@ def test_summary_json_is_strict_json(tmp_path):
 
     summary = json.loads((tmp_path / SUMMARY).read_text(), parse_constant=refuse)
     assert summary["val_bpb"] is None and summary["x"] == [None] and summary["val_loss"] == 1.0
+
+
+# ============================================================================ 3. numeric options range-checked
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--nproc", "0"], "--nproc must be at least 1"),
+    (["train", "--nproc", "-3"], "--nproc must be at least 1"),
+    (["train", "--set", "train.max_seconds=nan"], "train.max_seconds must be a number"),
+    (["train", "--set", "optim.matrix_lr=nan"], "optim.matrix_lr must be a number"),
+    (["train", "--set", "train.seq_len=-1"], "train.seq_len must be at least 1"),
+    (["parity", "{ckpt}", "--steps", "0"], "--steps must be at least 1"),
+    (["pack", "{ckpt}", "--backend", "torch", "-o", "{tmp}/m.pgz", "--budget", "-5"], "--budget"),
+])
+def test_out_of_range_options_are_one_line(capsys, tmp_path, argv, needle):
+    ckpt = checkpoint(tmp_path)
+    (tmp_path / CONFIG).write_text(to_toml(tiny_config()))
+    argv = [a.format(tmp=tmp_path, ckpt=ckpt) for a in argv]
+    if argv[0] == "train" and "--resume" not in argv:
+        argv += ["--out", str(tmp_path / "run")]
+    assert needle in one_error_line(capsys, *argv)
+
+
+# ============================================================================ 4. finite or refuse
+
+@pytest.mark.parametrize("command", ["pack", "eval", "parity"])
+def test_a_nan_weight_is_refused_at_load(capsys, tmp_path, command):
+    ckpt = checkpoint(tmp_path, poison="blocks.0.mlp.fc.weight")
+    argv = {"pack": ["pack", str(ckpt), "--backend", "torch", "-o", str(tmp_path / "m.pgz")],
+            "eval": ["eval", str(ckpt)], "parity": ["parity", str(ckpt)]}[command]
+    line = one_error_line(capsys, *argv)
+    assert str(ckpt) in line and "blocks.0.mlp.fc.weight is not finite (1 NaN" in line
+    assert not (tmp_path / "m.pgz").exists()
+
+
+def test_an_artifact_that_decodes_to_nan_is_refused(capsys, tmp_path):
+    """An artifact written by another tool (or an older pgolf) with an infinite fp16 scale."""
+    cfg = tiny_config()
+    cfg = replace(cfg, quant=replace(cfg.quant, keep_float_max_numel=0))
+    qts = quantize_all(init_params(cfg.model, 0), cfg)
+    name = "blocks.0.attn.c_q.weight"
+    scale = qts[name].scale.copy()
+    scale[0] = np.float16(np.inf)
+    qts[name] = QTensor(qts[name].scheme, qts[name].shape, q=qts[name].q, scale=scale)
+    bad = tmp_path / "bad.pgz"
+    bad.write_bytes(pack_quantized(qts, cfg))
+    line = one_error_line(capsys, "eval", str(bad))
+    assert str(bad) in line and name in line and "not finite" in line
+
+
+@pytest.mark.parametrize("scheme_key,scheme,scale,needle", [
+    ("mlp", "int8", 1e8, "beyond the fp16 range of the artifact's scales"),   # int8: percentile clip / 127
+    ("mlp", "int6", 1e7, "beyond the fp16 range of the artifact's scales"),   # int6: 12 std / 31
+    ("other", "fp16", 1e6, "beyond the fp16 range"),                          # floats stored as fp16
+])
+def test_weights_beyond_fp16_are_an_error_naming_the_tensor(capsys, tmp_path, scheme_key, scheme, scale, needle):
+    ckpt = checkpoint(tmp_path, scale=scale, keep_float_max_numel=0 if scheme != "fp16" else 10**9,
+                      **{"other": "fp32", scheme_key: scheme})
+    line = one_error_line(capsys, "pack", str(ckpt), "--backend", "torch", "-o", str(tmp_path / "m.pgz"))
+    assert needle in line and ".weight" in line
+    assert not (tmp_path / "m.pgz").exists()
+
+
+def test_fp32_floats_hold_what_fp16_cannot(tmp_path):
+    """The way out the fp16 error names: quant.other=fp32 packs the same weights finitely."""
+    cfg = tiny_config()
+    cfg = replace(cfg, quant=replace(cfg.quant, other="fp32", keep_float_max_numel=10**9))
+    params = {k: v * np.float32(1e6) for k, v in init_params(cfg.model, 1).items()}
+    from shared.artifact.format import unpack
+
+    _, back = unpack(pack(params, cfg))
+    assert all(np.isfinite(v).all() for v in back.values())
+
+
+def _fake_backend(val_loss: float) -> ModuleType:
+    mod = ModuleType("fake_train.backend")
+    mod.evaluate = lambda params, cfg, tokens, tables, rank=0, world_size=1: EvalResult(val_loss * 100, 100, 80)
+    return mod
+
+
+@pytest.mark.parametrize("case", ["overflowing_weights", "nan_weights", "nan_loss_after_packing"])
+def test_finish_never_writes_a_nan_artifact_or_summary(tmp_path, case):
+    cfg = tiny_config()
+    params = init_params(cfg.model, 1)
+    if case == "overflowing_weights":
+        params = {k: v * np.float32(1e8) for k, v in params.items()}
+    if case == "nan_weights":
+        params["tok_emb.weight"][0, 0] = np.nan
+    loss = float("nan") if case == "nan_loss_after_packing" else 3.0
+    run = RunDir(tmp_path)
+    stats = {"val_loss": 3.0, "val_bpb": 1.5, "steps": 1, "train_tokens": 10, "train_seconds": 1.0}
+    with pytest.raises(PgolfError) as err:
+        finish_run(_fake_backend(loss), params, cfg, run, SimpleNamespace(val_tokens=None, tables=None), stats)
+    assert "\n" not in str(err.value)
+    if case != "nan_loss_after_packing":
+        assert ".weight" in str(err.value)
+    assert not (tmp_path / ARTIFACT).exists() and not (tmp_path / SUMMARY).exists()
 
 
 # ============================================================================ 5. validation data up front

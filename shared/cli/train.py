@@ -10,7 +10,8 @@ checkpoint (`.safetensors`, or a run folder): the model section always comes
 from the file itself.
 
 Before the backend trains, `train` opens the dataset with the run's sequence
-length, so a bad split fails before any step.
+length, so a bad split fails before any step. `eval` refuses weights that are
+not finite.
 """
 
 from __future__ import annotations
@@ -75,17 +76,19 @@ def train(backend, config_path, sets, data, tokenizer, out, resume, nproc) -> No
 
 
 def load_weights(path: Path) -> tuple[Config | None, dict]:
-    """(embedded config, float32 params) from an artifact or a checkpoint."""
+    """(embedded config, float32 params) from an artifact or a checkpoint; NaN or infinity is an error."""
     from shared.core.rundir import CHECKPOINT, load_checkpoint
+    from shared.core.spec import check_finite
 
     if path.is_dir() or path.suffix == ".safetensors":
         if path.is_dir() and not (path / CHECKPOINT).is_file():
             raise PgolfError(f"{path} holds no {CHECKPOINT}: pass a model.pgz or checkpoint.safetensors")
         params, cfg, _ = load_checkpoint(path)
+        check_finite(params, str(path / CHECKPOINT if path.is_dir() else path))
         return cfg, params
     from shared.artifact.format import read_artifact
 
-    return read_artifact(path)
+    return read_artifact(path)  # unpack checks the decoded weights
 
 
 def _run_dir_data(cfg: Config, weights: Path) -> Config:
