@@ -1,8 +1,12 @@
 """`pgolf train --backend torch --nproc N`: start torchrun on this machine and wait for it.
 
-    python -m torch.distributed.run --standalone --nproc_per_node=N -m cuda_train --config RUN/config.toml --out RUN
+    python -m torch.distributed.run --standalone --nproc_per_node=N -m cuda_train --config RUN/.torchrun.toml --out RUN
 
-The resolved config is written into the run directory first; every rank reads it.
+The resolved config goes to a file of its own in the run directory, which every
+rank reads; rank 0 writes config.toml itself once its checks pass (so a resume
+that fails its checks leaves config.toml alone). The calling process owns the
+run folder (shared/core/rundir.py `claim_run_dir`) and tells its workers so
+(`OWNER_ENV`).
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import sys
 from pathlib import Path
 
 from shared.core.config import Config, to_toml
-from shared.core.rundir import SUMMARY, atomic_write_bytes
+from shared.core.rundir import OWNER_ENV, SUMMARY, atomic_write_bytes
 from shared.errors import PgolfError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_CONFIG = ".torchrun.toml"
 
 
 def torchrun(cfg: Config, run_dir: str | Path, resume: bool, nproc: int) -> dict:
@@ -26,13 +31,14 @@ def torchrun(cfg: Config, run_dir: str | Path, resume: bool, nproc: int) -> dict
         raise PgolfError(f"train.grad_accum={cfg.train.grad_accum} is not divisible by --nproc {nproc}: "
                          f"set train.grad_accum to a multiple of {nproc}")
     run_dir = Path(run_dir)
-    config_file = atomic_write_bytes(run_dir / "config.toml", to_toml(cfg).encode())
+    config_file = atomic_write_bytes(run_dir / LAUNCH_CONFIG, to_toml(cfg).encode())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "cuda_train", "--config", str(config_file), "--out", str(run_dir)]
     if resume:
         cmd += ["--resume", str(run_dir)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env[OWNER_ENV] = str(os.getpid())  # the workers run under this process's claim on run_dir
     proc = subprocess.Popen(cmd, env=env)
     try:
         code = proc.wait()
@@ -40,6 +46,8 @@ def torchrun(cfg: Config, run_dir: str | Path, resume: bool, nproc: int) -> dict
         # Ctrl-C reached torchrun and its workers too: let them save and exit instead of killing them.
         code = proc.wait()
         raise KeyboardInterrupt from None
+    finally:
+        config_file.unlink(missing_ok=True)
     if code == 130:
         raise KeyboardInterrupt
     if code != 0:

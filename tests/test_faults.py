@@ -29,6 +29,7 @@ import pytest
 from shared.artifact.format import pack, pack_quantized, quantize_all
 from shared.artifact.quant import QTensor
 from shared.cli import main
+from shared.core import rundir
 from shared.core.config import to_toml
 from shared.core.finish import finish_run
 from shared.core.rundir import (
@@ -243,6 +244,7 @@ def test_summary_json_is_strict_json(tmp_path):
     (["train", "--set", "train.max_seconds=nan"], "train.max_seconds must be a number"),
     (["train", "--set", "optim.matrix_lr=nan"], "optim.matrix_lr must be a number"),
     (["train", "--set", "train.seq_len=-1"], "train.seq_len must be at least 1"),
+    (["train", "--resume", "{tmp}", "--overwrite"], "contradict"),
     (["parity", "{ckpt}", "--steps", "0"], "--steps must be at least 1"),
     (["pack", "{ckpt}", "--backend", "torch", "-o", "{tmp}/m.pgz", "--budget", "-5"], "--budget"),
 ])
@@ -343,3 +345,93 @@ def test_a_validation_split_shorter_than_a_sequence_fails_before_training(tiny_d
     line = assert_one_line(res)
     assert "fineweb_val_" in line and ("fewer than one sequence" in line or "holds no tokens" in line)
     assert not (tmp_path / "run").exists()  # no step, no file
+
+
+# ============================================================================ 6. run ownership
+
+HOLDER = """
+import sys, time
+from shared.core.rundir import claim_run_dir
+claim = claim_run_dir(sys.argv[1])
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def _holder(run: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.mark.skipif(not LINUX and sys.platform != "darwin", reason="flock")
+def test_a_live_owner_keeps_the_folder_and_a_dead_one_releases_it(capsys, tiny_data, tmp_path, tiny_toml):
+    run = tmp_path / "run"
+    holder = _holder(run)
+    try:
+        line = one_error_line(capsys, "train", "--config", str(tiny_toml), *data_args(tiny_data.data_dir, tiny_data),
+                              "--out", str(run))
+        assert f"process {holder.pid} is training into it" in line and str(run) in line
+        with pytest.raises(PgolfError, match="is in use"):
+            rundir.claim_run_dir(run, resume=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / rundir.LOCK).read_text().strip() == str(holder.pid)  # a stale lock file: taken over
+    with rundir.claim_run_dir(run) as claim:
+        assert (run / rundir.LOCK).read_text().strip() == str(os.getpid()) and claim.lock_file.is_file()
+    assert not (run / rundir.LOCK).exists()
+
+
+@pytest.mark.parametrize("present", [[SUMMARY, ARTIFACT, CHECKPOINT, CONFIG], [CONFIG, "train.log"], [TRAIN_STATE]])
+def test_out_on_a_folder_that_holds_a_run_is_refused(capsys, tiny_data, tmp_path, tiny_toml, present):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in present:
+        (run / name).write_bytes(b"old " + name.encode())
+    (run / "notes.txt").write_text("mine")
+    line = one_error_line(capsys, "train", "--config", str(tiny_toml), *data_args(tiny_data.data_dir, tiny_data),
+                          "--out", str(run))
+    assert "already holds a run" in line and "--resume" in line and "--overwrite" in line
+    assert all((run / n).read_bytes() == b"old " + n.encode() for n in present)
+    with rundir.claim_run_dir(run, overwrite=True):  # --overwrite: the old run's files go, the user's stay
+        assert sorted(p.name for p in run.iterdir()) == [rundir.LOCK, "notes.txt"]
+
+
+@pytest.mark.mlx
+def test_overwrite_replaces_the_run_and_a_failed_resume_keeps_config_toml(capsys, tiny_data, tmp_path, tiny_toml):
+    pytest.importorskip("mlx.core")
+    run = tmp_path / "run"
+    base = ["train", "--backend", "mlx", "--config", str(tiny_toml), *data_args(tiny_data.data_dir, tiny_data)]
+    main([*base, "--out", str(run)])
+    first = json.loads((run / SUMMARY).read_text())
+    main([*base, "--out", str(run), "--overwrite", "--set", "train.iterations=3"])
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and max(steps) == 3  # no record of the first run is left
+    assert json.loads((run / SUMMARY).read_text())["steps"] == 3 != first["steps"]
+    assert not (run / rundir.LOCK).exists()
+    config = (run / CONFIG).read_bytes()
+    state = (run / TRAIN_STATE).read_bytes()
+    line = one_error_line(capsys, "train", "--backend", "mlx", "--resume", str(run), "--set", "train.iterations=6",
+                          "--set", "optim.scalar_lr=inf")
+    assert "diverged" in line
+    assert (run / CONFIG).read_bytes() == config and (run / TRAIN_STATE).read_bytes() == state
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_torchrun_workers_run_under_the_launchers_claim_and_a_failed_resume_keeps_config(capsys, tiny_data, tmp_path,
+                                                                                       tiny_toml):
+    """`--nproc 2`: the pgolf process owns the folder, its workers write into it; the launcher's
+    config for the workers is not config.toml, so a resume its workers refuse leaves that alone."""
+    pytest.importorskip("torch")
+    run = tmp_path / "run"
+    base = ["train", "--backend", "torch", "--nproc", "2", *data_args(tiny_data.data_dir, tiny_data)]
+    main([*base, "--config", str(tiny_toml), "--out", str(run)])
+    assert json.loads((run / SUMMARY).read_text())["world_size"] == 2
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no lock, no launch config left
+    config = (run / CONFIG).read_bytes()
+    line = one_error_line(capsys, *base, "--resume", str(run), "--set", "train.seq_len=32")
+    assert "torchrun with 2 ranks failed" in line
+    assert (run / CONFIG).read_bytes() == config
