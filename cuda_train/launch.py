@@ -7,12 +7,22 @@ rank reads; rank 0 writes config.toml itself once its checks pass (so a resume
 that fails its checks leaves config.toml alone). The calling process owns the
 run folder (shared/core/rundir.py `claim_run_dir`) and tells its workers so
 (`OWNER_ENV`).
+
+Nothing outlives its launcher: torchrun's agent and every worker ask the kernel
+for SIGKILL when their parent dies (Linux `prctl(PR_SET_PDEATHSIG)`,
+`die_with_parent`), so killing this process or the agent ends the workers
+instead of leaving them training into a run reported as failed. torchrun
+starts workers in sessions of their own, so a process-group kill would not
+reach them; elsewhere than Linux this is a no-op.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +33,29 @@ from shared.errors import PgolfError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_CONFIG = ".torchrun.toml"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def parent_death_signal(sig: int = signal.SIGKILL) -> bool:
+    """Ask the kernel to send `sig` to this process when its parent exits (Linux); False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def die_with_parent(expected_parent: int | None = None, sig: int = signal.SIGKILL) -> bool:
+    """`parent_death_signal`, closing the race where the parent is already gone when it is set:
+    then this process sends `sig` to itself. `expected_parent`: the PID the parent should have
+    (known before a fork); without it, being re-parented to PID 1 counts as orphaned."""
+    ok = parent_death_signal(sig)
+    parent = os.getppid()
+    if ok and (parent != expected_parent if expected_parent is not None else parent == 1):
+        os.kill(os.getpid(), sig)
+    return ok
 
 
 def torchrun(cfg: Config, run_dir: str | Path, resume: bool, nproc: int) -> dict:
@@ -39,7 +72,8 @@ def torchrun(cfg: Config, run_dir: str | Path, resume: bool, nproc: int) -> dict
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     env[OWNER_ENV] = str(os.getpid())  # the workers run under this process's claim on run_dir
-    proc = subprocess.Popen(cmd, env=env)
+    me = os.getpid()
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=lambda: die_with_parent(me))
     try:
         code = proc.wait()
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -435,3 +436,60 @@ def test_torchrun_workers_run_under_the_launchers_claim_and_a_failed_resume_keep
     line = one_error_line(capsys, *base, "--resume", str(run), "--set", "train.seq_len=32")
     assert "torchrun with 2 ranks failed" in line
     assert (run / CONFIG).read_bytes() == config
+
+
+# ============================================================================ 7. processes
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+@pytest.mark.skipif(not LINUX, reason="PR_SET_PDEATHSIG and /proc are Linux")
+def test_killing_the_torchrun_agent_kills_its_workers(tiny_data, tmp_path):
+    pytest.importorskip("torch")
+    cfg = tiny_config(iterations=100_000, max_seconds=120.0, log_every=1)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)))
+    config, run = tmp_path / "cfg.toml", tmp_path / "run"
+    config.write_text(to_toml(cfg))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PGOLF_PG_TIMEOUT_S": "60"}
+    agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              "-m", "cuda_train", "--config", str(config), "--out", str(run)],
+                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        while not (run / "metrics.jsonl").is_file():  # both ranks are past start-up and training
+            assert agent.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        workers = _children(agent.pid)
+        assert len(workers) == 2, workers
+        agent.kill()
+        agent.wait()
+        deadline = time.monotonic() + 5
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(w) for w in workers), "a worker outlived its agent by more than 5 s"
+        assert not (run / SUMMARY).exists()
+    finally:
+        for w in [*workers, agent.pid]:
+            try:
+                os.kill(w, signal.SIGKILL)
+            except OSError:
+                pass
