@@ -385,6 +385,29 @@ def test_a_live_owner_keeps_the_folder_and_a_dead_one_releases_it(capsys, tiny_d
     assert not (run / rundir.LOCK).exists()
 
 
+def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
+    """File systems without flock (ENOLCK): a live PID in the lock file refuses, a dead one is taken over."""
+    import errno
+
+    def no_flock(fd):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(rundir, "_flock", no_flock)
+    run = tmp_path / "run"
+    run.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        (run / rundir.LOCK).write_text(f"{live.pid}\n")
+        with pytest.raises(PgolfError, match=f"process {live.pid} is training into it"):
+            rundir.claim_run_dir(run)
+    finally:
+        live.kill()
+        live.wait()
+    with rundir.claim_run_dir(run):
+        assert (run / rundir.LOCK).read_text().strip() == str(os.getpid())
+    assert not (run / rundir.LOCK).exists()
+
+
 @pytest.mark.parametrize("present", [[SUMMARY, ARTIFACT, CHECKPOINT, CONFIG], [CONFIG, "train.log"], [TRAIN_STATE]])
 def test_out_on_a_folder_that_holds_a_run_is_refused(capsys, tiny_data, tmp_path, tiny_toml, present):
     run = tmp_path / "run"

@@ -334,7 +334,10 @@ class RunClaim:
         return self.path / LOCK
 
     def release(self) -> None:
-        if self._fd is None:
+        if self._fd is None:  # the PID fallback: remove the file while it still names us
+            with contextlib.suppress(OSError):
+                if self.lock_file.read_text(encoding="utf-8").strip() == str(os.getpid()):
+                    self.lock_file.unlink()
             return
         # Unlink while still holding the lock: a process that opened the old file sees on its
         # next look that the path no longer names its inode and retries (see `claim_run_dir`).
