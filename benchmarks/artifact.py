@@ -59,7 +59,7 @@ def ensure_checkpoint(backend: str) -> tuple[Path, Path, Path]:
         subprocess.run([*pgolf, "data", "sample", "--out", str(data)], check=True, cwd=ROOT)
     if not (run / "checkpoint.safetensors").is_file():
         subprocess.run([*pgolf, "train", "--backend", backend, "--config", "configs/small.toml", "--data", str(ds_dir),
-                        "--tokenizer", str(tok), "--out", str(run)], check=True, cwd=ROOT)
+                        "--tokenizer", str(tok), "--out", str(run), "--overwrite"], check=True, cwd=ROOT)
     return run / "checkpoint.safetensors", ds_dir, tok
 
 

@@ -4,7 +4,9 @@
 WORLD_SIZE, LOCAL_RANK) and starts the process group: NCCL on GPUs, gloo
 on CPU, with a timeout so that a rank stuck in a collective whose peer died
 gives up with an error instead of waiting forever (torchrun itself also
-stops the surviving workers when one exits non-zero). Everything else in
+stops the surviving workers when one exits non-zero). Under torchrun each
+worker also asks for SIGKILL when its agent dies (cuda_train/launch.py
+`die_with_parent`), so no worker outlives a killed agent. Everything else in
 the package asks the returned `Runtime` rather than `torch.distributed`.
 """
 
@@ -72,6 +74,10 @@ def init(device: str | None = None) -> Runtime:
     `device`: "cuda" or "cpu" to force one; by default CUDA when available.
     """
     rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # a torchrun worker: end with the agent (idempotent)
+        from cuda_train.launch import die_with_parent
+
+        die_with_parent()
     local_rank = _env_int("LOCAL_RANK", rank)
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():

@@ -20,7 +20,7 @@ pytest.importorskip("torch")
 from conftest import tiny_config  # noqa: E402
 
 from shared.core.rundir import load_checkpoint  # noqa: E402
-from shared.core.spec import init_params  # noqa: E402
+from shared.core.spec import init_params, param_table  # noqa: E402
 from shared.data.dataset import open_dataset  # noqa: E402
 from shared.tools.parity import parity_config, rel_diff, run_parity  # noqa: E402
 
@@ -44,6 +44,30 @@ CASES = {
                                    "muon_momentum_warmup_steps": 3, "beta1": 0.8, "beta2": 0.99, "adam_eps": 1e-6,
                                    "grad_clip_norm": 0.05}),
     "step_warmdown": _cfg(iterations=6, warmdown_iters=4),
+    # The record stack (RECORD-STACK.md), one option per case, then all of them together.
+    "mlp_mult_float": _cfg(model={"mlp_mult": 2.5}),
+    "leaky_relu2": _cfg(model={"activation": "leaky_relu2"}),
+    "partial_rope": _cfg(model={"rope_dims": 8}),
+    "ln_scale": _cfg(model={"ln_scale": True, "num_layers": 3}),
+    "xsa": _cfg(model={"xsa_last_n": 1}),
+    "skip_gates": _cfg(model={"skip_gates": True, "num_layers": 4}),
+    "depth_recurrence": _cfg(model={"num_layers": 3, "loop_start": 1, "loop_end": 1, "num_loops": 2, "loop_at": 0.5},
+                             iterations=6),
+    "parallel_lanes": _cfg(model={"num_layers": 3, "parallel_from": 1}),
+    "smear_gate": _cfg(model={"smear_gate": True, "gate_dims": 6}),
+    "attn_gate": _cfg(model={"attn_gate": True, "gate_dims": 6, "attn_gate_scale": 0.7}),
+    "ortho_init": _cfg(model={"ortho_init": True}),
+    "weight_decay": _cfg(optim={"muon_wd": 0.5, "embed_wd": 0.3, "scalar_wd": 0.2}),
+    "muon_eq_r_polar_express": _cfg(optim={"muon_row_norm": True, "muon_ns": "polar_express"}),
+    "warmdown_frac_min_lr": _cfg(iterations=6, warmdown_frac=0.5, min_lr=0.2),
+    "ema": _cfg(ema_decay=0.8),
+    "record_stack": _cfg(model={"num_layers": 4, "mlp_mult": 4.0, "activation": "leaky_relu2", "rope_dims": 8,
+                                "qk_gain_init": 5.0, "ln_scale": True, "xsa_last_n": 4, "skip_gates": True,
+                                "loop_start": 1, "loop_end": 2, "num_loops": 1, "loop_at": 0.35, "parallel_from": 3,
+                                "smear_gate": True, "attn_gate": True, "gate_dims": 6, "ortho_init": True},
+                         optim={"muon_wd": 0.095, "embed_wd": 0.085, "scalar_wd": 0.02, "muon_row_norm": True,
+                                "muon_ns": "polar_express", "grad_clip_norm": 0.3, "beta2": 0.99},
+                         iterations=6, warmdown_frac=0.85, min_lr=0.1, ema_decay=0.9),
 }
 
 
@@ -52,10 +76,13 @@ def live_params(cfg, seed: int) -> dict[str, np.ndarray]:
     that the logits (and so the loss) depend on every path, as in a trained model."""
     params = init_params(cfg.model, seed=seed)
     rng = np.random.default_rng(seed)
+    table = param_table(cfg.model)
     for k, v in params.items():
         if k.endswith("proj.weight"):
             params[k] = rng.uniform(-1, 1, v.shape).astype(np.float32) / np.sqrt(v.shape[1])
         elif k in ("tok_emb.weight", "lm_head.weight"):
+            params[k] = rng.normal(0, 0.5, v.shape).astype(np.float32)
+        elif table[k].init[0] == "zeros":  # zero-initialised gates: make them matter
             params[k] = rng.normal(0, 0.5, v.shape).astype(np.float32)
     return params
 

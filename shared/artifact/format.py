@@ -44,7 +44,7 @@ from shared.artifact.quant import (
     token_weights,
 )
 from shared.core.config import Config, from_toml_text, to_toml
-from shared.core.spec import check_params, param_table
+from shared.core.spec import check_finite, check_params, param_table
 from shared.errors import PgolfError
 
 SIZE_CAP = 16_000_000  # code bytes + compressed model bytes (decimal), CHALLENGE.md
@@ -153,7 +153,7 @@ def quantize_all(params: dict[str, np.ndarray], cfg: Config, hessians: dict | No
                                      "calibration tokens with shared.artifact.budget.calibration_counts(x, y, vocab_size)")
                 row_weights = token_weights(token_counts, q.embed_freq_floor)
         out[name] = quantize(w, scheme, percentile=q.clip_percentile, clip_k=clip_k, min_scale=q.min_scale, hessian=h,
-                             gptq_block=q.gptq_block, gptq_damp=q.gptq_damp, row_weights=row_weights)
+                             gptq_block=q.gptq_block, gptq_damp=q.gptq_damp, row_weights=row_weights, name=name)
     return out
 
 
@@ -214,7 +214,9 @@ def pack(params: dict[str, np.ndarray], cfg: Config, hessians: dict | None = Non
     `hessians` maps a 2-D weight's name to its [in, in] float64 input Hessian
     (used when `quant.gptq`); `schemes` overrides the scheme of named tensors
     (the budget mode's per-tensor choice); `token_counts` feeds "frequency"
-    embedding steps (`quantize_all`)."""
+    embedding steps (`quantize_all`). Weights holding a NaN or an infinity are refused (the
+    error names the tensor), and so is a tensor whose values or scales overflow fp16."""
+    check_finite(params, "weights to pack")
     return pack_quantized(quantize_all(params, cfg, hessians, schemes, token_counts), cfg)
 
 
@@ -302,9 +304,11 @@ def _read_table(meta: dict, data: memoryview, source: str) -> tuple[Config, dict
 
 
 def unpack(blob: bytes, source: str = "artifact") -> tuple[Config, dict[str, np.ndarray]]:
-    """The config and float32 dequantised weights with canonical names."""
+    """The config and float32 dequantised weights with canonical names (all finite, or an error)."""
     cfg, qts = read_quantized(blob, source)
-    return cfg, {name: dequantize(t) for name, t in qts.items()}
+    params = {name: dequantize(t) for name, t in qts.items()}
+    check_finite(params, source, "the artifact is broken: repack it from a finite checkpoint with this pgolf")
+    return cfg, params
 
 
 def write_artifact(path: str | Path, blob: bytes) -> Path:

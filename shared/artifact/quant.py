@@ -59,9 +59,25 @@ def as_rows(w: np.ndarray) -> np.ndarray:
     return np.asarray(w, dtype=np.float32).reshape(w.shape[0], -1)
 
 
-def fp16_scale(clip: np.ndarray, bits: int) -> np.ndarray:
-    """Per-row scale clip/qmax, rounded to fp16; all-zero (or denormal) rows get scale 1."""
-    scale = (np.asarray(clip, dtype=np.float64) / qmax(bits)).astype(np.float16)
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def fp16_scale(clip: np.ndarray, bits: int, name: str = "tensor") -> np.ndarray:
+    """Per-row scale clip/qmax, rounded to fp16; all-zero (or denormal) rows get scale 1.
+
+    A step beyond fp16's range (65504) would be stored as infinity and decode to NaN: that is an
+    error naming the tensor, never a silently broken artifact."""
+    step = np.asarray(clip, dtype=np.float64) / qmax(bits)
+    if not np.isfinite(step).all():
+        raise PgolfError(f"{name}: its quantisation step is not finite (the weights hold NaN or infinity); "
+                         "re-train or resume from a good checkpoint")
+    with np.errstate(over="ignore"):
+        scale = step.astype(np.float16)
+    if np.isinf(scale).any():
+        row = int(np.argmax(step))
+        raise PgolfError(f"{name}: row {row} needs a quantisation step of {step[row]:.4g}, beyond the fp16 range "
+                         f"of the artifact's scales (max {FP16_MAX:g}); its weights have grown too large "
+                         "(lower the learning rates or set optim.grad_clip_norm)")
     tiny = ~(scale.astype(np.float32) > np.float32(np.finfo(np.float16).tiny))
     scale[tiny] = np.float16(1.0)
     return scale
@@ -106,7 +122,7 @@ def frequency_clip(rows: np.ndarray, k: float, weights: np.ndarray) -> np.ndarra
 
 
 def row_scales(rows: np.ndarray, scheme: str, percentile: float, clip_k: float, min_scale: float = 0.0,
-               row_weights: np.ndarray | None = None) -> np.ndarray:
+               row_weights: np.ndarray | None = None, name: str = "tensor") -> np.ndarray:
     bits = scheme_bits(scheme)
     if row_weights is not None:
         clip = frequency_clip(rows, clip_k, row_weights)
@@ -117,7 +133,7 @@ def row_scales(rows: np.ndarray, scheme: str, percentile: float, clip_k: float, 
     # The challenge baseline floors every row's step at 1/127 (`clamp_min` in its export):
     # quant.min_scale reproduces that rule; 0 leaves each row its own step.
     clip = np.maximum(clip, min_scale * qmax(bits))
-    return fp16_scale(clip, bits)
+    return fp16_scale(clip, bits, name)
 
 
 def round_to_codes(rows: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
@@ -129,17 +145,24 @@ def round_to_codes(rows: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray
 
 def quantize(w: np.ndarray, scheme: str, *, percentile: float = 99.99984, clip_k: float = 12.0,
              hessian: np.ndarray | None = None, gptq_block: int = 128, gptq_damp: float = 0.01,
-             min_scale: float = 0.0, row_weights: np.ndarray | None = None) -> QTensor:
+             min_scale: float = 0.0, row_weights: np.ndarray | None = None, name: str = "tensor") -> QTensor:
     """Quantise one tensor with `scheme`; a Hessian [in, in] switches int schemes to GPTQ;
-    `row_weights` (one per row, > 0) switches the clip to "frequency" steps."""
+    `row_weights` (one per row, > 0) switches the clip to "frequency" steps. `name` labels errors:
+    a value or scale that overflows its storage type (fp16) is refused, never stored as infinity."""
     w = np.asarray(w, dtype=np.float32)
     bits = scheme_bits(scheme)
     shape = tuple(int(s) for s in w.shape)
     if scheme in FLOAT_SCHEMES or w.ndim < 2:
         dtype = np.float32 if scheme == "fp32" else np.float16
-        return QTensor(scheme if scheme in FLOAT_SCHEMES else "fp16", shape, data=w.astype(dtype))
+        with np.errstate(over="ignore"):
+            data = w.astype(dtype)
+        if np.isinf(data).any() and np.isfinite(w).all():
+            raise PgolfError(f"{name}: a value of {float(np.abs(w).max()):.4g} is beyond the fp16 range (max "
+                             f"{FP16_MAX:g}); store it as fp32 (quant.other=fp32, or raise quant.keep_float_max_numel "
+                             "and pick fp32 for its class) or lower the learning rates")
+        return QTensor(scheme if scheme in FLOAT_SCHEMES else "fp16", shape, data=data)
     rows = as_rows(w)
-    scale = row_scales(rows, scheme, percentile, clip_k, min_scale, row_weights)
+    scale = row_scales(rows, scheme, percentile, clip_k, min_scale, row_weights, name)
     if hessian is not None:
         q = gptq_codes(rows, hessian, scale, bits, block=gptq_block, damp=gptq_damp)
     else:

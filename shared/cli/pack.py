@@ -59,12 +59,13 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
     from shared.artifact.code import code_bytes
     from shared.artifact.format import pack, unpack, write_artifact
     from shared.core.rundir import load_checkpoint
-    from shared.core.spec import check_params
+    from shared.core.spec import check_finite, check_params
 
     params, cfg, step = load_checkpoint(checkpoint)
     if cfg is None:
         raise PgolfError(f"{checkpoint} has no embedded config: pack a checkpoint written by `pgolf train`")
     check_params(params, cfg.model, str(checkpoint))
+    check_finite(params, str(checkpoint))
     cfg = _quant_overrides(cfg, overrides)
     code = code_bytes(backend)
     # The budget counts the larger of the two trainers' code, so the artifact fits whichever submits it

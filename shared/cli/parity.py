@@ -31,6 +31,8 @@ def parity(checkpoint, data, tokenizer, sets, steps, as_json) -> None:
     from shared.data.dataset import open_dataset
     from shared.tools.parity import run_parity
 
+    if steps < 1:
+        raise PgolfError(f"--steps must be at least 1, got {steps}")
     cfg, params = load_weights(checkpoint)
     if cfg is None:
         raise PgolfError(f"{checkpoint} has no embedded config: pass a checkpoint written by `pgolf train`")

@@ -2,17 +2,27 @@
 
     pgolf train --backend mlx --config configs/small.toml --data DIR --tokenizer MODEL --out runs/small
     pgolf train --backend mlx --resume runs/small            # continue from its last checkpoint
+    pgolf train ... --out runs/small --overwrite              # start over in a folder that holds a run
     pgolf eval --backend mlx runs/small/model.pgz --data DIR --tokenizer MODEL [--json]
 
 Knobs live in the config (`--set section.key=value`); `--data`/`--tokenizer`
 override `data.dir`/`data.tokenizer`. `eval` takes an artifact (`.pgz`) or a
 checkpoint (`.safetensors`, or a run folder): the model section always comes
 from the file itself.
+
+Before the backend trains, `train` claims the run folder (one process at a
+time: shared/core/rundir.py `claim_run_dir`), refuses a folder that already
+holds a run unless `--resume` or `--overwrite`, and opens the dataset with
+the run's sequence length, so a bad split fails before any step. A resume
+that fails before it saves leaves config.toml as it was. `eval` refuses
+weights that are not finite.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,9 +50,12 @@ def with_data(cfg: Config, data: str | None, tokenizer: str | None) -> Config:
 @click.option("--out", type=click.Path(file_okay=False), help="run folder to write")
 @click.option("--resume", type=click.Path(file_okay=False), help="continue the run in this folder from its last checkpoint")
 @click.option("--nproc", type=int, default=1, show_default=True, help="processes (torch: DDP ranks)")
-def train(backend, config_path, sets, data, tokenizer, out, resume, nproc) -> None:
+@click.option("--overwrite", is_flag=True, help="start a new run in an --out folder that already holds one (its files are removed)")
+def train(backend, config_path, sets, data, tokenizer, out, resume, nproc, overwrite) -> None:
     """Train a model, pack it into RUN_DIR/model.pgz and evaluate it."""
     from shared.core.backends import get_backend
+    from shared.core.rundir import claim_run_dir, config_restored_on_failure, inherited_claim
+    from shared.data.dataset import open_dataset
 
     if resume:
         run_dir = Path(resume)
@@ -60,7 +73,20 @@ def train(backend, config_path, sets, data, tokenizer, out, resume, nproc) -> No
     cfg = apply_overrides(with_data(cfg, data, tokenizer), sets)
     if nproc < 1:
         raise PgolfError(f"--nproc must be at least 1, got {nproc}")
-    summary = get_backend(backend).train(cfg, run_dir, resume=bool(resume), nproc=nproc)
+    if resume and overwrite:
+        raise PgolfError("--resume and --overwrite contradict each other: --resume continues the run in the "
+                         "folder, --overwrite starts a new one over it; pass one of them")
+    # Every input check before the folder is touched: shards, tokenizer, at least one validation sequence.
+    open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size, seq_len=cfg.train.seq_len)
+    # One owner per run folder. Under torchrun only rank 0 writes; the workers that
+    # `--nproc N` starts run under their launcher's claim.
+    if inherited_claim(run_dir) or int(os.environ.get("RANK", "0") or 0) > 0:
+        claim = contextlib.nullcontext()
+    else:
+        claim = claim_run_dir(run_dir, resume=bool(resume), overwrite=overwrite)
+    guard = config_restored_on_failure(run_dir) if resume else contextlib.nullcontext()
+    with claim, guard:
+        summary = get_backend(backend).train(cfg, run_dir, resume=bool(resume), nproc=nproc)
     if summary:
         click.echo(
             f"done: val_bpb {summary['val_bpb']:.4f} (packed {summary['q_val_bpb']:.4f}), "
@@ -69,17 +95,19 @@ def train(backend, config_path, sets, data, tokenizer, out, resume, nproc) -> No
 
 
 def load_weights(path: Path) -> tuple[Config | None, dict]:
-    """(embedded config, float32 params) from an artifact or a checkpoint."""
+    """(embedded config, float32 params) from an artifact or a checkpoint; NaN or infinity is an error."""
     from shared.core.rundir import CHECKPOINT, load_checkpoint
+    from shared.core.spec import check_finite
 
     if path.is_dir() or path.suffix == ".safetensors":
         if path.is_dir() and not (path / CHECKPOINT).is_file():
             raise PgolfError(f"{path} holds no {CHECKPOINT}: pass a model.pgz or checkpoint.safetensors")
         params, cfg, _ = load_checkpoint(path)
+        check_finite(params, str(path / CHECKPOINT if path.is_dir() else path))
         return cfg, params
     from shared.artifact.format import read_artifact
 
-    return read_artifact(path)
+    return read_artifact(path)  # unpack checks the decoded weights
 
 
 def _run_dir_data(cfg: Config, weights: Path) -> Config:

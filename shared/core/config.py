@@ -346,6 +346,8 @@ def _check_type(where: str, value: Any, default: Any) -> Any:
             return value
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value:  # NaN passes every `<`/`>` range check below; no knob means it
+                raise PgolfError(f"{where} must be a number, got nan")
             return float(value)
     elif isinstance(default, str):
         if isinstance(value, str):

@@ -13,11 +13,16 @@ packing, evaluated on the same tokens), `steps`, `train_tokens`,
 `train_seconds`, and anything else worth keeping in the summary.
 `session.evaluate_params` returns totals over all ranks. An artifact over the cap is an
 error (exit code 2) raised after everything is written, so nothing is lost.
+Finite or refuse: weights with a NaN or an infinity, a scale that overflows
+fp16 (an error naming the tensor) or a packed model that evaluates to a
+non-finite loss stop the run with one line before model.pgz or summary.json
+is written; the checkpoint stays, so nothing trained is lost.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import numpy as np
@@ -27,7 +32,7 @@ from shared.artifact.format import SIZE_CAP
 from shared.core.backends import Session
 from shared.core.config import Config
 from shared.core.rundir import ARTIFACT, RunDir
-from shared.core.spec import count_params
+from shared.core.spec import check_finite, count_params
 from shared.errors import PgolfError
 
 
@@ -44,6 +49,7 @@ def finish_run(
 
     name, rank = session.backend, session.rank
     stats = dict(train_stats)
+    check_finite(params, f"{run_dir.path}: the trained weights")
     hessians = counts = None
     if cfg.quant.calibrates:  # calibration: the first training tokens
         from shared.artifact.calibration import calibration_batch, calibration_counts
@@ -59,10 +65,15 @@ def finish_run(
     # Every rank packs the same bytes (the packer is deterministic), so every
     # rank can evaluate them without waiting for a file; only rank 0 writes it.
     blob = artifact.pack(params, cfg, hessians=hessians, token_counts=counts)
+    _, q_params = artifact.unpack(blob, source=str(run_dir.path / ARTIFACT))  # finite, or an error before writing
+    q = session.evaluate_params(q_params, dataset.val_tokens, dataset.tables)
+    for key, value in (("val_loss", stats["val_loss"]), ("val_bpb", stats["val_bpb"]),
+                       ("q_val_loss", q.val_loss), ("q_val_bpb", q.val_bpb)):
+        if not math.isfinite(float(value)):
+            raise PgolfError(f"{run_dir.path}: {key} is {value} (not finite); model.pgz and summary.json were not "
+                             f"written, the checkpoint is kept: check it with `pgolf eval {run_dir.path}`")
     if rank == 0 and run_dir.is_main:
         artifact.write_artifact(run_dir.path / ARTIFACT, blob)
-    _, q_params = artifact.unpack(blob)
-    q = session.evaluate_params(q_params, dataset.val_tokens, dataset.tables)
 
     code = int(code_bytes(name))
     seconds = float(stats.get("train_seconds", 0.0))

@@ -8,13 +8,28 @@
     RUN_DIR/model.pgz                packed artifact (shared/artifact/format.py)
     RUN_DIR/summary.json             final figures
 
+    RUN_DIR/.pgolf.lock              the PID of the process that owns the run (while it runs)
+
 Every file is written atomically (temp file + rename), so an interrupted
-write never leaves a half file behind.
+write never leaves a half file behind; a write that fails (a full disk, a
+file-size limit, a read-only folder) is one `PgolfError` naming the file,
+whatever the library underneath raised.
+
+One process owns a run folder at a time (`claim_run_dir`): an exclusive
+`flock` on `.pgolf.lock`, which holds the owner's PID for the message a
+second process gets. The kernel drops the lock when its process dies, so a
+lock file left by a dead process is simply taken over. A folder that already
+holds a run (`existing_run_files`) is refused unless the caller resumes it or
+asks to overwrite it (`--overwrite` removes the old run's files first, so no
+log or metric of the old run mixes with the new one).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import math
 import os
 import platform
 import subprocess
@@ -37,6 +52,13 @@ CONFIG = "config.toml"
 TRAIN_STATE = "train_state.safetensors"
 ARTIFACT = "model.pgz"
 SUMMARY = "summary.json"
+LOCK = ".pgolf.lock"
+# Set by a launcher (cuda_train/launch.py) for the processes it starts into a folder it owns: its PID.
+OWNER_ENV = "PGOLF_RUN_OWNER"
+LOG = "train.log"
+METRICS = "metrics.jsonl"
+# The files one run writes: their presence means the folder holds a (finished or partial) run.
+RUN_FILES = (CONFIG, LOG, METRICS, CHECKPOINT, TRAIN_STATE, ARTIFACT, SUMMARY)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 SUMMARY_KEYS = (
@@ -45,16 +67,40 @@ SUMMARY_KEYS = (
 )
 
 
+def write_failed(path: str | Path, err: BaseException) -> PgolfError:
+    """One line for a file that could not be written, whatever raised (OSError, SafetensorError, ...)."""
+    reason = (os.strerror(err.errno) if isinstance(err, OSError) and err.errno else None) or str(err) or type(err).__name__
+    hint = "free some disk space or write elsewhere" if _is_space_error(err) else "check the folder and free disk space"
+    return PgolfError(f"{path}: could not write it ({' '.join(reason.split())[:300]}); {hint}, then retry")
+
+
+def _is_space_error(err: BaseException) -> bool:
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    text = str(err)
+    return "StorageFull" in text or "No space left" in text or "FileTooLarge" in text or "File too large" in text
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)`, then rename the temp file over `path`."""
+    """Call `write(tmp_path)`, then rename the temp file over `path`.
+
+    A failure of the write itself (OSError, or a library error such as safetensors'
+    SafetensorError, which wraps the OS error in its own type) leaves `path` untouched and
+    raises one `PgolfError` naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise write_failed(path, e) from None
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_failed(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -188,19 +234,25 @@ class RunDir:
         if is_main:
             self.path.mkdir(parents=True, exist_ok=True)
 
+    def _append(self, name: str, line: str) -> None:
+        where = self.path / name
+        try:
+            with open(where, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            raise write_failed(where, e) from None
+
     def log(self, msg: str, console: bool = True) -> None:
         if not self.is_main:
             return
         if console:
             print(msg, flush=True)
-        with open(self.path / "train.log", "a", encoding="utf-8") as f:
-            f.write(msg + "\n")
+        self._append(LOG, msg)
 
     def metrics(self, record: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        self._append(METRICS, strict_json(record, sort_keys=True))
 
     def log_step(self, step: int, iterations: int, loss: float, lr_scale: float, tokens_per_second: float,
                  elapsed: float, val=None) -> str:
@@ -225,4 +277,208 @@ class RunDir:
         if missing:
             raise ValueError(f"summary is missing {missing}")
         if self.is_main:
-            atomic_write_bytes(self.path / SUMMARY, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+            atomic_write_bytes(self.path / SUMMARY, (strict_json(summary, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def strict_json(obj: Any, **kwargs: Any) -> str:
+    """JSON that every parser reads: a NaN or infinity becomes null (json.dumps would write `NaN`)."""
+    return json.dumps(_finite_or_null(obj), allow_nan=False, **kwargs)
+
+
+# ----------------------------------------------------------------------------- run ownership
+
+def existing_run_files(path: str | Path) -> list[str]:
+    """The run files (RUN_FILES) already in `path`: non-empty means it holds a finished or partial run."""
+    path = Path(path)
+    return [name for name in RUN_FILES if (path / name).exists()] if path.is_dir() else []
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _lock_holder(lock: Path) -> str:
+    try:
+        text = lock.read_text(encoding="utf-8").strip()
+    except OSError:
+        return "another process"
+    return f"process {text}" if text.isdigit() else "another process"
+
+
+class RunClaim:
+    """An exclusive claim on a run folder; `release()` (or leaving the `with` block) gives it up."""
+
+    def __init__(self, path: Path, fd: int | None):
+        self.path, self._fd = path, fd
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK
+
+    def release(self) -> None:
+        if self._fd is None:  # the PID fallback: remove the file while it still names us
+            with contextlib.suppress(OSError):
+                if self.lock_file.read_text(encoding="utf-8").strip() == str(os.getpid()):
+                    self.lock_file.unlink()
+            return
+        # Unlink while still holding the lock: a process that opened the old file sees on its
+        # next look that the path no longer names its inode and retries (see `claim_run_dir`).
+        Path(self.lock_file).unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunClaim:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _flock(fd: int) -> bool:
+    """Try an exclusive, non-blocking flock; False when another process holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+def _acquire_lock(path: Path) -> int | None:
+    """The locked fd of `path/.pgolf.lock` holding our PID, or None when a live process holds it."""
+    lock = path / LOCK
+    for _ in range(20):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            if not _flock(fd):
+                os.close(fd)
+                return None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the previous owner removed the file between our open and our lock: retry
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+    raise PgolfError(f"{lock}: could not take the run lock (the file keeps changing); retry")
+
+
+def inherited_claim(path: str | Path) -> bool:
+    """True in a process started by the owner of `path` on its behalf (the torchrun workers of
+    `pgolf train --nproc N`): the launcher put its PID in OWNER_ENV and holds the lock."""
+    owner = os.environ.get(OWNER_ENV, "")
+    try:
+        held = (Path(path) / LOCK).read_text(encoding="utf-8").strip()
+    except OSError:
+        return False
+    return owner.isdigit() and held == owner
+
+
+def claim_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool = False) -> RunClaim:
+    """Make this process the one owner of run folder `path` before anything is written into it.
+
+    Refused (PgolfError) while another live process holds the folder's lock; a lock left by a dead
+    process is taken over. A new run (`resume=False`) into a folder that already holds a run is
+    refused unless `overwrite`, which removes the old run's files (RUN_FILES) once the lock is held.
+    Where the file system has no flock, the lock falls back to the PID in the file."""
+    path = Path(path)
+    if resume and overwrite:
+        raise PgolfError("--resume and --overwrite contradict each other: --resume continues the run in "
+                         "the folder, --overwrite starts a new one over it; pass one of them")
+    if path.exists() and not path.is_dir():
+        raise PgolfError(f"--out {path} is a file, not a folder: pass a folder for the run")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failed(path, e) from None
+    lock = path / LOCK
+    try:
+        fd = _acquire_lock(path)
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise write_failed(lock, e) from None
+        fd = _pid_lock(lock)
+    if fd is None:
+        raise PgolfError(f"{path} is in use: {_lock_holder(lock)} is training into it (lock {lock}); wait for it "
+                         "to finish or stop it, or choose another --out")
+    claim = RunClaim(path, fd if fd >= 0 else None)
+    try:
+        found = existing_run_files(path)
+        if found and not resume and not overwrite:
+            raise PgolfError(f"{path} already holds a run ({', '.join(found)}): continue it with --resume {path}, "
+                             "replace it with --overwrite, or choose another --out")
+        if overwrite:
+            for name in found:
+                (path / name).unlink(missing_ok=True)
+    except BaseException:
+        claim.release()
+        raise
+    return claim
+
+
+def _pid_lock(lock: Path) -> int:
+    """The fallback without flock: the PID in the file decides; returns -1 (held by us) or raises."""
+    text = lock.read_text(encoding="utf-8").strip() if lock.is_file() else ""
+    if text.isdigit() and int(text) != os.getpid() and _pid_alive(int(text)):
+        raise PgolfError(f"{lock.parent} is in use: process {text} is training into it (lock {lock}); wait for it "
+                         "to finish or stop it, or choose another --out")
+    atomic_write_bytes(lock, f"{os.getpid()}\n".encode())
+    return -1
+
+
+@contextlib.contextmanager
+def config_restored_on_failure(path: str | Path):
+    """Around a resume: if it fails before saving a new resume point, put config.toml back as it was.
+
+    The trainer rewrites config.toml once its checks pass; a resume that then fails (diverges, a
+    bad override, a crash) must not leave the folder describing a config that no save used."""
+    path = Path(path)
+    config, state = path / CONFIG, path / TRAIN_STATE
+
+    def stamp():
+        try:
+            st = state.stat()
+            return st.st_ino, st.st_mtime_ns, st.st_size
+        except OSError:
+            return None
+
+    before = config.read_bytes() if config.is_file() else None
+    saved = stamp()
+    try:
+        yield
+    except BaseException:
+        if before is not None and stamp() == saved:
+            with contextlib.suppress(OSError, PgolfError):
+                if not config.is_file() or config.read_bytes() != before:
+                    atomic_write_bytes(config, before)
+        raise

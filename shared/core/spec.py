@@ -202,3 +202,16 @@ def check_params(params: dict[str, np.ndarray], m: ModelConfig, source: str) -> 
     for k, s in shapes.items():
         if tuple(params[k].shape) != s:
             raise PgolfError(f"{source}: tensor {k} has shape {tuple(params[k].shape)}, the config says {s}")
+
+
+def check_finite(params: dict[str, np.ndarray], source: str, what: str = "re-train or resume from a good "
+                 "checkpoint (lower the learning rates or set optim.grad_clip_norm)") -> None:
+    """Raise a one-line error naming the first tensor (by name) that holds a NaN or an infinity."""
+    from shared.errors import PgolfError
+
+    for name in sorted(params):
+        w = np.asarray(params[name])
+        if w.dtype.kind == "f" and not np.isfinite(w).all():
+            nan, inf = int(np.isnan(w).sum()), int(np.isinf(w).sum())
+            raise PgolfError(f"{source}: tensor {name} is not finite ({nan:,} NaN, {inf:,} infinite of "
+                             f"{w.size:,} values); {what}")

@@ -5,7 +5,9 @@
 have valid headers, the tokenizer loads, its vocabulary matches
 `model.vocab_size`, the data was built with this tokenizer (when the dataset
 folder has a manifest.json, its tokenizer sha256 must match the file), and
-every validation token id (and the first train shard's) is in the vocabulary.
+every validation token id (and the first train shard's) is in the vocabulary,
+no shard is empty (a train stream over empty shards would spin forever), and,
+given the run's `seq_len`, the validation split holds at least one sequence.
 Each failure is a one-line `PgolfError`.
 """
 
@@ -65,13 +67,24 @@ def check_manifest(data_dir: Path, tokenizer_path: Path, manifest: dict) -> None
             )
 
 
-def open_dataset(data_dir: str | Path, tokenizer_path: str | Path, vocab_size: int) -> Dataset:
-    """Validate shards, tokenizer and their agreement; return the opened `Dataset`."""
+def check_val_length(val_tokens: np.ndarray, seq_len: int, source: str | Path) -> None:
+    """Validation needs at least one whole sequence (seq_len inputs + 1 target)."""
+    if (val_tokens.size - 1) // seq_len < 1:
+        raise PgolfError(f"{source}: the validation split has {val_tokens.size:,} tokens, fewer than one sequence "
+                         f"of train.seq_len={seq_len} (+1 target); lower train.seq_len or use a longer split")
+
+
+def open_dataset(data_dir: str | Path, tokenizer_path: str | Path, vocab_size: int,
+                 seq_len: int | None = None) -> Dataset:
+    """Validate shards, tokenizer and their agreement; return the opened `Dataset`.
+
+    With `seq_len` (a trainer's `train.seq_len`), also check that validation has a whole sequence."""
     data_dir, tokenizer_path = Path(data_dir), Path(tokenizer_path)
     val_files = find_shards(data_dir, "val")
     train_files = find_shards(data_dir, "train")
     for f in (*val_files, *train_files):
-        shard_count(f)  # header and size of every shard, before any work
+        if shard_count(f) == 0:  # header and size of every shard, before any work
+            raise PgolfError(f"shard {f} holds no tokens: rebuild or re-download it, or remove it from {data_dir}")
     sp = load_tokenizer(tokenizer_path)
     n = int(sp.vocab_size())
     if n != vocab_size:
@@ -83,5 +96,7 @@ def open_dataset(data_dir: str | Path, tokenizer_path: str | Path, vocab_size: i
     if manifest is not None:
         check_manifest(data_dir, tokenizer_path, manifest)
     val_tokens = load_val_tokens(data_dir, vocab_size=n)
+    if seq_len is not None:
+        check_val_length(val_tokens, seq_len, data_dir / "fineweb_val_*.bin")
     check_vocab(read_shard(train_files[0]), n, train_files[0])
     return Dataset(data_dir, tokenizer_path, ByteTables.from_processor(sp), val_tokens, n, manifest)

@@ -143,14 +143,19 @@ class TokenStream:
         self.pos = int(state["pos"])
 
     def take(self, n: int) -> np.ndarray:
-        chunks = []
+        chunks, empty = [], 0
         while n > 0:
             avail = self._tokens.size - self.pos
             if avail <= 0:
+                empty += 1
+                if empty > len(self.files):  # a full lap without a token: every shard is empty
+                    raise PgolfError(f"the {len(self.files)} train shard(s) in {self.files[0].parent} hold no tokens: "
+                                     "rebuild or re-download them")
                 self.file_idx = (self.file_idx + 1) % len(self.files)
                 self._tokens = self._load(self.file_idx)
                 self.pos = 0
                 continue
+            empty = 0
             k = min(n, avail)
             chunks.append(np.asarray(self._tokens[self.pos : self.pos + k]))
             self.pos += k
@@ -219,8 +224,10 @@ def val_batches(
 
 
 def val_token_count(tokens: np.ndarray, seq_len: int, max_tokens: int = 0) -> int:
-    """How many target tokens `val_batches` scores over all ranks."""
+    """How many target tokens `val_batches` scores over all ranks (an error when not one sequence)."""
     total_seqs = (tokens.size - 1) // seq_len
+    if total_seqs <= 0:
+        raise PgolfError(f"validation split has {tokens.size} tokens, fewer than one sequence of {seq_len}")
     if max_tokens > 0:
         total_seqs = min(total_seqs, max(1, max_tokens // seq_len))
     return total_seqs * seq_len
