@@ -88,25 +88,34 @@ def build(src: str, out: Path, vocab: int | None, val_docs: int | None, name: st
 
 
 @data.command()
-@click.option("--variant", default="sp1024", show_default=True, help="sp1024, sp4096, sp8192 ...")
+@click.option("--variant", default="sp1024", show_default=True,
+              help="sp1024, sp4096, sp8192, byte260, caseops, or <name> of a fineweb10B_<name> dataset.")
 @click.option("--train-shards", type=int, default=1, show_default=True, help="Train shards to fetch (100M tokens each).")
 @click.option("--out", default="data", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output root: OUT/datasets/fineweb10B_<variant>/ and OUT/tokenizers/.")
-@click.option("--repo", default=None, hidden=True, help="Dataset repo id (default willdepueoai/parameter-golf).")
-def download(variant: str, train_shards: int, out: Path, repo: str | None) -> None:
-    """Download the published FineWeb export from Hugging Face (honours HF_ENDPOINT)."""
-    from shared.data.download import REPO_ID
+@click.option("--repo-id", default=None,
+              help="Dataset repo id [default: $MATCHED_FINEWEB_REPO_ID, else the variant's known repo].")
+@click.option("--repo", default=None, hidden=True, help="Old name of --repo-id.")
+@click.option("--remote-root", default=None,
+              help="Folder of the export inside the repo [default: $MATCHED_FINEWEB_REMOTE_ROOT_PREFIX, else datasets].")
+def download(variant: str, train_shards: int, out: Path, repo_id: str | None, repo: str | None,
+             remote_root: str | None) -> None:
+    """Download a published FineWeb export from Hugging Face (honours HF_ENDPOINT); every file is verified."""
     from shared.data.download import download as fetch
 
-    _done(*fetch(variant, train_shards, out, repo=repo or REPO_ID))
+    _done(*fetch(variant, train_shards, out, repo=repo_id or repo, remote_root=remote_root))
 
 
 @data.command()
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Dataset folder with the shards.")
-@click.option("--tokenizer", required=True, type=click.Path(path_type=Path), help="The SentencePiece .model file.")
+@click.option("--tokenizer", required=True, type=click.Path(path_type=Path), help="The SentencePiece .model file (byte260: the .json file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def audit(data_dir: Path, tokenizer: Path, as_json: bool) -> None:
-    """Check that the byte tables add up to the UTF-8 length of the decoded validation text."""
+    """Check that the bytes BPB is charged with add up to the UTF-8 length of the decoded validation text.
+
+    Every variant: sp<VOCAB> (byte tables), CaseOps (the byte sidecar against the text with the transform
+    inverted), byte260. When it is off, names the known bug class that explains it. Exit 1 when not exact.
+    """
     from shared.data.audit import audit as run_audit
     from shared.data.audit import describe
 

@@ -231,7 +231,8 @@ def describe(report: dict) -> str:
                      "(byte-fallback triple: no standalone U+2581 piece); counted as 1 byte each")
     f = report["factor"]
     if report["exact"]:
-        lines.append(f"exact: the {source} add up to the decoded text (factor 1.000000)")
+        verb = "adds" if source == "byte sidecar" else "add"
+        lines.append(f"exact: the {source} {verb} up to the decoded text (factor 1.000000)")
     else:
         direction = "too low" if f > 1 else "too high"
         lines.append(f"NOT exact: factor {f:.6f}; BPB from the {source} would be {abs(1 - 1 / f) * 100:.2f}% {direction}")
