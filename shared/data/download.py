@@ -211,8 +211,12 @@ def download(variant: str, train_shards: int, out: str | Path = "data", repo: st
     with Progress(f"download {name}", total=len(todo), unit="files") as bar:
         for shard in todo:
             dest = _place(_fetch(repo, f"{prefix}datasets/{name}/{shard}", out, endpoint), data_dir / shard)
-            shard_count(dest)  # header and size, or a one-line error naming the file
-            _verify(dest, expected.get(shard), where)
+            try:
+                shard_count(dest)  # header and size, or a one-line error naming the file
+                _verify(dest, expected.get(shard), where)
+            except PgolfError:
+                dest.unlink()  # never leave a bad file where a reader would take it
+                raise
             bar.update(1)
     tok_paths = []
     tok_sha = tokenizer.get("sha256")
