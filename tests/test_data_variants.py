@@ -225,3 +225,19 @@ def test_sidecar_must_pair_with_val(co, tmp_path):
     broken = _with_sidecar(tmp_path, data_dir, side[:-1])
     with pytest.raises(PgolfError, match="fineweb_val_bytes_000000.bin has .* entries"):
         open_dataset(broken, tok, 700)
+
+
+def test_reuse_tokenizer_reexports_the_same_shards(co, tmp_path, capsys):
+    """`pgolf data build --tokenizer MODEL`: a record's tokenizer on the same documents gives the same shards."""
+    data_dir, tok = co
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in _docs()), encoding="utf-8")
+    main(["data", "build", "--docs", str(src), "--out", str(tmp_path / "out"), "--val-docs", "6",
+          "--transform", "caseops", "--tokenizer", str(tok), "--name", "co", "--workers", "1"])
+    again = tmp_path / "out/datasets/co_sp700_caseops"
+    for name in ("fineweb_val_000000.bin", "fineweb_val_bytes_000000.bin", "fineweb_train_000000.bin"):
+        assert (again / name).read_bytes() == (data_dir / name).read_bytes()
+    assert (tmp_path / "out/tokenizers" / tok.name).read_bytes() == tok.read_bytes()
+    with pytest.raises(SystemExit) as e:  # the CaseOps tokenizer without the transform: refused
+        main(["data", "build", "--docs", str(src), "--out", str(tmp_path / "o2"), "--tokenizer", str(tok)])
+    assert e.value.code == 2 and "--transform caseops" in capsys.readouterr().err

@@ -51,9 +51,10 @@ def _kind_opt(f):
 @_kind_opt
 def sample(out: Path, vocab: int, transform: str, kind: str) -> None:
     """Build the embedded sample dataset from the Python standard library's documentation (no download)."""
+    from shared.data.build import default_workers
     from shared.data.sample import build_sample
 
-    _done(*build_sample(out, vocab=vocab, transform=transform, kind=kind))
+    _done(*build_sample(out, vocab=vocab, transform=transform, kind=kind, workers=default_workers()))
 
 
 @data.command()
@@ -68,8 +69,10 @@ def sample(out: Path, vocab: int, transform: str, kind: str) -> None:
 @_transform_opt
 @_kind_opt
 @click.option("--workers", type=int, default=None, help="Encoding processes [default: the CPU count, at most 8].")
+@click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Reuse this SentencePiece .model instead of training one (--vocab then comes from it).")
 def build(src: str, out: Path, vocab: int | None, val_docs: int | None, name: str | None, transform: str,
-          kind: str, workers: int | None) -> None:
+          kind: str, workers: int | None, tokenizer: Path | None) -> None:
     """Train a SentencePiece BPE tokenizer (the challenge's settings) and export challenge shards.
 
     Validation is the first --val-docs documents; neither the tokenizer nor the train shards see them.
@@ -77,14 +80,14 @@ def build(src: str, out: Path, vocab: int | None, val_docs: int | None, name: st
     from shared.data.build import build_dataset, default_workers, open_docs
     from shared.errors import PgolfError
 
-    if vocab is None and kind == "sp":
+    if vocab is None and kind == "sp" and tokenizer is None:
         raise PgolfError("--vocab is required for a SentencePiece tokenizer (e.g. --vocab 8192), or pass --kind byte")
     docs, default_name = open_docs(src)
     if val_docs is None:
         val_docs = min(50_000, max(1, len(docs) // 10))
     _done(*build_dataset(docs, out, vocab=vocab or 260, val_docs=val_docs, name=name or default_name,
                          source=str(src), transform=transform, kind=kind,
-                         workers=default_workers() if workers is None else workers))
+                         workers=default_workers() if workers is None else workers, tokenizer=tokenizer))
 
 
 @data.command()

@@ -268,11 +268,14 @@ def build_dataset(
     kind: str = "sp",
     workers: int = 1,
     max_chars: int = 400_000_000,
+    tokenizer: str | Path | None = None,
 ) -> tuple[Path, Path]:
     """Tokenizer + val/train shards (+ byte sidecars) + manifest under `out`; returns (data_dir, tokenizer_path).
 
     `docs` is a list or a re-iterable stream (`open_docs`): it is read once to
-    count, once to train the tokenizer and once to encode.
+    count, once to train the tokenizer and once to encode. `tokenizer`: reuse
+    this SentencePiece model (copied into out/tokenizers/) instead of training
+    one, e.g. a record's CaseOps tokenizer on the challenge's docs.
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise PgolfError(f"dataset name {name!r}: use letters, digits, '.', '_' or '-'")
@@ -286,13 +289,16 @@ def build_dataset(
     if not 1 <= val_docs < n_docs:
         raise PgolfError(f"--val-docs {val_docs}: need at least 1 validation document and 1 training document "
                          f"({n_docs} documents found)")
-    if kind == "sp" and not 260 < vocab <= 65536:
+    if kind == "sp" and tokenizer is None and not 260 < vocab <= 65536:
         raise PgolfError(f"--vocab {vocab}: must be above 260 (256 byte pieces + 4 specials) and at most 65536")
     data_dir, tok_path = dataset_paths(out, name, vocab, transform, kind)
 
     if kind == "byte":
         write_byte_tokenizer(tok_path)
         vocab, settings = 260, {"tokenizer_type": "pure_byte"}
+    elif tokenizer is not None:
+        tok_path, vocab, settings = _reuse_tokenizer(Path(tokenizer), Path(out), name, transform)
+        data_dir = dataset_paths(out, name, vocab, transform, kind)[0]
     else:
         print(f"training a {vocab}-piece BPE tokenizer on {n_docs - val_docs:,} documents "
               f"({train_chars:,} characters{', caseops' if transform != 'none' else ''}) ...",
@@ -325,6 +331,25 @@ def build_dataset(
                    docs={"val": val_docs, "train": n_docs - val_docs}, source=source, transform=transform,
                    settings=settings)
     return data_dir, tok_path
+
+
+def _reuse_tokenizer(src: Path, out: Path, name: str, transform: str) -> tuple[Path, int, dict]:
+    """Copy an existing SentencePiece model (and its .vocab) into out/tokenizers/; (path, vocab, settings)."""
+    from shared.core.rundir import atomic_write_bytes
+    from shared.data.bpb import ByteTokenizer, load_tokenizer
+
+    sp = load_tokenizer(src)
+    if isinstance(sp, ByteTokenizer):
+        raise PgolfError(f"--tokenizer {src}: a byte260 tokenizer; use --kind byte instead")
+    if transform == caseops.NAME:
+        caseops.operator_ids(sp)  # the sidecar needs the operators as pieces
+    elif caseops.has_operators(sp):
+        raise PgolfError(f"--tokenizer {src} reserves the CaseOps operators: pass --transform caseops")
+    dest = out / "tokenizers" / src.name
+    for a, b in ((src, dest), (src.with_suffix(".vocab"), dest.with_suffix(".vocab"))):
+        if a.is_file() and a.resolve() != b.resolve():
+            atomic_write_bytes(b, a.read_bytes()).chmod(FILE_MODE)
+    return dest, int(sp.vocab_size()), {"reused": str(src)}
 
 
 def _map_chunks(tasks, tok_path: str, transform: str, workers: int):
