@@ -241,3 +241,22 @@ def test_reuse_tokenizer_reexports_the_same_shards(co, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # the CaseOps tokenizer without the transform: refused
         main(["data", "build", "--docs", str(src), "--out", str(tmp_path / "o2"), "--tokenizer", str(tok)])
     assert e.value.code == 2 and "--transform caseops" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sp8192_build_and_audit_exact(tmp_path):
+    """The record vocabulary: SP8192 with the challenge's settings on ~1.5 MB of real text audits exact."""
+    from shared.data.sample import stdlib_documents
+
+    docs, total = [], 0
+    for d in stdlib_documents():
+        docs.append(d)
+        total += len(d)
+        if total > 1_500_000:
+            break
+    data_dir, tok = build_dataset(docs, tmp_path, vocab=8192, val_docs=40, name="big")
+    assert data_dir.name == "big_sp8192" and load_tokenizer(tok).vocab_size() == 8192
+    report = audit(data_dir, tok)
+    assert report["variant"] == "sp" and report["bytes_source"] == "byte_table"
+    assert report["exact"] is True and report["documents"] == 40 and report["decoded_bytes"] > 50_000
+    assert open_dataset(data_dir, tok, 8192).val_tokens.size == report["tokens"]
