@@ -297,7 +297,7 @@ def build_dataset(
         write_byte_tokenizer(tok_path)
         vocab, settings = 260, {"tokenizer_type": "pure_byte"}
     elif tokenizer is not None:
-        tok_path, vocab, settings = _reuse_tokenizer(Path(tokenizer), Path(out), name, transform)
+        tok_path, vocab, settings = _reuse_tokenizer(Path(tokenizer), Path(out), transform)
         data_dir = dataset_paths(out, name, vocab, transform, kind)[0]
     else:
         print(f"training a {vocab}-piece BPE tokenizer on {n_docs - val_docs:,} documents "
@@ -333,7 +333,7 @@ def build_dataset(
     return data_dir, tok_path
 
 
-def _reuse_tokenizer(src: Path, out: Path, name: str, transform: str) -> tuple[Path, int, dict]:
+def _reuse_tokenizer(src: Path, out: Path, transform: str) -> tuple[Path, int, dict]:
     """Copy an existing SentencePiece model (and its .vocab) into out/tokenizers/; (path, vocab, settings)."""
     from shared.core.rundir import atomic_write_bytes
     from shared.data.bpb import ByteTokenizer, load_tokenizer
