@@ -23,6 +23,7 @@ from shared.data.dataset import open_dataset
 from shared.data.download import REMOTE_ROOT, download
 from shared.data.shards import HEADER_BYTES, read_shard, write_shard
 from shared.errors import PgolfError
+from tests.conftest import stdlib_docs
 
 REPO = "someone/parameter-golf"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -31,8 +32,9 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 class FakeHub:
     """Files by repo path; logs every request; can cut one transfer short to force a resume."""
 
-    def __init__(self, files: dict[str, bytes]):
-        self.files = files
+    def __init__(self, files: dict[str, bytes], repos: dict[str, dict[str, bytes]] | None = None):
+        self.files = files  # REPO's files; `repos` holds other repos' (repo id -> files)
+        self.repos = {REPO: files, **(repos or {})}
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.cut: dict[str, int] = {}  # path -> bytes to send before dropping the connection (once)
         hub = self
@@ -44,10 +46,10 @@ class FakeHub:
                 pass
 
             def _serve(self, body: bool) -> None:
-                m = re.fullmatch(rf"/datasets/{re.escape(REPO)}/resolve/([^/]+)/(.+)", self.path.split("?")[0])
+                m = re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", self.path.split("?")[0])
                 rng = self.headers.get("Range")
-                hub.log.append((self.command, m.group(2) if m else self.path, rng))
-                data = hub.files.get(m.group(2)) if m else None
+                hub.log.append((self.command, m.group(3) if m else self.path, rng))
+                data = hub.repos.get(m.group(1), {}).get(m.group(3)) if m else None
                 if data is None:
                     self.send_response(404)
                     self.send_header("X-Error-Code", "EntryNotFound")
@@ -69,7 +71,7 @@ class FakeHub:
                 self.end_headers()
                 if not body:
                     return
-                path = m.group(2)
+                path = m.group(3)
                 if start == 0 and path in hub.cut:
                     n = hub.cut.pop(path)
                     self.wfile.write(data[:n])
@@ -211,3 +213,115 @@ def test_download_default_layout(hub, tmp_path, monkeypatch):
     assert (tmp_path / "data/datasets/fineweb10B_sp512/fineweb_val_000000.bin").is_file()
     assert (tmp_path / "data/tokenizers/fineweb_512_bpe.model").is_file()
     assert not (tmp_path / "data" / ".download").exists()
+
+
+# --- the other variants: other repos, byte260, CaseOps sidecars, sha256 from the manifest -----------
+OTHER = "someone-else/parameter-golf-variants"
+
+
+@pytest.fixture()
+def variants_hub(hub, tiny_data, tmp_path_factory):
+    """A second repo (as the SP8192/CaseOps/byte260 exports are): byte260, a CaseOps-style dataset with a
+    byte sidecar, sha256s in its manifest; rooted at `export/` instead of `datasets/`."""
+    from shared.data.bpb import ByteTokenizer
+    from shared.data.build import build_dataset
+
+    src = tmp_path_factory.mktemp("variants_src")
+    files: dict[str, bytes] = {}
+    docs = stdlib_docs(60_000)
+    co_dir, co_tok = build_dataset(docs, src, vocab=500, val_docs=3, name="fineweb10B", transform="caseops")
+    by_dir, _ = build_dataset(docs, src, vocab=0, val_docs=3, name="fineweb10B", kind="byte")
+    co_name, co_files = "fineweb10B_sp500_caseops", {}
+    for p in co_dir.glob("*.bin"):
+        files[f"export/datasets/{co_name}/{p.name}"] = p.read_bytes()
+        co_files[p.name] = hashlib.sha256(p.read_bytes()).hexdigest()
+    for p in by_dir.glob("*.bin"):
+        files[f"export/datasets/fineweb10B_byte260/{p.name}"] = p.read_bytes()
+    files["export/tokenizers/co_500.model"] = co_tok.read_bytes()
+    files["export/tokenizers/fineweb_pure_byte_260.json"] = json.dumps(ByteTokenizer().to_json()).encode()
+    manifest = {
+        "datasets": [
+            {"name": co_name, "tokenizer_name": "co500", "val_bytes_glob": "fineweb_val_bytes_*.bin",
+             "stats": {"files_train": 1, "files_val": 1}, "sha256": co_files},
+            {"name": "fineweb10B_byte260", "tokenizer_name": "pure_byte_260", "stats": {"files_train": 1, "files_val": 1}},
+        ],
+        "tokenizers": [
+            {"name": "co500", "model_path": "tokenizers/co_500.model",
+             "sha256": hashlib.sha256(co_tok.read_bytes()).hexdigest()},
+            {"name": "pure_byte_260", "kind": "byte", "path": "tokenizers/fineweb_pure_byte_260.json"},
+        ],
+    }
+    files["export/manifest.json"] = json.dumps(manifest).encode()
+    hub.repos[OTHER] = files
+    return hub
+
+
+def test_download_caseops_variant_with_sidecar_from_env_repo(variants_hub, tmp_path, monkeypatch):
+    """The challenge script's environment variables pick the repo and its root; the sidecar comes along."""
+    from shared.data.audit import audit
+
+    monkeypatch.setenv("HF_ENDPOINT", variants_hub.url)
+    monkeypatch.setenv("MATCHED_FINEWEB_REPO_ID", OTHER)
+    monkeypatch.setenv("MATCHED_FINEWEB_REMOTE_ROOT_PREFIX", "export")
+    data_dir, tok = download("sp500_caseops", 1, tmp_path / "data")
+    assert data_dir == tmp_path / "data/datasets/fineweb10B_sp500_caseops" and tok.name == "co_500.model"
+    assert sorted(p.name for p in data_dir.glob("*.bin")) == [
+        "fineweb_train_000000.bin", "fineweb_val_000000.bin", "fineweb_val_bytes_000000.bin"]
+    ds = open_dataset(data_dir, tok, 500)
+    assert ds.bytes_source == "sidecar"
+    report = audit(data_dir, tok)
+    assert report["variant"] == "caseops" and report["exact"] is True
+
+
+def test_download_byte260_with_repo_id_flag(variants_hub, tmp_path, monkeypatch):
+    from shared.data.audit import audit
+
+    monkeypatch.setenv("HF_ENDPOINT", variants_hub.url)
+    monkeypatch.delenv("MATCHED_FINEWEB_REPO_ID", raising=False)
+    main(["data", "download", "--variant", "byte260", "--train-shards", "1", "--out", str(tmp_path / "data"),
+          "--repo-id", OTHER, "--remote-root", "export"])
+    data_dir = tmp_path / "data/datasets/fineweb10B_byte260"
+    tok = tmp_path / "data/tokenizers/fineweb_pure_byte_260.json"
+    assert open_dataset(data_dir, tok, 260).bytes_source == "byte_table"
+    assert audit(data_dir, tok)["exact"] is True
+
+
+def test_download_checks_sha256_and_lists_what_the_repo_has(variants_hub, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_ENDPOINT", variants_hub.url)
+    monkeypatch.delenv("MATCHED_FINEWEB_REPO_ID", raising=False)
+    out = str(tmp_path / "data")
+    # A vocabulary the repo does not have: the error lists what it has and where the variant lives.
+    with pytest.raises(SystemExit) as e:
+        main(["data", "download", "--variant", "sp8192", "--out", out, "--repo-id", OTHER, "--remote-root", "export"])
+    assert e.value.code == 2
+    err = _error_line(capsys)
+    assert "fineweb10B_sp8192" in err and "fineweb10B_byte260" in err and "fineweb10B_sp500_caseops" in err
+    assert "kevclark/parameter-golf" in err
+    # A hub copy whose bytes differ from the manifest's sha256 (same size, valid header) is refused.
+    files = variants_hub.repos[OTHER]
+    key = "export/datasets/fineweb10B_sp500_caseops/fineweb_train_000000.bin"
+    good = files[key]
+    files[key] = good[:-2] + bytes([good[-2] ^ 1, good[-1]])
+    with pytest.raises(SystemExit) as e:
+        main(["data", "download", "--variant", "sp500_caseops", "--out", out, "--repo-id", OTHER,
+              "--remote-root", "export"])
+    assert e.value.code == 2
+    err = _error_line(capsys)
+    assert "fineweb_train_000000.bin" in err and "sha256" in err
+    # Fixed on the hub: the rerun replaces the damaged local copy.
+    files[key] = good
+    data_dir, _ = download("sp500_caseops", 1, out, repo=OTHER, remote_root="export")
+    assert (data_dir / "fineweb_train_000000.bin").read_bytes() == good
+
+
+def test_default_repos_per_variant(monkeypatch):
+    from shared.data.download import resolve_repo
+
+    monkeypatch.delenv("MATCHED_FINEWEB_REPO_ID", raising=False)
+    monkeypatch.delenv("MATCHED_FINEWEB_REMOTE_ROOT_PREFIX", raising=False)
+    assert resolve_repo("sp1024") == ("willdepueoai/parameter-golf", "datasets")
+    assert resolve_repo("sp8192")[0] == "kevclark/parameter-golf"
+    assert resolve_repo("caseops")[0] == "romeerp/parameter-golf-caseops-v1"
+    assert resolve_repo("sp8192", "me/mine", "root/") == ("me/mine", "root")
+    monkeypatch.setenv("MATCHED_FINEWEB_REPO_ID", "env/repo")
+    assert resolve_repo("sp8192")[0] == "env/repo"

@@ -16,12 +16,17 @@ counted naively that is 3 bytes for 1 (BPB ~20% too low, CHALLENGE.md). The
 tables count such a triple as 1 byte, on its first token, whatever the range
 boundaries, so sums over disjoint ranges add up to the whole.
 
+A dataset that ships `fineweb_val_bytes_*.bin` (CaseOps) is charged from
+that sidecar instead (`SidecarBytes`, same `target_bytes` interface); the
+byte260 variant's table counts one byte per byte id (`ByteTables.for_bytes`).
+
 Backends return (sum of nats, tokens, bytes) per rank; totals are summed
 across ranks and turned into BPB here, never averages of averages.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +39,102 @@ SPACE = "\u2581"
 
 
 def load_tokenizer(path: str | Path):
-    """A SentencePieceProcessor, or a one-line error naming the file."""
+    """A SentencePieceProcessor, or a `ByteTokenizer` for a byte260 `.json`; a one-line error naming the file."""
     import sentencepiece as spm
 
     path = Path(path)
     if not path.is_file():
         raise PgolfError(f"tokenizer {path} not found: pass the .model file built with the data (data/tokenizers/)")
+    if path.suffix == ".json":
+        return ByteTokenizer.from_file(path)
     try:
         return spm.SentencePieceProcessor(model_file=str(path))
     except (RuntimeError, OSError) as e:
         raise PgolfError(f"tokenizer {path} is not a SentencePiece model ({str(e).splitlines()[0]})") from None
+
+
+@dataclass(frozen=True)
+class ByteTokenizer:
+    """The challenge's byte260 tokenizer: ids 0-3 pad/bos/eos/unk, byte b at id b + 4.
+
+    Its file is the challenge's `fineweb_pure_byte_260.json`
+    (`{"tokenizer_type": "pure_byte", "config": {...}, "vocab_size": 260}`).
+    The methods are the part of SentencePieceProcessor's interface pgolf uses.
+    """
+
+    pad: int = 0
+    bos: int = 1
+    eos: int = 2
+    unk: int = 3
+    byte_offset: int = 4
+    byte_count: int = 256
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ByteTokenizer:
+        path = Path(path)
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            if payload.get("tokenizer_type") != "pure_byte":
+                raise ValueError(f"tokenizer_type is {payload.get('tokenizer_type')!r}, not 'pure_byte'")
+            c = payload.get("config") or {}
+            tok = cls(int(c.get("pad_id", 0)), int(c.get("bos_id", 1)), int(c.get("eos_id", 2)),
+                      int(c.get("unk_id", 3)), int(c.get("byte_offset", 4)), int(c.get("byte_count", 256)))
+        except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
+            raise PgolfError(f"tokenizer {path} is not a byte260 tokenizer file ({e})") from None
+        if tok.byte_count != 256 or "vocab_size" in payload and int(payload["vocab_size"]) != tok.vocab_size():
+            raise PgolfError(f"tokenizer {path}: expected 256 byte ids and vocab_size {tok.vocab_size()}")
+        return tok
+
+    def to_json(self) -> dict:
+        config = {"pad_id": self.pad, "bos_id": self.bos, "eos_id": self.eos, "unk_id": self.unk,
+                  "byte_offset": self.byte_offset, "byte_count": self.byte_count}
+        return {"tokenizer_type": "pure_byte", "config": config, "vocab_size": self.vocab_size()}
+
+    def vocab_size(self) -> int:
+        return self.byte_offset + self.byte_count
+
+    def bos_id(self) -> int:
+        return self.bos
+
+    def eos_id(self) -> int:
+        return self.eos
+
+    def unk_id(self) -> int:
+        return self.unk
+
+    def encode(self, text, num_threads: int = 1, **_):
+        if isinstance(text, list):
+            return [self.encode(t) for t in text]
+        return (np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) + self.byte_offset).tolist()
+
+    def decode_bytes(self, ids) -> bytes:
+        a = np.asarray(ids, dtype=np.int64)
+        a = a[(a >= self.byte_offset) & (a < self.byte_offset + self.byte_count)] - self.byte_offset
+        return a.astype(np.uint8).tobytes()
+
+    def decode(self, ids):
+        if ids and isinstance(ids[0], list):
+            return [self.decode(x) for x in ids]
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def is_byte(self, i: int) -> bool:
+        return self.byte_offset <= i < self.byte_offset + self.byte_count
+
+    def is_control(self, i: int) -> bool:
+        return i in (self.pad, self.bos, self.eos)
+
+    def is_unknown(self, i: int) -> bool:
+        return i == self.unk
+
+    def is_unused(self, i: int) -> bool:
+        return not (self.is_byte(i) or self.is_control(i) or self.is_unknown(i))
+
+    def id_to_piece(self, i: int) -> str:
+        return f"<0x{i - self.byte_offset:02X}>" if self.is_byte(i) else {self.pad: "<pad>", self.bos: "<s>",
+                                                                            self.eos: "</s>"}.get(i, "<unk>")
+
+    def piece_to_id(self, piece: str) -> int:
+        return next((i for i in range(self.vocab_size()) if self.id_to_piece(i) == piece), self.unk)
 
 
 @dataclass(frozen=True)
@@ -61,6 +152,8 @@ class ByteTables:
 
     @classmethod
     def from_processor(cls, sp) -> ByteTables:
+        if isinstance(sp, ByteTokenizer):
+            return cls.for_bytes(sp)
         n = int(sp.vocab_size())
         base = np.zeros(n, dtype=np.int64)
         space = np.zeros(n, dtype=bool)
@@ -83,22 +176,34 @@ class ByteTables:
         return cls(base, space, boundary, triple if has_triple else None)  # type: ignore[arg-type]
 
     @classmethod
+    def for_bytes(cls, tok: ByteTokenizer) -> ByteTables:
+        """byte260: every byte id is one byte, the specials none; a U+2581 is its own three bytes."""
+        n = tok.vocab_size()
+        is_byte = np.array([tok.is_byte(i) for i in range(n)])
+        return cls(is_byte.astype(np.int64), np.zeros(n, dtype=bool), ~is_byte, None)
+
+    @classmethod
     def from_tokenizer(cls, path: str | Path) -> ByteTables:
         return cls.from_processor(load_tokenizer(path))
 
+    source = "byte_table"
+
     def target_bytes(self, stream: np.ndarray, lo: int, hi: int) -> int:
         """Bytes of the targets `stream[lo:hi]`, each preceded by `stream[i - 1]` (lo >= 1)."""
-        if lo < 1 or hi > stream.size or lo > hi:
-            raise ValueError(f"target range [{lo}, {hi}) outside the stream of {stream.size} tokens")
+        return int(self.token_bytes(stream, lo, hi).sum())
+
+    def token_bytes(self, stream: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """int64 bytes of each target `stream[lo:hi]` (what `target_bytes` sums)."""
+        _check_range(stream, lo, hi)
         tgt = np.asarray(stream[lo:hi]).astype(np.int64)
         prev = np.asarray(stream[lo - 1 : hi - 1]).astype(np.int64)
-        total = int(self.base_bytes[tgt].sum()) + int((self.has_leading_space[tgt] & ~self.is_boundary[prev]).sum())
+        out = self.base_bytes[tgt] + (self.has_leading_space[tgt] & ~self.is_boundary[prev])
         if self.space_triple is not None and hi > lo:
-            total -= self._triple_tail_count(stream, lo, hi)
-        return total
+            out -= self.triple_tails(stream, lo, hi)
+        return out
 
-    def _triple_tail_count(self, stream: np.ndarray, lo: int, hi: int) -> int:
-        """Targets in [lo, hi) that are the 2nd or 3rd token of a <0xE2><0x96><0x81> triple (0 bytes each)."""
+    def triple_tails(self, stream: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """True for targets in [lo, hi) that are the 2nd or 3rd token of a <0xE2><0x96><0x81> triple (0 bytes each)."""
         a, b, c = self.space_triple  # type: ignore[misc]
         # Two tokens of context before and one after the range; -1 pads beyond the stream.
         win = np.full(hi - lo + 3, -1, dtype=np.int64)
@@ -107,7 +212,35 @@ class ByteTables:
         p2, p1, cur, n1 = win[:-3], win[1:-2], win[2:-1], win[3:]
         middle = (cur == b) & (p1 == a) & (n1 == c)
         last = (cur == c) & (p1 == b) & (p2 == a)
-        return int(middle.sum() + last.sum())
+        return middle | last
+
+
+def _check_range(stream: np.ndarray, lo: int, hi: int) -> None:
+    if lo < 1 or hi > stream.size or lo > hi:
+        raise ValueError(f"target range [{lo}, {hi}) outside the stream of {stream.size} tokens")
+
+
+@dataclass(frozen=True)
+class SidecarBytes:
+    """Per-token byte counts shipped with the data (`fineweb_val_bytes_*.bin`, CaseOps records).
+
+    `counts[i]` is the UTF-8 byte count of the original text validation token
+    i stands for (BOS and CaseOps operators: 0). It has the same interface as
+    `ByteTables`, so `val_batches` and the backends need not know which one a
+    dataset uses (shared/data/dataset.py decides, once).
+    """
+
+    counts: np.ndarray   # uint16 [val tokens], memory-mapped when there is one sidecar shard
+    source = "sidecar"
+
+    def target_bytes(self, stream: np.ndarray, lo: int, hi: int) -> int:
+        return int(self.token_bytes(stream, lo, hi).sum())
+
+    def token_bytes(self, stream: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        _check_range(stream, lo, hi)
+        if stream.size != self.counts.size:
+            raise ValueError(f"the byte sidecar has {self.counts.size} entries for a stream of {stream.size} tokens")
+        return np.asarray(self.counts[lo:hi]).astype(np.int64)
 
 
 @dataclass(frozen=True)

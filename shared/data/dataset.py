@@ -9,6 +9,12 @@ every validation token id (and the first train shard's) is in the vocabulary,
 no shard is empty (a train stream over empty shards would spin forever), and,
 given the run's `seq_len`, the validation split holds at least one sequence.
 Each failure is a one-line `PgolfError`.
+
+`byte_counts` is the one place that decides how BPB is charged: from the
+byte sidecar `fineweb_val_bytes_*.bin` when the dataset has one (CaseOps), else
+from the tokenizer's byte table. A tokenizer that reserves the CaseOps
+operators without a sidecar is refused: its byte table would charge the
+transformed text (PR #1729's datasets ship the sidecar for this reason).
 """
 
 from __future__ import annotations
@@ -18,9 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.data.bpb import ByteTables, load_tokenizer
+from shared.data import caseops
+from shared.data.bpb import ByteTables, SidecarBytes, load_tokenizer
 from shared.data.manifest import MANIFEST, read_manifest, sha256_file
-from shared.data.shards import TokenStream, check_vocab, find_shards, load_val_tokens, read_shard, shard_count
+from shared.data.shards import (
+    TokenStream,
+    check_vocab,
+    find_shards,
+    find_sidecars,
+    load_val_bytes,
+    load_val_tokens,
+    read_shard,
+    shard_count,
+)
 from shared.errors import PgolfError
 
 
@@ -29,11 +45,16 @@ class Dataset:
     """A validated dataset: shards, tokenizer and its byte tables."""
 
     data_dir: Path
-    tokenizer: Path            # the .model file
-    tables: ByteTables
+    tokenizer: Path            # the .model file (byte260: the .json file)
+    tables: ByteTables | SidecarBytes  # what val_batches charges bytes with (see byte_counts)
     val_tokens: np.ndarray     # uint16, memory-mapped when there is one val shard
     vocab_size: int
     manifest: dict | None = None
+
+    @property
+    def bytes_source(self) -> str:
+        """"sidecar" or "byte_table": how this dataset's BPB is charged."""
+        return self.tables.source
 
     def train_stream(self) -> TokenStream:
         """The train shards in order, wrapping around; every shard is vocab-checked when loaded."""
@@ -74,6 +95,24 @@ def check_val_length(val_tokens: np.ndarray, seq_len: int, source: str | Path) -
                          f"of train.seq_len={seq_len} (+1 target); lower train.seq_len or use a longer split")
 
 
+def byte_counts(data_dir: str | Path, sp, val_tokens: np.ndarray,
+                manifest: dict | None = None) -> ByteTables | SidecarBytes:
+    """The dataset's byte sidecar when it has one, else the tokenizer's byte table (module docstring)."""
+    data_dir = Path(data_dir)
+    counts = load_val_bytes(data_dir)
+    if counts is not None:
+        if counts.size != val_tokens.size:
+            raise PgolfError(f"{data_dir}: the byte sidecars hold {counts.size} entries for {val_tokens.size} "
+                             "validation tokens; rebuild or re-download the dataset")
+        return SidecarBytes(counts)
+    transform = (manifest or {}).get("transform") or "none"
+    if transform != "none" or caseops.has_operators(sp):
+        raise PgolfError(f"{data_dir} has no fineweb_val_bytes_*.bin byte sidecar but its tokenizer reserves the "
+                         "CaseOps operators: BPB would be charged on the transformed text; rebuild it with "
+                         "`pgolf data build --transform caseops` or download the sidecar with the data")
+    return ByteTables.from_processor(sp)
+
+
 def open_dataset(data_dir: str | Path, tokenizer_path: str | Path, vocab_size: int,
                  seq_len: int | None = None) -> Dataset:
     """Validate shards, tokenizer and their agreement; return the opened `Dataset`.
@@ -95,8 +134,10 @@ def open_dataset(data_dir: str | Path, tokenizer_path: str | Path, vocab_size: i
     manifest = read_manifest(data_dir)
     if manifest is not None:
         check_manifest(data_dir, tokenizer_path, manifest)
+    for f in find_sidecars(data_dir):
+        shard_count(f)
     val_tokens = load_val_tokens(data_dir, vocab_size=n)
     if seq_len is not None:
         check_val_length(val_tokens, seq_len, data_dir / "fineweb_val_*.bin")
     check_vocab(read_shard(train_files[0]), n, train_files[0])
-    return Dataset(data_dir, tokenizer_path, ByteTables.from_processor(sp), val_tokens, n, manifest)
+    return Dataset(data_dir, tokenizer_path, byte_counts(data_dir, sp, val_tokens, manifest), val_tokens, n, manifest)

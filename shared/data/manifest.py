@@ -34,10 +34,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
 
 
 def write_manifest(data_dir: Path, tok_path: Path, name: str, vocab: int, docs: dict | None = None,
-                   source: str = "") -> Path:
-    """manifest.json in the dataset folder: every shard's tokens/bytes/sha256 and the tokenizer's sha256."""
+                   source: str = "", transform: str = "none", settings: dict | None = None) -> Path:
+    """manifest.json in the dataset folder: every shard's tokens/bytes/sha256 and the tokenizer's sha256.
+
+    `transform` ("none" or "caseops") and the byte sidecars (split "val_bytes")
+    are recorded so that a reader knows how BPB must be charged.
+    """
     from shared.core.rundir import atomic_write_bytes
-    from shared.data.shards import shard_count
+    from shared.data.shards import find_sidecars, shard_count
 
     entries, totals = [], {"val": 0, "train": 0}
     for split in ("val", "train"):
@@ -46,6 +50,9 @@ def write_manifest(data_dir: Path, tok_path: Path, name: str, vocab: int, docs: 
             totals[split] += n
             entries.append({"name": f.name, "split": split, "tokens": n, "bytes": f.stat().st_size,
                             "sha256": sha256_file(f)})
+    for f in find_sidecars(data_dir):
+        entries.append({"name": f.name, "split": "val_bytes", "tokens": shard_count(f), "bytes": f.stat().st_size,
+                        "sha256": sha256_file(f)})
     tok_files = [tok_path, tok_path.with_suffix(".vocab")]
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -53,10 +60,12 @@ def write_manifest(data_dir: Path, tok_path: Path, name: str, vocab: int, docs: 
         "name": name,
         "vocab_size": vocab,
         "source": source,
+        "transform": transform,
+        "bytes_source": "sidecar" if find_sidecars(data_dir) else "byte_table",
         "tokenizer": {
             "file": tok_path.name,
             "sha256": sha256_file(tok_path),
-            "settings": TOKENIZER_SETTINGS,
+            "settings": TOKENIZER_SETTINGS if settings is None else settings,
         },
         "tokenizer_files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
                             for p in tok_files if p.is_file()],

@@ -9,6 +9,7 @@ shuffled with a fixed seed, about a tenth of the text goes to validation, and
 
     data/sample/datasets/sample_sp1024/   fineweb_val_000000.bin, fineweb_train_000000.bin, manifest.json
     data/sample/tokenizers/sample_1024_bpe.model
+    data/sample/datasets/sample_sp8192_caseops/  with --vocab 8192 --transform caseops (+ fineweb_val_bytes_000000.bin)
 
 The result depends only on the Python version (the stdlib's text).
 """
@@ -94,8 +95,13 @@ def stdlib_documents() -> list[str]:
     return docs
 
 
-def build_sample(out: str | Path = "data/sample", vocab: int = SAMPLE_VOCAB) -> tuple[Path, Path]:
-    """Build the sample dataset under `out`; returns (data_dir, tokenizer_path)."""
+def build_sample(out: str | Path = "data/sample", vocab: int = SAMPLE_VOCAB, transform: str = "none",
+                 kind: str = "sp", workers: int = 1) -> tuple[Path, Path]:
+    """Build the sample dataset under `out`; returns (data_dir, tokenizer_path).
+
+    `vocab=8192, transform="caseops"` gives a small CaseOps dataset with its
+    byte sidecar (`sample_sp8192_caseops/`); `kind="byte"` the byte260 layout.
+    """
     docs = stdlib_documents()
     order = np.random.default_rng(SEED).permutation(len(docs))
     docs = [docs[i] for i in order]
@@ -104,5 +110,5 @@ def build_sample(out: str | Path = "data/sample", vocab: int = SAMPLE_VOCAB) -> 
     val_docs = int(np.searchsorted(cum, VAL_FRACTION * total)) + 1
     print(f"{len(docs):,} documents, {total:,} characters from {Path(sysconfig.get_paths()['stdlib'])} "
           f"(Python {sys.version.split()[0]}); {val_docs} for validation", file=sys.stderr, flush=True)
-    return build_dataset(docs, out, vocab=vocab, val_docs=val_docs, name=SAMPLE_NAME,
-                         source=f"python {sys.version.split()[0]} stdlib docstrings, comments and pydoc topics")
+    return build_dataset(docs, out, vocab=vocab, val_docs=val_docs, name=SAMPLE_NAME, transform=transform,
+                         kind=kind, workers=workers, source=f"python {sys.version.split()[0]} stdlib docstrings, comments and pydoc topics")

@@ -3,6 +3,9 @@
 A shard is 256 little-endian int32 (magic 20240520, version 1, token count,
 then zeros) followed by `count` little-endian uint16 token ids; the file size
 must be exactly 1024 + 2 * count. This module is the only writer and reader.
+A byte sidecar `fineweb_val_bytes_NNNNNN.bin` (CaseOps datasets) has the
+same format: one uint16 per token of `fineweb_val_NNNNNN.bin`, the UTF-8 byte
+count of the original text that token stands for.
 
 `TokenStream` reads train shards in order and wraps around; `BatchLoader`
 takes, per micro-batch, one contiguous chunk of `world_size` spans and gives
@@ -23,7 +26,7 @@ import numpy as np
 from shared.errors import PgolfError
 
 if TYPE_CHECKING:
-    from shared.data.bpb import ByteTables
+    from shared.data.bpb import ByteTables, SidecarBytes
 
 MAGIC = 20240520
 VERSION = 1
@@ -88,14 +91,49 @@ def read_shard(path: str | Path) -> np.ndarray:
 
 
 def find_shards(data_dir: str | Path, split: str) -> list[Path]:
-    """Sorted `fineweb_{split}_*.bin` files in a dataset folder; an error when there are none."""
+    """Sorted `fineweb_{split}_NNNNNN.bin` files in a dataset folder; an error when there are none.
+
+    The byte sidecars `fineweb_val_bytes_*.bin` match the challenge's
+    `fineweb_val_*.bin` glob too: they are not token shards, so they are left out.
+    """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise PgolfError(f"data folder {data_dir} not found: run `pgolf data sample` or `pgolf data download` first")
-    files = sorted(data_dir.glob(f"fineweb_{split}_*.bin"))
+    files = sorted(p for p in data_dir.glob(f"fineweb_{split}_*.bin") if p.name[len(f"fineweb_{split}_"):-4].isdigit())
     if not files:
         raise PgolfError(f"no fineweb_{split}_*.bin shards in {data_dir}: is --data the dataset folder?")
     return files
+
+
+SIDECAR_PREFIX = "fineweb_val_bytes_"
+
+
+def sidecar_name(val_shard: str | Path) -> str:
+    """`fineweb_val_000003.bin` -> `fineweb_val_bytes_000003.bin`."""
+    return Path(val_shard).name.replace("fineweb_val_", SIDECAR_PREFIX, 1)
+
+
+def find_sidecars(data_dir: str | Path) -> list[Path]:
+    """Sorted `fineweb_val_bytes_NNNNNN.bin` byte sidecars (one uint16 per validation token); [] when none."""
+    return sorted(p for p in Path(data_dir).glob(f"{SIDECAR_PREFIX}*.bin") if p.name[len(SIDECAR_PREFIX):-4].isdigit())
+
+
+def load_val_bytes(data_dir: str | Path) -> np.ndarray | None:
+    """The byte sidecar, concatenated, checked shard by shard against the validation shards; None when absent."""
+    sidecars = find_sidecars(data_dir)
+    if not sidecars:
+        return None
+    vals = find_shards(data_dir, "val")
+    want = [sidecar_name(v) for v in vals]
+    if [p.name for p in sidecars] != want:
+        raise PgolfError(f"{data_dir}: byte sidecars {[p.name for p in sidecars]} do not pair with the validation "
+                         f"shards (expected {want}); rebuild or re-download the dataset")
+    for v, b in zip(vals, sidecars, strict=True):
+        if shard_count(b) != shard_count(v):
+            raise PgolfError(f"byte sidecar {b} has {shard_count(b)} entries but {v.name} has {shard_count(v)} tokens: "
+                             "one uint16 per validation token is required; rebuild or re-download it")
+    parts = [read_shard(p) for p in sidecars]
+    return np.asarray(parts[0]) if len(parts) == 1 else np.concatenate(parts)
 
 
 def check_vocab(tokens: np.ndarray, vocab_size: int, source: str | Path) -> None:
@@ -198,7 +236,7 @@ def val_batches(
     tokens: np.ndarray,
     seq_len: int,
     batch_tokens: int,
-    tables: ByteTables,
+    tables: ByteTables | SidecarBytes,
     rank: int = 0,
     world_size: int = 1,
     max_tokens: int = 0,
