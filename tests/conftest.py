@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+try:  # before any test imports mlx.core: mlx_train loads the Linux BLAS shim first (MACHINE-NOTES.md)
+    import mlx_train  # noqa: F401
+except ImportError:  # no MLX here: the MLX tests skip
+    pass
+
 from shared.core.config import Config, EvalConfig, ModelConfig, TrainConfig, load_config
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
