@@ -17,7 +17,7 @@ import pytest
 from shared.artifact import code
 from shared.artifact import format as artifact
 from shared.artifact.quant import fp16_scale, frequency_clip, row_scales, token_weights
-from shared.core.config import QuantConfig
+from shared.core.config import QuantConfig, to_toml
 from shared.core.spec import init_params, param_shapes, param_table
 from shared.errors import PgolfError
 from tests.conftest import tiny_config
@@ -234,16 +234,7 @@ def test_code_bytes_counts_the_computed_files():
 
 _IMPORTS = """
 import sys, runpy
-from pathlib import Path
-from shared.core.config import to_toml
-from tests.conftest import tiny_config
-from dataclasses import replace
-cfg = tiny_config(iterations=2)
-cfg = replace(cfg, data=replace(cfg.data, dir=sys.argv[2], tokenizer=sys.argv[3]),
-              quant=replace(cfg.quant, gptq=True, embed_steps="frequency"))
-out = Path(sys.argv[4])
-(out.parent / "cfg.toml").write_text(to_toml(cfg))
-sys.argv = [sys.argv[1], "--config", str(out.parent / "cfg.toml"), "--out", str(out)]
+sys.argv = [sys.argv[1], "--config", sys.argv[2], "--out", sys.argv[3]]
 try:
     runpy.run_module(sys.argv[0], run_name="__main__")
 except SystemExit as e:
@@ -259,8 +250,12 @@ def test_counted_code_covers_what_a_run_imports(backend, framework, tiny_data, t
     """A real training run (calibrating, packing, evaluating) through `python -m <backend>` loads only counted files."""
     pytest.importorskip(framework)
     pkg = code.BACKEND_PACKAGES[backend]
-    out = subprocess.run([sys.executable, "-c", _IMPORTS, pkg, str(tiny_data.data_dir), str(tiny_data.tokenizer),
-                          str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True)
+    cfg = tiny_config(iterations=2)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)),
+                  quant=replace(cfg.quant, gptq=True, embed_steps="frequency"))
+    (tmp_path / "cfg.toml").write_text(to_toml(cfg))
+    out = subprocess.run([sys.executable, "-c", _IMPORTS, pkg, str(tmp_path / "cfg.toml"), str(tmp_path / "run")],
+                         cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "run" / "model.pgz").is_file()
     loaded = {Path(f).resolve() for f in out.stdout.split("@@")[-1].split()}
