@@ -102,3 +102,9 @@ def test_backends_never_import_each_other():
             assert not any(d.startswith("mlx_train") for d in deps), mod
         if mod.startswith("shared"):
             assert not any(d.startswith(("cuda_train", "mlx_train")) for d in deps), mod
+
+
+def test_the_demo_finds_its_config():
+    from shared.tools.demo import SMALL
+
+    assert SMALL.is_file(), SMALL

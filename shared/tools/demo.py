@@ -23,7 +23,7 @@ import numpy as np
 from shared.core.config import Config, load_config
 from shared.errors import PgolfError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ROOT / "configs" / "small.toml"
 
 
