@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
-from shared.artifact.format import pack
+from shared.artifact.format import pack, write_artifact
 from shared.core.config import load_config
 from shared.core.rundir import load_checkpoint
 from shared.data.shards import read_shard
@@ -35,13 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("checkpoint")
     ap.add_argument("--data", required=True, help="dataset folder (its first validation shard is read)")
     ap.add_argument("--seqs", type=int, default=8)
+    ap.add_argument("--write", default=None, help="folder to write the two baseline artifacts into (for `pgolf eval`)")
     args = ap.parse_args(argv)
 
     params, cfg, _ = load_checkpoint(args.checkpoint)
     assert cfg is not None
     m, t = cfg.model, cfg.train.seq_len
-    from pathlib import Path
-
     val = read_shard(sorted(Path(args.data).glob("fineweb_val_*.bin"))[0])
     n = args.seqs * t
     tok = np.asarray(val[: n + 1], dtype=np.int64)
@@ -61,11 +61,24 @@ def main(argv: list[str] | None = None) -> None:
     for name, v in rows:
         print(f"| {name} | {v:.6f} | {100 * (v - base) / base:+.4f}% |")
 
+    # The tables themselves, independent of any weights: the baseline's head dim 64 at seq 1024.
+    hd, seq = 64, 1024
+    inv = (1.0 / (10000.0 ** (np.arange(0, hd, 2) / hd))).astype(np.float32).astype(np.float64)
+    exact = np.outer(np.arange(seq), inv)
+    pos16 = bf16_round(np.arange(seq, dtype=np.float32))
+    angle16 = bf16_round(np.outer(pos16, bf16_round(inv.astype(np.float32))))
+    err = np.abs(np.angle(np.exp(1j * (angle16 - exact))))
+    print(f"\nbf16 RoPE tables at head dim {hd}, seq {seq}: {len(np.unique(pos16))} distinct positions; "
+          f"angle error > 0.1 rad in {100 * np.mean(err > 0.1):.1f}% of (position, frequency) pairs, "
+          f"> 1 rad in {100 * np.mean(err > 1.0):.1f}%; max {err.max():.2f} rad")
+
     baseline = load_config("configs/baseline.toml").quant
     print("\n| `[quant]` of configs/baseline.toml | artifact bytes |\n|---|---|")
     for small in ("other", "fp16"):
         blob = pack(params, replace(cfg, quant=replace(baseline, small=small)))
         print(f"| quant.small = \"{small}\" | {len(blob):,} |")
+        if args.write:
+            write_artifact(Path(args.write) / f"baseline_small_{small}.pgz", blob)
 
 
 if __name__ == "__main__":
