@@ -193,6 +193,10 @@ def test_bad_input_is_one_error_line(capsys, tmp_path):
     assert "TIE_EMBEDDINGS=0" in err(tmp_path / "untied.pt", "--from", "torch-ref")
     assert "model.xsa_last_n = 2: torch-ref has no such option" in err(
         good, "--from", "torch-ref", config=_config_file(tmp_path, xsa_last_n=2))
+    assert "model.activation = 'leaky_relu2': torch-ref has no such option" in err(
+        good, "--from", "torch-ref", config=_config_file(tmp_path, activation='"leaky_relu2"'))
+    assert "model.smear_gate = True: torch-ref" in err(good, "--from", "torch-ref",
+                                                       config=_config_file(tmp_path, smear_gate=True))
     nan = dict(w)
     nan["blocks.1.mlp_scale"] = np.full(64, np.nan, np.float32)
     write_pt(tmp_path / "nan.pt", nan)
@@ -203,6 +207,10 @@ def test_bad_input_is_one_error_line(capsys, tmp_path):
     main(["import", str(good), "--from", "torch-ref", "--config", cfg, "-o", out])
     assert "already exists: pass --overwrite" in err(good, "--from", "torch-ref")
     main(["import", str(good), "--from", "torch-ref", "--config", cfg, "-o", out, "--overwrite"])
+    # rope_dims equal to the head dim is full RoPE, the reference's: accepted
+    main(["import", str(good), "--from", "torch-ref", "--config", _config_file(tmp_path, rope_dims=16), "-o", out,
+          "--overwrite"])
+    assert "model.rope_dims = 8" in err(good, "--from", "torch-ref", config=_config_file(tmp_path, rope_dims=8))
 
 
 # ----------------------------------------------------------------------------- documented differences

@@ -46,6 +46,7 @@ normalised embedding of a token that training barely moved from its std-0.005 in
 from __future__ import annotations
 
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +56,16 @@ from shared.core.spec import check_finite, param_shapes
 from shared.errors import PgolfError
 
 SOURCES = ("torch-ref", "mlx-ref")
-SUFFIX = {"torch-ref": ".pt", "mlx-ref": ".npz"}
 MLX_REF_RMS_EPS = 1e-6
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
-# [model] keys of pgolf's record stack, absent from the reference scripts: a non-default value changes the
-# forward pass (some also add tensors), so a reference model imported under it would compute another function.
-RECORD_STACK_KEYS = ("activation", "rope_dims", "ln_scale", "xsa_last_n", "num_loops", "skip_gates",
-                     "parallel_from", "smear_gate", "attn_gate")
+# [model] keys the reference scripts have too (or that only act behind a switch checked below, or only at
+# init). Every other key is a pgolf option (the record stack): a non-default value changes the forward pass,
+# so a reference model imported under it would compute another function. New options default to off and
+# are refused here without a change to this list.
+REFERENCE_KEYS = frozenset({"vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult",
+                            "tie_embeddings", "tied_embed_init_std", "logit_softcap", "rope_base", "qk_gain_init",
+                            "ortho_init", "loop_start", "loop_end", "loop_at", "attn_gate_scale", "gate_dims"})
 
 
 def check_source(source: str) -> str:
@@ -75,11 +78,12 @@ def check_source(source: str) -> str:
 def check_reference_model(m: ModelConfig, source: str) -> None:
     """Refuse a [model] section the reference scripts cannot have trained (a record-stack option on)."""
     default = ModelConfig()
-    for key in RECORD_STACK_KEYS:
-        value = getattr(m, key)
-        if value != getattr(default, key) and not (key == "rope_dims" and value == m.head_dim):
-            raise PgolfError(f"model.{key} = {value!r}: {source} has no such option (the reference scripts train "
-                             f"the baseline architecture); import with model.{key} = {getattr(default, key)!r}")
+    for f in fields(ModelConfig):
+        value, off = getattr(m, f.name), getattr(default, f.name)
+        if f.name in REFERENCE_KEYS or value == off or (f.name == "rope_dims" and value == m.head_dim):
+            continue
+        raise PgolfError(f"model.{f.name} = {value!r}: {source} has no such option (the reference scripts train "
+                         f"the baseline architecture); import with model.{f.name} = {off!r}")
 
 
 def _bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
