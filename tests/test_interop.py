@@ -210,7 +210,8 @@ def test_bad_input_is_one_error_line(capsys, tmp_path):
     # rope_dims equal to the head dim is full RoPE, the reference's: accepted
     main(["import", str(good), "--from", "torch-ref", "--config", _config_file(tmp_path, rope_dims=16), "-o", out,
           "--overwrite"])
-    assert "model.rope_dims = 8" in err(good, "--from", "torch-ref", config=_config_file(tmp_path, rope_dims=8))
+    assert "model.rope_dims = 8" in err(good, "--from", "torch-ref", config=_config_file(tmp_path, rope_dims=8),
+                                        o=str(tmp_path / "p" / "checkpoint.safetensors"))
 
 
 # ----------------------------------------------------------------------------- documented differences
