@@ -60,7 +60,8 @@ MAX_ZSTD_LEVEL = 22
 # ----------------------------------------------------------------------------- scheme choice
 
 def choose_schemes(params: dict[str, np.ndarray], cfg: Config) -> dict[str, str]:
-    """The scheme of every tensor from `[quant]`: by class, small tensors as `quant.other`."""
+    """The scheme of every tensor from `[quant]`: by class, small tensors as `quant.other` (or, outside
+    the `other` class, as `quant.small` when that names a float scheme)."""
     q = cfg.quant
     table = param_table(cfg.model)
     out: dict[str, str] = {}
@@ -68,7 +69,9 @@ def choose_schemes(params: dict[str, np.ndarray], cfg: Config) -> dict[str, str]
         w = params[name]
         cls = table[name].qclass
         if w.ndim < 2 or w.size <= q.keep_float_max_numel:
-            cls = "other"
+            # train_gpt.py keeps control tensors fp32 but stores other small matrices as fp16 (issue 18).
+            out[name] = q.small if cls != "other" and q.small != "other" else q.other
+            continue
         out[name] = getattr(q, cls)
     return out
 

@@ -249,6 +249,8 @@ class QuantConfig(_Section):
     mlp: str = "int8"                # MLP matrices
     other: str = "fp16"              # vectors and control tensors
     keep_float_max_numel: int = 65536  # float tensors this small are stored as `other`
+    small: str = "other"             # ... or, for those of the embed/attn/mlp classes, this float scheme
+                                     # ("other" = quant.other; baseline.toml: fp16, as train_gpt.py's export)
     clip_percentile: float = 99.99984  # int8 per-row clip (the baseline's)
     min_scale: float = 0.0           # floor on every row's quantisation step (the baseline's export: 1/127)
     clip_k: float = 12.0             # std-based clip for int<8 block matrices: clip = clip_k * row std
@@ -275,6 +277,8 @@ class QuantConfig(_Section):
             value = getattr(self, key)
             if value not in schemes:
                 raise PgolfError(f"quant.{key} = {value!r} is not a scheme: choose one of {', '.join(schemes)}")
+        if self.small not in ("other", "fp16", "fp32"):
+            raise PgolfError(f"quant.small = {self.small!r}: choose other (follow quant.other), fp16 or fp32")
         if not 0.0 < self.clip_percentile <= 100.0:
             raise PgolfError(f"quant.clip_percentile must be in (0, 100], got {self.clip_percentile}")
         if self.min_scale < 0.0:

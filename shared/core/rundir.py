@@ -132,8 +132,13 @@ def load_tensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str
 
 def save_checkpoint(run_dir: Path, params: dict[str, np.ndarray], cfg: Config, step: int) -> Path:
     """Weights alone, float32, with the config inside: loadable by either backend."""
+    return write_checkpoint(run_dir / CHECKPOINT, params, cfg, step)
+
+
+def write_checkpoint(path: str | Path, params: dict[str, np.ndarray], cfg: Config, step: int) -> Path:
+    """The checkpoint format at any path (`pgolf import` writes one outside a run directory)."""
     meta = {"format": "pgolf-checkpoint", "step": str(step), "config": to_toml(cfg)}
-    return save_tensors(run_dir / CHECKPOINT, {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}, meta)
+    return save_tensors(path, {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}, meta)
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], Config | None, int]:
