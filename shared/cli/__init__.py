@@ -30,6 +30,7 @@ COMMANDS = {
     "pack": ("shared.cli.pack", "pack", "Quantize and pack a checkpoint into an artifact."),
     "inspect": ("shared.cli.pack", "inspect", "Per-tensor bytes of an artifact and its headroom under the cap."),
     "parity": ("shared.cli.parity", "parity", "Check that both backends export, evaluate and train a checkpoint identically."),
+    "gpu-check": ("shared.cli.gpu", "gpu_check", "First command on a GPU pod: environment, correctness, speed and MFU."),
 }
 
 
