@@ -73,11 +73,13 @@ from shared.errors import PgolfError
 REPORT_VERSION = 1
 CAP_BYTES = 16_000_000
 
-# bf16 autocast against fp32: every matmul input is rounded to 8 mantissa bits (relative 2^-9).
-# The mean loss averages that noise over thousands of tokens; the tolerances below are ~4x what
-# the CPU dry run measures at the real shapes (bf16 CPU autocast vs fp32; docs/GPU-CHECK.md).
+# bf16 autocast against fp32: every matmul input is rounded to 8 mantissa bits (relative 2^-9), and the
+# mean loss averages that noise over thousands of tokens. On configs/baseline.toml at 2 x 1024 tokens,
+# bf16 CPU autocast against fp32 measured: forward loss 4.7e-4 relative, loss after one step 2.8e-4,
+# update cosine 0.9962 (BENCHMARKS.md, "gpu-check"); the tolerances leave 5-10x that for the GPU's
+# other summation orders and kernels, and still fail a model that computes something else.
 FORWARD_TOL = 5e-3   # |loss_dev - loss_cpu| / loss_cpu
-STEP_MIN_COSINE = 0.99  # one optimizer step: cosine between the device's and the CPU's whole weight update
+STEP_MIN_COSINE = 0.98  # one optimizer step: cosine between the device's and the CPU's whole weight update
 COMPILE_TOL = 5e-3   # compiled vs eager loss on the device, same weights and batch (both bf16)
 RESUME_TOL = 1e-5    # max over tensors of ||W_resumed - W_straight|| / ||W_straight|| (both on the device)
 
@@ -140,9 +142,9 @@ def peak_tflops(gpu_name: str | None) -> tuple[float | None, str]:
 
 def check_weights(cfg: Config) -> dict[str, np.ndarray]:
     """The config's seeded init, made informative: every all-zero tensor (output projections, gates)
-    drawn from N(0, 0.02), and the token embedding at std 4/sqrt(dim) so that the logits have a std of
-    about 4 (at the init's 0.005 every next-token distribution is near uniform, the loss is ~ln(vocab)
-    whatever the layers compute, and a wrong kernel would go unseen)."""
+    drawn from N(0, 0.02), and the token embedding at std 4/sqrt(dim), so the logits are far from
+    uniform (std ~4, the softcap engaged; at the init's 0.005 every next-token distribution is near
+    uniform, the loss is ~ln(vocab) whatever the layers compute, and a wrong kernel would go unseen)."""
     params = init_params(cfg.model, cfg.train.seed)
     rng = np.random.default_rng(cfg.train.seed + 1)
     out = {k: (rng.normal(0.0, 0.02, v.shape).astype(np.float32) if not v.any() else v) for k, v in params.items()}
@@ -226,7 +228,8 @@ def environment(cfg: Config, device: torch.device, dtype: torch.dtype) -> dict[s
         env.update(gpu_name=p.name, gpu_memory_bytes=int(p.total_memory), gpu_count=torch.cuda.device_count(),
                    capability=f"{p.major}.{p.minor}", sm_count=int(p.multi_processor_count))
         with contextlib.suppress(Exception):
-            env["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+            v = torch.cuda.nccl.version()
+            env["nccl"] = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
     env["triton"], env["triton_version"] = _module_version("triton")
     env["flash_attn_interface"], env["flash_attn_interface_detail"] = _module_version("flash_attn_interface")
     env["attention"] = {"model_kernel": attention_kernel(device, dtype),
@@ -302,7 +305,8 @@ def time_steps(session: TorchSession, batches: Callable[[], list], seconds: floa
     t0 = time.perf_counter()
     first_loss = session.step(batches(), 1.0, momentum, looped=looped)  # .item() inside: the GPU is done
     compile_s = time.perf_counter() - t0
-    session.step(batches(), 1.0, momentum, looped=looped)  # a second untimed step: lazy allocations, autotune
+    if device.type == "cuda":  # a second untimed step: lazy allocations, autotuning
+        session.step(batches(), 1.0, momentum, looped=looped)
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_steps or time.perf_counter() - start < seconds:
@@ -346,7 +350,7 @@ def speed(cfg: Config, dataset, device: torch.device, dtype: torch.dtype, second
     for i, order in enumerate(order_names):
         looped = order == "looped"
         log(f"  timing {order} order for {seconds / len(order_names):.0f} s (compiling first) ...")
-        r = time_steps(session, get, seconds / len(order_names), looped, device)
+        r = time_steps(session, get, seconds / len(order_names), looped, device, min_steps=3 if device.type == "cuda" else 2)
         if i == 0:
             r["eager_first_loss"] = eager_loss
             r["compiled_rel_diff"] = _rel(r["first_loss"], eager_loss)
@@ -385,10 +389,10 @@ def artifact_size(cfg: Config, weights: dict[str, np.ndarray]) -> dict[str, Any]
 
 # -- 2b. resume and artifact identity -----------------------------------------------------------
 
-def resume_and_artifact(cfg: Config, device: torch.device, dtype: torch.dtype, workdir: Path, log: Log
-                        ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train 6 steps on the device straight, and again interrupted (a real SIGINT before step 4) then
-    resumed; compare the checkpoints. Pack the device-trained checkpoint and the CPU model's export of
+def resume_and_artifact(cfg: Config, device: torch.device, dtype: torch.dtype, workdir: Path, log: Log,
+                        steps: int = 6) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train `steps` steps on the device straight, and again interrupted (a real SIGINT at the middle
+    step boundary) then resumed; compare the checkpoints. Pack the device-trained checkpoint and the CPU model's export of
     it: the artifacts must be byte-identical."""
     from cuda_train import backend
     from cuda_train.model import export_params
@@ -397,7 +401,7 @@ def resume_and_artifact(cfg: Config, device: torch.device, dtype: torch.dtype, w
 
     t = cfg.train
     micro_seqs = max(1, min(4, t.batch_tokens // t.grad_accum // t.seq_len))
-    c = replace(cfg, train=replace(t, iterations=6, max_seconds=0.0, warmup_steps=0, val_every=0, log_every=1,
+    c = replace(cfg, train=replace(t, iterations=steps, max_seconds=0.0, warmup_steps=0, val_every=0, log_every=1,
                                    checkpoint_every=0, grad_accum=1, batch_tokens=micro_seqs * t.seq_len,
                                    compile=False, compute_dtype=runtime.dtype_name(dtype)),
                 quant=replace(cfg.quant, gptq=False, embed_steps="row"),
@@ -406,15 +410,15 @@ def resume_and_artifact(cfg: Config, device: torch.device, dtype: torch.dtype, w
     dev = "cuda" if device.type == "cuda" else "cpu"
 
     def interrupt(at: int, session) -> None:
-        if at == 3:
+        if at == steps // 2:
             os.kill(os.getpid(), signal.SIGINT)
 
-    log("  resume: 6 steps straight, then 3 + SIGINT + resume ...")
+    log(f"  resume: {steps} steps straight, then {steps // 2 + 1} + SIGINT + resume ...")
     with _quiet():
         backend.train(c, workdir / "straight", device=dev)
         try:
             backend.train(c, workdir / "resumed", hooks=Hooks(before_step=interrupt), device=dev)
-            raise PgolfError("gpu-check: the SIGINT before step 4 did not interrupt the run")
+            raise PgolfError("gpu-check: the SIGINT in the middle of the run did not interrupt it")
         except KeyboardInterrupt:
             pass
         backend.train(c, workdir / "resumed", resume=True, device=dev)
@@ -423,7 +427,7 @@ def resume_and_artifact(cfg: Config, device: torch.device, dtype: torch.dtype, w
     rel, worst = _weights_rel(b, a)
     bitwise = all(np.array_equal(a[k], b[k]) for k in a)
     resume = {"steps": [sa, sb], "bitwise_identical": bitwise, "weights_rel_diff": rel, "worst_tensor": worst,
-              "tol": RESUME_TOL, "ok": sa == sb == 6 and rel <= RESUME_TOL}
+              "tol": RESUME_TOL, "ok": sa == sb == steps and rel <= RESUME_TOL}
     blob_dev = pack(a, c)
     blob_cpu = pack(export_params(_cpu_model(c, a)), c)
     art = {"artifact_bytes": len(blob_dev), "identical": blob_dev == blob_cpu,
@@ -616,7 +620,8 @@ def run_check(configs: list[tuple[str, Config]], seconds: float, reference: Path
             log(f"  reference {'n/a' if base is None else f'{base:.1f}'} ms/step; pgolf/reference = {ratio}")
         saver(report)
     log("resume and artifact identity on the device ...")
-    report["resume"], report["artifact"] = resume_and_artifact(_data_cfg(report, configs), dev, dtype, workdir, log)
+    report["resume"], report["artifact"] = resume_and_artifact(_data_cfg(report, configs), dev, dtype, workdir, log,
+                                                               steps=4 if dry else 6)
     report["checks"] = checks = _checks(report)
     report["ok"] = all(c["ok"] for c in checks.values())
     report["targets"] = None if dry else _targets(report)
