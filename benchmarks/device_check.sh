@@ -26,17 +26,18 @@ mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/pgolf-inductor}"
 PY="${PYTHON:-python3}"
+SITE="${SITE:-/tmp/site}"  # the carried wheels and pgolf go here (pip --target)
 t0=$(date +%s)
 {
   echo "== device_check.sh $(date -u +%FT%TZ) on $(hostname)"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || true
   # Wheels the image lacks, then pgolf itself without dependencies (the image's torch stays).
   if compgen -G ".whl/*.whl" >/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 3
   fi
-  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . \
+  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" . \
     || echo "pip install of pgolf failed; running it from the checkout (PYTHONPATH)"
-  export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
   echo "== installed in $(( $(date +%s) - t0 )) s"
   $PY -c "import torch, zstandard, shared; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 4
   REF=()
