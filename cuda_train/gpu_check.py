@@ -426,8 +426,19 @@ def resume_and_artifact(cfg: Config, device: torch.device, dtype: torch.dtype, w
     b, _, sb = load_checkpoint(workdir / "resumed")
     rel, worst = _weights_rel(b, a)
     bitwise = all(np.array_equal(a[k], b[k]) for k in a)
+    noise = 0.0
+    if not bitwise:
+        # GPU kernels may sum in a different order from run to run (atomics in attention backward):
+        # then a second straight run says how close two uninterrupted runs get, and resume is held
+        # to that (with RESUME_TOL as the floor), not to bitwise equality.
+        log("  resume: not bitwise identical; a second straight run measures run-to-run noise ...")
+        with _quiet():
+            backend.train(c, workdir / "straight2", device=dev)
+        a2, _, _ = load_checkpoint(workdir / "straight2")
+        noise = _weights_rel(a2, a)[0]
+    tol = max(RESUME_TOL, 2.0 * noise)
     resume = {"steps": [sa, sb], "bitwise_identical": bitwise, "weights_rel_diff": rel, "worst_tensor": worst,
-              "tol": RESUME_TOL, "ok": sa == sb == steps and rel <= RESUME_TOL}
+              "run_to_run_rel_diff": noise, "tol": tol, "ok": sa == sb == steps and rel <= tol}
     blob_dev = pack(a, c)
     blob_cpu = pack(export_params(_cpu_model(c, a)), c)
     art = {"artifact_bytes": len(blob_dev), "identical": blob_dev == blob_cpu,

@@ -72,6 +72,7 @@ def test_dry_run_checks_everything_on_tiny_shapes(tiny_data, tmp_path, capsys):
     assert e["size"]["total_bytes"] == e["size"]["artifact_bytes"] + e["size"]["code_bytes"]
     assert e["reference"] == {"skipped": "dry run: train_gpt.py needs CUDA"}
     assert rep["resume"]["steps"] == [4, 4] and rep["resume"]["ok"]
+    assert rep["resume"]["bitwise_identical"] and rep["resume"]["run_to_run_rel_diff"] == 0.0  # the CPU is deterministic
     assert rep["artifact"]["identical"] and rep["artifact"]["sha256_device"] == rep["artifact"]["sha256_cpu_export"]
     assert set(rep["checks"]) == {"rec.forward", "rec.step", "rec.compiled", "rec.update_cosine", "resume", "artifact"}
     assert "ok   rec.forward" in printed.out

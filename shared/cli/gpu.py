@@ -73,7 +73,7 @@ def gpu_check(configs, seconds, reference, json_out, sample_dir) -> None:
                              log=lambda s: click.echo(s, err=True))
     failed = [k for k, c in report["checks"].items() if not c["ok"]]
     for k, c in report["checks"].items():
-        click.echo(f"{'ok  ' if c['ok'] else 'FAIL'} {k:22s} {c['value']:.3g} (allowed {c['tol']:.0e})")
+        click.echo(f"{'ok  ' if c['ok'] else 'FAIL'} {k:26s} {c['value']:.3g} (allowed {c['tol']:.0e})")
     for k, t in (report["targets"] or {}).items():
         click.echo(f"{'met ' if t['met'] else 'miss'} target {k}: {t['value']:.4g}")
     if json_out is None:
