@@ -64,7 +64,7 @@ import torch
 
 from cuda_train import runtime
 from cuda_train.model import GPT, attention_kernel, load_params
-from cuda_train.session import TorchSession, autocast
+from cuda_train.session import TorchSession, autocast, to_device
 from shared.core.config import Config
 from shared.core.loop import Hooks
 from shared.core.spec import init_params
@@ -337,11 +337,11 @@ def speed(cfg: Config, dataset, device: torch.device, dtype: torch.dtype, second
     session = _session(cfg, device, dtype, compile_=t.compile)
     session.load_weights(params)
     # The compiled model's loss against the eager forward on the same weights and first batch.
+    # `session.model` is the module `torch.compile` wraps (same parameters), run here uncompiled in the
+    # order the first timed step uses (plain: the loss of a looping model would otherwise loop).
     first = batches()
-    eager = TorchSession(session.cfg, session.rt, training=False)
-    eager.load_weights(params)
-    eager_loss = float(np.mean([eager.loss(x, y) for x, y in first]))
-    del eager
+    with torch.no_grad(), autocast(device, dtype):
+        eager_loss = float(np.mean([session.model(*to_device(b, device), looped=False).item() for b in first]))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     order_names = ["plain", "looped"] if cfg.model.looping else ["plain"]
