@@ -567,11 +567,10 @@ def run_check(configs: list[tuple[str, Config]], seconds: float, reference: Path
               save: Callable[[dict], None] | None = None, log: Log = print) -> dict[str, Any]:
     """Run every section for every config; `save(report)` is called after each section (a report cut
     short by a timeout still says what was checked). Returns the report (docs/GPU-CHECK.md)."""
-    from shared.data.dataset import open_dataset
 
     use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise PgolfError("--device cuda: torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+        raise PgolfError("device cuda was asked for but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
     dev = runtime.init("cuda" if use_cuda else "cpu").device
     dtype = torch.bfloat16
     dry = dev.type != "cuda"
@@ -585,7 +584,18 @@ def run_check(configs: list[tuple[str, Config]], seconds: float, reference: Path
     if dry:
         log("no CUDA GPU: dry run of every section on tiny shapes, on the CPU in bf16 autocast")
         configs = [(name, shrink(c)) for name, c in configs]
-    workdir = Path(tempfile.mkdtemp(prefix="pgolf-gpu-check-"))
+    with tempfile.TemporaryDirectory(prefix="pgolf-gpu-check-") as tmp:  # the check's runs; gone afterwards
+        return _run_sections(report, configs, seconds, reference, sample_root, dev, dtype, Path(tmp), saver, log,
+                             started)
+
+
+def _run_sections(report: dict[str, Any], configs: list[tuple[str, Config]], seconds: float, reference: Path | None,
+                  sample_root: Path, dev: torch.device, dtype: torch.dtype, workdir: Path,
+                  saver: Callable[[dict], None], log: Log, started: float) -> dict[str, Any]:
+    from shared.data.dataset import open_dataset
+    from shared.data.shards import BatchLoader
+
+    dry = report["dry_run"]
     log("environment ...")
     report["environment"] = env = environment(configs[0][1], dev, dtype)
     log(f"  {env['gpu_name'] or 'cpu'}: torch {env['torch']}, cuda {env['cuda']}, nccl {env['nccl']}, "
@@ -599,8 +609,6 @@ def run_check(configs: list[tuple[str, Config]], seconds: float, reference: Path
         entry: dict[str, Any] = {"data": data, "model": {"params": _param_count(cfg)}}
         report["configs"][name] = entry
         ds = open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size, seq_len=cfg.train.seq_len)
-        from shared.data.shards import BatchLoader
-
         seqs = max(1, min(4, cfg.train.batch_tokens // cfg.train.grad_accum // cfg.train.seq_len))
         batch = BatchLoader(ds.train_stream()).next_batch(seqs * cfg.train.seq_len, cfg.train.seq_len)
         log("  correctness: forward + one step, device vs CPU fp32 ...")

@@ -78,6 +78,7 @@ def test_dry_run_checks_everything_on_tiny_shapes(tiny_data, tmp_path, capsys):
     assert "ok   rec.forward" in printed.out
 
 
+@pytest.mark.slow
 def test_a_broken_device_path_fails_the_correctness_check(tiny_data, monkeypatch):
     """A device model that differs from the CPU's (another RoPE base) must fail forward and step."""
     cfg = gc.shrink(load_config(REPO / "configs" / "baseline.toml", ["model.vocab_size=512", "model.num_layers=2"]))
