@@ -370,6 +370,9 @@ def speed(cfg: Config, dataset, device: torch.device, dtype: torch.dtype, second
                              "rel_diff": out["orders"]["plain"]["compiled_rel_diff"], "tol": COMPILE_TOL,
                              "ok": out["orders"]["plain"]["compiled_rel_diff"] <= COMPILE_TOL}
     out["_weights"] = session.final_weights()
+    del session
+    if device.type == "cuda":  # hand the cached blocks back before the next config or the reference runs
+        torch.cuda.empty_cache()
     return out
 
 
