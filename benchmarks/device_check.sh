@@ -18,7 +18,7 @@
 #
 # Its files come back as gpu_check.json and gpu_check.log. Without .ref/train_gpt.py the reference
 # comparison is skipped; without data/sample the check builds the sample datasets itself.
-# Environment knobs: GPU_CHECK_SECONDS (timed seconds per config, default 15), GPU_CHECK_ARGS (more flags).
+# Environment knobs: GPU_CHECK_SECONDS (timed seconds per config, default 10 here, to stay inside the budget), GPU_CHECK_ARGS (more flags).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-check-out}"
@@ -44,7 +44,7 @@ t0=$(date +%s)
   [ -f .ref/train_gpt.py ] && REF=(--reference .ref/train_gpt.py)
   rm -f "$OUT/gpu_check.json"
   # shellcheck disable=SC2086
-  $PY -m shared.cli gpu-check --seconds "${GPU_CHECK_SECONDS:-15}" "${REF[@]}" --json "$OUT/gpu_check.json" \
+  $PY -m shared.cli gpu-check --seconds "${GPU_CHECK_SECONDS:-10}" "${REF[@]}" --json "$OUT/gpu_check.json" \
       ${GPU_CHECK_ARGS:-}
   rc=$?
   echo "== gpu-check exit code $rc after $(( $(date +%s) - t0 )) s"

@@ -395,7 +395,7 @@ def artifact_size(cfg: Config, weights: dict[str, np.ndarray]) -> dict[str, Any]
 def resume_and_artifact(cfg: Config, device: torch.device, dtype: torch.dtype, workdir: Path, log: Log,
                         steps: int = 6) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train `steps` steps on the device straight, and again interrupted (a real SIGINT at the middle
-    step boundary) then resumed; compare the checkpoints. Pack the device-trained checkpoint and the CPU model's export of
+    step boundary) then resumed, on the config's architecture at width <= 128; compare the checkpoints. Pack the device-trained checkpoint and the CPU model's export of
     it: the artifacts must be byte-identical."""
     from cuda_train import backend
     from cuda_train.model import export_params
@@ -404,7 +404,10 @@ def resume_and_artifact(cfg: Config, device: torch.device, dtype: torch.dtype, w
 
     t = cfg.train
     micro_seqs = max(1, min(4, t.batch_tokens // t.grad_accum // t.seq_len))
-    c = replace(cfg, train=replace(t, iterations=steps, max_seconds=0.0, warmup_steps=0, val_every=0, log_every=1,
+    # Every option of the config at width <= 128 (2 heads of 64, 1 KV head): what is checked is the
+    # state a run saves and restores, and the packer's input; the narrow model packs in a second.
+    m = cfg.model if cfg.model.model_dim <= 128 else replace(cfg.model, model_dim=128, num_heads=2, num_kv_heads=1)
+    c = replace(cfg, model=m, train=replace(t, iterations=steps, max_seconds=0.0, warmup_steps=0, val_every=0, log_every=1,
                                    checkpoint_every=0, grad_accum=1, batch_tokens=micro_seqs * t.seq_len,
                                    compile=False, compute_dtype=runtime.dtype_name(dtype)),
                 quant=replace(cfg.quant, gptq=False, embed_steps="row"),
