@@ -197,3 +197,14 @@ def test_the_device_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     text = script.read_text()
     assert "gpu-check" in text and "--json" in text and 'carry=[".whl", ".ref", "data/sample"]' in text
+
+
+def test_gpu_check_help_loads_no_framework():
+    from tests.test_boundaries import FRAMEWORKS, _loaded_after
+
+    code = ("from shared.cli import main\n"
+            "try:\n"
+            "    main(['gpu-check', '--help'])\n"
+            "except SystemExit as e:\n"
+            "    assert e.code in (0, None), e.code\n")
+    assert _loaded_after(code) == {f: False for f in FRAMEWORKS}
