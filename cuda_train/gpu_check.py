@@ -16,8 +16,9 @@ code (`TorchSession.step`, `train_loop`, the shared packer). Five sections:
    and one optimizer step on the device in bf16 autocast against the CPU fp32
    path (tolerances `FORWARD_TOL`, `STEP_MIN_COSINE`, stated in the report); and the
    compiled step's first loss against the eager forward at the timed shape.
-   Then once (`resume`, `artifact`): a run trained on the device, interrupted
-   by a real SIGINT and resumed, reaches the weights of the uninterrupted run;
+   Then once (`resume`, `artifact`, the first config at width <= 128): a run trained on the
+   device, interrupted by a real SIGINT and resumed, reaches the weights of the uninterrupted run
+   (within the run-to-run noise a second straight run measures, if the GPU is not bitwise exact);
    the artifact packed from that device-trained checkpoint is byte-identical to
    the one packed from the CPU model's export of it.
 3. `speed` (per config): one GPU runs the config's whole step (train.grad_accum
