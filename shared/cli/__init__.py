@@ -32,6 +32,7 @@ COMMANDS = {
     "inspect": ("shared.cli.pack", "inspect", "Per-tensor bytes of an artifact and its headroom under the cap."),
     "parity": ("shared.cli.parity", "parity", "Check that both backends export, evaluate and train a checkpoint identically."),
     "import": ("shared.cli.interop", "import_cmd", "Import train_gpt.py / train_gpt_mlx.py weights as a pgolf checkpoint."),
+    "gpu-check": ("shared.cli.gpu", "gpu_check", "First command on a GPU pod: environment, correctness, speed and MFU."),
 }
 
 
