@@ -5,6 +5,7 @@
     pgolf eval --backend mlx|torch           BPB of an artifact or checkpoint
     pgolf pack / inspect                     the 16 MB artifact        (shared/cli/pack.py)
     pgolf parity                             prove both backends agree (shared/cli/parity.py)
+    pgolf record export|check / seeds        a record submission       (shared/cli/record.py)
 
 Each command lives in its own module, imported only when that command runs
 (as mlx-lm's CLI does), so a training run loads none of the tools' code and
@@ -30,6 +31,8 @@ COMMANDS = {
     "pack": ("shared.cli.pack", "pack", "Quantize and pack a checkpoint into an artifact."),
     "inspect": ("shared.cli.pack", "inspect", "Per-tensor bytes of an artifact and its headroom under the cap."),
     "parity": ("shared.cli.parity", "parity", "Check that both backends export, evaluate and train a checkpoint identically."),
+    "record": ("shared.cli.record", "record", "Records: export runs as a submission folder, check one as a reviewer would."),
+    "seeds": ("shared.cli.record", "seeds", "Train one config for several seeds, then mean, std and significance."),
 }
 
 

@@ -17,6 +17,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from shared.errors import PgolfError
+
 RECORD_MARGIN_NATS = 0.005
 RECORD_P = 0.01
 PRACTICE_P = 0.25
@@ -123,7 +125,9 @@ def significance(new_bpb: Sequence[float], new_loss: Sequence[float], best_bpb: 
     is tested in nats; against a BPB alone it is converted with the new runs' own bits per nat-token
     ratio (val_bpb / val_loss: the same tokenizer on both sides)."""
     mean_b, std_b = mean_std(list(new_bpb))
-    ratio = mean_std([b / loss for b, loss in zip(new_bpb, new_loss)])[0] if new_loss else 1.0 / math.log(2)
+    if len(new_loss) != len(new_bpb):
+        raise PgolfError("the seeds' val_loss is needed beside their val_bpb (to turn 0.005 nats into bits per byte)")
+    ratio = mean_std([b / loss for b, loss in zip(new_bpb, new_loss, strict=True)])[0]
     best_list = [float(best_bpb)] if isinstance(best_bpb, (int, float)) else list(best_bpb)
     margin_bpb = RECORD_MARGIN_NATS * ratio
     p_rec = p_pr = None

@@ -1,0 +1,270 @@
+"""Records: the generated train_gpt.py trains what `pgolf train` trains; export, check, significance.
+
+The round trip exports a tiny torch run, runs its train_gpt.py under torchrun (gloo, 1 and 2 ranks)
+inside a temporary records folder with the challenge's data layout, and compares it with the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from shared.artifact import code
+from shared.cli import main
+from shared.core.config import load_config
+from shared.errors import PgolfError
+from shared.record import stats
+from shared.record.check import check_folder, parse_log
+from shared.record.script import baked_config, generate, minify
+from tests.conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Stand-ins that fail loudly if the script reaches for pgolf's files or for a package it must not need.
+_BLOCKERS = ("shared", "cuda_train", "mlx_train", "click", "tqdm", "huggingface_hub")
+
+
+def run_pgolf(capsys, *argv: str) -> tuple[int, str]:
+    """`pgolf ARGV` in this process: (exit code, stdout + stderr)."""
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def _losses(path: Path) -> dict[int, float]:
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    return {r["step"]: r["train_loss"] for r in recs if "train_loss" in r}
+
+
+def _records_layout(folder: Path, tiny) -> None:
+    """./data/datasets/fineweb10B_sp512 and ./data/tokenizers/fineweb_512_bpe.model, as the challenge lays them out."""
+    (folder / "data" / "datasets").mkdir(parents=True)
+    (folder / "data" / "tokenizers").mkdir(parents=True)
+    (folder / "data" / "datasets" / "fineweb10B_sp512").symlink_to(Path(tiny.data_dir).resolve())
+    (folder / "data" / "tokenizers" / "fineweb_512_bpe.model").symlink_to(Path(tiny.tokenizer).resolve())
+
+
+def _run_script(folder: Path, blockers: Path, nproc: int, run_id: str, seed: int) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(blockers), SEED=str(seed), RUN_ID=run_id, PGOLF_PG_TIMEOUT_S="60")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train_gpt.py"]
+    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_exported_script_trains_the_same_model_as_pgolf_train(tiny_data, tmp_path, capsys):
+    pytest.importorskip("torch")
+    backend = pytest.importorskip("cuda_train.backend")
+    seed = 7
+    cfg = tiny_config(iterations=4, seed=seed)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)))
+    run = tmp_path / "run"
+    summary = backend.train(cfg, run)          # what `pgolf train --backend torch` calls
+
+    res = run_pgolf(capsys, *["record", "export", str(run), "--name", "tiny round trip", "--author", "T",
+                                   "--github-id", "t", "--out", str(tmp_path / "records"),
+                                   "--track", "non_record_16mb"])
+    assert res[0] == 0, res[1]
+    [folder] = (tmp_path / "records" / "track_non_record_16mb").iterdir()
+    assert folder.name.endswith("_tiny_round_trip")
+    script = folder / "train_gpt.py"
+    # The counted code is exactly this file, in the summary and in `pgolf inspect`.
+    assert summary["code_bytes"] == len(script.read_bytes()) == code.code_bytes("torch", cfg)
+    res = run_pgolf(capsys, *["inspect", str(run / "model.pgz"), "--json"])
+    assert json.loads(res[1])["code_bytes"] == len(script.read_bytes())
+    assert script.read_bytes().startswith(b"import base64,lzma;exec(")
+
+    _records_layout(folder, tiny_data)
+    blockers = tmp_path / "blockers"
+    for name in _BLOCKERS:
+        (blockers / name).mkdir(parents=True)
+        (blockers / name / "__init__.py").write_text(f"raise ImportError('train_gpt.py imported {name} from disk')\n")
+    for nproc in (1, 2):
+        out = _run_script(folder, blockers, nproc, f"r{nproc}", seed)
+        assert out.returncode == 0, out.stderr[-3000:]
+        mine = folder / "logs" / f"r{nproc}"
+        got = json.loads((mine / "summary.json").read_text())
+        assert got["code_bytes"] == len(script.read_bytes())
+        la, lb = _losses(run / "metrics.jsonl"), _losses(mine / "metrics.jsonl")
+        assert sorted(la) == sorted(lb) == [1, 2, 3, 4]
+        assert all(lb[s] == pytest.approx(la[s], rel=1e-5) for s in la), (la, lb)
+        assert got["q_val_bpb"] == pytest.approx(summary["q_val_bpb"], rel=1e-5)
+        if nproc == 1:   # one rank: the same arithmetic, the same bytes
+            assert (mine / "model.pgz").read_bytes() == (run / "model.pgz").read_bytes()
+            assert la == lb
+        log = parse_log(mine / "train.log")
+        assert log.val_bpb == pytest.approx(got["q_val_bpb"], abs=1e-8)
+        assert log.total_bytes == got["total_bytes"]
+        assert "final_pgz_roundtrip val_loss:" in out.stdout
+
+    res = run_pgolf(capsys, *["record", "check", str(folder)])
+    assert res[0] == 0, res[1]
+    assert "OK: the folder passes every check" in res[1]
+    # A second run into the same RUN_ID is refused (nothing finished is overwritten unasked).
+    again = _run_script(folder, blockers, 1, "r1", seed)
+    assert again.returncode == 2 and "error:" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_generated_script_is_deterministic_and_follows_the_import_graph():
+    cfg = load_config(REPO / "configs" / "small.toml")
+    a, b = generate(cfg), generate(replace(cfg, train=replace(cfg.train, seed=99)))
+    assert a.data == b.data                    # the seed is an environment override, not code
+    names = set(a.modules)
+    assert {"cuda_train.submission", "cuda_train.model", "shared.core.loop", "shared.artifact.format",
+            "shared.data.bpb"} <= names
+    assert not names & {"shared.cli.train", "shared.cli", "shared.data.download", "shared.tools.parity"}
+    files = {code.module_name(f) for f in code.script_files()}
+    assert files == names
+    assert len(a.data) < a.minified_bytes < a.raw_bytes
+    # The counted code follows the config baked in, and every caller counts the same file.
+    assert code.code_bytes("torch", cfg) == code.code_bytes("mlx", cfg) == len(a.data)
+    assert baked_config(cfg).data.dir == f"./data/datasets/fineweb10B_sp{cfg.model.vocab_size}"
+
+
+def test_embedded_modules_import_only_the_allowed_packages():
+    import ast
+
+    allowed = {"torch", "numpy", "sentencepiece", "zstandard", "safetensors", "shared", "cuda_train",
+               "flash_attn_interface",  # optional, inside try/except (FA3 on H100)
+               "tomli", "tqdm"}         # Python < 3.11 only; tqdm only on a terminal, optional
+    seen = set()
+    for f in code.script_files():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                seen |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                seen.add(node.module.split(".")[0])
+    assert {m for m in seen if m not in sys.stdlib_module_names} <= allowed
+    assert "click" not in seen and "huggingface_hub" not in seen
+
+
+def test_minify_keeps_the_program():
+    src = 'def f(x):\n    """doc"""\n    # comment\n    return x + 1\n\nclass A:\n    """only a doc"""\n'
+    ns: dict = {}
+    exec(minify(src), ns)
+    assert ns["f"](1) == 2 and "doc" not in minify(src) and "comment" not in minify(src)
+
+
+def test_student_t_tail_matches_known_values():
+    assert stats.t_sf(2.776445, 4) == pytest.approx(0.025, abs=2e-6)
+    assert stats.t_sf(6.964557, 2) == pytest.approx(0.01, abs=2e-6)
+    assert stats.t_sf(0.0, 3.3) == pytest.approx(0.5)
+    assert stats.t_sf(-1.5, 7.5) == pytest.approx(1 - stats.t_sf(1.5, 7.5))
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for t, df in ((1.2, 2.7), (3.3, 4.1), (-0.4, 9.0)):
+        assert stats.t_sf(t, df) == pytest.approx(scipy_stats.t.sf(t, df), rel=1e-9)
+
+
+def test_welch_significance():
+    best_bpb, best_loss = [1.0810, 1.0815, 1.0805], [2.7920, 2.7930, 2.7910]
+    ratio = 1.0810 / 2.7920
+    far = [b - 0.01 for b in best_bpb]
+    sig = stats.significance(far, [b / ratio for b in far], best_bpb, best_loss)
+    assert sig.units == "nats" and sig.record and sig.p_practice < 0.25
+    close = [b - 0.0005 for b in best_bpb]
+    sig = stats.significance(close, [b / ratio for b in close], 1.0810)
+    assert not sig.record and sig.p_record > 0.5
+    one = stats.significance([1.07], [2.76], 1.0810)
+    assert one.p_record is None and not one.record
+    p, t, df = stats.welch_p([1.0, 1.1, 1.2], [1.5, 1.6, 1.4])
+    assert df == pytest.approx(4.0) and t > 0 and p < 0.01
+
+
+_NAIVE_LOG = """model_params:17059912
+step:13780/20000 val_loss:2.0606 val_bpb:1.2172 train_time:600038ms step_avg:43.54ms
+stopping_early: wallclock_cap train_time:600038ms step:13780/20000
+Serialized model: 67224983 bytes
+Code size: {code} bytes
+Total submission size: {big} bytes
+Serialized model int8+zlib: 15815847 bytes (payload:17178912 raw_torch:17224025 payload_ratio:3.91x)
+Total submission size int8+zlib: {total} bytes
+final_int8_zlib_roundtrip val_loss:2.0727 val_bpb:1.2244 eval_time:1401ms
+final_int8_zlib_roundtrip_exact val_loss:2.07269931 val_bpb:1.22436570
+"""
+
+
+def _challenge_folder(root: Path, code_text: str = "print('train')\n") -> Path:
+    """A folder shaped like the challenge's records/track_10min_16mb/2026-03-17_NaiveBaseline (our own numbers)."""
+    folder = root / "track_10min_16mb" / "2026-03-17_Fixture"
+    folder.mkdir(parents=True)
+    (folder / "train_gpt.py").write_text(code_text)
+    n = len(code_text.encode())
+    (folder / "train.log").write_text(_NAIVE_LOG.format(code=n, big=67224983 + n, total=15815847 + n))
+    (folder / "README.md").write_text("# fixture\n")
+    (folder / "submission.json").write_text(json.dumps({
+        "author": "Baseline", "github_id": "openai", "name": "Naive Baseline", "blurb": "fixture",
+        "date": "2026-03-18T14:56:29Z", "val_loss": 2.07269931, "val_bpb": 1.2243657,
+        "bytes_total": 15815847 + n, "bytes_code": n}))
+    return folder
+
+
+def test_check_passes_a_challenge_shaped_folder_and_names_each_fault(tmp_path, capsys):
+    folder = _challenge_folder(tmp_path)
+    rep = check_folder(folder)
+    assert rep.ok, rep.lines()
+    assert any("requirements.txt" in n for n in rep.notes)
+    [facts] = rep.facts
+    assert facts.val_bpb == 1.2243657 and facts.train_time_s == 600.038 and facts.eval_time_s == 1.401
+
+    sub = json.loads((folder / "submission.json").read_text())
+    (folder / "submission.json").write_text(json.dumps({**sub, "val_bpb": 1.2}))
+    (folder / "train_gpt.py").write_text("print('a longer script than the log counted')\n")
+    rep = check_folder(folder)
+    assert not rep.ok
+    text = "\n".join(rep.failures)
+    assert "val_bpb 1.2 is not the logs' mean" in text and "train_gpt.py (was the script changed" in text
+
+    res = run_pgolf(capsys, *["record", "check", str(folder)])
+    assert res[0] == 1 and "FAIL" in res[1]
+    (folder / "submission.json").write_text("{not json")
+    res = run_pgolf(capsys, *["record", "check", str(folder)])
+    assert res[0] == 2
+    res = run_pgolf(capsys, *["record", "check", str(tmp_path / "nope")])
+    assert res[0] == 2
+
+
+def test_check_time_cap_and_against(tmp_path):
+    folder = _challenge_folder(tmp_path)
+    log = folder / "train.log"
+    log.write_text(log.read_text().replace("train_time:600038ms step:", "train_time:700000ms step:"))
+    rep = check_folder(folder)
+    assert any("over the 600 s cap" in f for f in rep.failures)
+    # One seed cannot be significant: --against fails with a report, not a crash.
+    rep = check_folder(_challenge_folder(tmp_path / "b"), against="1.2244")
+    assert rep.significance is not None and rep.significance.p_record is None and not rep.ok
+    with pytest.raises(PgolfError, match="neither a BPB number"):
+        check_folder(_challenge_folder(tmp_path / "c"), against=str(tmp_path / "missing"))
+
+
+def test_export_refuses_mixed_configs_and_repeated_seeds(tmp_path):
+    from shared.core.config import to_toml
+    from shared.record.export import export_record
+
+    def fake_run(name, **train):
+        run = tmp_path / name
+        run.mkdir()
+        cfg = tiny_config(**train)
+        (run / "config.toml").write_text(to_toml(cfg))
+        (run / "train.log").write_text("x\n")
+        (run / "summary.json").write_text(json.dumps({"code_bytes": len(generate(cfg).data)}))
+        return run
+
+    a, b, c = fake_run("a", seed=1), fake_run("b", seed=1), fake_run("c", seed=2, iterations=9)
+    with pytest.raises(PgolfError, match="repeat a seed"):
+        export_record([a, b], name="x", author="a", github_id="g", out=tmp_path / "rec")
+    with pytest.raises(PgolfError, match="config differs"):
+        export_record([a, c], name="x", author="a", github_id="g", out=tmp_path / "rec")
+    with pytest.raises(PgolfError, match="no config.toml: pass a finished run folder"):
+        export_record([tmp_path], name="x", author="a", github_id="g", out=tmp_path / "rec")
