@@ -63,18 +63,22 @@ def run_dir_for(cfg: Config, environ: Mapping[str, str]) -> Path:
 
 def train_record(config_toml: str, environ: Mapping[str, str]) -> dict | None:
     """Train, pack and evaluate one seed as the record's script does; rank 0 returns the summary."""
-    from cuda_train.backend import train
-    from shared.core.rundir import claim_run_dir, inherited_claim
+    from shared.core.rundir import claim_run_dir, existing_run_files, inherited_claim
     from shared.data.dataset import open_dataset
 
     cfg = resolve_config(config_toml, environ)
     run_dir = run_dir_for(cfg, environ)
+    overwrite = environ.get("OVERWRITE", "0") == "1"
+    if not overwrite and run_dir.is_dir() and existing_run_files(run_dir):
+        raise PgolfError(f"{run_dir} already holds a run: set OVERWRITE=1 to replace it, or another RUN_ID")
     # Every input check before the folder is touched (the same checks as `pgolf train`).
     open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size, seq_len=cfg.train.seq_len)
+    from cuda_train.backend import train  # torch loads once the inputs are known good
+
     if inherited_claim(run_dir) or int(environ.get("RANK", "0") or 0) > 0:
         claim = contextlib.nullcontext()
     else:
-        claim = claim_run_dir(run_dir, overwrite=environ.get("OVERWRITE", "0") == "1")
+        claim = claim_run_dir(run_dir, overwrite=overwrite)
     with claim:
         return train(cfg, run_dir)
 

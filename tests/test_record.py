@@ -113,8 +113,10 @@ def test_exported_script_trains_the_same_model_as_pgolf_train(tiny_data, tmp_pat
     assert res[0] == 0, res[1]
     assert "OK: the folder passes every check" in res[1]
     # A second run into the same RUN_ID is refused (nothing finished is overwritten unasked).
-    again = _run_script(folder, blockers, 1, "r1", seed)
-    assert again.returncode == 2 and "error:" in again.stderr and "Traceback" not in again.stderr
+    env = {**os.environ, "PYTHONPATH": str(blockers), "RUN_ID": "r1"}
+    again = subprocess.run([sys.executable, "train_gpt.py"], cwd=folder, env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert again.stderr.strip() == "error: logs/r1 already holds a run: set OVERWRITE=1 to replace it, or another RUN_ID"
 
 
 def test_generated_script_is_deterministic_and_follows_the_import_graph():
