@@ -74,10 +74,9 @@ def test_exported_script_trains_the_same_model_as_pgolf_train(tiny_data, tmp_pat
     summary = backend.train(cfg, run)          # what `pgolf train --backend torch` calls
 
     res = run_pgolf(capsys, *["record", "export", str(run), "--name", "tiny round trip", "--author", "T",
-                                   "--github-id", "t", "--out", str(tmp_path / "records"),
-                                   "--track", "non_record_16mb"])
+                                   "--github-id", "t", "--out", str(tmp_path / "records")])
     assert res[0] == 0, res[1]
-    [folder] = (tmp_path / "records" / "track_non_record_16mb").iterdir()
+    [folder] = (tmp_path / "records" / "track_10min_16mb").iterdir()
     assert folder.name.endswith("_tiny_round_trip")
     script = folder / "train_gpt.py"
     # The counted code is exactly this file, in the summary and in `pgolf inspect`.
@@ -270,3 +269,42 @@ def test_export_refuses_mixed_configs_and_repeated_seeds(tmp_path):
         export_record([a, c], name="x", author="a", github_id="g", out=tmp_path / "rec")
     with pytest.raises(PgolfError, match="no config.toml: pass a finished run folder"):
         export_record([tmp_path], name="x", author="a", github_id="g", out=tmp_path / "rec")
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_seeds_then_export_then_check_against(tiny_data, tmp_path, capsys):
+    """`pgolf seeds` trains each seed in turn and reports; two seeds export as one folder that checks."""
+    pytest.importorskip("torch")
+    from shared.core.config import to_toml
+
+    cfg = tiny_config(iterations=2)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)))
+    (tmp_path / "c.toml").write_text(to_toml(cfg))
+    code_, out = run_pgolf(capsys, "seeds", "--backend", "torch", "--config", tmp_path / "c.toml",
+                           "--seeds", "3,5", "--out", tmp_path / "s", "--against", "9.0")
+    assert code_ == 0, out
+    runs = [tmp_path / "s" / "seed3", tmp_path / "s" / "seed5"]
+    bpb = [json.loads((r / "summary.json").read_text())["q_val_bpb"] for r in runs]
+    assert bpb[0] != bpb[1]                                  # two seeds, two models
+    mean, std = stats.mean_std(bpb)
+    assert f"mean val_bpb {mean:.8f} std {std:.8f}" in out
+    assert "record rule" in out and "-> PASS" in out         # far below 9.0 bpb: significant
+    assert run_pgolf(capsys, "seeds", "--config", tmp_path / "c.toml", "--seeds", "3,3", "--out", tmp_path / "x")[0] == 2
+
+    code_, out = run_pgolf(capsys, "record", "export", *runs, "--name", "two", "--author", "a", "--github-id", "g",
+                           "--out", tmp_path / "rec", "--date", "2026-12-01")
+    assert code_ == 0, out
+    folder = tmp_path / "rec" / "track_10min_16mb" / "2026-12-01_two"
+    sub = json.loads((folder / "submission.json").read_text())
+    assert sub["seeds"] == [3, 5] and sorted(sub["seed_results"]) == ["3", "5"]
+    assert sub["val_bpb"] == pytest.approx(mean, abs=1e-8) and sub["bytes_code"] == len((folder / "train_gpt.py").read_bytes())
+    assert {p.name for p in folder.iterdir()} >= {"train_gpt.py", "submission.json", "README.md", "requirements.txt",
+                                                  "train_seed3.log", "train_seed5.log"}
+    assert run_pgolf(capsys, "record", "check", folder, "--against", "9.0")[0] == 0
+    code_, out = run_pgolf(capsys, "record", "check", folder, "--against", f"{min(bpb) - 0.5:.4f}")
+    assert code_ == 1 and "not a significant record" in out
+    # Exporting again over the same folder is refused unless asked.
+    code_, out = run_pgolf(capsys, "record", "export", *runs, "--name", "two", "--author", "a", "--github-id", "g",
+                           "--out", tmp_path / "rec", "--date", "2026-12-01")
+    assert code_ == 2 and "exists: pass --overwrite" in out

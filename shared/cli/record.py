@@ -40,15 +40,16 @@ def record() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("records"), show_default=True,
               help="writes OUT/track_<track>/<date>_<name>/")
 @click.option("--blurb", default=None, help="one paragraph for submission.json (default: generated from the runs)")
+@click.option("--date", default=None, metavar="YYYY-MM-DD", help="the record's date (default: today, UTC)")
 @click.option("--overwrite", is_flag=True, help="replace a records folder of the same date and name")
-def export_cmd(runs, name, author, github_id, track, out, blurb, overwrite) -> None:
+def export_cmd(runs, name, author, github_id, track, out, blurb, date, overwrite) -> None:
     """Write records/<track>/<date>_<name>/ from finished runs: train_gpt.py, submission.json, logs, README."""
     from shared.record.check import check_folder
     from shared.record.export import export_record
     from shared.record.script import generate
 
     dest = export_record(list(runs), name=name, author=author, github_id=github_id, track=track, out=out,
-                         blurb=blurb, overwrite=overwrite)
+                         blurb=blurb, date=date, overwrite=overwrite)
     sub = json.loads((dest / "submission.json").read_text())
     from shared.core.config import load_config
 

@@ -108,6 +108,8 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
                              "it, or retrain")
 
     date = date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+        raise PgolfError(f"--date {date!r}: expected YYYY-MM-DD")
     dest = Path(out) / f"track_{track}" / folder_name(name, date)
     if dest.exists() and not overwrite:
         raise PgolfError(f"{dest} exists: pass --overwrite to replace it, or another --name")
