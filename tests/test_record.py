@@ -134,6 +134,18 @@ def test_generated_script_is_deterministic_and_follows_the_import_graph():
     assert baked_config(cfg).data.dir == f"./data/datasets/fineweb10B_sp{cfg.model.vocab_size}"
 
 
+def test_script_serves_its_modules_with_source_from_itself(tmp_path):
+    """Imported as a module, train_gpt.py installs its importer: pgolf modules come from the file, with their
+    source visible to `inspect` (torch.compile and Triton read it) and a __file__ beside the script."""
+    (tmp_path / "train_gpt.py").write_bytes(generate(None).data)
+    probe = ("import runpy, inspect; runpy.run_path('train_gpt.py', run_name='probe'); "
+             "import shared.core.schedule as s; print(s.__file__); print(inspect.getsource(s.lr_scale).split('(')[0])")
+    env = {**os.environ, "PYTHONPATH": ""}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(tmp_path / "shared" / "core" / "schedule.py"), "def", "lr_scale"]
+
+
 def test_embedded_modules_import_only_the_allowed_packages():
     import ast
 

@@ -35,16 +35,19 @@ SCRIPT_NAME = "train_gpt.py"
 _LZMA = {"format": lzma.FORMAT_XZ, "check": lzma.CHECK_NONE, "preset": 9 | lzma.PRESET_EXTREME}
 
 # The bootstrap: the embedded modules (name -> (is_package, source)) come first, as M; the config as C.
-# Modules get a __file__ beside the script so code that locates itself keeps working.
+# Modules get a __file__ beside the script so code that locates itself keeps working, and their
+# source goes into linecache (mtime None: never evicted) so tracebacks and `inspect.getsource`
+# (torch.compile, Triton) see it.
 _BOOT = '''
-import importlib.abc,importlib.util,os,sys
+import importlib.abc,importlib.util,linecache,os,sys
 class _Embedded(importlib.abc.MetaPathFinder,importlib.abc.Loader):
     def find_spec(self,name,path=None,target=None):
         if name in M:return importlib.util.spec_from_loader(name,self,is_package=M[name][0])
     def create_module(self,spec):return None
     def exec_module(self,module):
-        n=module.__name__;module.__file__=os.path.join(os.path.dirname(os.path.abspath(__file__)),*n.split('.'))+('/__init__.py' if M[n][0] else '.py')
-        exec(compile(M[n][1],'<train_gpt.py:'+n+'>','exec'),module.__dict__)
+        n=module.__name__;s=M[n][1];f=module.__file__=os.path.join(os.path.dirname(os.path.abspath(__file__)),*n.split('.'))+('/__init__.py' if M[n][0] else '.py')
+        linecache.cache[f]=(len(s),None,s.splitlines(True),f)
+        exec(compile(s,f,'exec'),module.__dict__)
 sys.meta_path.insert(0,_Embedded())
 if __name__=='__main__':
     from {entry} import main
