@@ -204,7 +204,8 @@ The full resolved config is baked into `train_gpt.py`; here it is:
 
 ```bash
 pip install -r requirements.txt
-# data: the challenge's export under ./data/datasets/ and ./data/tokenizers/ (its cached_challenge_fineweb.py)
+# data, from the repository root: python3 data/cached_challenge_fineweb.py --variant sp{cfg.model.vocab_size}
+# (or: pgolf data download --variant sp{cfg.model.vocab_size}); then, in this folder: ln -s ../../../data data
 """ + "\n".join(f"{data_env}SEED={seed} RUN_ID=train_seed{seed} torchrun --standalone --nproc_per_node=8 train_gpt.py"
                  for seed in sub["seeds"]) + f"""
 ```
