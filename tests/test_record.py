@@ -311,6 +311,7 @@ def test_seeds_then_export_then_check_against(tiny_data, tmp_path, capsys):
     sub = json.loads((folder / "submission.json").read_text())
     assert sub["seeds"] == [3, 5] and sorted(sub["seed_results"]) == ["3", "5"]
     assert sub["val_bpb"] == pytest.approx(mean, abs=1e-8) and sub["bytes_code"] == len((folder / "train_gpt.py").read_bytes())
+    assert (folder / "requirements.txt").read_text().startswith("torch==")  # the runs' version, pinned
     assert {p.name for p in folder.iterdir()} >= {"train_gpt.py", "submission.json", "README.md", "requirements.txt",
                                                   "train_seed3.log", "train_seed5.log"}
     assert run_pgolf(capsys, "record", "check", folder, "--against", "9.0")[0] == 0

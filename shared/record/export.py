@@ -147,6 +147,9 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
     }
     readme = _readme(submission, cfg0, baked_config(cfg0), gen, loaded)
     requirements = "".join(f"{pkg}  # {why}\n" for pkg, why in REQUIREMENTS)
+    if re.fullmatch(r"\d+\.\d+(\.\d+)?(\+\w+)?", torch_version):  # the version the runs used (float results depend on it)
+        base = torch_version.split("+")[0]
+        requirements = requirements.replace("torch  #", f"torch=={base}  # the runs used {torch_version};", 1)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
