@@ -321,3 +321,54 @@ def test_seeds_then_export_then_check_against(tiny_data, tmp_path, capsys):
     code_, out = run_pgolf(capsys, "record", "export", *runs, "--name", "two", "--author", "a", "--github-id", "g",
                            "--out", tmp_path / "rec", "--date", "2026-12-01")
     assert code_ == 2 and "exists: pass --overwrite" in out
+
+
+_APRIL_LOG = """4500/20000 train_loss: 2.2795 train_time: 9.0m tok/s: 6589531
+stopping_early: wallclock_cap train_time: 599433ms step: 4932/20000
+Serialized model: 135417533 bytes
+Code size (uncompressed): {raw} bytes
+Code size (compressed): 31999 bytes
+Serialized model quantized+pergroup: {model} bytes
+Total submission size quantized+pergroup: {total} bytes
+quantized_ttt_phased val_loss:{loss:.8f} val_bpb:{bpb:.8f} eval_time:455128ms
+total_eval_time:455.1s
+"""
+
+
+def _april_folder(root: Path, bpbs: list[float]) -> Path:
+    """Shaped like a 3-seed record of April 2026: per-seed logs, seed_results, a script that counts its compressed form."""
+    folder = root / "track_10min_16mb" / "2026-04-27_Fixture"
+    folder.mkdir(parents=True)
+    script = "# " + "x" * 150_000 + "\nprint('train')\n"
+    (folder / "train_gpt.py").write_text(script)
+    results = {}
+    for seed, bpb in zip((42, 0, 1234), bpbs, strict=True):
+        loss, model = bpb * 2.1884, 15_868_948 + seed
+        (folder / f"train_seed{seed}.log").write_text(_APRIL_LOG.format(raw=len(script), model=model,
+                                                                          total=model + 31999, loss=loss, bpb=bpb))
+        results[str(seed)] = {"val_loss": round(loss, 8), "val_bpb": bpb, "artifact_bytes": model + 31999,
+                              "steps": 4932, "step_avg_ms": 121.7, "eval_time_s": 455.1}
+    (folder / "README.md").write_text("# fixture\n")
+    (folder / "requirements.txt").write_text("torch\n")
+    mean_bpb = stats.mean_std(bpbs)[0]
+    (folder / "submission.json").write_text(json.dumps({
+        "author": "A", "github_id": "a", "name": "fixture", "track": "10min_16mb", "val_bpb": round(mean_bpb, 8),
+        "seeds": [42, 0, 1234], "seed_results": results,
+        "bytes_total": max(r["artifact_bytes"] for r in results.values())}))
+    return folder
+
+
+def test_check_reads_a_three_seed_record_and_compares_two_folders(tmp_path):
+    best = _april_folder(tmp_path / "best", [1.0811, 1.0806, 1.0815])
+    rep = check_folder(best)
+    assert rep.ok, rep.lines()
+    assert [f.train_time_s for f in rep.facts] == [599.433] * 3 and rep.facts[0].eval_time_s == 455.1
+    assert any("compressed form, 31,999 bytes" in n for n in rep.notes)
+    new = _april_folder(tmp_path / "new", [1.0700, 1.0704, 1.0698])
+    rep = check_folder(new, against=str(best))
+    assert rep.ok and rep.significance.units == "nats" and rep.significance.p_record < 0.01
+    rep = check_folder(best, against=str(new))           # worse: no record, and the report says so
+    assert not rep.ok and rep.significance.p_practice > 0.25
+    log = best / "train_seed0.log"                         # one seed's log disagrees with submission.json
+    log.write_text(log.read_text().replace("val_bpb:1.08060000", "val_bpb:1.08070000"))
+    assert any("seed 0 says 1.0806" in f for f in check_folder(best).failures)

@@ -44,6 +44,7 @@ def record() -> None:
 @click.option("--overwrite", is_flag=True, help="replace a records folder of the same date and name")
 def export_cmd(runs, name, author, github_id, track, out, blurb, date, overwrite) -> None:
     """Write records/<track>/<date>_<name>/ from finished runs: train_gpt.py, submission.json, logs, README."""
+    from shared.core.config import load_config
     from shared.record.check import check_folder
     from shared.record.export import export_record
     from shared.record.script import generate
@@ -51,9 +52,7 @@ def export_cmd(runs, name, author, github_id, track, out, blurb, date, overwrite
     dest = export_record(list(runs), name=name, author=author, github_id=github_id, track=track, out=out,
                          blurb=blurb, date=date, overwrite=overwrite)
     sub = json.loads((dest / "submission.json").read_text())
-    from shared.core.config import load_config
-
-    gen = generate(load_config(Path(runs[0]) / "config.toml"))
+    gen = generate(load_config(Path(runs[0]) / "config.toml"))  # cached: the script just written
     click.echo(f"wrote {dest}")
     click.echo(f"train_gpt.py: {gen.raw_bytes:,} bytes of source -> {gen.minified_bytes:,} minified -> "
                f"{sub['bytes_code']:,} counted ({gen.form}, {len(gen.modules)} modules)")
