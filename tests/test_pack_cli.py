@@ -55,7 +55,7 @@ def test_pack_then_inspect_json(tmp_path, capsys):
     for key in ("artifact_bytes", "code_bytes", "total_bytes", "params", "bytes_per_param", "headroom", "tensors"):
         assert key in r
     assert r["artifact_bytes"] == out.stat().st_size
-    assert r["code_bytes"] == code_bytes("torch")
+    assert r["code_bytes"] == code_bytes("torch", cfg)  # the train_gpt.py of the artifact's config
     assert r["total_bytes"] == r["artifact_bytes"] + r["code_bytes"]
     assert r["headroom"] == 16_000_000 - r["total_bytes"]
     assert r["params"] == sum(t["params"] for t in r["tensors"])
@@ -123,7 +123,7 @@ def test_gptq_and_budget_from_training_tokens(tmp_path, capsys, tiny_data):
     assert scale[np.argmax(counts)] < np.median(scale)                          # the most frequent: a fine one
     # A budget 30% below the all-int8 size forces some tensors under 8 bits. It counts the larger
     # backend's code, so the artifact fits whichever trainer submits it.
-    code_max = max(code_bytes("mlx"), code_bytes("torch"))
+    code_max = max(code_bytes("mlx", cfg), code_bytes("torch", cfg))
     budget = code_max + int(0.7 * int8.stat().st_size)
     out = tmp_path / "budget.pgz"
     code, stdout, err = run(["pack", str(ckpt), "--backend", "torch", "-o", str(out), "--budget", str(budget), *data],

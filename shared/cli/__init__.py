@@ -6,6 +6,7 @@
     pgolf pack / inspect                     the 16 MB artifact        (shared/cli/pack.py)
     pgolf parity                             prove both backends agree (shared/cli/parity.py)
     pgolf import --from torch-ref|mlx-ref    the reference scripts' weights (shared/cli/interop.py)
+    pgolf record export|check / seeds        a record submission       (shared/cli/record.py)
 
 Each command lives in its own module, imported only when that command runs
 (as mlx-lm's CLI does), so a training run loads none of the tools' code and
@@ -33,6 +34,8 @@ COMMANDS = {
     "parity": ("shared.cli.parity", "parity", "Check that both backends export, evaluate and train a checkpoint identically."),
     "import": ("shared.cli.interop", "import_cmd", "Import train_gpt.py / train_gpt_mlx.py weights as a pgolf checkpoint."),
     "gpu-check": ("shared.cli.gpu", "gpu_check", "First command on a GPU pod: environment, correctness, speed and MFU."),
+    "record": ("shared.cli.record", "record", "Records: export runs as a submission folder, check one as a reviewer would."),
+    "seeds": ("shared.cli.record", "seeds", "Train one config for several seeds, then mean, std and significance."),
 }
 
 

@@ -67,10 +67,10 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
     check_params(params, cfg.model, str(checkpoint))
     check_finite(params, str(checkpoint))
     cfg = _quant_overrides(cfg, overrides)
-    code = code_bytes(backend)
+    code = code_bytes(backend, cfg)
     # The budget counts the larger of the two trainers' code, so the artifact fits whichever submits it
     # (and `pgolf inspect`, which counts the torch code by default, agrees).
-    budget_code = max(code_bytes("mlx"), code_bytes("torch"))
+    budget_code = max(code_bytes("mlx", cfg), code_bytes("torch", cfg))
     if budget is not None and budget <= budget_code:
         raise PgolfError(f"--budget {budget:,} does not even cover the {budget_code:,} bytes of counted code")
 
@@ -124,7 +124,7 @@ def inspect_report(blob: bytes, backend: str, source: str) -> dict:
         tensors.append({"name": name, "shape": list(t.shape), "scheme": t.scheme, "bits": t.bits, "params": n,
                         "compressed_bytes": tensor_bytes(t, cfg.quant.zstd_level)})
     params = sum(t["params"] for t in tensors)
-    code = code_bytes(backend)
+    code = code_bytes(backend, cfg)  # the train_gpt.py of this config
     total = len(blob) + code
     return {
         "artifact_bytes": len(blob),

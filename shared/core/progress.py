@@ -1,6 +1,6 @@
 """Progress display for long data work (build, download).
 
-A tqdm bar when stderr is a terminal; otherwise plain lines on stderr at most
+A tqdm bar when stderr is a terminal (and tqdm is installed); otherwise plain lines on stderr at most
 every few seconds (and at the end), so logs and CI output stay readable.
 """
 
@@ -22,10 +22,13 @@ class Progress:
         self._bar = None
         self._t0 = self._last = time.monotonic()
         if enabled and getattr(self.stream, "isatty", lambda: False)():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, file=self.stream,
-                             dynamic_ncols=True, leave=True)
+            try:
+                from tqdm import tqdm
+            except ImportError:  # a record's train_gpt.py runs without tqdm: plain lines
+                tqdm = None
+            if tqdm is not None:
+                self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, file=self.stream,
+                                 dynamic_ncols=True, leave=True)
 
     def update(self, k: int = 1) -> None:
         self.n += k

@@ -1,0 +1,228 @@
+"""`pgolf record export`: finished runs -> one records folder the challenge accepts as a pull request.
+
+    folder = export_record([run_dir, ...], name=..., author=..., github_id=..., track="10min_16mb", out="records")
+
+writes `<out>/track_<track>/<YYYY-MM-DD>_<name>/` (built in a temporary folder,
+then renamed into place; an existing folder is refused unless `overwrite`):
+
+- `train_gpt.py`: shared/record/script.py's generated script for the runs' config;
+- `submission.json`: the keys accepted records use (`SUBMISSION_KEYS`), scores
+  from each run's summary.json (the packed round trip: `q_val_loss`, `q_val_bpb`);
+- `train_seed<S>.log`: each run's train.log;
+- `requirements.txt`: what the script imports;
+- `README.md`: the runs' table, the config, what differs from the baseline,
+  the commands to reproduce, raw and counted code sizes.
+
+The runs must be one config (only the seed and data paths may differ: "a 3-seed
+mean must come from one config"), with distinct seeds, and trained with the code
+the script is generated from (each summary's `code_bytes` equals the script's
+size; otherwise the logs would describe another script).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from shared.core.config import Config, load_config, to_dict, to_toml
+from shared.core.rundir import CONFIG, LOG, SUMMARY
+from shared.errors import PgolfError
+from shared.record.stats import mean_std
+
+TRACKS = ("10min_16mb", "non_record_16mb")
+SUBMISSION_KEYS = ("author", "github_id", "name", "blurb", "date", "track", "val_loss", "val_bpb", "val_loss_std",
+                   "val_bpb_std", "seeds", "seed_results", "bytes_total", "bytes_code", "hardware", "pytorch_version")
+# Why each package is there (requirements.txt says so too).
+REQUIREMENTS = (
+    ("torch", "the model, DDP and the training step"),
+    ("numpy", "the shared spec: parameter table, quantizers, BPB"),
+    ("sentencepiece", "the tokenizer's byte table for BPB"),
+    ("zstandard==0.25.0", "the artifact compressor (pinned: artifact bytes depend on its build)"),
+    ("safetensors", "the run folder's resumable checkpoint (a tensor file format; no model capability)"),
+)
+
+
+def _read_run(run: Path) -> tuple[Config, dict, str]:
+    for name in (CONFIG, SUMMARY, LOG):
+        if not (run / name).is_file():
+            raise PgolfError(f"{run}: no {name}: pass a finished run folder written by `pgolf train` or `pgolf seeds`")
+    try:
+        summary = json.loads((run / SUMMARY).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PgolfError(f"{run / SUMMARY}: unreadable JSON ({e})") from None
+    return load_config(run / CONFIG), summary, (run / LOG).read_text(encoding="utf-8", errors="replace")
+
+
+def _same_config(cfg: Config) -> Config:
+    return replace(cfg, data=replace(cfg.data, dir="", tokenizer=""), train=replace(cfg.train, seed=0))
+
+
+def _log_value(log: str, key: str) -> str | None:
+    m = re.search(rf"\b{re.escape(key)}=(\S+)", log)
+    return m.group(1) if m else None
+
+
+def differences(cfg: Config) -> list[str]:
+    """`section.key = value` for every setting that differs from pgolf's defaults (the baseline)."""
+    base, mine = to_dict(Config()), to_dict(cfg)
+    return [f"{s}.{k} = {v!r}" for s, table in mine.items() if s != "data"
+            for k, v in table.items() if base[s][k] != v and not (s == "train" and k == "seed")]
+
+
+def folder_name(name: str, date: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+    if not slug:
+        raise PgolfError(f"--name {name!r}: needs letters or digits (it names the records folder)")
+    return f"{date}_{slug}"
+
+
+def export_record(runs: list[Path], *, name: str, author: str, github_id: str, track: str = "10min_16mb",
+                  out: Path = Path("records"), blurb: str | None = None, date: str | None = None,
+                  overwrite: bool = False) -> Path:
+    from shared.record.script import SCRIPT_NAME, baked_config, generate
+
+    if track not in TRACKS:
+        raise PgolfError(f"--track {track!r}: choose one of {', '.join(TRACKS)}")
+    if not runs:
+        raise PgolfError("pass at least one RUN_DIR (three seeds is usual)")
+    loaded = [(Path(r), *_read_run(Path(r))) for r in runs]
+    cfg0 = loaded[0][1]
+    for run, cfg, _, _ in loaded[1:]:
+        if _same_config(cfg) != _same_config(cfg0):
+            raise PgolfError(f"{run}: its config differs from {loaded[0][0]}'s beyond the seed and data paths; "
+                             "a record's seeds must come from one config")
+    seeds = [cfg.train.seed for _, cfg, _, _ in loaded]
+    if len(set(seeds)) != len(seeds):
+        raise PgolfError(f"the runs repeat a seed ({seeds}): each RUN_DIR must be a different seed")
+    gen = generate(cfg0)
+    code = len(gen.data)
+    for run, _, summary, _ in loaded:
+        if int(summary.get("code_bytes", -1)) != code:
+            raise PgolfError(f"{run}: trained with {summary.get('code_bytes')} bytes of counted code, but the "
+                             f"train_gpt.py of this checkout is {code} bytes: export from the checkout that trained "
+                             "it, or retrain")
+
+    date = date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+        raise PgolfError(f"--date {date!r}: expected YYYY-MM-DD")
+    dest = Path(out) / f"track_{track}" / folder_name(name, date)
+    if dest.exists() and not overwrite:
+        raise PgolfError(f"{dest} exists: pass --overwrite to replace it, or another --name")
+
+    results, logs = {}, {}
+    for _, cfg, s, log in loaded:
+        steps = int(s["steps"])
+        results[str(cfg.train.seed)] = {
+            "val_loss": round(float(s["q_val_loss"]), 8),
+            "val_bpb": round(float(s["q_val_bpb"]), 8),
+            "artifact_bytes": int(s["total_bytes"]),
+            "steps": steps,
+            "step_avg_ms": round(1000.0 * float(s["train_seconds"]) / max(steps, 1), 2),
+            "eval_time_s": round(float(s.get("eval_seconds", 0.0)), 1),
+        }
+        logs[f"train_seed{cfg.train.seed}.log"] = log
+    losses = [r["val_loss"] for r in results.values()]
+    bpbs = [r["val_bpb"] for r in results.values()]
+    s0, log0 = loaded[0][2], loaded[0][3]
+    world = int(s0.get("world_size", 1))
+    hardware = f"{world}x{s0['device']}" if s0.get("device") else str(s0.get("backend", "?"))
+    torch_version = _log_value(log0, "torch") or (f"n/a (trained with {s0.get('backend')})")
+    mean_loss, std_loss = mean_std(losses)
+    mean_bpb, std_bpb = mean_std(bpbs)
+    n = len(results)
+    blurb = blurb or (f"pgolf {cfg0.model.num_layers}x{cfg0.model.model_dim}, vocab {cfg0.model.vocab_size}, "
+                      f"{s0.get('params', 0):,} parameters; {n}-seed mean of the packed round trip.")
+    submission = {
+        "author": author, "github_id": github_id, "name": name, "blurb": blurb, "date": date, "track": track,
+        "val_loss": round(mean_loss, 8), "val_bpb": round(mean_bpb, 8),
+        "val_loss_std": round(std_loss, 8), "val_bpb_std": round(std_bpb, 8),
+        "seeds": [int(s) for s in results], "seed_results": results,
+        "bytes_total": max(r["artifact_bytes"] for r in results.values()), "bytes_code": code,
+        "hardware": hardware, "pytorch_version": torch_version,
+    }
+    readme = _readme(submission, cfg0, baked_config(cfg0), gen, loaded)
+    requirements = "".join(f"{pkg}  # {why}\n" for pkg, why in REQUIREMENTS)
+    if re.fullmatch(r"\d+\.\d+(\.\d+)?(\+\w+)?", torch_version):  # the version the runs used (float results depend on it)
+        base = torch_version.split("+")[0]
+        requirements = requirements.replace("torch  #", f"torch=={base}  # the runs used {torch_version};", 1)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        (tmp / SCRIPT_NAME).write_bytes(gen.data)
+        (tmp / "submission.json").write_text(json.dumps(submission, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(readme, encoding="utf-8")
+        (tmp / "requirements.txt").write_text(requirements, encoding="utf-8")
+        for fname, text in logs.items():
+            (tmp / fname).write_text(text, encoding="utf-8")
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _readme(sub: dict, cfg: Config, baked: Config, gen, loaded) -> str:
+    data_env = ""
+    run_data = Path(cfg.data.dir).name
+    if run_data != Path(baked.data.dir).name:  # a data variant: say where it goes
+        data_env = (f"DATA_PATH=./data/datasets/{run_data} "
+                    f"TOKENIZER_PATH=./data/tokenizers/{Path(cfg.data.tokenizer).name} ")
+    rows = "\n".join(f"| {seed} | {r['val_loss']:.8f} | {r['val_bpb']:.8f} | {r['artifact_bytes']:,} | {r['steps']:,} "
+                     f"| {r['step_avg_ms']:.2f} | {r['eval_time_s']:.1f} |" for seed, r in sub["seed_results"].items())
+    diffs = "\n".join(f"- `{d}`" for d in differences(cfg)) or "- none: pgolf's defaults (the naive baseline)"
+    runs = ", ".join(f"`{run.name}`" for run, *_ in loaded)
+    return f"""# {sub['name']}
+
+{sub['blurb']}
+
+**val_bpb {sub['val_bpb']:.8f}** (std {sub['val_bpb_std']:.8f}), val_loss {sub['val_loss']:.8f} (std {sub['val_loss_std']:.8f}),
+mean of {len(sub['seeds'])} seed(s) on {sub['hardware']}, PyTorch {sub['pytorch_version']}. Largest artifact:
+{sub['bytes_total']:,} bytes (model + code) of 16,000,000.
+
+| seed | val_loss | val_bpb | artifact bytes | steps | step avg (ms) | eval (s) |
+|---|---|---|---|---|---|---|
+{rows}
+
+Scores are the packed artifact's round trip (`final_pgz_roundtrip_exact` in each log).
+
+## What this run changes from the baseline
+
+{diffs}
+
+The full resolved config is baked into `train_gpt.py`; here it is:
+
+```toml
+{to_toml(baked).rstrip()}
+```
+
+## Reproduce
+
+```bash
+pip install -r requirements.txt
+# data, from the repository root: python3 data/cached_challenge_fineweb.py --variant sp{cfg.model.vocab_size}
+# (or: pgolf data download --variant sp{cfg.model.vocab_size}); then, in this folder: ln -s ../../../data data
+""" + "\n".join(f"{data_env}SEED={seed} RUN_ID=train_seed{seed} torchrun --standalone --nproc_per_node=8 train_gpt.py"
+                 for seed in sub["seeds"]) + f"""
+```
+
+Each run writes `logs/<RUN_ID>/` (train.log, model.pgz, summary.json) and ends with the
+challenge's lines (`final_pgz_roundtrip ... val_bpb:...`, `Total submission size pgz: N bytes`).
+Other environment variables, as in the reference script: ITERATIONS, MAX_WALLCLOCK_SECONDS,
+WARMUP_STEPS, WARMDOWN_ITERS, TRAIN_BATCH_TOKENS, TRAIN_SEQ_LEN, VAL_LOSS_EVERY, TRAIN_LOG_EVERY.
+
+## Code
+
+`train_gpt.py` was generated by pgolf (`pgolf record export`) from its PyTorch backend and the
+{len(gen.modules)} modules a training run imports: {gen.raw_bytes:,} bytes of source, {gen.minified_bytes:,}
+minified, counted as the {sub['bytes_code']:,}-byte {gen.form} file. It imports torch, numpy,
+sentencepiece, zstandard and safetensors (requirements.txt says why) and reads nothing else.
+Runs exported: {runs}.
+"""

@@ -1,0 +1,379 @@
+"""Records: the generated train_gpt.py trains what `pgolf train` trains; export, check, significance.
+
+The round trip exports a tiny torch run, runs its train_gpt.py under torchrun (gloo, 1 and 2 ranks)
+inside a temporary records folder with the challenge's data layout, and compares it with the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from shared.artifact import code
+from shared.cli import main
+from shared.core.config import load_config
+from shared.errors import PgolfError
+from shared.record import stats
+from shared.record.check import check_folder, parse_log
+from shared.record.script import baked_config, generate, minify
+from tests.conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Stand-ins that fail loudly if the script reaches for pgolf's files or for a package it must not need.
+_BLOCKERS = ("shared", "cuda_train", "mlx_train", "click", "tqdm", "huggingface_hub")
+
+
+def run_pgolf(capsys, *argv: str) -> tuple[int, str]:
+    """`pgolf ARGV` in this process: (exit code, stdout + stderr)."""
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def _losses(path: Path) -> dict[int, float]:
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    return {r["step"]: r["train_loss"] for r in recs if "train_loss" in r}
+
+
+def _records_layout(folder: Path, tiny) -> None:
+    """./data/datasets/fineweb10B_sp512 and ./data/tokenizers/fineweb_512_bpe.model, as the challenge lays them out."""
+    (folder / "data" / "datasets").mkdir(parents=True)
+    (folder / "data" / "tokenizers").mkdir(parents=True)
+    (folder / "data" / "datasets" / "fineweb10B_sp512").symlink_to(Path(tiny.data_dir).resolve())
+    (folder / "data" / "tokenizers" / "fineweb_512_bpe.model").symlink_to(Path(tiny.tokenizer).resolve())
+
+
+def _run_script(folder: Path, blockers: Path, nproc: int, run_id: str, seed: int) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(blockers), SEED=str(seed), RUN_ID=run_id, PGOLF_PG_TIMEOUT_S="60")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train_gpt.py"]
+    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_exported_script_trains_the_same_model_as_pgolf_train(tiny_data, tmp_path, capsys):
+    pytest.importorskip("torch")
+    backend = pytest.importorskip("cuda_train.backend")
+    seed = 7
+    cfg = tiny_config(iterations=4, seed=seed)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)))
+    run = tmp_path / "run"
+    summary = backend.train(cfg, run)          # what `pgolf train --backend torch` calls
+
+    res = run_pgolf(capsys, *["record", "export", str(run), "--name", "tiny round trip", "--author", "T",
+                                   "--github-id", "t", "--out", str(tmp_path / "records")])
+    assert res[0] == 0, res[1]
+    [folder] = (tmp_path / "records" / "track_10min_16mb").iterdir()
+    assert folder.name.endswith("_tiny_round_trip")
+    script = folder / "train_gpt.py"
+    # The counted code is exactly this file, in the summary and in `pgolf inspect`.
+    assert summary["code_bytes"] == len(script.read_bytes()) == code.code_bytes("torch", cfg)
+    res = run_pgolf(capsys, *["inspect", str(run / "model.pgz"), "--json"])
+    assert json.loads(res[1])["code_bytes"] == len(script.read_bytes())
+    assert script.read_bytes().startswith(b"import base64,lzma;exec(")
+
+    _records_layout(folder, tiny_data)
+    blockers = tmp_path / "blockers"
+    for name in _BLOCKERS:
+        (blockers / name).mkdir(parents=True)
+        (blockers / name / "__init__.py").write_text(f"raise ImportError('train_gpt.py imported {name} from disk')\n")
+    for nproc in (1, 2):
+        out = _run_script(folder, blockers, nproc, f"r{nproc}", seed)
+        assert out.returncode == 0, out.stderr[-3000:]
+        mine = folder / "logs" / f"r{nproc}"
+        got = json.loads((mine / "summary.json").read_text())
+        assert got["code_bytes"] == len(script.read_bytes())
+        la, lb = _losses(run / "metrics.jsonl"), _losses(mine / "metrics.jsonl")
+        assert sorted(la) == sorted(lb) == [1, 2, 3, 4]
+        assert all(lb[s] == pytest.approx(la[s], rel=1e-5) for s in la), (la, lb)
+        assert got["q_val_bpb"] == pytest.approx(summary["q_val_bpb"], rel=1e-5)
+        if nproc == 1:   # one rank: the same arithmetic, the same bytes
+            assert (mine / "model.pgz").read_bytes() == (run / "model.pgz").read_bytes()
+            assert la == lb
+        log = parse_log(mine / "train.log")
+        assert log.val_bpb == pytest.approx(got["q_val_bpb"], abs=1e-8)
+        assert log.total_bytes == got["total_bytes"]
+        assert "final_pgz_roundtrip val_loss:" in out.stdout
+
+    res = run_pgolf(capsys, *["record", "check", str(folder)])
+    assert res[0] == 0, res[1]
+    assert "OK: the folder passes every check" in res[1]
+    # A second run into the same RUN_ID is refused (nothing finished is overwritten unasked).
+    env = {**os.environ, "PYTHONPATH": str(blockers), "RUN_ID": "r1"}
+    again = subprocess.run([sys.executable, "train_gpt.py"], cwd=folder, env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert again.stderr.strip() == "error: logs/r1 already holds a run: set OVERWRITE=1 to replace it, or another RUN_ID"
+
+
+def test_generated_script_is_deterministic_and_follows_the_import_graph():
+    cfg = load_config(REPO / "configs" / "small.toml")
+    from shared.record import script
+
+    a, b = generate(cfg), generate(replace(cfg, train=replace(cfg.train, seed=99)))
+    assert a.data == b.data                    # the seed is an environment override, not code
+    for cached in (script._generate, script._module_source, script._files):
+        cached.cache_clear()
+    assert generate(cfg).data == a.data        # regenerated from scratch: the same bytes
+    names = set(a.modules)
+    assert {"cuda_train.submission", "cuda_train.model", "shared.core.loop", "shared.artifact.format",
+            "shared.data.bpb"} <= names
+    assert not names & {"shared.cli.train", "shared.cli", "shared.data.download", "shared.tools.parity"}
+    files = {code.module_name(f) for f in code.script_files()}
+    assert files == names
+    assert len(a.data) < a.minified_bytes < a.raw_bytes
+    # The counted code follows the config baked in, and every caller counts the same file.
+    assert code.code_bytes("torch", cfg) == code.code_bytes("mlx", cfg) == len(a.data)
+    assert baked_config(cfg).data.dir == f"./data/datasets/fineweb10B_sp{cfg.model.vocab_size}"
+
+
+def test_script_serves_its_modules_with_source_from_itself(tmp_path):
+    """Imported as a module, train_gpt.py installs its importer: pgolf modules come from the file, with their
+    source visible to `inspect` (torch.compile and Triton read it) and a __file__ beside the script."""
+    (tmp_path / "train_gpt.py").write_bytes(generate(None).data)
+    probe = ("import runpy, inspect; runpy.run_path('train_gpt.py', run_name='probe'); "
+             "import shared.core.schedule as s; print(s.__file__); print(inspect.getsource(s.lr_scale).split('(')[0])")
+    env = {**os.environ, "PYTHONPATH": ""}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(tmp_path / "shared" / "core" / "schedule.py"), "def", "lr_scale"]
+
+
+def test_embedded_modules_import_only_the_allowed_packages():
+    import ast
+
+    allowed = {"torch", "numpy", "sentencepiece", "zstandard", "safetensors", "shared", "cuda_train",
+               "flash_attn_interface",  # optional, inside try/except (FA3 on H100)
+               "tomli", "tqdm"}         # Python < 3.11 only; tqdm only on a terminal, optional
+    seen = set()
+    for f in code.script_files():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                seen |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                seen.add(node.module.split(".")[0])
+    assert {m for m in seen if m not in sys.stdlib_module_names} <= allowed
+    assert "click" not in seen and "huggingface_hub" not in seen
+
+
+def test_minify_keeps_the_program():
+    src = 'def f(x):\n    """doc"""\n    # comment\n    return x + 1\n\nclass A:\n    """only a doc"""\n'
+    ns: dict = {}
+    exec(minify(src), ns)
+    assert ns["f"](1) == 2 and "doc" not in minify(src) and "comment" not in minify(src)
+
+
+def test_student_t_tail_matches_known_values():
+    assert stats.t_sf(2.776445, 4) == pytest.approx(0.025, abs=2e-6)
+    assert stats.t_sf(6.964557, 2) == pytest.approx(0.01, abs=2e-6)
+    assert stats.t_sf(0.0, 3.3) == pytest.approx(0.5)
+    assert stats.t_sf(-1.5, 7.5) == pytest.approx(1 - stats.t_sf(1.5, 7.5))
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for t, df in ((1.2, 2.7), (3.3, 4.1), (-0.4, 9.0)):
+        assert stats.t_sf(t, df) == pytest.approx(scipy_stats.t.sf(t, df), rel=1e-9)
+
+
+def test_welch_significance():
+    best_bpb, best_loss = [1.0810, 1.0815, 1.0805], [2.7920, 2.7930, 2.7910]
+    ratio = 1.0810 / 2.7920
+    far = [b - 0.01 for b in best_bpb]
+    sig = stats.significance(far, [b / ratio for b in far], best_bpb, best_loss)
+    assert sig.units == "nats" and sig.record and sig.p_practice < 0.25
+    close = [b - 0.0005 for b in best_bpb]
+    sig = stats.significance(close, [b / ratio for b in close], 1.0810)
+    assert not sig.record and sig.p_record > 0.5
+    one = stats.significance([1.07], [2.76], 1.0810)
+    assert one.p_record is None and not one.record
+    p, t, df = stats.welch_p([1.0, 1.1, 1.2], [1.5, 1.6, 1.4])
+    assert df == pytest.approx(4.0) and t > 0 and p < 0.01
+
+
+_NAIVE_LOG = """model_params:17059912
+step:13780/20000 val_loss:2.0606 val_bpb:1.2172 train_time:600038ms step_avg:43.54ms
+stopping_early: wallclock_cap train_time:600038ms step:13780/20000
+Serialized model: 67224983 bytes
+Code size: {code} bytes
+Total submission size: {big} bytes
+Serialized model int8+zlib: 15815847 bytes (payload:17178912 raw_torch:17224025 payload_ratio:3.91x)
+Total submission size int8+zlib: {total} bytes
+final_int8_zlib_roundtrip val_loss:2.0727 val_bpb:1.2244 eval_time:1401ms
+final_int8_zlib_roundtrip_exact val_loss:2.07269931 val_bpb:1.22436570
+"""
+
+
+def _challenge_folder(root: Path, code_text: str = "print('train')\n") -> Path:
+    """A folder shaped like the challenge's records/track_10min_16mb/2026-03-17_NaiveBaseline (our own numbers)."""
+    folder = root / "track_10min_16mb" / "2026-03-17_Fixture"
+    folder.mkdir(parents=True)
+    (folder / "train_gpt.py").write_text(code_text)
+    n = len(code_text.encode())
+    (folder / "train.log").write_text(_NAIVE_LOG.format(code=n, big=67224983 + n, total=15815847 + n))
+    (folder / "README.md").write_text("# fixture\n")
+    (folder / "submission.json").write_text(json.dumps({
+        "author": "Baseline", "github_id": "openai", "name": "Naive Baseline", "blurb": "fixture",
+        "date": "2026-03-18T14:56:29Z", "val_loss": 2.07269931, "val_bpb": 1.2243657,
+        "bytes_total": 15815847 + n, "bytes_code": n}))
+    return folder
+
+
+def test_check_passes_a_challenge_shaped_folder_and_names_each_fault(tmp_path, capsys):
+    folder = _challenge_folder(tmp_path)
+    rep = check_folder(folder)
+    assert rep.ok, rep.lines()
+    assert any("requirements.txt" in n for n in rep.notes)
+    [facts] = rep.facts
+    assert facts.val_bpb == 1.2243657 and facts.train_time_s == 600.038 and facts.eval_time_s == 1.401
+
+    sub = json.loads((folder / "submission.json").read_text())
+    (folder / "submission.json").write_text(json.dumps({**sub, "val_bpb": 1.2}))
+    (folder / "train_gpt.py").write_text("print('a longer script than the log counted')\n")
+    rep = check_folder(folder)
+    assert not rep.ok
+    text = "\n".join(rep.failures)
+    assert "val_bpb 1.2 is not the logs' mean" in text and "train_gpt.py (was the script changed" in text
+
+    res = run_pgolf(capsys, *["record", "check", str(folder)])
+    assert res[0] == 1 and "FAIL" in res[1]
+    (folder / "submission.json").write_text("{not json")
+    res = run_pgolf(capsys, *["record", "check", str(folder)])
+    assert res[0] == 2
+    res = run_pgolf(capsys, *["record", "check", str(tmp_path / "nope")])
+    assert res[0] == 2
+
+
+def test_check_time_cap_and_against(tmp_path):
+    folder = _challenge_folder(tmp_path)
+    log = folder / "train.log"
+    log.write_text(log.read_text().replace("train_time:600038ms step:", "train_time:700000ms step:"))
+    rep = check_folder(folder)
+    assert any("over the 600 s cap" in f for f in rep.failures)
+    # One seed cannot be significant: --against fails with a report, not a crash.
+    rep = check_folder(_challenge_folder(tmp_path / "b"), against="1.2244")
+    assert rep.significance is not None and rep.significance.p_record is None and not rep.ok
+    with pytest.raises(PgolfError, match="neither a BPB number"):
+        check_folder(_challenge_folder(tmp_path / "c"), against=str(tmp_path / "missing"))
+
+
+def test_export_refuses_mixed_configs_and_repeated_seeds(tmp_path):
+    from shared.core.config import to_toml
+    from shared.record.export import export_record
+
+    def fake_run(name, **train):
+        run = tmp_path / name
+        run.mkdir()
+        cfg = tiny_config(**train)
+        (run / "config.toml").write_text(to_toml(cfg))
+        (run / "train.log").write_text("x\n")
+        (run / "summary.json").write_text(json.dumps({"code_bytes": len(generate(cfg).data)}))
+        return run
+
+    a, b, c = fake_run("a", seed=1), fake_run("b", seed=1), fake_run("c", seed=2, iterations=9)
+    with pytest.raises(PgolfError, match="repeat a seed"):
+        export_record([a, b], name="x", author="a", github_id="g", out=tmp_path / "rec")
+    with pytest.raises(PgolfError, match="config differs"):
+        export_record([a, c], name="x", author="a", github_id="g", out=tmp_path / "rec")
+    with pytest.raises(PgolfError, match="no config.toml: pass a finished run folder"):
+        export_record([tmp_path], name="x", author="a", github_id="g", out=tmp_path / "rec")
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_seeds_then_export_then_check_against(tiny_data, tmp_path, capsys):
+    """`pgolf seeds` trains each seed in turn and reports; two seeds export as one folder that checks."""
+    pytest.importorskip("torch")
+    from shared.core.config import to_toml
+
+    cfg = tiny_config(iterations=2)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)))
+    (tmp_path / "c.toml").write_text(to_toml(cfg))
+    code_, out = run_pgolf(capsys, "seeds", "--backend", "torch", "--config", tmp_path / "c.toml",
+                           "--seeds", "3,5", "--out", tmp_path / "s", "--against", "9.0")
+    assert code_ == 0, out
+    runs = [tmp_path / "s" / "seed3", tmp_path / "s" / "seed5"]
+    bpb = [json.loads((r / "summary.json").read_text())["q_val_bpb"] for r in runs]
+    assert bpb[0] != bpb[1]                                  # two seeds, two models
+    mean, std = stats.mean_std(bpb)
+    assert f"mean val_bpb {mean:.8f} std {std:.8f}" in out
+    assert "record rule" in out and "-> PASS" in out         # far below 9.0 bpb: significant
+    assert run_pgolf(capsys, "seeds", "--config", tmp_path / "c.toml", "--seeds", "3,3", "--out", tmp_path / "x")[0] == 2
+
+    code_, out = run_pgolf(capsys, "record", "export", *runs, "--name", "two", "--author", "a", "--github-id", "g",
+                           "--out", tmp_path / "rec", "--date", "2026-12-01")
+    assert code_ == 0, out
+    folder = tmp_path / "rec" / "track_10min_16mb" / "2026-12-01_two"
+    sub = json.loads((folder / "submission.json").read_text())
+    assert sub["seeds"] == [3, 5] and sorted(sub["seed_results"]) == ["3", "5"]
+    assert sub["val_bpb"] == pytest.approx(mean, abs=1e-8) and sub["bytes_code"] == len((folder / "train_gpt.py").read_bytes())
+    assert (folder / "requirements.txt").read_text().startswith("torch==")  # the runs' version, pinned
+    assert {p.name for p in folder.iterdir()} >= {"train_gpt.py", "submission.json", "README.md", "requirements.txt",
+                                                  "train_seed3.log", "train_seed5.log"}
+    assert run_pgolf(capsys, "record", "check", folder, "--against", "9.0")[0] == 0
+    code_, out = run_pgolf(capsys, "record", "check", folder, "--against", f"{min(bpb) - 0.5:.4f}")
+    assert code_ == 1 and "not a significant record" in out
+    # Exporting again over the same folder is refused unless asked.
+    code_, out = run_pgolf(capsys, "record", "export", *runs, "--name", "two", "--author", "a", "--github-id", "g",
+                           "--out", tmp_path / "rec", "--date", "2026-12-01")
+    assert code_ == 2 and "exists: pass --overwrite" in out
+
+
+_APRIL_LOG = """4500/20000 train_loss: 2.2795 train_time: 9.0m tok/s: 6589531
+stopping_early: wallclock_cap train_time: 599433ms step: 4932/20000
+Serialized model: 135417533 bytes
+Code size (uncompressed): {raw} bytes
+Code size (compressed): 31999 bytes
+Serialized model quantized+pergroup: {model} bytes
+Total submission size quantized+pergroup: {total} bytes
+quantized_ttt_phased val_loss:{loss:.8f} val_bpb:{bpb:.8f} eval_time:455128ms
+total_eval_time:455.1s
+"""
+
+
+def _april_folder(root: Path, bpbs: list[float]) -> Path:
+    """Shaped like a 3-seed record of April 2026: per-seed logs, seed_results, a script that counts its compressed form."""
+    folder = root / "track_10min_16mb" / "2026-04-27_Fixture"
+    folder.mkdir(parents=True)
+    script = "# " + "x" * 150_000 + "\nprint('train')\n"
+    (folder / "train_gpt.py").write_text(script)
+    results = {}
+    for seed, bpb in zip((42, 0, 1234), bpbs, strict=True):
+        loss, model = bpb * 2.1884, 15_868_948 + seed
+        (folder / f"train_seed{seed}.log").write_text(_APRIL_LOG.format(raw=len(script), model=model,
+                                                                          total=model + 31999, loss=loss, bpb=bpb))
+        results[str(seed)] = {"val_loss": round(loss, 8), "val_bpb": bpb, "artifact_bytes": model + 31999,
+                              "steps": 4932, "step_avg_ms": 121.7, "eval_time_s": 455.1}
+    (folder / "README.md").write_text("# fixture\n")
+    (folder / "requirements.txt").write_text("torch\n")
+    mean_bpb = stats.mean_std(bpbs)[0]
+    (folder / "submission.json").write_text(json.dumps({
+        "author": "A", "github_id": "a", "name": "fixture", "track": "10min_16mb", "val_bpb": round(mean_bpb, 8),
+        "seeds": [42, 0, 1234], "seed_results": results,
+        "bytes_total": max(r["artifact_bytes"] for r in results.values())}))
+    return folder
+
+
+def test_check_reads_a_three_seed_record_and_compares_two_folders(tmp_path):
+    best = _april_folder(tmp_path / "best", [1.0811, 1.0806, 1.0815])
+    rep = check_folder(best)
+    assert rep.ok, rep.lines()
+    assert [f.train_time_s for f in rep.facts] == [599.433] * 3 and rep.facts[0].eval_time_s == 455.1
+    assert any("compressed form, 31,999 bytes" in n for n in rep.notes)
+    new = _april_folder(tmp_path / "new", [1.0700, 1.0704, 1.0698])
+    rep = check_folder(new, against=str(best))
+    assert rep.ok and rep.significance.units == "nats" and rep.significance.p_record < 0.01
+    rep = check_folder(best, against=str(new))           # worse: no record, and the report says so
+    assert not rep.ok and rep.significance.p_practice > 0.25
+    log = best / "train_seed0.log"                         # one seed's log disagrees with submission.json
+    log.write_text(log.read_text().replace("val_bpb:1.08060000", "val_bpb:1.08070000"))
+    assert any("seed 0 says 1.0806" in f for f in check_folder(best).failures)
