@@ -408,6 +408,40 @@ def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
     assert not (run / rundir.LOCK).exists()
 
 
+BACKENDS = [pytest.param("torch", marks=pytest.mark.torch), pytest.param("mlx", marks=pytest.mark.mlx)]
+
+
+def _backend(name: str):
+    pytest.importorskip({"torch": "torch", "mlx": "mlx.core"}[name])
+    from shared.core.backends import get_backend
+
+    return get_backend(name)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_a_direct_backend_train_call_takes_the_run_lock(tiny_data, tmp_path, name):
+    """`backend.train(...)` from Python, not only `pgolf train`: refused while another process holds the
+    folder, holds it itself while it trains, and lets go at the end."""
+    from shared.core.loop import Hooks
+
+    backend = _backend(name)
+    cfg = tiny_config(iterations=2)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)))
+    run = tmp_path / "run"
+    holder = _holder(run)
+    try:
+        with pytest.raises(PgolfError, match=f"process {holder.pid} is training into it"):
+            backend.train(cfg, run)
+        assert sorted(p.name for p in run.iterdir()) == [rundir.LOCK]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    owners: list[str] = []
+    backend.train(cfg, run, hooks=Hooks(before_step=lambda at, s: owners.append((run / rundir.LOCK).read_text())))
+    assert owners and {o.strip() for o in owners} == {str(os.getpid())}
+    assert not (run / rundir.LOCK).exists() and (run / SUMMARY).is_file()
+
+
 @pytest.mark.parametrize("present", [[SUMMARY, ARTIFACT, CHECKPOINT, CONFIG], [CONFIG, "train.log"], [TRAIN_STATE]])
 def test_out_on_a_folder_that_holds_a_run_is_refused(capsys, tiny_data, tmp_path, tiny_toml, present):
     run = tmp_path / "run"

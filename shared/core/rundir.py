@@ -21,7 +21,8 @@ second process gets. The kernel drops the lock when its process dies, so a
 lock file left by a dead process is simply taken over. A folder that already
 holds a run (`existing_run_files`) is refused unless the caller resumes it or
 asks to overwrite it (`--overwrite` removes the old run's files first, so no
-log or metric of the old run mixes with the new one).
+log or metric of the old run mixes with the new one). The training loop takes
+the same lock (`run_dir_held`) when a trainer is called directly from Python.
 """
 
 from __future__ import annotations
@@ -323,17 +324,25 @@ def _lock_holder(lock: Path) -> str:
     return f"process {text}" if text.isdigit() else "another process"
 
 
+# The run folders this process holds (resolved path -> claim), so that a trainer entered after
+# `pgolf train` claimed its folder does not try to claim it a second time.
+_HELD: dict[Path, RunClaim] = {}
+
+
 class RunClaim:
     """An exclusive claim on a run folder; `release()` (or leaving the `with` block) gives it up."""
 
     def __init__(self, path: Path, fd: int | None):
         self.path, self._fd = path, fd
+        _HELD[path.resolve()] = self
 
     @property
     def lock_file(self) -> Path:
         return self.path / LOCK
 
     def release(self) -> None:
+        if _HELD.get(self.path.resolve()) is self:
+            del _HELD[self.path.resolve()]
         if self._fd is None:  # the PID fallback: remove the file while it still names us
             with contextlib.suppress(OSError):
                 if self.lock_file.read_text(encoding="utf-8").strip() == str(os.getpid()):
@@ -444,6 +453,20 @@ def claim_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool = F
         claim.release()
         raise
     return claim
+
+
+@contextlib.contextmanager
+def run_dir_held(path: str | Path, is_main: bool = True):
+    """The lock of `claim_run_dir` around a trainer however it is entered (`backend.train(...)` from
+    Python as well as `pgolf train`): taken unless this process, or the launcher that started it,
+    already holds the folder, or this rank is not the one that writes. Only the lock: whether the
+    folder may already hold a run is decided by the command line (`--resume`, `--overwrite`)."""
+    path = Path(path)
+    if not is_main or path.resolve() in _HELD or inherited_claim(path):
+        yield
+        return
+    with claim_run_dir(path, resume=True):
+        yield
 
 
 def _pid_lock(lock: Path) -> int:
