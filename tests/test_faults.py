@@ -49,7 +49,7 @@ from shared.data.bpb import EvalResult
 from shared.data.dataset import open_dataset
 from shared.data.shards import TokenStream, read_shard, write_shard
 from shared.errors import PgolfError
-from tests.conftest import tiny_config
+from tests.conftest import stdlib_docs, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 LINUX = sys.platform.startswith("linux")
@@ -248,11 +248,32 @@ def test_summary_json_is_strict_json(tmp_path):
     (["train", "--resume", "{tmp}", "--overwrite"], "contradict"),
     (["parity", "{ckpt}", "--steps", "0"], "--steps must be at least 1"),
     (["pack", "{ckpt}", "--backend", "torch", "-o", "{tmp}/m.pgz", "--budget", "-5"], "--budget"),
+    (["pack", "{ckpt}", "--backend", "torch", "-o", "{tmp}/m.pgz", "--budget", "16MB"], "'16MB' is not a valid integer"),
+    (["data", "sample", "--vocab", "abc"], "'abc' is not a valid integer (see `pgolf data sample --help`)"),
+    (["data", "sample", "--vocab", "0", "--out", "{tmp}/s"], "--vocab 0: must be above 260"),
+    (["data", "build", "--docs", "{docs}", "--out", "{tmp}/b", "--vocab", "400", "--workers", "0"],
+     "--workers must be at least 1"),
+    (["data", "build", "--docs", "{docs}", "--out", "{tmp}/b", "--vocab", "400", "--val-docs", "0"], "--val-docs 0"),
+    (["data", "download", "--train-shards", "-1", "--out", "{tmp}/d"], "--train-shards -1: must be 0 or more"),
+    (["train", "--set", "train.seed=-1"], "train.seed must not be negative"),
+    (["train", "--set", "optim.matrix_lr=-0.04"], "optim.matrix_lr must not be negative"),
+    (["train", "--set", "optim.beta2=1.0"], "optim.beta2 must be in [0, 1)"),
+    (["train", "--set", "optim.muon_momentum=1.5"], "optim.muon_momentum must be in [0, 1)"),
+    (["train", "--set", "optim.adam_eps=0"], "optim.adam_eps must be positive"),
+    (["train", "--set", "model.rope_base=0"], "model.rope_base must be above 1"),
+    (["train", "--nproc", "two"], "'two' is not a valid integer"),
+    (["train", "--bogus"], "No such option '--bogus'"),
+    (["eval", "{ckpt}", "--set", "eval.max_tokens=-1"], "eval.max_tokens must be >= 0"),
+    (["parity", "{ckpt}", "--steps", "-2"], "--steps must be at least 1"),
 ])
 def test_out_of_range_options_are_one_line(capsys, tmp_path, argv, needle):
+    """Every numeric option of every command, and every `--set` value, is range-checked: one line naming it.
+    A new command or option gets a row here."""
     ckpt = checkpoint(tmp_path)
     (tmp_path / CONFIG).write_text(to_toml(tiny_config()))
-    argv = [a.format(tmp=tmp_path, ckpt=ckpt) for a in argv]
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n\n".join(stdlib_docs(30_000)))
+    argv = [a.format(tmp=tmp_path, ckpt=ckpt, docs=docs) for a in argv]
     if argv[0] == "train" and "--resume" not in argv:
         argv += ["--out", str(tmp_path / "run")]
     assert needle in one_error_line(capsys, *argv)
