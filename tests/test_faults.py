@@ -571,3 +571,56 @@ def test_killing_the_torchrun_agent_kills_its_workers(tiny_data, tmp_path):
                 os.kill(w, signal.SIGKILL)
             except OSError:
                 pass
+
+
+# ============================================================================ 8. determinism and kill -9
+
+KILLED_RUN = """
+import os, signal, sys
+from shared.core.backends import get_backend
+from shared.core.config import load_config
+from shared.core.loop import Hooks
+
+backend, config, run, kill_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+def kill(step, session):
+    if step == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)  # no handler, no save: the power goes out
+
+get_backend(backend).train(load_config(config), run, hooks=Hooks(after_step=kill))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BACKENDS)
+def test_kill_9_and_resume_is_bit_exact(tiny_data, tmp_path, name):
+    """The bar of docs/RELIABILITY.md "Determinism", the same on both backends: a run killed with
+    SIGKILL after step 5 (last save: step 4) and resumed ends with the weights, losses and BPB of the
+    uninterrupted run, bit for bit. With `train.compile = true`, which on a CPU resolves to eager."""
+    backend = _backend(name)
+    cfg = tiny_config(iterations=8, warmup_steps=1, checkpoint_every=2, compile=True)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)))
+    config = tmp_path / "cfg.toml"
+    config.write_text(to_toml(cfg))
+    straight = backend.train(cfg, tmp_path / "a")
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, name, str(config), str(tmp_path / "b"), "5"],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert rundir.load_checkpoint(tmp_path / "b")[2] == 4
+    resumed = backend.train(cfg, tmp_path / "b", resume=True)  # takes over the dead process's lock
+    a, _, _ = rundir.load_checkpoint(tmp_path / "a")
+    b, _, step = rundir.load_checkpoint(tmp_path / "b")
+    assert step == 8 and a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a), [k for k in a if not np.array_equal(a[k], b[k])]
+
+    def losses(run):
+        return {r["step"]: r["train_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                if "train_loss" in r}
+
+    la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert all(lb[s] == la[s] for s in la)
+    assert resumed["val_bpb"] == straight["val_bpb"] and resumed["q_val_bpb"] == straight["q_val_bpb"]
+    assert resumed["artifact_sha256"] == straight["artifact_sha256"]
+    if name == "torch":
+        assert "compile=off_on_cpu" in (tmp_path / "a" / "train.log").read_text()
