@@ -237,6 +237,88 @@ def test_summary_json_is_strict_json(tmp_path):
     assert summary["val_bpb"] is None and summary["x"] == [None] and summary["val_loss"] == 1.0
 
 
+# ---------------------------------------------------------------------------- 2c. damaged inputs
+# Each row damages one input a command reads; the exception its library raises (safetensors,
+# zstandard, sentencepiece, tomllib, json, numpy's fromfile, UTF-8 decoding) must come out as one line
+# naming the file. `make(tmp, ckpt, artifact, data)` writes the damaged file and returns the argv.
+
+def _bytes(path: Path, content: bytes) -> str:
+    path.write_bytes(content)
+    return str(path)
+
+
+def _resume_dir(tmp: Path, ckpt: Path, data: Path, state: bytes | None = None, meta: dict | None = None) -> str:
+    run = tmp / "resume"
+    shutil.copytree(ckpt.parent, run)
+    cfg = tiny_config()
+    tok = data.parent.parent / "tokenizers" / "tiny_512_bpe.model"
+    (run / CONFIG).write_text(to_toml(replace(cfg, data=replace(cfg.data, dir=str(data), tokenizer=str(tok)))))
+    if state is not None:
+        (run / TRAIN_STATE).write_bytes(state)
+    else:
+        from shared.core.rundir import save_tensors
+        save_tensors(run / TRAIN_STATE, {"x": np.ones(2, np.float32)}, meta)
+    return str(run)
+
+
+def _data_with(tmp: Path, data: Path, name: str, content: bytes) -> str:
+    out = tmp / "damaged"
+    shutil.copytree(data, out)
+    (out / "manifest.json").unlink(missing_ok=True)
+    (out / name).write_bytes(content)
+    return str(out)
+
+
+DAMAGED = {
+    "checkpoint truncated": (lambda t, c, a, d: ["eval", _bytes(t / "c.safetensors", c.read_bytes()[:300])],
+                             "is not a readable safetensors file"),
+    "checkpoint empty": (lambda t, c, a, d: ["pack", _bytes(t / "c.safetensors", b""), "--backend", "torch",
+                                             "-o", str(t / "o.pgz")], "is not a readable safetensors file"),
+    "artifact truncated": (lambda t, c, a, d: ["eval", _bytes(t / "a.pgz", a.read_bytes()[:200])], "truncated"),
+    "artifact body flipped (zstd)": (
+        lambda t, c, a, d: ["inspect", _bytes(t / "a.pgz", (lambda b: b[:40] + bytes([b[40] ^ 0xFF]) + b[41:])(
+            a.read_bytes()))], "corrupted artifact body"),
+    "tokenizer not a model (sentencepiece)": (
+        lambda t, c, a, d: ["data", "audit", "--data", str(d), "--tokenizer", _bytes(t / "x.model", b"junk")],
+        "is not a SentencePiece model"),
+    "config not TOML": (lambda t, c, a, d: ["train", "--config", _bytes(t / "x.toml", b"[train\n"), "--out",
+                                            str(t / "r")], "malformed TOML"),
+    "config not UTF-8": (lambda t, c, a, d: ["train", "--config", _bytes(t / "x.toml", b"\xff\xfe"), "--out",
+                                             str(t / "r")], "malformed TOML"),
+    "dataset manifest not JSON": (
+        lambda t, c, a, d: ["data", "audit", "--data", _data_with(t, d, "manifest.json", b"\xff{"),
+                            "--tokenizer", str(d.parent.parent / "tokenizers" / "tiny_512_bpe.model")],
+        "is not valid JSON"),
+    "validation shard shorter than its header (numpy)": (
+        lambda t, c, a, d: ["data", "audit", "--data", _data_with(t, d, "fineweb_val_000000.bin", b"\x01\x02"),
+                            "--tokenizer", str(d.parent.parent / "tokenizers" / "tiny_512_bpe.model")],
+        "is truncated"),
+    "docs .jsonl with a broken line": (
+        lambda t, c, a, d: ["data", "build", "--docs", _bytes(t / "d.jsonl", b'{"text": "a"}\n{oops\n'),
+                            "--out", str(t / "b"), "--vocab", "400"], "d.jsonl:2: not valid JSON"),
+    "resume state not safetensors": (
+        lambda t, c, a, d: ["train", "--backend", "torch", "--resume", _resume_dir(t, c, d, state=b"junk")],
+        "is not a readable safetensors file"),
+    "resume state without its metadata": (
+        lambda t, c, a, d: ["train", "--backend", "torch", "--resume", _resume_dir(t, c, d, meta={"other": "1"})],
+        "holds no readable resume state"),
+    "resume state of another tool": (
+        lambda t, c, a, d: ["train", "--backend", "torch", "--resume", _resume_dir(t, c, d, meta={"state": "{}"})],
+        "lacks backend, config, step"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_a_damaged_input_is_one_line_naming_the_file(capsys, tiny_data, tmp_path, case):
+    make, needle = DAMAGED[case]
+    ckpt = checkpoint(tmp_path)
+    artifact = tmp_path / "m.pgz"
+    artifact.write_bytes(pack(init_params(tiny_config().model, 1), tiny_config()))
+    argv = make(tmp_path, ckpt, artifact, tiny_data.data_dir)
+    line = one_error_line(capsys, *argv)
+    assert needle in line and str(tmp_path) in line, line
+
+
 # ============================================================================ 3. numeric options range-checked
 
 @pytest.mark.parametrize("argv,needle", [

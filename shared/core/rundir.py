@@ -154,10 +154,22 @@ def save_train_state(run_dir: Path, tensors: dict[str, np.ndarray], state: dict[
     return save_tensors(run_dir / TRAIN_STATE, tensors, {"state": json.dumps(state, sort_keys=True)})
 
 
+# What every resume state holds (save_resume_state): a file lacking one was not written by a trainer.
+STATE_KEYS = ("backend", "config", "step", "elapsed", "tokens", "data")
+
+
 def load_train_state(run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    tensors, meta = load_tensors(run_dir / TRAIN_STATE)
+    path = run_dir / TRAIN_STATE
+    tensors, meta = load_tensors(path)
     tensors.pop("__empty__", None)
-    return tensors, json.loads(meta["state"])
+    try:
+        state = json.loads((meta or {})["state"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        state = None
+    if not isinstance(state, dict):
+        raise PgolfError(f"{path} holds no readable resume state (its `state` metadata is missing or not a JSON "
+                         "object): it was not written by `pgolf train`; start a new run with --out")
+    return tensors, state
 
 
 MODEL_PREFIX = "model/"
@@ -183,6 +195,9 @@ def load_resume_state(run_dir: Path, cfg: Config, backend: str
         raise PgolfError(f"{where} not found: nothing to resume in {run_dir} (no checkpoint was saved yet?); "
                          "start a new run with --out")
     tensors, st = load_train_state(run_dir)
+    if missing := [k for k in STATE_KEYS if k not in st]:
+        raise PgolfError(f"{where} lacks {', '.join(missing)} in its resume state: it was not written by "
+                         "`pgolf train` (or by an older pgolf); start a new run with --out")
     if st.get("backend") != backend:
         raise PgolfError(f"{where} was written by the {st.get('backend')} backend: resume it with "
                          f"--backend {st.get('backend')} (optimizer state does not carry across backends)")
