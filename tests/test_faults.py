@@ -188,8 +188,18 @@ def _write_log(run: Path):
     RunDir(run).log("x" * 4096, console=False)
 
 
+def _write_shard(run: Path):
+    write_shard(run / "fineweb_train_000000.bin", np.arange(4096, dtype=np.uint16) % 500)
+
+
+def _write_tokenizer_copy(run: Path):  # what `data build --tokenizer` and the downloader place
+    atomic_write_bytes(run / "tok.model", b"\0" * 4096)
+
+
+# Every writer pgolf has: a row each (a new file type gets a row here).
 WRITERS = {CHECKPOINT: _write_checkpoint, TRAIN_STATE: _write_train_state, ARTIFACT: _write_artifact,
-           SUMMARY: _write_summary, "train.log": _write_log}
+           SUMMARY: _write_summary, "train.log": _write_log, "fineweb_train_000000.bin": _write_shard,
+           "tok.model": _write_tokenizer_copy}
 
 
 @pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="needs RLIMIT_FSIZE")
