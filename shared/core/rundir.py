@@ -154,8 +154,9 @@ def save_train_state(run_dir: Path, tensors: dict[str, np.ndarray], state: dict[
     return save_tensors(run_dir / TRAIN_STATE, tensors, {"state": json.dumps(state, sort_keys=True)})
 
 
-# What every resume state holds (save_resume_state): a file lacking one was not written by a trainer.
-STATE_KEYS = ("backend", "config", "step", "elapsed", "tokens", "data")
+# What a resume state cannot do without (save_resume_state writes them): a file lacking one was not
+# written by a trainer.
+STATE_KEYS = ("backend", "config", "step")
 
 
 def load_train_state(run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
