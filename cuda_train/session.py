@@ -58,14 +58,9 @@ def local_runtime(cfg: Config) -> runtime.Runtime:
     return runtime.Runtime(rank=0, world_size=1, local_rank=0, device=dev)
 
 
-# Why `train.compile` resolves to off on a CPU (measured, docs/RELIABILITY.md "Determinism"): two
-# uninterrupted runs of one config under inductor's CPU kernels end with different weights (max
-# |diff| 8.8e-7 on the tiny test config here; ~2e-5 on small.toml in issue #16), so a resume could
-# never be bit-exact. Inductor's deterministic mode with deterministic algorithms fixes that, but
-# compiles cold again (10 min on the busy 2-core machine) for no speed-up on matmul-bound CPU code
-# (MACHINE-NOTES.md). On CUDA compile stays on.
-CPU_COMPILE_NOTE = ("train.compile=true resolves to off on the CPU: inductor's CPU kernels are not bit-reproducible "
-                    "run to run (docs/RELIABILITY.md); training runs eager, bit-exact run to run")
+# On a CPU, inductor's kernels are not bit-reproducible run to run (docs/RELIABILITY.md
+# "Determinism"), so train.compile resolves to eager there: no speed lost on CPU, resume bit-exact.
+CPU_COMPILE_NOTE = "train.compile=true resolves to off on the CPU (not bit-reproducible there: docs/RELIABILITY.md)"
 
 
 def compile_enabled(cfg: Config, device: torch.device) -> bool:

@@ -137,7 +137,7 @@ class ModelConfig(_Section):
                              f"got {self.parallel_from}")
         if (self.smear_gate or self.attn_gate) and not 1 <= self.gate_dims <= self.model_dim:
             raise PgolfError(f"model.gate_dims must be in 1..model_dim={self.model_dim}, got {self.gate_dims}")
-        if self.tied_embed_init_std < 0 or self.rope_base <= 1:  # reliability (#16): no nonsense that runs
+        if self.tied_embed_init_std < 0 or self.rope_base <= 1:
             raise PgolfError(f"model.tied_embed_init_std must not be negative and model.rope_base must be above 1, "
                              f"got {self.tied_embed_init_std}, {self.rope_base}")
         if self.model_dim % self.num_heads:
@@ -233,7 +233,6 @@ class OptimConfig(_Section):
                              f"set optim.muon_backend_steps <= 5, got {self.muon_backend_steps}")
         if min(self.muon_wd, self.embed_wd, self.scalar_wd, self.grad_clip_norm) < 0:
             raise PgolfError("optim.muon_wd, embed_wd, scalar_wd and grad_clip_norm must not be negative")
-        # Reliability (#16): a value out of range is an error, never a run that quietly ascends or diverges.
         for key in ("embed_lr", "head_lr", "tied_embed_lr", "matrix_lr", "scalar_lr", "muon_momentum_warmup_steps"):
             if getattr(self, key) < 0:
                 raise PgolfError(f"optim.{key} must not be negative, got {getattr(self, key)}")

@@ -115,9 +115,7 @@ class StopFlag:
 def train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool = False,
                hooks: Hooks | None = None) -> dict[str, Any]:
     """Train `session` on this rank, validate, checkpoint, pack and evaluate; return summary.json's dict.
-
-    Rank 0 holds the run folder's lock throughout (`pgolf train` took it already; a direct
-    `backend.train(...)` call takes it here), so no two trainings ever write into one folder."""
+    Rank 0 holds the run folder's lock throughout (a direct `backend.train(...)` call takes it here)."""
     with run_dir_held(run_dir, session.is_main):
         return _train_loop(session, cfg, run_dir, resume, hooks)
 

@@ -154,8 +154,6 @@ def save_train_state(run_dir: Path, tensors: dict[str, np.ndarray], state: dict[
     return save_tensors(run_dir / TRAIN_STATE, tensors, {"state": json.dumps(state, sort_keys=True)})
 
 
-# What a resume state cannot do without (save_resume_state writes them): a file lacking one was not
-# written by a trainer.
 STATE_KEYS = ("backend", "config", "step")
 
 
@@ -168,8 +166,8 @@ def load_train_state(run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, An
     except (KeyError, TypeError, json.JSONDecodeError):
         state = None
     if not isinstance(state, dict):
-        raise PgolfError(f"{path} holds no readable resume state (its `state` metadata is missing or not a JSON "
-                         "object): it was not written by `pgolf train`; start a new run with --out")
+        raise PgolfError(f"{path} holds no readable resume state: it was not written by `pgolf train`; "
+                         "start a new run with --out")
     return tensors, state
 
 
@@ -198,7 +196,7 @@ def load_resume_state(run_dir: Path, cfg: Config, backend: str
     tensors, st = load_train_state(run_dir)
     if missing := [k for k in STATE_KEYS if k not in st]:
         raise PgolfError(f"{where} lacks {', '.join(missing)} in its resume state: it was not written by "
-                         "`pgolf train` (or by an older pgolf); start a new run with --out")
+                         "`pgolf train`; start a new run with --out")
     if st.get("backend") != backend:
         raise PgolfError(f"{where} was written by the {st.get('backend')} backend: resume it with "
                          f"--backend {st.get('backend')} (optimizer state does not carry across backends)")
@@ -340,8 +338,7 @@ def _lock_holder(lock: Path) -> str:
     return f"process {text}" if text.isdigit() else "another process"
 
 
-# The run folders this process holds (resolved path -> claim), so that a trainer entered after
-# `pgolf train` claimed its folder does not try to claim it a second time.
+# The run folders this process holds (resolved path -> claim): the loop does not claim them twice.
 _HELD: dict[Path, RunClaim] = {}
 
 
@@ -473,10 +470,8 @@ def claim_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool = F
 
 @contextlib.contextmanager
 def run_dir_held(path: str | Path, is_main: bool = True):
-    """The lock of `claim_run_dir` around a trainer however it is entered (`backend.train(...)` from
-    Python as well as `pgolf train`): taken unless this process, or the launcher that started it,
-    already holds the folder, or this rank is not the one that writes. Only the lock: whether the
-    folder may already hold a run is decided by the command line (`--resume`, `--overwrite`)."""
+    """`claim_run_dir`'s lock for a trainer called from Python too, unless this process (or its
+    launcher) holds it or this rank does not write; only the lock (--resume/--overwrite are the CLI's)."""
     path = Path(path)
     if not is_main or path.resolve() in _HELD or inherited_claim(path):
         yield
