@@ -42,8 +42,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1
         runtime.shutdown()
         return summary
     from cuda_train.launch import torchrun
+    from shared.core.rundir import run_dir_held
 
-    return torchrun(cfg, run_dir, resume, nproc)
+    with run_dir_held(run_dir):  # the launcher owns the folder; its workers inherit the claim
+        return torchrun(cfg, run_dir, resume, nproc)
 
 
 def evaluate(params: dict[str, np.ndarray], cfg: Config, val_tokens: np.ndarray, tables: ByteTables,

@@ -58,6 +58,16 @@ def local_runtime(cfg: Config) -> runtime.Runtime:
     return runtime.Runtime(rank=0, world_size=1, local_rank=0, device=dev)
 
 
+# On a CPU, inductor's kernels are not bit-reproducible run to run (docs/RELIABILITY.md
+# "Determinism"), so train.compile resolves to eager there: no speed lost on CPU, resume bit-exact.
+CPU_COMPILE_NOTE = "train.compile=true resolves to off on the CPU (not bit-reproducible there: docs/RELIABILITY.md)"
+
+
+def compile_enabled(cfg: Config, device: torch.device) -> bool:
+    """Whether a training session wraps its model in torch.compile: `train.compile`, on CUDA only."""
+    return cfg.train.compile and device.type != "cpu"
+
+
 class TorchSession:
     """This rank's model and optimizers; `rt` says which rank, how many, and on what device.
 
@@ -73,7 +83,8 @@ class TorchSession:
         self.model = GPT(cfg.model).to(rt.device)
         self.opt: Optimizers | None = None
         self.ema: list[Tensor] | None = None  # fp32 copies, in self.model.parameters() order
-        self.compiled = torch.compile(self.model, dynamic=False) if cfg.train.compile and training else self.model
+        self.compile = compile_enabled(cfg, rt.device) and training
+        self.compiled = torch.compile(self.model, dynamic=False) if self.compile else self.model
         self.net = (DDP(self.compiled, device_ids=[rt.device.index] if rt.is_cuda else None)
                     if rt.distributed and training else self.compiled)
 
@@ -251,11 +262,14 @@ class TorchSession:
     def info(self) -> dict[str, str]:
         from cuda_train.model import attention_kernel
 
-        return {**runtime.provenance_extra(self.rt, self.dtype), "attention": attention_kernel(self.rt.device, self.dtype)}
+        compiled = "on" if self.compile else ("off_on_cpu" if self.cfg.train.compile else "off")
+        return {**runtime.provenance_extra(self.rt, self.dtype), "attention": attention_kernel(self.rt.device, self.dtype),
+                "compile": compiled}
 
     def log_lines(self) -> list[str]:
         smi = runtime.nvidia_smi() if self.is_main else None
-        return [smi] if smi else []
+        note = CPU_COMPILE_NOTE if self.cfg.train.compile and not self.compile else None
+        return [line for line in (note, smi) if line]
 
     def summary_extras(self) -> dict[str, Any]:
         return {"compute_dtype": runtime.dtype_name(self.dtype), "device": runtime.device_name(self.rt.device),

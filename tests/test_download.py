@@ -37,6 +37,9 @@ class FakeHub:
         self.repos = {REPO: files, **(repos or {})}
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.cut: dict[str, int] = {}  # path -> bytes to send before dropping the connection (once)
+        self.cut_always: dict[str, int] = {}  # the same, on every GET of the path
+        self.status: dict[str, int] = {}  # path -> an HTTP error status answered to every request ("*": all)
+        self.status_get: dict[str, int] = {}  # the same, for GET only (the metadata HEAD succeeds)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,6 +53,13 @@ class FakeHub:
                 rng = self.headers.get("Range")
                 hub.log.append((self.command, m.group(3) if m else self.path, rng))
                 data = hub.repos.get(m.group(1), {}).get(m.group(3)) if m else None
+                path = m.group(3) if m else self.path
+                code = hub.status.get(path) or hub.status.get("*") or (body and hub.status_get.get(path))
+                if code:
+                    self.send_response(code)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if data is None:
                     self.send_response(404)
                     self.send_header("X-Error-Code", "EntryNotFound")
@@ -71,10 +81,9 @@ class FakeHub:
                 self.end_headers()
                 if not body:
                     return
-                path = m.group(3)
-                if start == 0 and path in hub.cut:
-                    n = hub.cut.pop(path)
-                    self.wfile.write(data[:n])
+                if path in hub.cut_always or (start == 0 and path in hub.cut):
+                    n = hub.cut.pop(path, None) or hub.cut_always[path]
+                    self.wfile.write(data[start:start + n])
                     self.wfile.flush()
                     self.close_connection = True
                     self.connection.shutdown(2)
@@ -325,3 +334,118 @@ def test_default_repos_per_variant(monkeypatch):
     assert resolve_repo("sp8192", "me/mine", "root/") == ("me/mine", "root")
     monkeypatch.setenv("MATCHED_FINEWEB_REPO_ID", "env/repo")
     assert resolve_repo("sp8192")[0] == "env/repo"
+
+
+# --- network and hub failures: one line naming what happened, exit 2, the local manifest untouched ----------
+# Each row breaks the fake hub one way (or points HF_ENDPOINT where nothing listens) and names the words the
+# one error line must hold. To cover a new failure, add a row (and, if needed, a knob to FakeHub).
+SHARD = f"{REMOTE_ROOT}/datasets/fineweb10B_sp512/fineweb_train_000000.bin"
+MANIFEST = f"{REMOTE_ROOT}/manifest.json"
+
+
+def _manifest_json(hub, edit) -> None:
+    manifest = json.loads(hub.files[MANIFEST])
+    hub.files[MANIFEST] = json.dumps(edit(manifest)).encode()
+
+
+def _dataset(manifest: dict) -> dict:
+    return manifest["datasets"][0]
+
+
+HUB_FAULTS = {
+    "nothing listening at HF_ENDPOINT": (None, ["connection refused at http://127.0.0.1:", "after 5 retries",
+                                                "nothing is listening"]),
+    "HTTP 500 for the manifest": (lambda hub: hub.status.update({MANIFEST: 500}),
+                                  [f"server error 500 for {MANIFEST} at http://127.0.0.1:", "after 5 retries"]),
+    "HTTP 503 for every request": (lambda hub: hub.status.update({"*": 503}), ["server error 503 for"]),
+    "HTTP 500 on a shard's GET only": (lambda hub: hub.status_get.update({SHARD: 500}),
+                                       [f"server error 500 for {SHARD}"]),
+    "HTTP 403 for a shard": (lambda hub: hub.status.update({SHARD: 403}), [f"access to {SHARD}", "HTTP 403"]),
+    "a transfer cut short every time": (lambda hub: hub.cut_always.update({SHARD: 100}),
+                                        [f"transfer of {SHARD} cut short after 5 retries", "run the command again"]),
+    "manifest not JSON": (lambda hub: hub.files.update({MANIFEST: b"<html>gateway</html>"}),
+                          [f"manifest {MANIFEST} of {REPO} is not valid JSON"]),
+    "manifest a list": (lambda hub: hub.files.update({MANIFEST: b"[1, 2]"}),
+                        [f"manifest {MANIFEST} of {REPO} has the wrong shape: expected the file to be an object",
+                         "found a list"]),
+    "datasets an object": (lambda hub: _manifest_json(hub, lambda m: {**m, "datasets": {"a": 1}}),
+                           ["has the wrong shape: expected `datasets` to be a list of objects, found an object"]),
+    "a dataset without a name": (lambda hub: _manifest_json(hub, lambda m: {**m, "datasets": [{"stats": {}}]}),
+                                 ["expected `datasets[0].name` to be a string, found nothing"]),
+    "stats a string": (lambda hub: _manifest_json(hub, lambda m: (_dataset(m).update(stats="3"), m)[1]),
+                       ["expected `fineweb10B_sp512`.stats to be an object", "found a string '3'"]),
+    "files_train not a count": (
+        lambda hub: _manifest_json(hub, lambda m: (_dataset(m)["stats"].update(files_train="3"), m)[1]),
+        ["expected `fineweb10B_sp512`.stats.files_train to be a count"]),
+    "a file's bytes not a count": (
+        lambda hub: _manifest_json(hub, lambda m: (_dataset(m).update(files=[{"name": "x", "bytes": "9"}]), m)[1]),
+        ["expected `fineweb10B_sp512`.files[0].bytes to be a byte count"]),
+    "sha256 a list": (lambda hub: _manifest_json(hub, lambda m: (_dataset(m).update(sha256=["ab"]), m)[1]),
+                      ["expected `fineweb10B_sp512`.sha256 to be an object of file name -> hex string"]),
+    "tokenizer path a number": (
+        lambda hub: _manifest_json(hub, lambda m: (m["tokenizers"][0].update(model_path=7), m)[1]),
+        ["expected tokenizer `sp_bpe_512`.model_path to be a string, found the number 7"]),
+}
+
+
+@pytest.fixture()
+def fast_retries(monkeypatch):
+    """The hub client's own retries, without their waits (about 23 s of backoff per file): a test stays short.
+
+    Replaces the `time` module that huggingface_hub's HTTP helpers sleep through; the waits asked for are kept.
+    """
+    import time
+    import types
+
+    import huggingface_hub.file_download as file_download
+    import huggingface_hub.utils._http as http
+
+    waits: list[float] = []
+    fake = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    fake.sleep = waits.append
+    monkeypatch.setattr(http, "time", fake)
+    monkeypatch.setattr(file_download, "time", fake)
+    return waits
+
+
+@pytest.mark.parametrize("fault", list(HUB_FAULTS))
+def test_hub_failures_are_one_line_naming_what_happened(hub, tmp_path, monkeypatch, capsys, fast_retries, fault):
+    setup, needles = HUB_FAULTS[fault]
+    if setup is None:  # a port nobody listens on: the fake hub is shut, its port freed
+        hub.server.shutdown()
+        hub.server.server_close()
+    else:
+        setup(hub)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "manifest.json").write_bytes(b'{"a good": "manifest"}')  # from an earlier, complete download
+    with pytest.raises(SystemExit) as e:
+        main(["data", "download", "--variant", "sp512", "--train-shards", "1", "--out", str(out), "--repo", REPO])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and sum(x.startswith("error:") for x in lines) == 1, err
+    # Quiet retries: one note at most (the client's own dozen warnings are swallowed), the progress lines, the error.
+    assert sum("retry" in x.lower() for x in lines[:-1]) <= 1 and len(lines) <= 4, f"retries are not quiet:\n{err}"
+    assert all(n in lines[-1] for n in needles), lines[-1]
+    assert "not in the dataset repo" not in lines[-1]
+    # The local manifest is the earlier one, or (when the failure came after it) the hub's good one.
+    local = (out / "manifest.json").read_bytes()
+    assert local == b'{"a good": "manifest"}' or (local == hub.files[MANIFEST] and "manifest" not in lines[-1])
+    assert not (out / "datasets" / "fineweb10B_sp512" / "fineweb_train_000000.bin").exists()  # nothing half-done
+
+
+def test_a_bad_remote_manifest_leaves_the_last_good_download_whole(hub, tmp_path, monkeypatch, capsys):
+    """A complete download, then the hub's manifest turns bad: the next download fails before touching
+    anything, and the first download's files are as they were."""
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    out = tmp_path / "data"
+    data_dir, _ = download("sp512", 1, out, repo=REPO)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    hub.files[MANIFEST] = json.dumps({"datasets": "gone", "tokenizers": []}).encode()
+    with pytest.raises(PgolfError, match="has the wrong shape"):
+        download("sp512", 2, out, repo=REPO)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and ".download" not in p.parts}
+    assert after == before
+    assert open_dataset(data_dir, out / "tokenizers" / "fineweb_512_bpe.model", 512).val_tokens.size > 0

@@ -49,7 +49,7 @@ from shared.data.bpb import EvalResult
 from shared.data.dataset import open_dataset
 from shared.data.shards import TokenStream, read_shard, write_shard
 from shared.errors import PgolfError
-from tests.conftest import tiny_config
+from tests.conftest import stdlib_docs, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 LINUX = sys.platform.startswith("linux")
@@ -188,8 +188,18 @@ def _write_log(run: Path):
     RunDir(run).log("x" * 4096, console=False)
 
 
+def _write_shard(run: Path):
+    write_shard(run / "fineweb_train_000000.bin", np.arange(4096, dtype=np.uint16) % 500)
+
+
+def _write_tokenizer_copy(run: Path):  # what `data build --tokenizer` and the downloader place
+    atomic_write_bytes(run / "tok.model", b"\0" * 4096)
+
+
+# Every writer pgolf has: a row each (a new file type gets a row here).
 WRITERS = {CHECKPOINT: _write_checkpoint, TRAIN_STATE: _write_train_state, ARTIFACT: _write_artifact,
-           SUMMARY: _write_summary, "train.log": _write_log}
+           SUMMARY: _write_summary, "train.log": _write_log, "fineweb_train_000000.bin": _write_shard,
+           "tok.model": _write_tokenizer_copy}
 
 
 @pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="needs RLIMIT_FSIZE")
@@ -237,6 +247,88 @@ def test_summary_json_is_strict_json(tmp_path):
     assert summary["val_bpb"] is None and summary["x"] == [None] and summary["val_loss"] == 1.0
 
 
+# ---------------------------------------------------------------------------- 2c. damaged inputs
+# Each row damages one input a command reads; the exception its library raises (safetensors,
+# zstandard, sentencepiece, tomllib, json, numpy's fromfile, UTF-8 decoding) must come out as one line
+# naming the file. `make(tmp, ckpt, artifact, data)` writes the damaged file and returns the argv.
+
+def _bytes(path: Path, content: bytes) -> str:
+    path.write_bytes(content)
+    return str(path)
+
+
+def _resume_dir(tmp: Path, ckpt: Path, data: Path, state: bytes | None = None, meta: dict | None = None) -> str:
+    run = tmp / "resume"
+    shutil.copytree(ckpt.parent, run)
+    cfg = tiny_config()
+    tok = data.parent.parent / "tokenizers" / "tiny_512_bpe.model"
+    (run / CONFIG).write_text(to_toml(replace(cfg, data=replace(cfg.data, dir=str(data), tokenizer=str(tok)))))
+    if state is not None:
+        (run / TRAIN_STATE).write_bytes(state)
+    else:
+        from shared.core.rundir import save_tensors
+        save_tensors(run / TRAIN_STATE, {"x": np.ones(2, np.float32)}, meta)
+    return str(run)
+
+
+def _data_with(tmp: Path, data: Path, name: str, content: bytes) -> str:
+    out = tmp / "damaged"
+    shutil.copytree(data, out)
+    (out / "manifest.json").unlink(missing_ok=True)
+    (out / name).write_bytes(content)
+    return str(out)
+
+
+DAMAGED = {
+    "checkpoint truncated": (lambda t, c, a, d: ["eval", _bytes(t / "c.safetensors", c.read_bytes()[:300])],
+                             "is not a readable safetensors file"),
+    "checkpoint empty": (lambda t, c, a, d: ["pack", _bytes(t / "c.safetensors", b""), "--backend", "torch",
+                                             "-o", str(t / "o.pgz")], "is not a readable safetensors file"),
+    "artifact truncated": (lambda t, c, a, d: ["eval", _bytes(t / "a.pgz", a.read_bytes()[:200])], "truncated"),
+    "artifact body flipped (zstd)": (
+        lambda t, c, a, d: ["inspect", _bytes(t / "a.pgz", (lambda b: b[:40] + bytes([b[40] ^ 0xFF]) + b[41:])(
+            a.read_bytes()))], "corrupted artifact body"),
+    "tokenizer not a model (sentencepiece)": (
+        lambda t, c, a, d: ["data", "audit", "--data", str(d), "--tokenizer", _bytes(t / "x.model", b"junk")],
+        "is not a SentencePiece model"),
+    "config not TOML": (lambda t, c, a, d: ["train", "--config", _bytes(t / "x.toml", b"[train\n"), "--out",
+                                            str(t / "r")], "malformed TOML"),
+    "config not UTF-8": (lambda t, c, a, d: ["train", "--config", _bytes(t / "x.toml", b"\xff\xfe"), "--out",
+                                             str(t / "r")], "malformed TOML"),
+    "dataset manifest not JSON": (
+        lambda t, c, a, d: ["data", "audit", "--data", _data_with(t, d, "manifest.json", b"\xff{"),
+                            "--tokenizer", str(d.parent.parent / "tokenizers" / "tiny_512_bpe.model")],
+        "is not valid JSON"),
+    "validation shard shorter than its header (numpy)": (
+        lambda t, c, a, d: ["data", "audit", "--data", _data_with(t, d, "fineweb_val_000000.bin", b"\x01\x02"),
+                            "--tokenizer", str(d.parent.parent / "tokenizers" / "tiny_512_bpe.model")],
+        "is truncated"),
+    "docs .jsonl with a broken line": (
+        lambda t, c, a, d: ["data", "build", "--docs", _bytes(t / "d.jsonl", b'{"text": "a"}\n{oops\n'),
+                            "--out", str(t / "b"), "--vocab", "400"], "d.jsonl:2: not valid JSON"),
+    "resume state not safetensors": (
+        lambda t, c, a, d: ["train", "--backend", "torch", "--resume", _resume_dir(t, c, d, state=b"junk")],
+        "is not a readable safetensors file"),
+    "resume state without its metadata": (
+        lambda t, c, a, d: ["train", "--backend", "torch", "--resume", _resume_dir(t, c, d, meta={"other": "1"})],
+        "holds no readable resume state"),
+    "resume state of another tool": (
+        lambda t, c, a, d: ["train", "--backend", "torch", "--resume", _resume_dir(t, c, d, meta={"state": "{}"})],
+        "lacks backend, config, step"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_a_damaged_input_is_one_line_naming_the_file(capsys, tiny_data, tmp_path, case):
+    make, needle = DAMAGED[case]
+    ckpt = checkpoint(tmp_path)
+    artifact = tmp_path / "m.pgz"
+    artifact.write_bytes(pack(init_params(tiny_config().model, 1), tiny_config()))
+    argv = make(tmp_path, ckpt, artifact, tiny_data.data_dir)
+    line = one_error_line(capsys, *argv)
+    assert needle in line and str(tmp_path) in line, line
+
+
 # ============================================================================ 3. numeric options range-checked
 
 @pytest.mark.parametrize("argv,needle", [
@@ -248,11 +340,32 @@ def test_summary_json_is_strict_json(tmp_path):
     (["train", "--resume", "{tmp}", "--overwrite"], "contradict"),
     (["parity", "{ckpt}", "--steps", "0"], "--steps must be at least 1"),
     (["pack", "{ckpt}", "--backend", "torch", "-o", "{tmp}/m.pgz", "--budget", "-5"], "--budget"),
+    (["pack", "{ckpt}", "--backend", "torch", "-o", "{tmp}/m.pgz", "--budget", "16MB"], "'16MB' is not a valid integer"),
+    (["data", "sample", "--vocab", "abc"], "'abc' is not a valid integer (see `pgolf data sample --help`)"),
+    (["data", "sample", "--vocab", "0", "--out", "{tmp}/s"], "--vocab 0: must be above 260"),
+    (["data", "build", "--docs", "{docs}", "--out", "{tmp}/b", "--vocab", "400", "--workers", "0"],
+     "--workers must be at least 1"),
+    (["data", "build", "--docs", "{docs}", "--out", "{tmp}/b", "--vocab", "400", "--val-docs", "0"], "--val-docs 0"),
+    (["data", "download", "--train-shards", "-1", "--out", "{tmp}/d"], "--train-shards -1: must be 0 or more"),
+    (["train", "--set", "train.seed=-1"], "train.seed must not be negative"),
+    (["train", "--set", "optim.matrix_lr=-0.04"], "optim.matrix_lr must not be negative"),
+    (["train", "--set", "optim.beta2=1.0"], "optim.beta2 must be in [0, 1)"),
+    (["train", "--set", "optim.muon_momentum=1.5"], "optim.muon_momentum must be in [0, 1)"),
+    (["train", "--set", "optim.adam_eps=0"], "optim.adam_eps must be positive"),
+    (["train", "--set", "model.rope_base=0"], "model.rope_base must be above 1"),
+    (["train", "--nproc", "two"], "'two' is not a valid integer"),
+    (["train", "--bogus"], "No such option '--bogus'"),
+    (["eval", "{ckpt}", "--set", "eval.max_tokens=-1"], "eval.max_tokens must be >= 0"),
+    (["parity", "{ckpt}", "--steps", "-2"], "--steps must be at least 1"),
 ])
 def test_out_of_range_options_are_one_line(capsys, tmp_path, argv, needle):
+    """Every numeric option of every command, and every `--set` value, is range-checked: one line naming it.
+    A new command or option gets a row here."""
     ckpt = checkpoint(tmp_path)
     (tmp_path / CONFIG).write_text(to_toml(tiny_config()))
-    argv = [a.format(tmp=tmp_path, ckpt=ckpt) for a in argv]
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n\n".join(stdlib_docs(30_000)))
+    argv = [a.format(tmp=tmp_path, ckpt=ckpt, docs=docs) for a in argv]
     if argv[0] == "train" and "--resume" not in argv:
         argv += ["--out", str(tmp_path / "run")]
     assert needle in one_error_line(capsys, *argv)
@@ -408,6 +521,40 @@ def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
     assert not (run / rundir.LOCK).exists()
 
 
+BACKENDS = [pytest.param("torch", marks=pytest.mark.torch), pytest.param("mlx", marks=pytest.mark.mlx)]
+
+
+def _backend(name: str):
+    pytest.importorskip({"torch": "torch", "mlx": "mlx.core"}[name])
+    from shared.core.backends import get_backend
+
+    return get_backend(name)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_a_direct_backend_train_call_takes_the_run_lock(tiny_data, tmp_path, name):
+    """`backend.train(...)` from Python, not only `pgolf train`: refused while another process holds the
+    folder, holds it itself while it trains, and lets go at the end."""
+    from shared.core.loop import Hooks
+
+    backend = _backend(name)
+    cfg = tiny_config(iterations=2)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)))
+    run = tmp_path / "run"
+    holder = _holder(run)
+    try:
+        with pytest.raises(PgolfError, match=f"process {holder.pid} is training into it"):
+            backend.train(cfg, run)
+        assert sorted(p.name for p in run.iterdir()) == [rundir.LOCK]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    owners: list[str] = []
+    backend.train(cfg, run, hooks=Hooks(before_step=lambda at, s: owners.append((run / rundir.LOCK).read_text())))
+    assert owners and {o.strip() for o in owners} == {str(os.getpid())}
+    assert not (run / rundir.LOCK).exists() and (run / SUMMARY).is_file()
+
+
 @pytest.mark.parametrize("present", [[SUMMARY, ARTIFACT, CHECKPOINT, CONFIG], [CONFIG, "train.log"], [TRAIN_STATE]])
 def test_out_on_a_folder_that_holds_a_run_is_refused(capsys, tiny_data, tmp_path, tiny_toml, present):
     run = tmp_path / "run"
@@ -516,3 +663,56 @@ def test_killing_the_torchrun_agent_kills_its_workers(tiny_data, tmp_path):
                 os.kill(w, signal.SIGKILL)
             except OSError:
                 pass
+
+
+# ============================================================================ 8. determinism and kill -9
+
+KILLED_RUN = """
+import os, signal, sys
+from shared.core.backends import get_backend
+from shared.core.config import load_config
+from shared.core.loop import Hooks
+
+backend, config, run, kill_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+def kill(step, session):
+    if step == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)  # no handler, no save: the power goes out
+
+get_backend(backend).train(load_config(config), run, hooks=Hooks(after_step=kill))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BACKENDS)
+def test_kill_9_and_resume_is_bit_exact(tiny_data, tmp_path, name):
+    """The bar of docs/RELIABILITY.md "Determinism", the same on both backends: a run killed with
+    SIGKILL after step 5 (last save: step 4) and resumed ends with the weights, losses and BPB of the
+    uninterrupted run, bit for bit. With `train.compile = true`, which on a CPU resolves to eager."""
+    backend = _backend(name)
+    cfg = tiny_config(iterations=8, warmup_steps=1, checkpoint_every=2, compile=True)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)))
+    config = tmp_path / "cfg.toml"
+    config.write_text(to_toml(cfg))
+    straight = backend.train(cfg, tmp_path / "a")
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, name, str(config), str(tmp_path / "b"), "5"],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert rundir.load_checkpoint(tmp_path / "b")[2] == 4
+    resumed = backend.train(cfg, tmp_path / "b", resume=True)  # takes over the dead process's lock
+    a, _, _ = rundir.load_checkpoint(tmp_path / "a")
+    b, _, step = rundir.load_checkpoint(tmp_path / "b")
+    assert step == 8 and a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a), [k for k in a if not np.array_equal(a[k], b[k])]
+
+    def losses(run):
+        return {r["step"]: r["train_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                if "train_loss" in r}
+
+    la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert all(lb[s] == la[s] for s in la)
+    assert resumed["val_bpb"] == straight["val_bpb"] and resumed["q_val_bpb"] == straight["q_val_bpb"]
+    assert resumed["artifact_sha256"] == straight["artifact_sha256"]
+    if name == "torch":
+        assert "compile=off_on_cpu" in (tmp_path / "a" / "train.log").read_text()

@@ -72,6 +72,13 @@ def run(command: click.Command, argv: list[str] | None, prog_name: str = "pgolf"
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # a bad flag or value: one line too, naming the command's help
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare `pgolf data`: the help is the answer
+            e.show()
+            sys.exit(2)
+        where = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+        click.echo(f"error: {e.format_message().rstrip('.')}{where}", err=True)
+        sys.exit(2)
     except click.ClickException as e:
         e.show()
         sys.exit(2)

@@ -80,6 +80,8 @@ def build(src: str, out: Path, vocab: int | None, val_docs: int | None, name: st
     from shared.data.build import build_dataset, default_workers, open_docs
     from shared.errors import PgolfError
 
+    if workers is not None and workers < 1:
+        raise PgolfError(f"--workers must be at least 1, got {workers}")
     if vocab is None and kind == "sp" and tokenizer is None:
         raise PgolfError("--vocab is required for a SentencePiece tokenizer (e.g. --vocab 8192), or pass --kind byte")
     docs, default_name = open_docs(src)

@@ -137,6 +137,9 @@ class ModelConfig(_Section):
                              f"got {self.parallel_from}")
         if (self.smear_gate or self.attn_gate) and not 1 <= self.gate_dims <= self.model_dim:
             raise PgolfError(f"model.gate_dims must be in 1..model_dim={self.model_dim}, got {self.gate_dims}")
+        if self.tied_embed_init_std < 0 or self.rope_base <= 1:
+            raise PgolfError(f"model.tied_embed_init_std must not be negative and model.rope_base must be above 1, "
+                             f"got {self.tied_embed_init_std}, {self.rope_base}")
         if self.model_dim % self.num_heads:
             raise PgolfError(f"model.model_dim={self.model_dim} must be divisible by model.num_heads={self.num_heads}")
         if self.num_heads % self.num_kv_heads:
@@ -176,7 +179,7 @@ class TrainConfig(_Section):
         for key in ("iterations", "batch_tokens", "seq_len", "grad_accum"):
             if getattr(self, key) < 1:
                 raise PgolfError(f"train.{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("max_seconds", "max_microbatch_tokens", "warmup_steps", "warmdown_iters", "val_every",
+        for key in ("seed", "max_seconds", "max_microbatch_tokens", "warmup_steps", "warmdown_iters", "val_every",
                     "log_every", "checkpoint_every", "calib_reserve_s"):
             if getattr(self, key) < 0:
                 raise PgolfError(f"train.{key} must not be negative, got {getattr(self, key)}")
@@ -230,6 +233,15 @@ class OptimConfig(_Section):
                              f"set optim.muon_backend_steps <= 5, got {self.muon_backend_steps}")
         if min(self.muon_wd, self.embed_wd, self.scalar_wd, self.grad_clip_norm) < 0:
             raise PgolfError("optim.muon_wd, embed_wd, scalar_wd and grad_clip_norm must not be negative")
+        for key in ("embed_lr", "head_lr", "tied_embed_lr", "matrix_lr", "scalar_lr", "muon_momentum_warmup_steps"):
+            if getattr(self, key) < 0:
+                raise PgolfError(f"optim.{key} must not be negative, got {getattr(self, key)}")
+        for key in ("muon_momentum", "muon_momentum_warmup_start", "beta1", "beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise PgolfError(f"optim.{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.adam_eps <= 0 or self.muon_backend_steps < 1:
+            raise PgolfError(f"optim.adam_eps must be positive and optim.muon_backend_steps at least 1, "
+                             f"got {self.adam_eps}, {self.muon_backend_steps}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -49,6 +49,7 @@ from shared.core.rundir import (
     RunDir,
     load_resume_state,
     provenance,
+    run_dir_held,
     save_checkpoint,
     save_resume_state,
 )
@@ -113,7 +114,13 @@ class StopFlag:
 
 def train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool = False,
                hooks: Hooks | None = None) -> dict[str, Any]:
-    """Train `session` on this rank, validate, checkpoint, pack and evaluate; return summary.json's dict."""
+    """Train `session` on this rank, validate, checkpoint, pack and evaluate; return summary.json's dict.
+    Rank 0 holds the run folder's lock throughout (a direct `backend.train(...)` call takes it here)."""
+    with run_dir_held(run_dir, session.is_main):
+        return _train_loop(session, cfg, run_dir, resume, hooks)
+
+
+def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, hooks: Hooks | None) -> dict[str, Any]:
     from shared.core.finish import finish_run
     from shared.data.dataset import open_dataset
 

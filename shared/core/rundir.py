@@ -21,7 +21,8 @@ second process gets. The kernel drops the lock when its process dies, so a
 lock file left by a dead process is simply taken over. A folder that already
 holds a run (`existing_run_files`) is refused unless the caller resumes it or
 asks to overwrite it (`--overwrite` removes the old run's files first, so no
-log or metric of the old run mixes with the new one).
+log or metric of the old run mixes with the new one). The training loop takes
+the same lock (`run_dir_held`) when a trainer is called directly from Python.
 """
 
 from __future__ import annotations
@@ -158,10 +159,21 @@ def save_train_state(run_dir: Path, tensors: dict[str, np.ndarray], state: dict[
     return save_tensors(run_dir / TRAIN_STATE, tensors, {"state": json.dumps(state, sort_keys=True)})
 
 
+STATE_KEYS = ("backend", "config", "step")
+
+
 def load_train_state(run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    tensors, meta = load_tensors(run_dir / TRAIN_STATE)
+    path = run_dir / TRAIN_STATE
+    tensors, meta = load_tensors(path)
     tensors.pop("__empty__", None)
-    return tensors, json.loads(meta["state"])
+    try:
+        state = json.loads((meta or {})["state"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        state = None
+    if not isinstance(state, dict):
+        raise PgolfError(f"{path} holds no readable resume state: it was not written by `pgolf train`; "
+                         "start a new run with --out")
+    return tensors, state
 
 
 MODEL_PREFIX = "model/"
@@ -187,6 +199,9 @@ def load_resume_state(run_dir: Path, cfg: Config, backend: str
         raise PgolfError(f"{where} not found: nothing to resume in {run_dir} (no checkpoint was saved yet?); "
                          "start a new run with --out")
     tensors, st = load_train_state(run_dir)
+    if missing := [k for k in STATE_KEYS if k not in st]:
+        raise PgolfError(f"{where} lacks {', '.join(missing)} in its resume state: it was not written by "
+                         "`pgolf train`; start a new run with --out")
     if st.get("backend") != backend:
         raise PgolfError(f"{where} was written by the {st.get('backend')} backend: resume it with "
                          f"--backend {st.get('backend')} (optimizer state does not carry across backends)")
@@ -328,17 +343,24 @@ def _lock_holder(lock: Path) -> str:
     return f"process {text}" if text.isdigit() else "another process"
 
 
+# The run folders this process holds (resolved path -> claim): the loop does not claim them twice.
+_HELD: dict[Path, RunClaim] = {}
+
+
 class RunClaim:
     """An exclusive claim on a run folder; `release()` (or leaving the `with` block) gives it up."""
 
     def __init__(self, path: Path, fd: int | None):
         self.path, self._fd = path, fd
+        _HELD[path.resolve()] = self
 
     @property
     def lock_file(self) -> Path:
         return self.path / LOCK
 
     def release(self) -> None:
+        if _HELD.get(self.path.resolve()) is self:
+            del _HELD[self.path.resolve()]
         if self._fd is None:  # the PID fallback: remove the file while it still names us
             with contextlib.suppress(OSError):
                 if self.lock_file.read_text(encoding="utf-8").strip() == str(os.getpid()):
@@ -449,6 +471,18 @@ def claim_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool = F
         claim.release()
         raise
     return claim
+
+
+@contextlib.contextmanager
+def run_dir_held(path: str | Path, is_main: bool = True):
+    """`claim_run_dir`'s lock for a trainer called from Python too, unless this process (or its
+    launcher) holds it or this rank does not write; only the lock (--resume/--overwrite are the CLI's)."""
+    path = Path(path)
+    if not is_main or path.resolve() in _HELD or inherited_claim(path):
+        yield
+        return
+    with claim_run_dir(path, resume=True):
+        yield
 
 
 def _pid_lock(lock: Path) -> int:

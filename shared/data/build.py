@@ -252,6 +252,12 @@ def _scan(docs: Iterable[str], val_docs: int) -> tuple[int, int]:
     return n, chars
 
 
+def check_vocab(vocab: int, kind: str = "sp", tokenizer: Path | None = None) -> None:
+    """A SentencePiece vocabulary a build can train: above the 260 fixed pieces, at most uint16's range."""
+    if kind == "sp" and tokenizer is None and not 260 < vocab <= 65536:
+        raise PgolfError(f"--vocab {vocab}: must be above 260 (256 byte pieces + 4 specials) and at most 65536")
+
+
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -285,12 +291,11 @@ def build_dataset(
         raise PgolfError(f"--kind {kind!r}: expected sp (SentencePiece BPE) or byte (byte260)")
     if kind == "byte" and transform != "none":
         raise PgolfError("--transform caseops needs a SentencePiece tokenizer (--kind sp): byte260 has no operator ids")
+    check_vocab(vocab, kind, tokenizer)  # before the documents are read: a bad flag costs nothing
     n_docs, train_chars = _scan(docs, val_docs)
     if not 1 <= val_docs < n_docs:
         raise PgolfError(f"--val-docs {val_docs}: need at least 1 validation document and 1 training document "
                          f"({n_docs} documents found)")
-    if kind == "sp" and tokenizer is None and not 260 < vocab <= 65536:
-        raise PgolfError(f"--vocab {vocab}: must be above 260 (256 byte pieces + 4 specials) and at most 65536")
     data_dir, tok_path = dataset_paths(out, name, vocab, transform, kind)
 
     if kind == "byte":

@@ -70,21 +70,10 @@ def resolve_repo(variant: str, repo: str | None = None, remote_root: str | None 
 
 
 def _fetch(repo: str, remote_path: str, out: Path, endpoint: str | None) -> Path:
-    """Download one repo file into the staging folder; returns the staged path."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+    """Download one repo file into the staging folder; returns the staged path (failures: shared/data/hub.py)."""
+    from shared.data.hub import fetch
 
-    try:
-        return Path(hf_hub_download(repo_id=repo, filename=remote_path, repo_type="dataset",
-                                    local_dir=out / STAGING, endpoint=endpoint))
-    except EntryNotFoundError:
-        raise PgolfError(f"{remote_path} is not in the dataset repo {repo} at {endpoint or 'huggingface.co'}") from None
-    except RepositoryNotFoundError:
-        raise PgolfError(f"dataset repo {repo} not found at {endpoint or 'huggingface.co'}") from None
-    except (HfHubHTTPError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PgolfError(f"downloading {remote_path} from {endpoint or 'huggingface.co'} failed ({first}); "
-                         "run the command again to resume") from None
+    return fetch(repo, remote_path, out / STAGING, endpoint)
 
 
 def _place(staged: Path, dest: Path) -> Path:
@@ -104,13 +93,11 @@ def _shard_complete(path: Path) -> bool:
 
 
 def _entry(manifest: dict, key: str, name: str, where: str) -> dict:
-    entries = manifest.get(key)
-    if not isinstance(entries, list):
-        raise PgolfError(f"{where}: no `{key}` list; is this the parameter-golf export?")
+    entries = manifest[key]  # a list of objects with a string `name`: _check_shape saw to it
     for entry in entries:
-        if isinstance(entry, dict) and entry.get("name") == name:
+        if entry["name"] == name:
             return entry
-    names = sorted(str(e.get("name")) for e in entries if isinstance(e, dict))
+    names = sorted(e["name"] for e in entries)
     hint = ""
     if key == "datasets":
         variant = name.removeprefix("fineweb10B_")
@@ -119,6 +106,74 @@ def _entry(manifest: dict, key: str, name: str, where: str) -> dict:
         else:
             hint = "; pass --repo-id for a repo that has it"
     raise PgolfError(f"{where}: no {key[:-1]} named {name!r} (it has: {', '.join(names) or 'none'}){hint}")
+
+
+def _kind(value) -> str:
+    """How a JSON value reads in an error: `a list`, `a string "x"`, `nothing`."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, str):
+        return f"a string {value[:40]!r}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    return {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+
+
+def _shape_error(where: str, field: str, expected: str, found) -> PgolfError:
+    return PgolfError(f"manifest {where} has the wrong shape: expected {field} to be {expected}, "
+                      f"found {_kind(found)}; is this a parameter-golf export (--repo-id, --remote-root)?")
+
+
+def _check_shape(manifest, variant: str, where: str) -> None:
+    """The remote manifest is the shape the code below indexes into, or one line saying where it is not.
+
+    Checked before anything is placed: a wrong manifest never replaces a good local one.
+    """
+    if not isinstance(manifest, dict):
+        raise _shape_error(where, "the file", "an object with `datasets` and `tokenizers` lists", manifest)
+    for key in ("datasets", "tokenizers"):
+        entries = manifest.get(key)
+        if not isinstance(entries, list):
+            raise _shape_error(where, f"`{key}`", "a list of objects", entries)
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                found = entry.get("name") if isinstance(entry, dict) else entry
+                raise _shape_error(where, f"`{key}[{i}].name`" if isinstance(entry, dict) else f"`{key}[{i}]`",
+                                   "a string" if isinstance(entry, dict) else "an object with a `name`", found)
+    name = f"fineweb10B_{variant}"
+    dataset = next((d for d in manifest["datasets"] if d["name"] == name), None)
+    if dataset is None:
+        return  # _entry names what the repo has instead
+    field = f"`{name}`"
+    stats = dataset.get("stats")
+    if not isinstance(stats, dict):
+        raise _shape_error(where, f"{field}.stats", "an object with files_train and files_val", stats)
+    for key in ("files_train", "files_val"):
+        n = stats.get(key)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise _shape_error(where, f"{field}.stats.{key}", "a count (an integer, 0 or more)", n)
+    if not isinstance(dataset.get("tokenizer_name"), str):
+        raise _shape_error(where, f"{field}.tokenizer_name", "a string", dataset.get("tokenizer_name"))
+    files = dataset.get("files", [])
+    if not isinstance(files, list):
+        raise _shape_error(where, f"{field}.files", "a list of {name, bytes, sha256} objects", files)
+    for i, entry in enumerate(files):
+        if not isinstance(entry, dict):
+            raise _shape_error(where, f"{field}.files[{i}]", "an object {name, bytes, sha256}", entry)
+        for key, ok, what in (("bytes", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                               "a byte count"), ("sha256", lambda v: isinstance(v, str), "a hex string"),
+                              ("name", lambda v: isinstance(v, str), "a file name")):
+            if entry.get(key) is not None and not ok(entry[key]):
+                raise _shape_error(where, f"{field}.files[{i}].{key}", what, entry[key])
+    sha = dataset.get("sha256", {})
+    if not isinstance(sha, dict) or not all(isinstance(v, str) for v in sha.values()):
+        raise _shape_error(where, f"{field}.sha256", "an object of file name -> hex string", sha)
+    tokenizer = next((t for t in manifest["tokenizers"] if t["name"] == dataset["tokenizer_name"]), None)
+    for key in ("model_path", "vocab_path", "path", "sha256"):
+        if tokenizer is not None and tokenizer.get(key) is not None and not isinstance(tokenizer[key], str):
+            raise _shape_error(where, f"tokenizer `{tokenizer['name']}`.{key}", "a string", tokenizer[key])
 
 
 def _expected(dataset: dict) -> dict[str, dict]:
@@ -134,16 +189,20 @@ def _expected(dataset: dict) -> dict[str, dict]:
     return out
 
 
-def _verify(path: Path, want: dict | None, where: str) -> None:
-    """Size and sha256 against the remote manifest, when it gives them; a one-line error naming the file."""
+def _verify(path: Path, want: dict | None, where: str, dest: Path | None = None) -> None:
+    """Size and sha256 against the remote manifest, when it gives them; a one-line error naming the file.
+
+    `path` is what is checked (a staged download, or a local copy); `dest` is where it goes, named in the error.
+    """
     if not want:
         return
-    if want.get("bytes") is not None and path.stat().st_size != int(want["bytes"]):
-        raise PgolfError(f"{path} has {path.stat().st_size} bytes but {where} promises {want['bytes']}: "
-                         "delete it and download again")
-    if want.get("sha256") and sha256_file(path) != str(want["sha256"]).lower():
-        raise PgolfError(f"{path} does not match the sha256 in {where} ({str(want['sha256'])[:12]}...): "
-                         "the transfer or the hub copy is damaged; delete it and download again")
+    dest = dest or path
+    if want.get("bytes") is not None and path.stat().st_size != want["bytes"]:
+        raise PgolfError(f"{dest} has {path.stat().st_size} bytes but {where} promises {want['bytes']}: "
+                         "the transfer or the hub copy is damaged; run the command again")
+    if want.get("sha256") and sha256_file(path) != want["sha256"].lower():
+        raise PgolfError(f"{dest} does not match the sha256 in {where} ({want['sha256'][:12]}...): "
+                         "the transfer or the hub copy is damaged; run the command again")
 
 
 def _complete(path: Path, want: dict | None, where: str) -> bool:
@@ -179,18 +238,21 @@ def download(variant: str, train_shards: int, out: str | Path = "data", repo: st
 
     remote_manifest = f"{prefix}manifest.json"
     where = f"{remote_manifest} of {repo}"
-    manifest_path = _place(_fetch(repo, remote_manifest, out, endpoint), out / "manifest.json")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    staged = _fetch(repo, remote_manifest, out, endpoint)
+    try:  # checked in the staging folder: a bad manifest never replaces a good local one
+        manifest = json.loads(staged.read_text(encoding="utf-8"))
+        _check_shape(manifest, variant, where)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PgolfError(f"{where} is not valid JSON ({e})") from None
+        staged.unlink(missing_ok=True)
+        raise PgolfError(f"manifest {where} is not valid JSON ({e})") from None
+    except PgolfError:
+        staged.unlink(missing_ok=True)
+        raise
+    _place(staged, out / "manifest.json")
     name = f"fineweb10B_{variant}"
     dataset = _entry(manifest, "datasets", name, where)
-    stats = dataset.get("stats") or {}
-    try:
-        n_train, n_val = int(stats["files_train"]), int(stats["files_val"])
-    except (KeyError, TypeError, ValueError):
-        raise PgolfError(f"{where}: dataset {name} lacks stats.files_train / stats.files_val") from None
+    stats = dataset["stats"]
+    n_train, n_val = stats["files_train"], stats["files_val"]
     if train_shards > n_train:
         raise PgolfError(f"--train-shards {train_shards}: {name} has only {n_train} train shards in {repo}")
     tokenizer = _entry(manifest, "tokenizers", str(dataset.get("tokenizer_name")), where)
@@ -210,13 +272,14 @@ def download(variant: str, train_shards: int, out: str | Path = "data", repo: st
           file=sys.stderr)
     with Progress(f"download {name}", total=len(todo), unit="files") as bar:
         for shard in todo:
-            dest = _place(_fetch(repo, f"{prefix}datasets/{name}/{shard}", out, endpoint), data_dir / shard)
-            try:
-                shard_count(dest)  # header and size, or a one-line error naming the file
-                _verify(dest, expected.get(shard), where)
+            staged = _fetch(repo, f"{prefix}datasets/{name}/{shard}", out, endpoint)
+            try:  # header, size and sha256 before the file goes where a reader would take it
+                shard_count(staged)
+                _verify(staged, expected.get(shard), where, data_dir / shard)
             except PgolfError:
-                dest.unlink()  # never leave a bad file where a reader would take it
+                staged.unlink(missing_ok=True)
                 raise
+            _place(staged, data_dir / shard)
             bar.update(1)
     tok_paths = []
     tok_sha = tokenizer.get("sha256")
@@ -224,8 +287,13 @@ def download(variant: str, train_shards: int, out: str | Path = "data", repo: st
         dest = out / "tokenizers" / Path(rel).name
         want = {"sha256": tok_sha} if (k == 0 and isinstance(tok_sha, str)) else None
         if not dest.is_file() or (want and sha256_file(dest) != tok_sha.lower()):
-            _place(_fetch(repo, f"{prefix}{rel}", out, endpoint), dest)
-            _verify(dest, want, where)
+            staged = _fetch(repo, f"{prefix}{rel}", out, endpoint)
+            try:
+                _verify(staged, want, where, dest)
+            except PgolfError:
+                staged.unlink(missing_ok=True)
+                raise
+            _place(staged, dest)
         tok_paths.append(dest)
 
     from shared.data.bpb import load_tokenizer

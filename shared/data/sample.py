@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.data.build import build_dataset
+from shared.data.build import build_dataset, check_vocab
 
 SAMPLE_NAME = "sample"
 SAMPLE_VOCAB = 1024
@@ -102,6 +102,7 @@ def build_sample(out: str | Path = "data/sample", vocab: int = SAMPLE_VOCAB, tra
     `vocab=8192, transform="caseops"` gives a small CaseOps dataset with its
     byte sidecar (`sample_sp8192_caseops/`); `kind="byte"` the byte260 layout.
     """
+    check_vocab(vocab, kind)  # before the documents are gathered
     docs = stdlib_documents()
     order = np.random.default_rng(SEED).permutation(len(docs))
     docs = [docs[i] for i in order]
