@@ -15,8 +15,8 @@
   of `lora_chunk` targets with up to `context` tokens of its own context:
   (1) score the chunk, (2) settle, (3) one Adam step on that row's adapters.
   Adapters reset per batch of documents; optionally, after every
-  `lora_phase_docs` documents, one epoch of global SGD on the documents
-  already scored updates the base model (`lora_phases` times).
+  `lora_phase_docs` documents (in stream order), one epoch of global SGD on
+  the documents already scored updates the base model (`lora_phases` times).
 
 Legal by construction: scores go into the `Ledger` (one record per target),
 and updates take their tokens only from `Ledger.scored_tokens`, which refuses
@@ -172,32 +172,38 @@ def lora_init(m: ModelConfig, e: EvalConfig) -> dict[str, np.ndarray]:
 
 
 def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, context: int, bos: int) -> None:
-    """Score-first per-document LoRA: score a chunk of every document in the batch, then one adapter step."""
+    """Score-first per-document LoRA: score a chunk of every document in the batch, then one adapter step.
+
+    Documents go in groups of `lora_phase_docs` consecutive documents (all of them when there are no
+    phases); a global SGD phase runs only between groups, on documents already scored, so it reaches
+    only documents that come later in the stream. Within a group documents are sorted by length (their
+    adapters are reset per batch, so their order changes nothing); without `lora_reset` the adapters
+    carry over, and the documents keep their stream order."""
     docs = documents(ledger.tokens, ledger.lo, ledger.hi, bos)
-    order = sorted(range(len(docs)), key=lambda i: (docs[i][1] - docs[i][0], i))  # batched by length
-    batches = [[docs[i] for i in order[s : s + e.lora_docs]] for s in range(0, len(order), e.lora_docs)]
     if e.lora_phases and session.world_size > 1:
-        raise PgolfError("eval.lora_phases (global SGD between document batches) runs on one process only: "
+        raise PgolfError("eval.lora_phases (global SGD between document groups) runs on one process only: "
                          "evaluate with --nproc 1 or set eval.lora_phases = 0")
-    mine = batches[session.rank :: session.world_size]  # documents are independent: deal batches to ranks
+    size = e.lora_phase_docs if e.lora_phases else len(docs)
+    groups = [docs[s : s + size] for s in range(0, len(docs), size)]
     a_init = lora_init(m, e)
     session.lora_begin(a_init, e.lora_alpha / e.lora_rank)
-    scored_docs: list[tuple[int, int]] = []
-    phases_done = 0
-    for batch in mine:
+    scored: list[tuple[int, int]] = []
+    for g, group in enumerate(groups):
         if e.lora_reset:
-            session.lora_reset()
-        lora_batch(session, ledger, e, context, batch)
-        scored_docs += batch
-        if phases_done < e.lora_phases and len(scored_docs) >= e.lora_phase_docs * (phases_done + 1):
-            session.lora_end()  # the base model trains without adapters
-            phase_seq = np.concatenate([ledger.scored_tokens(s, t) for s, t in scored_docs])
-            rows = max(1, e.batch_tokens // context)
+            group = sorted(group, key=lambda d: d[1] - d[0])   # batched by length
+        batches = [group[s : s + e.lora_docs] for s in range(0, len(group), e.lora_docs)]
+        for batch in batches[session.rank :: session.world_size]:   # documents are independent: deal to ranks
+            if e.lora_reset:
+                session.lora_reset()
+            lora_batch(session, ledger, e, context, batch)
+            scored += batch
+        if g < min(e.lora_phases, len(groups) - 1):   # a phase after group g, never after the last
+            session.lora_end()   # the base model trains without adapters
+            seq = np.concatenate([ledger.scored_tokens(s, t) for s, t in scored])
             session.sgd_begin(e.ttt_momentum)
-            sgd_epochs(session, phase_seq, context, rows, 1, lambda k, n: e.lora_phase_lr * cosine(k, n),
-                       e.ttt_grad_clip)
+            sgd_epochs(session, seq, context, max(1, e.batch_tokens // context), 1,
+                       lambda k, n: e.lora_phase_lr * cosine(k, n), e.ttt_grad_clip)
             session.sgd_end()
-            phases_done += 1
             session.lora_begin(a_init, e.lora_alpha / e.lora_rank)
     session.lora_end()
 
