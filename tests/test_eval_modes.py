@@ -119,3 +119,21 @@ def test_cli_eval_reports_mode_and_seconds(tiny_data, tiny, tmp_path):
         assert out[mode]["eval_seconds"] > 0 and out[mode]["tokens"] == 512
     assert [out[m]["eval_mode"] for m in out] == ["flat", "sliding", "ttt-sgd"]
     assert out["sliding"]["bytes"] == out["flat"]["bytes"] and out["sliding"]["val_bpb"] != out["flat"]["val_bpb"]
+
+
+def test_train_finishes_with_the_configured_mode(tiny_data, tmp_path):
+    """The end of `pgolf train`: q_val_* in eval.mode (here sliding), val_* flat, eval_seconds and the
+    share of the 600 s budget in the log."""
+    pytest.importorskip("mlx.core")
+    from shared.core.backends import get_backend
+
+    cfg = tiny_config(iterations=2)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)),
+                  eval=replace(cfg.eval, mode="sliding", stride=16)).validate()
+    summary = get_backend("mlx").train(cfg, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["eval_mode"] == "sliding" and saved["eval_seconds"] > 0
+    assert saved["q_val_bpb"] == summary["q_val_bpb"] and saved["eval_tokens"] == 2048
+    assert saved["q_val_bpb"] != saved["val_bpb"]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "evaluation (sliding):" in log and "of the challenge's 600 s evaluation budget" in log
