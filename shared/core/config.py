@@ -312,8 +312,8 @@ class EvalConfig(_Section):
     stride: int = 32                 # sliding: each window scores its last `stride` targets (records: 64)
     ttt: str = "sgd"                 # ttt flavour: sgd (chunked full-model SGD) | lora (per-document LoRA)
     # chunked full-model SGD (records: 32768 tokens, lr 0.002-0.005, momentum 0.9, 3 epochs, clip 1.0)
-    ttt_chunk_tokens: int = 8192     # score a chunk, then train on it; the last chunk is never trained
-    ttt_lr: float = 0.003            # peak SGD LR, cosine-decayed over the chunks
+    ttt_chunk_tokens: int = 2048     # score a chunk, then train on it; the last chunk is never trained
+    ttt_lr: float = 0.01             # peak SGD LR, cosine-decayed over the chunks
     ttt_momentum: float = 0.9
     ttt_epochs: int = 3              # passes over each scored chunk
     ttt_grad_clip: float = 1.0       # global grad-norm clip (0 = off)
