@@ -83,7 +83,8 @@ def causality_violations(backend, setup, mode, t: int) -> int:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", list(MODES))
 def test_no_score_depends_on_a_later_token(setup, backend, mode):
-    for t in (300, 700):   # inside a chunk / document, after at least one update
+    # inside a chunk / document, after at least one update (torch, slower on a CPU: the later one only)
+    for t in (300, 700) if backend == "mlx" else (700,):
         assert causality_violations(backend, setup, mode, t) == 0
 
 

@@ -34,7 +34,8 @@ from shared.core.config import Config
 BPB_TOL = 1e-4          # absolute, in bits per byte
 FORWARD_TOL = 1e-5      # relative
 TRAIN_TOL = 1e-4        # relative, at every step
-TTT_TOL = 1e-4          # absolute, bits per byte, after test-time training (measured: <= 1e-6, BENCHMARKS.md)
+TTT_TOL = 1e-5          # absolute, bits per byte, after test-time training: float-order differences go through
+                        # the updates (measured 1.4e-8 for TTT-SGD on the small.toml checkpoint, 4e-8 for LoRA: BENCHMARKS.md)
 WEIGHT_TOL = 1e-4       # ||a - b|| / ||a|| per tensor after the steps (Frobenius: Adam turns fp32 rounding
                         # of near-zero gradients into single entries moved by ~lr, so not a max-abs rule)
 
