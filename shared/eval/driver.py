@@ -52,11 +52,6 @@ class Evaluation:
     seconds: float
     ledger: Ledger | None = None   # per-target scores (None for flat)
 
-    def describe(self) -> str:
-        share = 100.0 * self.seconds / EVAL_BUDGET_S
-        return (f"eval ({self.mode}): val_bpb {self.result.val_bpb:.4f} on {self.result.tokens:,} tokens in "
-                f"{self.seconds:.1f}s, {share:.1f}% of the {EVAL_BUDGET_S:.0f} s evaluation budget on this machine")
-
 
 def mode_name(e: EvalConfig) -> str:
     return f"ttt-{e.ttt}" if e.mode == "ttt" else e.mode
