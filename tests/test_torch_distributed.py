@@ -125,7 +125,7 @@ def test_record_evaluation_is_the_same_on_two_ranks(tiny_data, tmp_path):
     artifact = write_artifact(tmp_path / "model.pgz", pack(params, cfg))
     modes = [{"mode": "sliding", "stride": 16},
              {"mode": "ttt", "ttt": "sgd", "ttt_chunk_tokens": 256, "ttt_lr": 0.02, "stride": 32},
-             {"mode": "ttt", "ttt": "lora", "lora_docs": 2, "lora_chunk": 32, "lora_rank": 2, "lora_alpha": 2.0}]
+             {"mode": "ttt", "ttt": "lora", "lora_docs": 1, "lora_chunk": 32, "lora_rank": 2, "lora_alpha": 2.0}]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PGOLF_PG_TIMEOUT_S": "60"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "tests.eval_entry", str(artifact), str(tiny_data.data_dir), str(tiny_data.tokenizer),
