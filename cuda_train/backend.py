@@ -53,6 +53,10 @@ def evaluate(params: dict[str, np.ndarray], cfg: Config, val_tokens: np.ndarray,
     """Validation totals of `params`; with world_size > 1 each rank scores its share and the totals are summed."""
     s = TorchSession(cfg, runtime.init(), training=False)
     s.load_weights(params)
+    if cfg.eval.mode != "flat":  # sliding / TTT: the shared driver (shards by the session's own rank)
+        from shared.eval.driver import run_eval
+
+        return run_eval(s, cfg, val_tokens, tables).result
     return s.evaluate(val_tokens, tables, rank=rank, world_size=world_size)
 
 

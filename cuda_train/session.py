@@ -21,16 +21,19 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from cuda_train import runtime
+from cuda_train import lora, runtime
 from cuda_train.model import GPT, export_params, load_params
 from cuda_train.optim import Optimizers
 from shared.core.config import Config
 from shared.data.bpb import ByteTables, EvalResult
 from shared.data.shards import chunk_count, val_batches
 from shared.errors import PgolfError
+
+ADAM_BETA2, ADAM_EPS = 0.99, 1e-8  # the adapters' Adam (beta1 = 0, #1855), the same in mlx_train/session.py
 
 RNG_KEY = "rng/torch_cpu"  # the CPU generator's state among the optimizer tensors (dropout-free, but seeded)
 EMA_PREFIX = "ema/"        # the EMA of the weights among the optimizer tensors
@@ -182,12 +185,112 @@ class TorchSession:
         return EvalResult(n, int(round(tok)), int(round(by)))
 
     def evaluate_params(self, params: dict[str, np.ndarray], val_tokens: np.ndarray, tables: ByteTables) -> EvalResult:
+        """`params` evaluated as `eval.mode` says (sliding/TTT on a separate evaluation session: TTT changes weights)."""
+        if self.cfg.eval.mode != "flat":
+            from shared.eval.driver import run_eval
+
+            ev = TorchSession(self.cfg, self.rt, training=False)
+            ev.load_weights(params)
+            return run_eval(ev, self.cfg, val_tokens, tables).result
         live = [p.detach().clone() for p in self.model.parameters()]
         load_params(self.model, params)
         try:
             return self._evaluate(val_tokens, tables, None, None)
         finally:
             self._copy_into_model(live)
+
+    # -- evaluation primitives (shared/eval/driver.py decides the order; these only compute)
+    @torch.no_grad()
+    def token_nats(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """float64 [rows, T]: -log softmax over the whole vocabulary at each target (no gradient);
+        with LoRA on, row r runs through adapter r."""
+        was = self.model.training
+        self.model.eval()
+        xt, yt = to_device((x, y), self.rt.device)
+        with autocast(self.rt.device, self.dtype):
+            logits = self.model.logits(xt)
+        nats = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), reduction="none")
+        self.model.train(was)
+        return nats.view(y.shape).double().cpu().numpy()
+
+    def all_reduce_sum(self, values: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.asarray(values, dtype=np.float64).copy()).to(self.rt.device)
+        return self.rt.all_reduce(t, "sum").cpu().numpy()
+
+    def _reduced_grads(self, params: list[Tensor]) -> list[Tensor]:
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        if self.world_size > 1:  # one flat all-reduce: the gradient of the loss summed over all ranks' rows
+            flat = self.rt.all_reduce(torch.cat([g.flatten() for g in grads]), "sum")
+            grads = list(torch.split(flat, [g.numel() for g in grads]))
+            grads = [g.view_as(p) for g, p in zip(grads, params, strict=True)]
+        return grads
+
+    def sgd_begin(self, momentum: float) -> None:
+        """Fresh momentum buffers for test-time SGD on every weight."""
+        self._sgd = (momentum, [torch.zeros_like(p) for p in self.model.parameters()])
+
+    def sgd_step(self, x: np.ndarray, y: np.ndarray, lr: float, clip: float, denom: int) -> None:
+        """One SGD step (torch-style momentum, global-norm clip) on sum(nats) / denom over all ranks' rows;
+        this rank's rows may be none."""
+        momentum, bufs = self._sgd
+        params = list(self.model.parameters())
+        for p in params:
+            p.grad = None
+        if x.size:
+            xt, yt = to_device((x, y), self.rt.device)
+            with autocast(self.rt.device, self.dtype):
+                loss = self.model(xt, yt, reduction="sum")
+            (loss.float() / denom).backward()
+        with torch.no_grad():
+            grads = self._reduced_grads(params)
+            if clip > 0:
+                norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item()
+                if norm > clip:
+                    grads = [g * (clip / (norm + 1e-6)) for g in grads]
+            for p, g, b in zip(params, grads, bufs, strict=True):
+                b.mul_(momentum).add_(g)
+                p.sub_(lr * b)
+                p.grad = None
+
+    def sgd_end(self) -> None:
+        self._sgd = None
+
+    def lora_begin(self, a_init: dict[str, np.ndarray], scale: float) -> None:
+        """Adapters on the named projections, one per input row (A from `a_init`, B zero), fresh Adam state."""
+        self._lora_names = list(a_init)
+        self._lora = lora.install(self.model, a_init, scale, self.rt.device)
+        self.lora_reset()
+
+    def lora_reset(self) -> None:
+        for m in self._lora:
+            m.reset()
+        self._lora_v = [torch.zeros_like(t) for m in self._lora for t in (m.a, m.b)]
+        self._lora_t = 0
+
+    def lora_step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, lr: float, wd: float) -> None:
+        """One Adam step (betas (0, 0.99), decoupled wd) on the adapters; each row's loss is the mean of
+        its masked nats, rows summed, so every document's adapter sees only its own tokens."""
+        tensors = [t for m in self._lora for t in (m.a, m.b)]
+        for t in tensors:
+            t.grad = None
+        xt, yt = to_device((x, y), self.rt.device)
+        mt = torch.from_numpy(np.asarray(mask, dtype=np.float32)).to(self.rt.device)
+        with autocast(self.rt.device, self.dtype):
+            logits = self.model.logits(xt)
+        nats = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), reduction="none").view(mt.shape)
+        loss = ((nats * mt).sum(1) / mt.sum(1).clamp(min=1.0)).sum()
+        grads = torch.autograd.grad(loss, tensors)
+        self._lora_t += 1
+        correction = 1.0 - ADAM_BETA2 ** self._lora_t
+        with torch.no_grad():
+            for t, g, v in zip(tensors, grads, self._lora_v, strict=True):
+                v.mul_(ADAM_BETA2).addcmul_(g, g, value=1.0 - ADAM_BETA2)
+                t.mul_(1.0 - lr * wd)
+                t.sub_(lr * g / (torch.sqrt(v / correction) + ADAM_EPS))
+
+    def lora_end(self) -> None:
+        lora.uninstall(self.model, self._lora_names)
+        self._lora = []
 
     def collect_hessians(self, params: dict[str, np.ndarray], x: np.ndarray, show_progress: bool) -> dict:
         from cuda_train.calibrate import collect_hessians

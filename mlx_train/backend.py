@@ -42,8 +42,10 @@ def evaluate(params: dict[str, np.ndarray], cfg: Config, val_tokens: np.ndarray,
     """Validation totals of these weights (single process: this rank's share is the total)."""
     if world_size != 1:
         raise PgolfError("the MLX backend evaluates in one process (world_size=1)")
+    from shared.eval.driver import run_eval
+
     check_params(params, cfg.model, "weights")
-    return session_from(cfg, params).evaluate(val_tokens, tables)
+    return run_eval(session_from(cfg, params), cfg, val_tokens, tables).result  # flat, sliding or TTT
 
 
 def export_params(params: dict[str, np.ndarray], cfg: Config) -> dict[str, np.ndarray]:

@@ -23,9 +23,11 @@ from typing import Any
 from mlx_train import runtime  # noqa: F401  (before mlx.core: loads the Linux BLAS shim)
 # isort: on
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_unflatten
 
+from mlx_train import lora
 from mlx_train.model import GPT, flat_params, load_params, to_numpy
 from mlx_train.optim import MuonAdam, init_state
 from shared.core.config import Config
@@ -34,6 +36,7 @@ from shared.data.shards import chunk_count, val_batches
 from shared.errors import PgolfError
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
+ADAM_BETA2, ADAM_EPS = 0.99, 1e-8  # the adapters' Adam (beta1 = 0, #1855), the same in cuda_train/session.py
 STEP_KEY = "step"  # the optimizer's step counter among the state tensors
 EMA_PREFIX = "ema/"  # the EMA of the weights among the state tensors
 
@@ -143,8 +146,95 @@ class MLXSession:
         return total
 
     def evaluate_params(self, params: dict[str, np.ndarray], val_tokens: np.ndarray, tables: ByteTables) -> EvalResult:
-        return session_from(replace(self.cfg, train=replace(self.cfg.train, ema_decay=0.0)), params,
-                            self.dtype).evaluate(val_tokens, tables)
+        """`params` evaluated as `eval.mode` says, on a separate evaluation session (TTT changes weights)."""
+        from shared.eval.driver import run_eval
+
+        ev = session_from(replace(self.cfg, train=replace(self.cfg.train, ema_decay=0.0)), params, self.dtype)
+        return run_eval(ev, self.cfg, val_tokens, tables).result
+
+    # -- evaluation primitives (shared/eval/driver.py decides the order; these only compute)
+    def _sync_model(self) -> None:
+        self.model.update(tree_unflatten(list(self.params.items())))
+
+    def token_nats(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """float64 [rows, T]: -log softmax over the whole vocabulary at each target (no gradient);
+        with LoRA on, row r runs through adapter r."""
+        self._sync_model()
+        logits = self.model.logits(mx.array(x))
+        nats = nn.losses.cross_entropy(logits.astype(mx.float32), mx.array(y), reduction="none")
+        return np.array(nats).astype(np.float64)
+
+    def all_reduce_sum(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, dtype=np.float64)  # one process
+
+    def sgd_begin(self, momentum: float) -> None:
+        """Fresh momentum buffers for test-time SGD on every weight."""
+        self._sgd = (momentum, {k: mx.zeros(p.shape, dtype=mx.float32) for k, p in self.params.items()})
+
+    def sgd_step(self, x: np.ndarray, y: np.ndarray, lr: float, clip: float, denom: int) -> None:
+        """One SGD step (torch-style momentum, global-norm clip) on sum(nats) / denom."""
+        momentum, bufs = self._sgd
+
+        def loss_fn(params, x, y):
+            self.model.update(tree_unflatten(list(params.items())))
+            return self.model(x, y, reduction="sum")
+
+        _, grads = mx.value_and_grad(loss_fn)(self.params, mx.array(x), mx.array(y))
+        grads = {k: g.astype(mx.float32) / denom for k, g in grads.items()}
+        if clip > 0:
+            norm = float(mx.sqrt(sum(mx.sum(g * g) for g in grads.values())))
+            if norm > clip:
+                grads = {k: g * (clip / (norm + 1e-6)) for k, g in grads.items()}
+        bufs = {k: momentum * bufs[k] + grads[k] for k in bufs}
+        self.params = {k: p - lr * bufs[k] for k, p in self.params.items()}
+        mx.eval(self.params, bufs)
+        self._sgd = (momentum, bufs)
+        self._sync_model()
+
+    def sgd_end(self) -> None:
+        self._sgd = None
+
+    def lora_begin(self, a_init: dict[str, np.ndarray], scale: float) -> None:
+        """Adapters on the named projections, one per input row (A from `a_init`, B zero), fresh Adam state."""
+        self._sync_model()
+        self._lora_names = list(a_init)
+        self._lora = lora.install(self.model, a_init, scale)
+        self.lora_reset()
+
+    def lora_reset(self) -> None:
+        for m in self._lora:
+            m.reset()
+        self._lora_v = [mx.zeros(t.shape) for m in self._lora for t in (m.a, m.b)]
+        self._lora_t = 0
+
+    def lora_step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, lr: float, wd: float) -> None:
+        """One Adam step (betas (0, 0.99), decoupled wd) on the adapters; each row's loss is the mean of
+        its masked nats, rows summed, so every document's adapter sees only its own tokens."""
+        mods = self._lora
+
+        def loss_fn(tensors, x, y, mask):
+            for i, m in enumerate(mods):
+                m.a, m.b = tensors[2 * i], tensors[2 * i + 1]
+            nats = nn.losses.cross_entropy(self.model.logits(x).astype(mx.float32), y, reduction="none")
+            return mx.sum(mx.sum(nats * mask, axis=1) / mx.maximum(mx.sum(mask, axis=1), 1.0))
+
+        tensors = [t for m in mods for t in (m.a, m.b)]
+        _, grads = mx.value_and_grad(loss_fn)(tensors, mx.array(x), mx.array(y), mx.array(mask.astype(np.float32)))
+        self._lora_t += 1
+        correction = 1.0 - ADAM_BETA2 ** self._lora_t
+        new, vs = [], []
+        for t, g, v in zip(tensors, grads, self._lora_v, strict=True):
+            v = ADAM_BETA2 * v + (1.0 - ADAM_BETA2) * g * g
+            new.append(t * (1.0 - lr * wd) - lr * g / (mx.sqrt(v / correction) + ADAM_EPS))
+            vs.append(v)
+        mx.eval(new, vs)
+        for i, m in enumerate(mods):
+            m.a, m.b = new[2 * i], new[2 * i + 1]
+        self._lora_v = vs
+
+    def lora_end(self) -> None:
+        lora.uninstall(self.model, self._lora_names)
+        self._lora = []
 
     def collect_hessians(self, params: dict[str, np.ndarray], x: np.ndarray, show_progress: bool) -> dict:
         from mlx_train.calibrate import collect_hessians

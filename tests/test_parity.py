@@ -168,3 +168,22 @@ def test_cli_parity_on_trained_checkpoint(trained_runs, tiny_data, backend, caps
     assert out["sha256_mlx"] == out["sha256_torch"]
     assert out["bpb_abs_diff"] <= 1e-4 and out["max_loss_rel_diff"] <= 1e-4
     assert abs(out["bpb_mlx"] - out["bpb_torch"]) == out["bpb_abs_diff"]
+
+
+@pytest.mark.slow
+def test_sliding_and_ttt_evaluations_agree(trained_runs, tiny_data):
+    """Check 6: sliding within 1e-4 BPB, both TTT flavours within TTT_TOL, same token and byte counts."""
+    from shared.core.backends import get_backend
+    from shared.tools.parity import TTT_TOL, ParityReport, eval_parity
+
+    params, cfg, _ = load_checkpoint(trained_runs / "mlx" / "checkpoint.safetensors")
+    cfg = replace(cfg, eval=replace(cfg.eval, max_tokens=1024, stride=16, ttt_chunk_tokens=256, ttt_lr=0.01,
+                                    lora_docs=2, lora_chunk=32, lora_rank=2, lora_alpha=2.0)).validate()
+    ds = open_dataset(tiny_data.data_dir, tiny_data.tokenizer, tiny_data.vocab_size)
+    rep = ParityReport()
+    eval_parity(rep, params, cfg, ds, (get_backend("mlx"), "mlx"), (get_backend("torch"), "torch"))
+    assert rep.ok, rep.failures()
+    assert [c.name for c in rep.checks] == ["sliding", "ttt_sgd", "ttt_lora"]
+    assert rep.figures["sliding_bpb_abs_diff"] <= 1e-4 and rep.figures["ttt_lora_bpb_abs_diff"] <= TTT_TOL
+    # each mode really is a different evaluation of the same weights
+    assert len({round(rep.figures[f"{m}_bpb_mlx"], 6) for m in ("sliding", "ttt_sgd", "ttt_lora")}) == 3

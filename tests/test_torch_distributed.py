@@ -106,3 +106,40 @@ def test_backend_train_launches_torchrun(tiny_data, tmp_path):
     summary = backend.train(cfg, tmp_path, nproc=2)
     assert summary["world_size"] == 2 and summary["steps"] == 3
     assert (tmp_path / "model.pgz").is_file()
+
+
+def test_record_evaluation_is_the_same_on_two_ranks(tiny_data, tmp_path):
+    """Sliding windows and both TTT flavours sharded over 2 gloo ranks, totals all-reduced: the same
+    nats, tokens and bytes as one process (TTT: the same gradient, summed over the ranks' rows)."""
+    from cuda_train.session import session_from
+    from shared.artifact.format import pack, read_artifact, write_artifact
+    from shared.core.spec import init_params
+    from shared.data.dataset import open_dataset
+    from shared.eval.driver import run_eval
+
+    cfg = tiny_config()
+    cfg = replace(cfg, eval=replace(cfg.eval, max_tokens=1024)).validate()
+    rng = np.random.default_rng(7)
+    params = {k: v + 0.05 * rng.standard_normal(v.shape).astype(np.float32)
+              for k, v in init_params(cfg.model, seed=7).items()}
+    artifact = write_artifact(tmp_path / "model.pgz", pack(params, cfg))
+    modes = [{"mode": "sliding", "stride": 16},
+             {"mode": "ttt", "ttt": "sgd", "ttt_chunk_tokens": 256, "ttt_lr": 0.02, "stride": 32},
+             {"mode": "ttt", "ttt": "lora", "lora_docs": 1, "lora_chunk": 32, "lora_rank": 2, "lora_alpha": 2.0}]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PGOLF_PG_TIMEOUT_S": "60"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "tests.eval_entry", str(artifact), str(tiny_data.data_dir), str(tiny_data.tokenizer),
+           *(json.dumps(m) for m in modes)]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert len(two) == 3
+    ds = open_dataset(tiny_data.data_dir, tiny_data.tokenizer, tiny_data.vocab_size)
+    _, q = read_artifact(artifact)
+    for m, r in zip(modes, two, strict=True):
+        c = replace(cfg, eval=replace(cfg.eval, **m)).validate()
+        one = run_eval(session_from(c, q), c, ds.val_tokens, ds.tables)
+        assert (r["tokens"], r["bytes"]) == (one.result.tokens, one.result.bytes) == (1024, one.result.bytes)
+        assert 0 < r["rank0_scored"] < r["tokens"]   # rank 0 scored only its share
+        tol = 1e-9 if m["mode"] == "sliding" else 1e-6
+        assert abs(r["bpb"] - one.result.val_bpb) < tol, (m, r["bpb"], one.result.val_bpb)

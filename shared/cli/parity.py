@@ -1,10 +1,11 @@
 """`pgolf parity`: prove that MLX and PyTorch agree on one checkpoint.
 
-    pgolf parity runs/small/checkpoint.safetensors [--data DIR --tokenizer MODEL] [--json]
+    pgolf parity runs/small/checkpoint.safetensors [--data DIR --tokenizer MODEL] [--modes] [--json]
 
 Runs the five checks of shared/tools/parity.py (export -> identical artifact bytes,
 artifact BPB, forward loss, twenty training steps, cross evaluation) in fp32
-on the CPU and exits 1 when one fails, naming it and by how much.
+on the CPU and exits 1 when one fails, naming it and by how much. `--modes`
+adds the sliding-window and both TTT evaluations (the checkpoint's [eval] knobs).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from shared.errors import PgolfError
 @click.option("--tokenizer", type=click.Path(), help="SentencePiece .model (overrides data.tokenizer)")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
 @click.option("--steps", type=int, default=20, show_default=True, help="training steps to compare")
+@click.option("--modes", is_flag=True, help="also compare sliding-window and both TTT evaluations (slower)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def parity(checkpoint, data, tokenizer, sets, steps, as_json) -> None:
+def parity(checkpoint, data, tokenizer, sets, steps, modes, as_json) -> None:
     """Check that both backends export, evaluate and train a checkpoint identically."""
     from shared.data.dataset import open_dataset
     from shared.tools.parity import run_parity
@@ -38,7 +40,7 @@ def parity(checkpoint, data, tokenizer, sets, steps, as_json) -> None:
         raise PgolfError(f"{checkpoint} has no embedded config: pass a checkpoint written by `pgolf train`")
     cfg = apply_overrides(with_data(cfg, data, tokenizer), sets)
     ds = open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size)
-    rep = run_parity(params, cfg, ds, steps=steps)
+    rep = run_parity(params, cfg, ds, steps=steps, modes=modes)
     if as_json:
         click.echo(json.dumps(rep.to_json(), sort_keys=True))
     else:

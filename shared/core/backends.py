@@ -39,7 +39,30 @@ class Session(Protocol):
     def evaluate(self, val_tokens: np.ndarray, tables: ByteTables) -> EvalResult:
         """Validation totals of the weights that get packed (the EMA when on), summed over ranks."""
     def evaluate_params(self, params: dict[str, np.ndarray], val_tokens: np.ndarray, tables: ByteTables) -> EvalResult:
-        """Validation totals of other weights (the packed artifact's), summed over ranks."""
+        """Validation totals of other weights (the packed artifact's), summed over ranks, scored as
+        `eval.mode` says (shared/eval/driver.py)."""
+    # Evaluation primitives: shared/eval/driver.py decides the order (score, record, only then update);
+    # a session evaluating sliding windows or TTT holds the weights under evaluation (`evaluate_params`
+    # builds a separate one: TTT changes its weights).
+    def token_nats(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """float64 [rows, T]: -log softmax over the whole vocabulary at each target, no gradient; with LoRA
+        on, row r runs through adapter r."""
+    def all_reduce_sum(self, values: np.ndarray) -> np.ndarray:
+        """float64 values summed over ranks (a collective; the identity in one process)."""
+    def sgd_begin(self, momentum: float) -> None:
+        """Fresh momentum buffers for test-time SGD on every weight."""
+    def sgd_step(self, x: np.ndarray, y: np.ndarray, lr: float, clip: float, denom: int) -> None:
+        """One SGD step on sum(nats of this rank's rows) / denom, gradients summed over ranks, clipped to a
+        global norm `clip` (0 = off), momentum as torch.optim.SGD; this rank's rows may be none."""
+    def sgd_end(self) -> None: ...
+    def lora_begin(self, a_init: dict[str, np.ndarray], scale: float) -> None:
+        """Adapters (A from `a_init` [rows, rank, in], B zero) on the named projections, one per input row."""
+    def lora_reset(self) -> None:
+        """A back to its draw, B to zero, Adam state cleared (a new batch of documents)."""
+    def lora_step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, lr: float, wd: float) -> None:
+        """One Adam step (betas (0, 0.99)) on the adapters; row r's loss: the mean of its masked nats."""
+    def lora_end(self) -> None:
+        """The plain projections back."""
     def collect_hessians(self, params: dict[str, np.ndarray], x: np.ndarray, show_progress: bool) -> dict:
         """GPTQ input Hessians of `params` on calibration tokens x (see calibrate.py)."""
     def load_weights(self, params: dict[str, np.ndarray]) -> None: ...

@@ -314,15 +314,70 @@ class QuantConfig(_Section):
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig(_Section):
-    """Validation: the whole split unless max_tokens says otherwise."""
+    """Validation: the whole split unless max_tokens says otherwise, scored the way `mode` says.
+
+    `flat` scores disjoint train.seq_len blocks (the reference; every periodic validation
+    during training is flat). `sliding` and `ttt` are the records' final evaluation
+    (shared/eval/, README "Evaluation"); the record values are in the comments. Defaults
+    suit configs/small.toml (seq_len 128) on a CPU."""
 
     max_tokens: int = 0              # 0 = whole validation split; otherwise the first N target tokens
     batch_tokens: int = 524288       # tokens per validation batch, all ranks together
+    mode: str = "flat"               # flat | sliding | ttt
+    context: int = 0                 # sliding/ttt window length in tokens (0 = train.seq_len; records: 2048)
+    stride: int = 32                 # sliding: each window scores its last `stride` targets (records: 64)
+    ttt: str = "sgd"                 # ttt flavour: sgd (chunked full-model SGD) | lora (per-document LoRA)
+    # chunked full-model SGD (records: 32768 tokens, lr 0.002-0.005, momentum 0.9, 3 epochs, clip 1.0)
+    ttt_chunk_tokens: int = 2048     # score a chunk, then train on it; the last chunk is never trained
+    ttt_lr: float = 0.01             # peak SGD LR, cosine-decayed over the chunks
+    ttt_momentum: float = 0.9
+    ttt_epochs: int = 3              # passes over each scored chunk
+    ttt_grad_clip: float = 1.0       # global grad-norm clip (0 = off)
+    ttt_cosine: bool = True          # cosine LR over chunks (false: constant ttt_lr)
+    # per-document LoRA (#1855: rank 80, alpha = rank, Adam lr 1e-4 betas (0, 0.99), 64 docs, chunk 48)
+    lora_rank: int = 8
+    lora_alpha: float = 8.0          # adapter output scale alpha / rank
+    lora_lr: float = 0.001           # Adam LR of the adapters, betas (0, 0.99)
+    lora_wd: float = 0.0             # decoupled weight decay of the adapters (records: 0.5)
+    lora_targets: str = "q,k,v,o,mlp"  # which projections get adapters: any of q, k, v, o, mlp
+    lora_docs: int = 16              # documents per batch (sorted by length, one per row)
+    lora_chunk: int = 32             # tokens scored per adapter step (records: 48)
+    lora_reset: bool = True          # adapters back to zero (B) for every document
+    lora_phases: int = 0             # global SGD phases: after every lora_phase_docs documents (0 = off; records: 3)
+    lora_phase_docs: int = 0         # documents scored between global phases (records: 833)
+    lora_phase_lr: float = 0.001     # global phase SGD LR (momentum ttt_momentum, cosine within the epoch)
 
     def validate(self) -> None:
         if self.max_tokens < 0 or self.batch_tokens < 1:
             raise PgolfError(f"eval.max_tokens must be >= 0 and eval.batch_tokens >= 1, got {self.max_tokens}, "
                              f"{self.batch_tokens}")
+        if self.mode not in ("flat", "sliding", "ttt"):
+            raise PgolfError(f"eval.mode = {self.mode!r}: choose flat, sliding or ttt")
+        if self.ttt not in ("sgd", "lora"):
+            raise PgolfError(f"eval.ttt = {self.ttt!r}: choose sgd or lora")
+        if self.context < 0 or self.stride < 1 or self.ttt_chunk_tokens < 1 or self.ttt_epochs < 0:
+            raise PgolfError("eval.context must be >= 0, eval.stride and eval.ttt_chunk_tokens >= 1, "
+                             "eval.ttt_epochs >= 0")
+        if self.context and self.stride > self.context:
+            raise PgolfError(f"eval.stride={self.stride} must not exceed eval.context={self.context}")
+        if min(self.ttt_lr, self.ttt_momentum, self.ttt_grad_clip, self.lora_lr, self.lora_wd,
+               self.lora_phase_lr) < 0 or self.ttt_momentum >= 1:
+            raise PgolfError("eval.ttt_lr, ttt_grad_clip, lora_lr, lora_wd, lora_phase_lr must be >= 0 and "
+                             "eval.ttt_momentum in [0, 1)")
+        if self.lora_rank < 1 or self.lora_docs < 1 or self.lora_chunk < 1 or self.lora_alpha <= 0:
+            raise PgolfError("eval.lora_rank, lora_docs and lora_chunk must be >= 1 and eval.lora_alpha > 0")
+        bad = [t for t in self.lora_target_list if t not in LORA_TARGETS]
+        if bad or not self.lora_target_list:
+            raise PgolfError(f"eval.lora_targets = {self.lora_targets!r}: a comma list of {', '.join(LORA_TARGETS)}")
+        if self.lora_phases < 0 or self.lora_phase_docs < 0 or (self.lora_phases and not self.lora_phase_docs):
+            raise PgolfError("eval.lora_phases needs eval.lora_phase_docs >= 1 (both >= 0)")
+
+    @property
+    def lora_target_list(self) -> list[str]:
+        return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+
+
+LORA_TARGETS = ("q", "k", "v", "o", "mlp")  # the projections a LoRA adapter can wrap (mlp = fc and proj)
 
 
 @dataclass(frozen=True, kw_only=True)

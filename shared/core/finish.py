@@ -4,8 +4,12 @@
 
 1. pack the float32 canonical weights with the shared packer (`shared.artifact.format`);
    rank 0 writes `model.pgz` atomically;
-2. unpack the same bytes and evaluate those weights with the session
-   (so `q_val_*` is exactly what `pgolf eval model.pgz` reports);
+2. unpack the same bytes and evaluate those weights with the session, in the
+   configured `eval.mode` (flat, sliding or TTT: shared/eval/driver.py), so
+   `q_val_*` is exactly what `pgolf eval model.pgz` reports; the clock of that
+   evaluation is `eval_seconds`, and the log gives its share of the challenge's
+   separate 600 s evaluation budget (on the machine it ran on). `val_*`, from
+   the training loop's last validation, is always flat;
 3. write `summary.json` (keys: `shared.core.rundir.SUMMARY_KEYS`, plus a few extras), after the
    log's closing lines in the challenge's format (`challenge_lines`: what `pgolf record check`
    and the challenge's reviewers read).
@@ -37,6 +41,7 @@ from shared.core.config import Config
 from shared.core.rundir import ARTIFACT, RunDir
 from shared.core.spec import check_finite, count_params
 from shared.errors import PgolfError
+from shared.eval.driver import EVAL_BUDGET_S, mode_name
 
 
 def finish_run(
@@ -69,9 +74,9 @@ def finish_run(
     # rank can evaluate them without waiting for a file; only rank 0 writes it.
     blob = artifact.pack(params, cfg, hessians=hessians, token_counts=counts)
     _, q_params = artifact.unpack(blob, source=str(run_dir.path / ARTIFACT))  # finite, or an error before writing
-    t_eval = time.perf_counter()
+    clock = time.perf_counter()
     q = session.evaluate_params(q_params, dataset.val_tokens, dataset.tables)
-    eval_seconds = time.perf_counter() - t_eval
+    eval_seconds = time.perf_counter() - clock
     for key, value in (("val_loss", stats["val_loss"]), ("val_bpb", stats["val_bpb"]),
                        ("q_val_loss", q.val_loss), ("q_val_bpb", q.val_bpb)):
         if not math.isfinite(float(value)):
@@ -98,11 +103,12 @@ def finish_run(
         "train_tokens": tokens,
         "train_seconds": seconds,
         "tokens_per_second": float(stats.get("tokens_per_second", tokens / seconds if seconds > 0 else 0.0)),
+        "eval_mode": mode_name(cfg.eval),
+        "eval_seconds": eval_seconds,
         "eval_tokens": q.tokens,
         "eval_bytes": q.bytes,
         "size_cap": SIZE_CAP,
         "within_cap": len(blob) + code <= SIZE_CAP,
-        "eval_seconds": eval_seconds,
     }
     for k, v in stats.items():  # trainer extras (world_size, compute dtype, ...) without clobbering
         summary.setdefault(k, v)
@@ -111,6 +117,9 @@ def finish_run(
         f"{len(blob) + code:,} of {SIZE_CAP:,} ({'within' if summary['within_cap'] else 'OVER'} the cap); "
         f"val_bpb {summary['val_bpb']:.4f} -> {q.val_bpb:.4f} after packing"
     )
+    run_dir.log(f"evaluation ({summary['eval_mode']}): {eval_seconds:.1f}s, "
+                f"{100 * eval_seconds / EVAL_BUDGET_S:.1f}% of the challenge's {EVAL_BUDGET_S:.0f} s evaluation "
+                "budget on this machine")
     for line in challenge_lines(cfg, summary):
         run_dir.log(line)
     run_dir.write_summary(summary)

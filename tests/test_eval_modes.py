@@ -1,0 +1,139 @@
+"""Sliding-window planning and the byte accounting of every eval.mode against the flat pass."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from shared.core.config import load_config
+from shared.core.spec import init_params
+from shared.data.dataset import open_dataset
+from shared.data.shards import val_token_count
+from shared.errors import PgolfError
+from shared.eval import driver
+from shared.eval.windows import documents, plan_windows, target_span
+
+
+@pytest.mark.parametrize("lo,hi,context,stride", [(1, 1000, 128, 32), (1, 50, 128, 32), (1, 129, 128, 128),
+                                                   (300, 777, 64, 7), (1, 2, 8, 1), (5, 500, 100, 100)])
+def test_windows_score_every_target_once_with_the_longest_context(lo, hi, context, stride):
+    seen = np.zeros(hi, dtype=int)
+    for w in plan_windows(lo, hi, context, stride):
+        assert 0 <= w.a < w.c <= w.b + 1 and w.length <= context
+        seen[w.c : w.b + 1] += 1
+        # every scored target sees the whole window before it: >= context - stride tokens, or all since token 0
+        assert w.c - 1 - w.a >= min(context - stride, w.c - 1) or w.a == 0
+    assert (seen[lo:hi] == 1).all() and seen[:lo].sum() == 0   # once each, the tail included
+
+
+def test_documents_tile_the_range():
+    tokens = np.array([1, 5, 6, 1, 7, 1, 1, 8, 9, 9])
+    docs = documents(tokens, 1, 10, bos=1)
+    assert docs == [(1, 4), (4, 6), (6, 7), (7, 10)]   # each ends by predicting the next BOS
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_data):
+    cfg = tiny_config()
+    ds = open_dataset(tiny_data.data_dir, tiny_data.tokenizer, tiny_data.vocab_size)
+    rng = np.random.default_rng(5)
+    params = {k: v + 0.05 * rng.standard_normal(v.shape).astype(np.float32)
+              for k, v in init_params(cfg.model, seed=5).items()}
+    return cfg, ds, params
+
+
+def evaluate(cfg, ds, params, tokens=None, **eval_keys):
+    pytest.importorskip("mlx.core")
+    from mlx_train.session import session_from
+
+    c = replace(cfg, eval=replace(cfg.eval, **eval_keys)).validate()
+    return driver.run_eval(session_from(c, params), c, ds.val_tokens if tokens is None else tokens, ds.tables)
+
+
+def test_sliding_scores_the_flat_tokens_and_bytes(tiny):
+    cfg, ds, params = tiny
+    flat = evaluate(cfg, ds, params).result
+    slide = evaluate(cfg, ds, params, mode="sliding", stride=16).result
+    assert (slide.tokens, slide.bytes) == (flat.tokens, flat.bytes)   # eval.max_tokens: the same targets
+    # stride = context = seq_len: the flat pass's very windows, so the same figure
+    same = evaluate(cfg, ds, params, mode="sliding", stride=cfg.train.seq_len).result
+    assert abs(same.val_bpb - flat.val_bpb) < 1e-5 and same.nats != 0   # flat sums in fp32 per batch
+
+
+def test_whole_split_sliding_adds_exactly_the_ragged_tail(tiny):
+    """Flat drops the last (len - 1) % seq_len targets (no whole sequence); sliding scores them too."""
+    cfg, ds, params = tiny
+    tokens = np.asarray(ds.val_tokens[: 64 * 9 + 23]).astype(np.int64)   # 9 sequences + a 22-target tail
+    flat = evaluate(cfg, ds, params, tokens, max_tokens=0).result
+    slide = evaluate(cfg, ds, params, tokens, max_tokens=0, mode="sliding", stride=16).result
+    n = val_token_count(tokens, cfg.train.seq_len)
+    assert flat.tokens == n == 576 and slide.tokens == tokens.size - 1 == n + 22
+    assert slide.bytes == flat.bytes + ds.tables.target_bytes(tokens, n + 1, tokens.size)
+    assert target_span(tokens, cfg.train.seq_len, 0) == (1, tokens.size)
+
+
+def test_ttt_improves_on_sliding_at_a_high_lr_on_repeated_text(tiny):
+    """TTT learns from what it scored: on text that repeats, later chunks score better than without."""
+    cfg, ds, params = tiny
+    base = np.asarray(ds.val_tokens[:257]).astype(np.int64)
+    tokens = np.concatenate([base, base[1:], base[1:], base[1:]])   # the same 256 tokens four times
+    keys = {"max_tokens": 0, "stride": 16}
+    slide = evaluate(cfg, ds, params, tokens, mode="sliding", **keys).result
+    sgd = evaluate(cfg, ds, params, tokens, mode="ttt", ttt_chunk_tokens=256, ttt_lr=0.05, **keys)
+    assert sgd.mode == "ttt-sgd" and (sgd.result.tokens, sgd.result.bytes) == (slide.tokens, slide.bytes)
+    assert sgd.result.val_bpb < slide.val_bpb - 0.01
+
+
+@pytest.mark.parametrize("text,message", [
+    ('mode = "twopass"', "eval.mode"), ('ttt = "adam"', "eval.ttt"), ("stride = 0", "eval.stride"),
+    ("context = 16\nstride = 32", "must not exceed"), ('lora_targets = "q,head"', "eval.lora_targets"),
+    ("lora_phases = 2", "lora_phase_docs"),
+])
+def test_bad_eval_settings_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[eval]\n{text}\n")
+    with pytest.raises(PgolfError, match=message):
+        load_config(path)
+
+
+def test_cli_eval_reports_mode_and_seconds(tiny_data, tiny, tmp_path):
+    pytest.importorskip("mlx.core")
+    from click.testing import CliRunner
+
+    from shared.artifact.format import pack, write_artifact
+    from shared.cli.train import evaluate as eval_cmd
+
+    cfg, ds, params = tiny
+    write_artifact(tmp_path / "model.pgz", pack(params, cfg))
+    args = ["--backend", "mlx", str(tmp_path / "model.pgz"), "--data", str(tiny_data.data_dir), "--tokenizer",
+            str(tiny_data.tokenizer), "--set", "eval.max_tokens=512", "--json"]
+    out = {}
+    for mode in ("flat", "sliding", "ttt"):
+        res = CliRunner().invoke(eval_cmd, [*args, "--set", f"eval.mode={mode}"])
+        assert res.exit_code == 0, res.output
+        out[mode] = json.loads(res.output)
+        assert out[mode]["eval_seconds"] > 0 and out[mode]["tokens"] == 512
+    assert [out[m]["eval_mode"] for m in out] == ["flat", "sliding", "ttt-sgd"]
+    assert out["sliding"]["bytes"] == out["flat"]["bytes"] and out["sliding"]["val_bpb"] != out["flat"]["val_bpb"]
+
+
+def test_train_finishes_with_the_configured_mode(tiny_data, tmp_path):
+    """The end of `pgolf train`: q_val_* in eval.mode (here sliding), val_* flat, eval_seconds and the
+    share of the 600 s budget in the log."""
+    pytest.importorskip("mlx.core")
+    from shared.core.backends import get_backend
+
+    cfg = tiny_config(iterations=2)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)),
+                  eval=replace(cfg.eval, mode="sliding", stride=16)).validate()
+    summary = get_backend("mlx").train(cfg, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["eval_mode"] == "sliding" and saved["eval_seconds"] > 0
+    assert saved["q_val_bpb"] == summary["q_val_bpb"] and saved["eval_tokens"] == 2048
+    assert saved["q_val_bpb"] != saved["val_bpb"]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "evaluation (sliding):" in log and "of the challenge's 600 s evaluation budget" in log
