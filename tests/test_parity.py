@@ -122,6 +122,23 @@ def test_parity_names_a_divergence(tiny_data, monkeypatch):
     assert any("forward loss" in f for f in rep.failures())
 
 
+def test_weights_check_is_not_loosened_by_the_noise_floor(tiny_data, monkeypatch):
+    """A real optimizer difference (MLX's learning rates 1% higher) moves the weights past WEIGHT_TOL;
+    the noise floor is then measured, and it is far below the difference: the check still fails."""
+    from mlx_train.session import MLXSession
+
+    cfg = replace(CASES["baseline_shape"], data=replace(CASES["baseline_shape"].data, dir=str(tiny_data.data_dir),
+                                                        tokenizer=str(tiny_data.tokenizer)))
+    ds = open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size)
+    step = MLXSession.step
+    monkeypatch.setattr(MLXSession, "step", lambda self, b, lr, mom, looped=False: step(self, b, lr * 1.01, mom, looped))
+    rep = run_parity(live_params(cfg, seed=1), cfg, ds, steps=3)
+    weights = next(c for c in rep.checks if c.name == "weights")
+    assert not weights.ok
+    floor = rep.figures["weight_noise_floor"]
+    assert floor and max(floor.values()) < weights.value / 10
+
+
 @pytest.fixture(scope="module")
 def trained_runs(tiny_data, tmp_path_factory):
     """The same tiny config trained by both trainers: accumulation, a micro-batch token cap,

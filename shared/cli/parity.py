@@ -45,7 +45,7 @@ def parity(checkpoint, data, tokenizer, sets, steps, modes, as_json) -> None:
         click.echo(json.dumps(rep.to_json(), sort_keys=True))
     else:
         for c in rep.checks:
-            click.echo(f"{'ok  ' if c.ok else 'FAIL'} {c.name:8s} {c.value:.3g} (allowed {c.tol:.0e})"
+            click.echo(f"{'ok  ' if c.ok else 'FAIL'} {c.name:8s} {c.value:.3g} (allowed {c.tol:.2g})"
                        + ("" if c.ok else f": {c.detail}"))
         f = rep.figures
         click.echo(f"artifact sha256 mlx {f['sha256_mlx'][:16]} torch {f['sha256_torch'][:16]}; "

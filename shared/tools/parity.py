@@ -8,7 +8,13 @@ and checks, each against a stated tolerance:
 2. `bpb`: the artifact's validation BPB from MLX and from PyTorch agree.
 3. `forward`: the loss of one training batch agrees.
 4. `train`: twenty optimizer steps from the same weights on the same batches
-   give losses that agree at every step, and (`weights`) the same weights.
+   give losses that agree at every step, and (`weights`) the same weights:
+   within WEIGHT_TOL, or, for a tensor past it, within NOISE_FACTOR times the
+   training's own float noise floor (the second backend trained again from
+   weights perturbed by NOISE_REL: Newton-Schulz maps every singular direction
+   of a Muon update towards 1, so on a nearly low-rank gradient, early in
+   training, rounding-level differences grow to ~1e-4 in 20 steps; a real
+   divergence between the backends is orders of magnitude above that floor).
 5. `cross`: the artifact packed from one backend's export, evaluated by the
    other backend, gives the same BPB as in its own.
 6. (`modes=True`, `pgolf parity --modes`) `sliding`, `ttt_sgd`, `ttt_lora`: the
@@ -38,6 +44,8 @@ TTT_TOL = 1e-5          # absolute, bits per byte, after test-time training: flo
                         # the updates (measured 1.4e-8 for TTT-SGD on the small.toml checkpoint, 4e-8 for LoRA: BENCHMARKS.md)
 WEIGHT_TOL = 1e-4       # ||a - b|| / ||a|| per tensor after the steps (Frobenius: Adam turns fp32 rounding
                         # of near-zero gradients into single entries moved by ~lr, so not a max-abs rule)
+NOISE_REL = 1e-7        # relative perturbation of the weights that measures the float noise floor of training
+NOISE_FACTOR = 4.0      # a tensor past WEIGHT_TOL passes within this many times its noise floor
 
 
 @dataclass
@@ -63,7 +71,7 @@ class ParityReport:
         self.checks.append(Check(name, ok, float(value), tol, detail))
 
     def failures(self) -> list[str]:
-        return [f"{c.name}: {c.detail} (got {c.value:.3g}, allowed {c.tol:.0e})" for c in self.checks if not c.ok]
+        return [f"{c.name}: {c.detail} (got {c.value:.3g}, allowed {c.tol:.2g})" for c in self.checks if not c.ok]
 
     def to_json(self) -> dict[str, Any]:
         out = dict(self.figures)
@@ -114,6 +122,12 @@ def train_steps(backend, params: dict[str, np.ndarray], cfg: Config, batches: li
     return losses, session.final_weights()
 
 
+def weight_diffs(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, float]:
+    """||a - b|| / ||a|| per tensor (Frobenius: Adam turns fp32 rounding of near-zero gradients into
+    single entries moved by ~lr, so not a max-abs rule)."""
+    return {k: float(np.linalg.norm(a[k] - b[k]) / max(float(np.linalg.norm(a[k])), 1e-12)) for k in a}
+
+
 def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int = 20,
                backends: tuple[str, str] = ("mlx", "torch"), modes: bool = False) -> ParityReport:
     from shared.artifact.format import pack, unpack
@@ -161,11 +175,19 @@ def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int =
                             f"train_losses_{b_name}": losses_b, "max_loss_rel_diff": max(diffs)})
         rep.add("train", max(diffs), TRAIN_TOL,
                 f"training losses diverge, worst at step {worst + 1} ({losses_a[worst]:.6f} vs {losses_b[worst]:.6f})")
-        wdiff = {k: float(np.linalg.norm(after_a[k] - after_b[k]) / max(float(np.linalg.norm(after_a[k])), 1e-12))
-                 for k in after_a}
-        wname = max(wdiff, key=wdiff.get)
-        rep.figures["max_weight_rel_diff"] = wdiff[wname]
-        rep.add("weights", wdiff[wname], WEIGHT_TOL, f"weights after {steps} steps differ most in {wname}")
+        wdiff = weight_diffs(after_a, after_b)
+        allowed = {k: WEIGHT_TOL for k in wdiff}
+        if max(wdiff.values()) > WEIGHT_TOL:  # measure the noise floor only when it is needed
+            rng = np.random.default_rng(0)
+            nudged = {k: (v * (1.0 + NOISE_REL * rng.standard_normal(v.shape))).astype(np.float32)
+                      for k, v in params.items()}
+            floor = weight_diffs(after_b, train_steps(b, nudged, cfg, batches[:steps])[1])
+            allowed = {k: max(WEIGHT_TOL, NOISE_FACTOR * floor[k]) for k in wdiff}
+            rep.figures["weight_noise_floor"] = {k: floor[k] for k in wdiff if wdiff[k] > WEIGHT_TOL}
+        wname = max(wdiff, key=lambda k: wdiff[k] / allowed[k])
+        rep.figures["max_weight_rel_diff"] = max(wdiff.values())
+        rep.add("weights", wdiff[wname], allowed[wname], f"weights after {steps} steps differ most in {wname}"
+                + ("" if allowed[wname] == WEIGHT_TOL else f" ({NOISE_FACTOR:g}x its noise floor allowed)"))
 
     # 5. Cross evaluation: each backend's artifact read by the other. With identical
     # artifacts this is check 2 again; otherwise both artifacts are scored by both.
