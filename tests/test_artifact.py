@@ -82,11 +82,18 @@ print(hashlib.sha256(artifact.pack(params, cfg, hess)).hexdigest())
 """
 
 
-@pytest.mark.parametrize("gptq", [False, True])
-def test_bytes_do_not_depend_on_thread_count(tmp_path, gptq):
+# The record artifact's steps (issue 14) in every pipeline: LQER (power iteration), pruning, brotli.
+_RECORD_QUANT = {"embed": "int7", "lqer_tensors": 2, "prune_values": 300, "attn_clip_k": 5.0}
+
+
+@pytest.mark.parametrize("gptq,extra", [(False, {}), (True, {}),
+                                        (True, {**_RECORD_QUANT, "compressor": "group"}),
+                                        (False, {**_RECORD_QUANT, "compressor": "brotli"}),
+                                        (False, {**_RECORD_QUANT, "compressor": "auto"})])
+def test_bytes_do_not_depend_on_thread_count(tmp_path, gptq, extra):
     from shared.core.config import to_toml
 
-    cfg = _cfg(attn="int6", mlp="int5", gptq=gptq, zstd_level=19)
+    cfg = _cfg(attn="int6", mlp="int5", gptq=gptq, zstd_level=19, **extra)
     params = _trained_like(cfg)
     arrays = {f"p:{k}": v for k, v in params.items()}
     if gptq:
