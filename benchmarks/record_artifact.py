@@ -97,7 +97,12 @@ def pipeline_rows(params, cfg, plain, evaluate=None, hessians=None) -> list[dict
 def run_record(args) -> dict:
     cfg = load_config("configs/record.toml")
     cfg = with_quant(cfg, gptq=False, attn_clip_k=13.0, mlp_clip_k=12.0, embed_clip_k=14.0, gate="int8")
-    params = record_params(cfg)
+    if args.cache and args.cache.is_file():
+        params = dict(np.load(args.cache))
+    else:
+        params = record_params(cfg)
+        if args.cache:
+            np.savez(args.cache, **params)
     n = sum(v.size for v in params.values())
     print(f"record-shaped checkpoint: {n:,} params", flush=True)
     t = time.perf_counter()
@@ -108,7 +113,7 @@ def run_record(args) -> dict:
     for k, v in plain.items():
         schemes.setdefault(f"{table[k].qclass}:{v.scheme}", 0)
         schemes[f"{table[k].qclass}:{v.scheme}"] += int(np.prod(v.shape))
-    out = {"params": n, "schemes": schemes, "rows": pipeline_rows(params, cfg, plain)}
+    out = {"params": n, "schemes": schemes, "rows": [] if args.no_rows else pipeline_rows(params, cfg, plain)}
     if args.budget:
         code = max(code_bytes("mlx"), code_bytes("torch"))
         c = with_quant(cfg, compressor=args.budget_compressor, **LQER)
@@ -168,6 +173,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="mode", required=True)
     r = sub.add_parser("record")
+    r.add_argument("--cache", type=Path, default=None, help="save/load the generated weights here (.npz)")
+    r.add_argument("--no-rows", action="store_true", help="only the --budget result")
     t = sub.add_parser("trained")
     t.add_argument("checkpoint", type=Path)
     t.add_argument("--backend", default="torch")
