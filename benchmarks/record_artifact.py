@@ -136,6 +136,8 @@ def run_trained(args) -> dict:
     from shared.data.dataset import open_dataset
 
     params, cfg, _ = load_checkpoint(args.checkpoint)
+    if args.eval_tokens:
+        cfg = replace(cfg, eval=replace(cfg.eval, max_tokens=args.eval_tokens))
     be = get_backend(args.backend)
     ds = open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size)
 
@@ -178,6 +180,7 @@ def main() -> None:
     t = sub.add_parser("trained")
     t.add_argument("checkpoint", type=Path)
     t.add_argument("--backend", default="torch")
+    t.add_argument("--eval-tokens", type=int, default=0, help="validation tokens per evaluation (0: the config's)")
     for p in (r, t):
         p.add_argument("--budget", type=int, default=None)
         p.add_argument("--budget-compressor", default="brotli")
