@@ -72,10 +72,13 @@ def rel_error(params: dict[str, np.ndarray], unpacked: dict[str, np.ndarray]) ->
     return num / den
 
 
-def pipeline_rows(params, cfg, plain, evaluate=None, hessians=None) -> list[dict]:
-    """One row per (LQER off/on, pipeline): bytes, pack seconds, error (and BPB when `evaluate`)."""
+def pipeline_rows(params, cfg, plain, evaluate=None, hessians=None, only: str | None = None) -> list[dict]:
+    """One row per (LQER off/on, pipeline): bytes, pack seconds, error (and BPB when `evaluate`).
+    `only` = "LQER_INDEX:PIPELINE_INDEX" computes one row (to run the rows as parallel processes)."""
     rows = []
-    for lq_name, lq in (("no LQER", {"lqer_tensors": 0}), ("LQER r4 x3", LQER)):
+    for i, (lq_name, lq) in enumerate((("no LQER", {"lqer_tensors": 0}), ("LQER r4 x3", LQER))):
+        if only is not None and int(only.split(":")[0]) != i:
+            continue
         c0 = with_quant(cfg, **lq)
         t = time.perf_counter()
         qts = artifact.finish_quantized(params, plain, c0, hessians)
@@ -83,7 +86,9 @@ def pipeline_rows(params, cfg, plain, evaluate=None, hessians=None) -> list[dict
         deq = {k: dequantize(v) for k, v in qts.items()}
         err = rel_error(params, deq)
         bpb = evaluate(deq) if evaluate else None
-        for p_name, p in PIPELINES:
+        for j, (p_name, p) in enumerate(PIPELINES):
+            if only is not None and int(only.split(":")[1]) != j:
+                continue
             c = with_quant(c0, **p)
             t = time.perf_counter()
             blob = artifact.pack_quantized(qts, c)
@@ -113,7 +118,8 @@ def run_record(args) -> dict:
     for k, v in plain.items():
         schemes.setdefault(f"{table[k].qclass}:{v.scheme}", 0)
         schemes[f"{table[k].qclass}:{v.scheme}"] += int(np.prod(v.shape))
-    out = {"params": n, "schemes": schemes, "rows": [] if args.no_rows else pipeline_rows(params, cfg, plain)}
+    out = {"params": n, "schemes": schemes,
+           "rows": [] if args.no_rows else pipeline_rows(params, cfg, plain, only=args.row)}
     if args.budget:
         code = max(code_bytes("mlx"), code_bytes("torch"))
         c = with_quant(cfg, compressor=args.budget_compressor, **LQER)
@@ -153,8 +159,11 @@ def run_trained(args) -> dict:
     for r in rows:
         r["gap"] = r["q_val_bpb"] - base
     out = {"val_bpb": base, "params": int(sum(v.size for v in params.values())), "rows": rows}
+    code = max(code_bytes("mlx"), code_bytes("torch"))
+    if args.budget_frac:   # a budget that forces trading: a fraction of the config's own zstd artifact
+        args.budget = code + int(args.budget_frac * rows[0]["bytes"])
     if args.budget:
-        code = max(code_bytes("mlx"), code_bytes("torch"))
+        cfg = with_quant(cfg, budget_tokens=args.budget_tokens or cfg.quant.budget_tokens)
         sx, sy = x[: max(1, cfg.quant.budget_tokens // x.shape[1])], y[: max(1, cfg.quant.budget_tokens // x.shape[1])]
         c = with_quant(cfg, compressor=args.budget_compressor, **LQER)
         t = time.perf_counter()
@@ -177,10 +186,13 @@ def main() -> None:
     r = sub.add_parser("record")
     r.add_argument("--cache", type=Path, default=None, help="save/load the generated weights here (.npz)")
     r.add_argument("--no-rows", action="store_true", help="only the --budget result")
+    r.add_argument("--row", default=None, help="one row only: LQER_INDEX:PIPELINE_INDEX (0:0 = no LQER, zstd)")
     t = sub.add_parser("trained")
     t.add_argument("checkpoint", type=Path)
     t.add_argument("--backend", default="torch")
     t.add_argument("--eval-tokens", type=int, default=0, help="validation tokens per evaluation (0: the config's)")
+    t.add_argument("--budget-frac", type=float, default=0.0, help="budget = code + this x the zstd artifact")
+    t.add_argument("--budget-tokens", type=int, default=0, help="quant.budget_tokens for the budget (0: config's)")
     for p in (r, t):
         p.add_argument("--budget", type=int, default=None)
         p.add_argument("--budget-compressor", default="brotli")
