@@ -196,7 +196,7 @@ def _unframe(payload: bytes, source: str) -> list[bytes]:
     return out
 
 
-def encode(pipeline: str, sections: list[bytes], zstd_level: int, group_sort: bool = True) -> bytes:
+def encode(pipeline: str, sections: list[bytes], zstd_level: int, group_sort: bool = False) -> bytes:
     """The payload of `sections` ([meta, codes, scales, floats]) with `pipeline`."""
     if pipeline == "zstd":
         return _frames([zstd_compress(s, zstd_level) if s else b"" for s in sections])

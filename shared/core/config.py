@@ -273,7 +273,7 @@ class QuantConfig(_Section):
     lqer_group: int = 64
     prune_values: int = 0            # +-1 codes set to 0, least Hessian-weighted cost first (budget mode sets it)
     compressor: str = "zstd"         # "zstd" (v1's), "brotli" (shuffled, brotli-11), "group" (by role), "auto"
-    group_sort: bool = True          # "group": reorder rows by similarity (the permutation is stored)
+    group_sort: bool = False         # "group": reorder rows by similarity, permutation stored (measured larger: BENCHMARKS.md)
 
     @property
     def calibrates(self) -> bool:
