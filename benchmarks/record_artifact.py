@@ -155,7 +155,7 @@ def run_trained(args) -> dict:
     counts = calibration_counts(x, y, cfg.model.vocab_size)
     hess = be.collect_hessians(params, cfg, x, show_progress=False) if cfg.quant.gptq else None
     plain = artifact.quantize_plain(params, cfg, hess, token_counts=counts)
-    rows = pipeline_rows(params, cfg, plain, evaluate, hess)
+    rows = [] if args.no_rows else pipeline_rows(params, cfg, plain, evaluate, hess)
     for r in rows:
         r["gap"] = r["q_val_bpb"] - base
     out = {"val_bpb": base, "params": int(sum(v.size for v in params.values())), "rows": rows}
@@ -191,6 +191,7 @@ def main() -> None:
     t.add_argument("checkpoint", type=Path)
     t.add_argument("--backend", default="torch")
     t.add_argument("--eval-tokens", type=int, default=0, help="validation tokens per evaluation (0: the config's)")
+    t.add_argument("--no-rows", action="store_true", help="only the --budget result")
     t.add_argument("--budget-frac", type=float, default=0.0, help="budget = code + this x the zstd artifact")
     t.add_argument("--budget-tokens", type=int, default=0, help="quant.budget_tokens for the budget (0: config's)")
     for p in (r, t):
