@@ -185,6 +185,8 @@ def _prune_to_fit(packer: Packer, cfg: Config, schemes: dict[str, str], max_byte
         return len(packer.pack(replace(cfg, quant=replace(cfg.quant, prune_values=n)), schemes))
 
     lo, lo_size = 0, size(0)
+    if lo_size <= max_bytes:
+        return cfg, lo_size
     hi, hi_size = total, size(total)
     if hi_size > max_bytes:
         log(f"budget: pruning all {total:,} +-1 codes leaves {hi_size:,} bytes: not enough")
@@ -234,6 +236,11 @@ def fit_budget(
     widths_loss, widths_size = measured(cfg, schemes)
     options.append((widths_loss, "bit widths", schemes, cfg, widths_size))
     q = cfg.quant
+    if len(packer.pack(cfg, prev)) <= max_artifact_bytes:
+        # The widths' size estimate was pessimistic: the state before the last step fits as it is.
+        lo, sz = measured(cfg, prev)
+        options.append((lo, "bit widths without the last step", prev, cfg, sz))
+        return _choose(options, max_artifact_bytes, log)
     if q.lqer_tensors > 0 and q.lqer_rank > 0:
         for r in range(q.lqer_rank - 1, -1, -1):
             c = replace(cfg, quant=replace(q, lqer_rank=r))
@@ -246,6 +253,10 @@ def fit_budget(
         c, _ = pruned
         lo, sz = measured(c, prev)
         options.append((lo, f"pruning {c.quant.prune_values:,} +-1 codes (before the last width step)", prev, c, sz))
+    return _choose(options, max_artifact_bytes, log)
+
+
+def _choose(options: list, max_artifact_bytes: int, log: Callable[[str], None]) -> tuple[dict[str, str], Config]:
     for lo, what, _, _, sz in options:
         log(f"budget: option {what}: {sz:,} bytes, loss {lo:.5f}")
     best = min(options, key=lambda o: o[0])   # ties: the first (widths, then rank, then pruning)
