@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from shared.artifact import code
+from shared.artifact import compress as pipelines
 from shared.artifact import format as artifact
 from shared.artifact.quant import fp16_scale, frequency_clip, row_scales, token_weights
 from shared.core.config import QuantConfig, to_toml
@@ -81,11 +82,18 @@ print(hashlib.sha256(artifact.pack(params, cfg, hess)).hexdigest())
 """
 
 
-@pytest.mark.parametrize("gptq", [False, True])
-def test_bytes_do_not_depend_on_thread_count(tmp_path, gptq):
+# The record artifact's steps (issue 14) in every pipeline: LQER (power iteration), pruning, brotli.
+_RECORD_QUANT = {"embed": "int7", "lqer_tensors": 2, "prune_values": 300, "attn_clip_k": 5.0}
+
+
+@pytest.mark.parametrize("gptq,extra", [(False, {}), (True, {}),
+                                        (True, {**_RECORD_QUANT, "compressor": "group"}),
+                                        (False, {**_RECORD_QUANT, "compressor": "brotli"}),
+                                        (False, {**_RECORD_QUANT, "compressor": "auto"})])
+def test_bytes_do_not_depend_on_thread_count(tmp_path, gptq, extra):
     from shared.core.config import to_toml
 
-    cfg = _cfg(attn="int6", mlp="int5", gptq=gptq, zstd_level=19)
+    cfg = _cfg(attn="int6", mlp="int5", gptq=gptq, zstd_level=19, **extra)
     params = _trained_like(cfg)
     arrays = {f"p:{k}": v for k, v in params.items()}
     if gptq:
@@ -135,12 +143,12 @@ def test_corrupted_body_is_refused():
 
 def test_wrong_checksum_magic_and_future_version_are_refused():
     blob = _blob()
-    magic, version, length, crc = artifact.HEADER.unpack_from(blob)
+    magic, version, pid, length, crc = artifact.HEADER.unpack_from(blob)
     body = blob[artifact.HEADER.size:]
-    _check_refused(artifact.HEADER.pack(magic, version, length, crc ^ 1) + body, "checksum")
-    _check_refused(artifact.HEADER.pack(b"PK\x03\x04", version, length, crc) + body, "not a pgolf artifact")
-    _check_refused(artifact.HEADER.pack(magic, version + 1, length, crc) + body, "version 2 is not supported")
-    assert struct.calcsize("<4sBII") == artifact.HEADER.size and zlib.crc32(b"") == 0
+    _check_refused(artifact.HEADER.pack(magic, version, pid, length, crc ^ 1) + body, "checksum")
+    _check_refused(artifact.HEADER.pack(b"PK\x03\x04", version, pid, length, crc) + body, "not a pgolf artifact")
+    _check_refused(artifact.HEADER.pack(magic, version + 1, pid, length, crc) + body, "version 3 is not supported")
+    assert struct.calcsize("<4sBBII") == artifact.HEADER.size and zlib.crc32(b"") == 0
 
 
 def test_write_and_read_artifact(tmp_path):
@@ -285,5 +293,9 @@ def test_malformed_table_with_a_valid_checksum_is_refused():
     table = json.dumps({"config": to_toml(tiny_config()), "tensors": []}).encode()
     body = struct.pack("<I", len(table)) + table
     comp = artifact.compress(body, 3)
-    blob = artifact.HEADER.pack(artifact.MAGIC, artifact.VERSION, len(comp), _zlib.crc32(body)) + comp
+    blob = artifact.HEADER_V1.pack(artifact.MAGIC, 1, len(comp), _zlib.crc32(body)) + comp   # format v1
+    _check_refused(blob, "malformed artifact table")
+    payload = pipelines.encode("brotli", [body, b"", b"", b""], 3)                           # format v2
+    blob = artifact.HEADER.pack(artifact.MAGIC, artifact.VERSION, pipelines.PIPELINE_IDS["brotli"], len(payload),
+                                _zlib.crc32(body)) + payload
     _check_refused(blob, "malformed artifact table")

@@ -69,6 +69,13 @@ CASES = {
                                 "muon_ns": "polar_express", "grad_clip_norm": 0.3, "beta2": 0.99},
                          iterations=6, warmdown_frac=0.85, min_lr=0.1, ema_decay=0.9),
 }
+# The record artifact (issue 14): int7 embedding, int6 blocks with per-class sigmas, int8 gates, LQER, pruning,
+# per-group compression. Both backends export the weights, pack identical bytes and evaluate the same
+# unpacked (LQER-corrected) weights.
+_rec = _cfg(model={"attn_gate": True, "smear_gate": True, "gate_dims": 6})
+CASES["record_artifact"] = replace(_rec, quant=replace(
+    _rec.quant, embed="int7", attn="int6", mlp="int6", gate="int8", keep_float_max_numel=0, attn_clip_k=13.0,
+    mlp_clip_k=12.0, embed_clip_k=14.0, lqer_tensors=3, lqer_rank=4, prune_values=200, compressor="group")).validate()
 
 
 def live_params(cfg, seed: int) -> dict[str, np.ndarray]:

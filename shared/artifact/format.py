@@ -1,20 +1,24 @@
 """The packed artifact (`model.pgz`): the only writer and reader of the format.
 
-Format v1 (docs/ARTIFACT.md has the full description):
+Format v2 (docs/ARTIFACT.md has the full description; v1 is still read):
 
-    outer header, 13 bytes, little-endian, uncompressed
+    outer header, 14 bytes, little-endian, uncompressed
         magic    4s   b"PGLF"
-        version  u8   1
-        length   u32  bytes of the compressed body that follow
+        version  u8   2
+        pipeline u8   compression pipeline id (shared/artifact/compress.py: zstd, brotli, group)
+        length   u32  bytes of the compressed payload that follow
         crc32    u32  CRC-32 of the *uncompressed* body
-    body: zstd frames (one-shot, threads=0, level `quant.zstd_level`), one per section:
-        meta_len u32 + meta (compact sorted JSON: config TOML + tensor table)
-        integer codes | fp16 scales | floats   (empty sections are skipped)
+    payload: the pipeline's frames of the body's sections:
+        meta_len u32 + meta (compact sorted JSON: config TOML + tensor table, LQER factors' offsets)
+        integer codes | fp16 scales | floats
+
+    v1: a 13-byte header without the pipeline byte, the body in zstd frames, no LQER.
 
 Every byte is a pure function of (params, config, Hessians, calibration token
 counts for "frequency" embedding steps): no timestamps,
 no dict-order or thread-count dependence (zstd runs single-threaded and
-one-shot, see MACHINE-NOTES.md), so both backends write identical files from
+one-shot, see MACHINE-NOTES.md; brotli is single-threaded; LQER and pruning
+use no BLAS), so both backends write identical files from
 identical weights. The reader checks magic, version, length and checksum and
 refuses anything else with a one-line `PgolfError`.
 
@@ -34,6 +38,9 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
+from shared.artifact import compress as pipelines
+from shared.artifact.lqer import Lqer, error_score, fit
+from shared.artifact.prune import prune
 from shared.artifact.quant import (
     FLOAT_SCHEMES,
     INT_BITS,
@@ -49,26 +56,28 @@ from shared.errors import PgolfError
 
 SIZE_CAP = 16_000_000  # code bytes + compressed model bytes (decimal), CHALLENGE.md
 MAGIC = b"PGLF"
-VERSION = 1
-HEADER = struct.Struct("<4sBII")
+VERSION = 2
+HEADER = struct.Struct("<4sBBII")     # magic, version, pipeline, length, crc32
+HEADER_V1 = struct.Struct("<4sBII")   # magic, version, length, crc32 (read only)
 # Config sections stored in the artifact: everything except `data` (machine-local paths),
 # so the same weights packed on two machines give the same bytes.
 CONFIG_SECTIONS = ("model", "train", "optim", "quant", "eval")
-MAX_ZSTD_LEVEL = 22
+MAX_ZSTD_LEVEL = pipelines.MAX_ZSTD_LEVEL
 
 
 # ----------------------------------------------------------------------------- scheme choice
 
 def choose_schemes(params: dict[str, np.ndarray], cfg: Config) -> dict[str, str]:
     """The scheme of every tensor from `[quant]`: by class, small tensors as `quant.other` (or, outside
-    the `other` class, as `quant.small` when that names a float scheme)."""
+    the `other` class, as `quant.small` when that names a float scheme); gate tensors, all small, take
+    `quant.gate` whatever their size."""
     q = cfg.quant
     table = param_table(cfg.model)
     out: dict[str, str] = {}
     for name in sorted(params):
         w = params[name]
         cls = table[name].qclass
-        if w.ndim < 2 or w.size <= q.keep_float_max_numel:
+        if w.ndim < 2 or (w.size <= q.keep_float_max_numel and cls != "gate"):
             # train_gpt.py keeps control tensors fp32 but stores other small matrices as fp16 (issue 18).
             out[name] = q.small if cls != "other" and q.small != "other" else q.other
             continue
@@ -119,12 +128,30 @@ def _config_text(cfg: Config) -> str:
     return "\n".join(out)
 
 
+def class_clip_k(cfg: Config, qclass: str) -> float:
+    """The std-based clip of a quantizer class: per-class sigmas where set (the records': attention
+    13.0, MLP 11.5-12.85, embedding 14-20), else `quant.clip_k`."""
+    q = cfg.quant
+    if qclass == "embed":
+        return q.embed_clip_k
+    k = {"attn": q.attn_clip_k, "mlp": q.mlp_clip_k}.get(qclass, 0.0)
+    return k if k > 0 else q.clip_k
+
+
 def quantize_all(params: dict[str, np.ndarray], cfg: Config, hessians: dict | None = None,
                  schemes: dict[str, str] | None = None, token_counts: np.ndarray | None = None) -> dict[str, QTensor]:
-    """Quantise every tensor (sorted by name) with its scheme; GPTQ where asked and possible.
+    """Quantise every tensor (sorted by name) with its scheme; GPTQ where asked and possible; then
+    prune `quant.prune_values` +-1 codes and add the LQER corrections (`finish_quantized`).
 
     `token_counts` [vocab]: how often each token occurs among the calibration tokens (inputs
     and targets); needed when `quant.embed_steps = "frequency"`."""
+    qts = quantize_plain(params, cfg, hessians, schemes, token_counts)
+    return finish_quantized(params, qts, cfg, hessians)
+
+
+def quantize_plain(params: dict[str, np.ndarray], cfg: Config, hessians: dict | None = None,
+                   schemes: dict[str, str] | None = None, token_counts: np.ndarray | None = None) -> dict[str, QTensor]:
+    """Every tensor with its scheme (and GPTQ), before pruning and LQER."""
     q = cfg.quant
     chosen = choose_schemes(params, cfg)
     if schemes:
@@ -141,7 +168,7 @@ def quantize_all(params: dict[str, np.ndarray], cfg: Config, hessians: dict | No
         w = np.asarray(params[name], dtype=np.float32)
         scheme = chosen[name]
         scheme_bits(scheme)
-        h, clip_k, row_weights = None, q.clip_k, None
+        h, clip_k, row_weights = None, class_clip_k(cfg, table[name].qclass), None
         if q.gptq and scheme in INT_BITS and w.ndim == 2 and name in (hessians or {}):
             h = hessians[name]
         if table[name].qclass == "embed" and scheme in INT_BITS and w.ndim == 2:
@@ -160,6 +187,38 @@ def quantize_all(params: dict[str, np.ndarray], cfg: Config, hessians: dict | No
     return out
 
 
+def lqer_candidates(qts: dict[str, QTensor], cfg: Config) -> list[str]:
+    """Tensors LQER may correct: integer-coded block matrices and embedding/head."""
+    table = param_table(cfg.model)
+    return [n for n in sorted(qts) if qts[n].q is not None and table[n].qclass in ("attn", "mlp", "embed")]
+
+
+def lqer_ranking(params: dict[str, np.ndarray], qts: dict[str, QTensor], cfg: Config,
+                 hessians: dict | None = None) -> list[tuple[str, float]]:
+    """LQER candidates by quantisation error, largest first (ties: name order). Diag-Hessian-weighted
+    when every candidate has a Hessian (the same units for all), plain squared error otherwise."""
+    names = lqer_candidates(qts, cfg)
+    weighted = bool(hessians) and all(n in hessians for n in names)
+    scores = [(n, error_score(params[n], dequantize(qts[n]), hessians[n] if weighted else None)) for n in names]
+    return sorted(scores, key=lambda t: -t[1])
+
+
+def finish_quantized(params: dict[str, np.ndarray], qts: dict[str, QTensor], cfg: Config,
+                     hessians: dict | None = None) -> dict[str, QTensor]:
+    """Prune `quant.prune_values` +-1 codes (shared/artifact/prune.py), then fit LQER corrections
+    (shared/artifact/lqer.py) on the `quant.lqer_tensors` tensors with the largest error."""
+    q = cfg.quant
+    out = prune(params, qts, q.prune_values, hessians)
+    if q.lqer_tensors > 0 and q.lqer_rank > 0:
+        for name, _ in lqer_ranking(params, out, cfg, hessians)[:q.lqer_tensors]:
+            t = out[name]
+            w = np.asarray(params[name], dtype=np.float32).reshape(t.q.shape)
+            err = w.astype(np.float64) - dequantize(t).reshape(t.q.shape).astype(np.float64)
+            f = fit(err, q.lqer_rank, q.lqer_a_bits, q.lqer_b_bits, q.lqer_group)
+            out[name] = QTensor(t.scheme, t.shape, q=t.q, scale=t.scale, lqer=f)
+    return out
+
+
 def build_sections(qts: dict[str, QTensor], cfg: Config) -> list[bytes]:
     """The uncompressed body in sections: meta JSON (config + tensor table), then the three streams."""
     codes, scales, floats = _Stream([]), _Stream([]), _Stream([])
@@ -170,6 +229,13 @@ def build_sections(qts: dict[str, QTensor], cfg: Config) -> list[bytes]:
         if t.q is not None:
             entry["q"] = codes.add(np.ascontiguousarray(t.q, dtype=np.int8).tobytes())
             entry["s"] = scales.add(shuffle_bytes(t.scale.astype("<f2")))
+            if t.lqer is not None:
+                f = t.lqer
+                entry["lqer"] = {"rank": f.rank, "a_bits": f.a_bits, "b_bits": f.b_bits, "group": f.group,
+                                 "a": codes.add(np.ascontiguousarray(f.a, dtype=np.int8).tobytes()),
+                                 "as": scales.add(shuffle_bytes(f.a_scale.astype("<f2"))),
+                                 "b": codes.add(np.ascontiguousarray(f.b, dtype=np.int8).tobytes()),
+                                 "bs": scales.add(shuffle_bytes(f.b_scale.astype("<f2").reshape(-1)))}
         else:
             dtype = "<f4" if t.scheme == "fp32" else "<f2"
             entry["f"] = floats.add(shuffle_bytes(t.data.astype(dtype).reshape(-1)))
@@ -185,9 +251,14 @@ def build_sections(qts: dict[str, QTensor], cfg: Config) -> list[bytes]:
 
 
 def tensor_payload(t: QTensor) -> bytes:
-    """A tensor's stored bytes (codes + shuffled scales, or shuffled floats), as in the body."""
+    """A tensor's stored bytes (codes + shuffled scales (+ LQER factors), or shuffled floats), as in the body."""
     if t.q is not None:
-        return np.ascontiguousarray(t.q, dtype=np.int8).tobytes() + shuffle_bytes(t.scale.astype("<f2"))
+        raw = np.ascontiguousarray(t.q, dtype=np.int8).tobytes() + shuffle_bytes(t.scale.astype("<f2"))
+        if t.lqer is not None:
+            f = t.lqer
+            raw += (f.a.astype(np.int8).tobytes() + f.b.astype(np.int8).tobytes()
+                    + shuffle_bytes(f.a_scale.astype("<f2")) + shuffle_bytes(f.b_scale.astype("<f2").reshape(-1)))
+        return raw
     return shuffle_bytes(t.data.astype("<f4" if t.scheme == "fp32" else "<f2").reshape(-1))
 
 
@@ -203,11 +274,7 @@ def build_body(qts: dict[str, QTensor], cfg: Config) -> bytes:
 
 def compress(body: bytes, level: int) -> bytes:
     """One-shot, single-threaded zstd: the same bytes on every machine (MACHINE-NOTES.md)."""
-    if not 1 <= level <= MAX_ZSTD_LEVEL:
-        raise PgolfError(f"quant.zstd_level must be in 1..{MAX_ZSTD_LEVEL}, got {level}")
-    params = zstandard.ZstdCompressionParameters.from_level(
-        level, source_size=len(body), threads=0, write_checksum=0, write_content_size=1, write_dict_id=0)
-    return zstandard.ZstdCompressor(compression_params=params).compress(body)
+    return pipelines.zstd_compress(body, level)
 
 
 def pack(params: dict[str, np.ndarray], cfg: Config, hessians: dict | None = None,
@@ -224,32 +291,61 @@ def pack(params: dict[str, np.ndarray], cfg: Config, hessians: dict | None = Non
 
 
 def pack_quantized(qts: dict[str, QTensor], cfg: Config) -> bytes:
-    # One zstd frame per section: each stream gets its own entropy statistics, which measured
-    # ~1% smaller than one frame over the whole body (BENCHMARKS.md, artifact section).
+    """Artifact bytes of already-quantised tensors with `quant.compressor`; "auto" tries every
+    pipeline and keeps the smallest (ties: the first of zstd, brotli, group)."""
     sections = build_sections(qts, cfg)
-    comp = b"".join(compress(sec, cfg.quant.zstd_level) for sec in sections if sec)
-    return HEADER.pack(MAGIC, VERSION, len(comp), zlib.crc32(b"".join(sections))) + comp
+    q = cfg.quant
+    names = pipelines.PIPELINES if q.compressor == "auto" else (q.compressor,)
+    best = None
+    for name in names:
+        # One frame per section: each stream gets its own entropy statistics, which measured
+        # ~1% smaller than one frame over the whole body (BENCHMARKS.md, artifact section).
+        payload = pipelines.encode(name, sections, q.zstd_level, q.group_sort)
+        if best is None or len(payload) < len(best[1]):
+            best = (name, payload)
+    name, payload = best
+    crc = zlib.crc32(b"".join(sections))
+    return HEADER.pack(MAGIC, VERSION, pipelines.PIPELINE_IDS[name], len(payload), crc) + payload
+
+
+def pipeline_of(blob: bytes) -> str:
+    """The compression pipeline an artifact was written with ("zstd" for v1)."""
+    if len(blob) >= HEADER.size and blob[:4] == MAGIC and blob[4] == VERSION:
+        return pipelines.pipeline_name(blob[5], "artifact")
+    return "zstd"
 
 
 # ----------------------------------------------------------------------------- reader
 
 def _decode_body(blob: bytes, source: str) -> tuple[dict, memoryview]:
-    if len(blob) < HEADER.size:
+    if len(blob) < HEADER_V1.size:
         raise PgolfError(f"{source}: {len(blob)} bytes is too short to be a pgolf artifact (truncated?)")
-    magic, version, length, crc = HEADER.unpack_from(blob)
+    magic, version = blob[:4], blob[4]
     if magic != MAGIC:
         raise PgolfError(f"{source}: not a pgolf artifact (magic {magic!r}, expected {MAGIC!r})")
-    if version != VERSION:
+    if version not in (1, VERSION):
         raise PgolfError(f"{source}: artifact format version {version} is not supported by this pgolf "
-                         f"(reads version {VERSION}); repack it with this version")
-    if len(blob) != HEADER.size + length:
-        raise PgolfError(f"{source}: artifact is {len(blob)} bytes but its header says {HEADER.size + length} "
+                         f"(reads versions 1 and {VERSION}); repack it with this version")
+    header = HEADER_V1 if version == 1 else HEADER
+    if len(blob) < header.size:
+        raise PgolfError(f"{source}: {len(blob)} bytes is too short to be a pgolf artifact (truncated?)")
+    if version == 1:
+        _, _, length, crc = HEADER_V1.unpack_from(blob)
+        pid = None
+    else:
+        _, _, pid, length, crc = HEADER.unpack_from(blob)
+        pipelines.pipeline_name(pid, source)   # an unknown or foreign pipeline: refused by name, first
+    if len(blob) != header.size + length:
+        raise PgolfError(f"{source}: artifact is {len(blob)} bytes but its header says {header.size + length} "
                          "(truncated or trailing bytes); re-copy or repack it")
-    try:
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob[HEADER.size:]), read_across_frames=True)
-        body = reader.read()
-    except zstandard.ZstdError as e:
-        raise PgolfError(f"{source}: corrupted artifact body ({e}); re-copy or repack it") from None
+    if version == 1:
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob[header.size:]), read_across_frames=True)
+            body = reader.read()
+        except zstandard.ZstdError as e:
+            raise PgolfError(f"{source}: corrupted artifact body ({e}); re-copy or repack it") from None
+    else:
+        body = b"".join(pipelines.decode(pid, bytes(blob[header.size:]), source))
     if zlib.crc32(body) != crc:
         raise PgolfError(f"{source}: artifact checksum mismatch (corrupted); re-copy or repack it")
     try:
@@ -298,12 +394,26 @@ def _read_table(meta: dict, data: memoryview, source: str) -> tuple[Config, dict
                 rows = shape[0]
                 q = np.frombuffer(part("q", e["q"]), dtype=np.int8).reshape(rows, numel // rows)
                 scale = unshuffle_bytes(part("s", e["s"]), np.dtype("<f2"), rows)
-                out[e["name"]] = QTensor(scheme, shape, q=q, scale=scale)
+                out[e["name"]] = QTensor(scheme, shape, q=q, scale=scale, lqer=_read_lqer(e, q.shape, part))
             else:
                 raise PgolfError(f"{source}: tensor {e['name']} has unknown scheme {scheme!r}")
         except ValueError as err:
             raise PgolfError(f"{source}: tensor {e['name']} does not match its table entry ({err})") from None
     return cfg, out
+
+
+def _read_lqer(e: dict, shape: tuple[int, int], part) -> Lqer | None:
+    f = e.get("lqer")
+    if f is None:
+        return None
+    rank, group = int(f["rank"]), int(f["group"])
+    out_f, in_f = shape
+    ng = -(-in_f // group)
+    a = np.frombuffer(part("q", f["a"]), dtype=np.int8).reshape(out_f, rank)
+    b = np.frombuffer(part("q", f["b"]), dtype=np.int8).reshape(rank, in_f)
+    a_s = unshuffle_bytes(part("s", f["as"]), np.dtype("<f2"), 1)
+    b_s = unshuffle_bytes(part("s", f["bs"]), np.dtype("<f2"), rank * ng).reshape(rank, ng)
+    return Lqer(a=a, a_scale=a_s, b=b, b_scale=b_s, a_bits=int(f["a_bits"]), b_bits=int(f["b_bits"]), group=group)
 
 
 def unpack(blob: bytes, source: str = "artifact") -> tuple[Config, dict[str, np.ndarray]]:

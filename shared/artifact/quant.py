@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.artifact.gptq import gptq_codes
+from shared.artifact.lqer import Lqer, correction
 from shared.artifact.schemes import FLOAT_SCHEMES, INT_BITS, SCHEMES, qmax, scheme_bits  # noqa: F401  (re-exported)
 from shared.errors import PgolfError
 
@@ -48,6 +49,7 @@ class QTensor:
     q: np.ndarray | None = None        # int8 [rows, cols] codes (integer schemes)
     scale: np.ndarray | None = None    # float16 [rows]
     data: np.ndarray | None = None     # float16/float32 values (float schemes)
+    lqer: Lqer | None = None           # low-rank correction added when dequantising (shared/artifact/lqer.py)
 
     @property
     def bits(self) -> int:
@@ -176,4 +178,6 @@ def dequantize(t: QTensor) -> np.ndarray:
         return t.data.astype(np.float32).reshape(t.shape)
     assert t.q is not None and t.scale is not None
     w = t.q.astype(np.float32) * t.scale.astype(np.float32)[:, None]
+    if t.lqer is not None:
+        w = w + correction(t.lqer)
     return w.reshape(t.shape)

@@ -9,9 +9,10 @@
 `--set quant.*` overrides). GPTQ (`quant.gptq = true`), "frequency"
 embedding steps (`quant.embed_steps`) and `--budget` need calibration
 tokens, read from the *training* split of `--data` (default: the
-checkpoint's `data.dir`). `--budget BYTES` picks per-tensor bit widths so
-that the artifact plus the counted code fits, counting the larger of the two
-backends' code (shared/artifact/budget.py).
+checkpoint's `data.dir`). `--budget BYTES` makes the artifact plus the
+counted code fit, counting the larger of the two backends' code: per-tensor
+bit widths, then the LQER rank, then pruning of +-1 codes, whichever costs
+the least measured loss (shared/artifact/budget.py); it prints what it did.
 
 `inspect` prints one row per tensor (scheme, bits, parameters and the bytes
 of its payload compressed alone: the parts do not add up exactly to the
@@ -76,7 +77,7 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
 
     hessians = schemes = counts = None
     if cfg.quant.calibrates or budget is not None:
-        from shared.artifact.budget import budget_schemes, sensitivity_batch
+        from shared.artifact.budget import fit_budget, sensitivity_batch
         from shared.artifact.calibration import calibration_batch, calibration_counts
         from shared.core.backends import get_backend
         from shared.data.dataset import open_dataset
@@ -92,8 +93,8 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
             sx, sy = sensitivity_batch(x, y, cfg)
             click.echo(f"budget: {budget:,} bytes less {budget_code:,} bytes of code (the larger backend's) "
                        f"leaves {budget - budget_code:,} for the artifact")
-            schemes = budget_schemes(params, cfg, budget - budget_code, lambda p: be.batch_loss(p, cfg, sx, sy),
-                                     hessians=hessians, log=click.echo, token_counts=counts)
+            schemes, cfg = fit_budget(params, cfg, budget - budget_code, lambda p: be.batch_loss(p, cfg, sx, sy),
+                                      hessians=hessians, log=click.echo, token_counts=counts)
     blob = pack(params, cfg, hessians, schemes, counts)
     unpack(blob, source=str(out))  # the reader must accept what we wrote
     write_artifact(out, blob)
@@ -108,21 +109,33 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
                 click.echo(f"{name}: frequency steps {steps.min():.3g} (most frequent token) to {steps.max():.3g} "
                            f"({int((counts == 0).sum())} of {len(counts)} tokens unseen in calibration)")
     total = len(blob) + code
+    from shared.artifact.format import pipeline_of
+
+    click.echo(f"compression: {pipeline_of(blob)} (quant.compressor={cfg.quant.compressor}); "
+               f"LQER on {sum(1 for t in read_quantized_lqer(blob))} tensors; {cfg.quant.prune_values:,} +-1 codes pruned")
     click.echo(f"wrote {out}: {len(blob):,} artifact bytes + {code:,} code bytes ({backend}) = {total:,} "
                f"of {SIZE_CAP:,} ({'within' if total <= SIZE_CAP else 'OVER'} the cap), checkpoint step {step}")
+
+
+def read_quantized_lqer(blob: bytes) -> list[str]:
+    """Names of the tensors that carry an LQER correction."""
+    from shared.artifact.format import read_quantized
+
+    return [n for n, t in read_quantized(blob)[1].items() if t.lqer is not None]
 
 
 def inspect_report(blob: bytes, backend: str, source: str) -> dict:
     """The inspect figures as a JSON-able dict (keys are a contract, see the module docstring)."""
     from shared.artifact.code import code_bytes
-    from shared.artifact.format import read_quantized, tensor_bytes
+    from shared.artifact.format import pipeline_of, read_quantized, tensor_bytes
 
     cfg, qts = read_quantized(blob, source)
     tensors = []
     for name, t in qts.items():
         n = int(np.prod(t.shape)) if t.shape else 1
         tensors.append({"name": name, "shape": list(t.shape), "scheme": t.scheme, "bits": t.bits, "params": n,
-                        "compressed_bytes": tensor_bytes(t, cfg.quant.zstd_level)})
+                        "compressed_bytes": tensor_bytes(t, cfg.quant.zstd_level),
+                        "lqer_rank": t.lqer.rank if t.lqer is not None else 0})
     params = sum(t["params"] for t in tensors)
     code = code_bytes(backend, cfg)  # the train_gpt.py of this config
     total = len(blob) + code
@@ -136,6 +149,9 @@ def inspect_report(blob: bytes, backend: str, source: str) -> dict:
         "headroom": SIZE_CAP - total,
         "size_cap": SIZE_CAP,
         "tensor_bytes_note": "compressed_bytes: each tensor's payload compressed alone with the artifact's zstd level",
+        "format_version": int(blob[4]),
+        "pipeline": pipeline_of(blob),
+        "prune_values": cfg.quant.prune_values,
         "tensors": tensors,
     }
 
@@ -160,7 +176,11 @@ def inspect_cmd(artifact: Path, as_json: bool, backend: str) -> None:
                        f"{t['compressed_bytes']:>10,} {t['compressed_bytes'] / t['params']:>7.3f}")
         click.echo("* each tensor's payload compressed alone; the artifact compresses them together")
         click.echo(f"params          {r['params']:>12,}")
-        click.echo(f"artifact bytes  {r['artifact_bytes']:>12,}  ({r['bytes_per_param']:.4f} bytes/param)")
+        click.echo(f"artifact bytes  {r['artifact_bytes']:>12,}  ({r['bytes_per_param']:.4f} bytes/param; format "
+                   f"v{r['format_version']}, {r['pipeline']} pipeline)")
+        lq = [t["name"] for t in r["tensors"] if t["lqer_rank"]]
+        if lq:
+            click.echo(f"LQER            {', '.join(lq)}")
         click.echo(f"code bytes      {r['code_bytes']:>12,}  ({backend} backend)")
         click.echo(f"total bytes     {r['total_bytes']:>12,}  of {SIZE_CAP:,}")
         click.echo(f"headroom        {r['headroom']:>12,}")

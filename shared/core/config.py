@@ -276,6 +276,18 @@ class QuantConfig(_Section):
     calib_tokens: int = 65536        # calibration tokens from the training split (GPTQ, budget mode)
     budget_tokens: int = 32768       # of those, the tokens whose loss ranks tensors in budget mode (8192 was too noisy: BENCHMARKS.md)
     zstd_level: int = 22
+    # Record artifact (issue 14; docs/ARTIFACT.md). Per-class clip sigmas: 0 means "use quant.clip_k".
+    attn_clip_k: float = 0.0         # the attention matrices' std-based clip (record: 13.0)
+    mlp_clip_k: float = 0.0          # the MLP matrices' std-based clip (record: 11.5-12.85)
+    gate: str = "fp16"               # the attention / smear gate tensors' scheme (record: int8 per row)
+    lqer_tensors: int = 0            # LQER: how many tensors (largest quantisation error) get a correction
+    lqer_rank: int = 4               # rank of each correction W - Q(W) ~ A B
+    lqer_a_bits: int = 2             # bits of A [out, rank] (one scale for the whole factor)
+    lqer_b_bits: int = 4             # bits of B [rank, in] (one scale per group of lqer_group values)
+    lqer_group: int = 64
+    prune_values: int = 0            # +-1 codes set to 0, least Hessian-weighted cost first (budget mode sets it)
+    compressor: str = "zstd"         # "zstd" (v1's), "brotli" (shuffled, brotli-11), "group" (by role), "auto"
+    group_sort: bool = False         # "group": reorder rows by similarity, permutation stored (measured larger: BENCHMARKS.md)
 
     @property
     def calibrates(self) -> bool:
@@ -310,6 +322,19 @@ class QuantConfig(_Section):
                              "quant.keep_float_max_numel >= 0")
         if not 1 <= self.zstd_level <= 22:
             raise PgolfError(f"quant.zstd_level must be in 1..22, got {self.zstd_level}")
+        if self.gate not in schemes:
+            raise PgolfError(f"quant.gate = {self.gate!r} is not a scheme: choose one of {', '.join(schemes)}")
+        if self.attn_clip_k < 0.0 or self.mlp_clip_k < 0.0:
+            raise PgolfError("quant.attn_clip_k and quant.mlp_clip_k must be >= 0 (0: use quant.clip_k)")
+        if self.lqer_tensors < 0 or self.lqer_rank < 0 or self.prune_values < 0:
+            raise PgolfError("quant.lqer_tensors, quant.lqer_rank and quant.prune_values must be >= 0")
+        for key in ("lqer_a_bits", "lqer_b_bits"):
+            if not 2 <= getattr(self, key) <= 8:
+                raise PgolfError(f"quant.{key} must be in 2..8, got {getattr(self, key)}")
+        if self.lqer_group < 1:
+            raise PgolfError(f"quant.lqer_group must be >= 1, got {self.lqer_group}")
+        if self.compressor not in ("zstd", "brotli", "group", "auto"):
+            raise PgolfError(f"quant.compressor = {self.compressor!r}: choose zstd, brotli, group or auto")
 
 
 @dataclass(frozen=True, kw_only=True)

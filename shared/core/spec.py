@@ -20,9 +20,9 @@ The record stack's options (config.ModelConfig) add rows:
     skip_gates                  [num_skip, dim]     zeros (sigmoid 0.5)          scalar   other   model.skip_gates
     lane_route                  [layers, 2, 2]      ones (attn/mlp -> lanes)     scalar   other   model.parallel_from
     lane_scale                  [layers, 2]         1.1 (lane residual scales)   scalar   other   model.parallel_from
-    smear.weight                [1, gate_dims]      zeros                        scalar   other   model.smear_gate
+    smear.weight                [1, gate_dims]      zeros                        scalar   gate    model.smear_gate
     smear.lam                   [1]                 zeros                        scalar   other   model.smear_gate
-    blocks.{i}.attn.gate        [num_heads, gate_dims] zeros                     scalar   other   model.attn_gate
+    blocks.{i}.attn.gate        [num_heads, gate_dims] zeros                     scalar   gate    model.attn_gate
 
 and `model.ortho_init` draws the input-side block matrices (q, k, v, MLP up)
 orthogonally instead of uniformly. With depth recurrence, `num_skip` counts
@@ -73,7 +73,7 @@ def ns_coefficients(kind: str, steps: int) -> list[tuple[float, float, float]]:
     return list(NS_POLAR_EXPRESS[:steps]) if kind == "polar_express" else [NS_QUINTIC] * steps
 
 GROUPS = ("embed", "head", "matrix", "scalar")   # optimizer groups
-QCLASSES = ("embed", "attn", "mlp", "other")     # quantizer classes: the keys of [quant]
+QCLASSES = ("embed", "attn", "mlp", "gate", "other")     # quantizer classes: the keys of [quant]
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def param_table(m: ModelConfig) -> dict[str, Param]:
         add("lane_route", (m.num_layers, 2, 2), ("ones",), "scalar", "other")
         add("lane_scale", (m.num_layers, 2), ("full", LANE_SCALE_INIT), "scalar", "other")
     if m.smear_gate:
-        add("smear.weight", (1, m.gate_dims), ("zeros",), "scalar", "other")
+        add("smear.weight", (1, m.gate_dims), ("zeros",), "scalar", "gate")
         add("smear.lam", (1,), ("zeros",), "scalar", "other")
     inner = (lambda shape: ("orthogonal", 1.0)) if m.ortho_init else _fan_in
     for i in range(m.num_layers):
@@ -129,7 +129,7 @@ def param_table(m: ModelConfig) -> dict[str, Param]:
         add(p + "attn.proj.weight", (d, d), ("zeros",), "matrix", "attn")
         add(p + "attn.q_gain", (m.num_heads,), ("full", m.qk_gain_init), "scalar", "other")
         if m.attn_gate:
-            add(p + "attn.gate", (m.num_heads, m.gate_dims), ("zeros",), "scalar", "other")
+            add(p + "attn.gate", (m.num_heads, m.gate_dims), ("zeros",), "scalar", "gate")
         add(p + "mlp.fc.weight", (h, d), inner((h, d)), "matrix", "mlp")
         add(p + "mlp.proj.weight", (d, h), ("zeros",), "matrix", "mlp")
         add(p + "attn_scale", (d,), ("ones",), "scalar", "other")

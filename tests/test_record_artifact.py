@@ -1,0 +1,251 @@
+"""The record artifact (issue 14): format v2 pipelines, v1 still read, LQER, pruning, gates, budget fit."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.artifact import compress as pipelines
+from shared.artifact import format as artifact
+from shared.artifact import lqer
+from shared.artifact.prune import count_candidates, prune, prune_costs
+from shared.artifact.quant import dequantize
+from shared.core.config import QuantConfig
+from shared.core.spec import init_params, param_table
+from shared.errors import PgolfError
+from tests.conftest import tiny_config
+
+DATA = Path(__file__).parent / "data"
+
+
+def _cfg(model=None, **quant):
+    cfg = tiny_config()
+    base = QuantConfig(keep_float_max_numel=0, attn="int6", mlp="int6", embed="int7", clip_k=12.0, zstd_level=9)
+    return replace(cfg, model=replace(cfg.model, **(model or {})), quant=replace(base, **quant)).validate()
+
+
+def _params(cfg, seed=3):
+    rng = np.random.default_rng(seed)
+    return {k: (v + rng.normal(0, 0.02, v.shape)).astype(np.float32) for k, v in init_params(cfg.model, 1).items()}
+
+
+def test_v1_artifact_from_the_old_code_path_still_reads():
+    """tests/data/artifact_v1_tiny.pgz was packed by the v1 packer (commit 553bc6d); its dequantised
+    weights were saved beside it by that code."""
+    blob = (DATA / "artifact_v1_tiny.pgz").read_bytes()
+    assert blob[4] == 1 and artifact.pipeline_of(blob) == "zstd"
+    cfg, out = artifact.unpack(blob, source="v1.pgz")
+    ref = np.load(DATA / "artifact_v1_tiny_weights.npz")
+    assert sorted(out) == sorted(ref.files)
+    for k in ref.files:
+        np.testing.assert_array_equal(out[k], ref[k])
+    assert cfg.quant.compressor == "zstd" and cfg.quant.lqer_tensors == 0   # keys v1 lacked take their defaults
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline", ["zstd", "brotli", "group"])
+def test_every_pipeline_round_trips_to_the_same_weights(pipeline):
+    cfg = _cfg(lqer_tensors=2, prune_values=200)
+    params = _params(cfg)
+    ref = artifact.unpack(artifact.pack(params, cfg))[1]
+    for sort in (True, False):
+        c = replace(cfg, quant=replace(cfg.quant, compressor=pipeline, group_sort=sort))
+        blob = artifact.pack(params, c)
+        assert blob[4] == artifact.VERSION and artifact.pipeline_of(blob) == pipeline
+        c2, out = artifact.unpack(blob)
+        assert c2.quant == c.quant
+        for k in ref:
+            np.testing.assert_array_equal(out[k], ref[k])
+
+
+def test_group_pipeline_stores_a_real_row_permutation():
+    cfg = _cfg(compressor="group")
+    qts = artifact.quantize_all(_params(cfg), cfg)
+    sections = artifact.build_sections(qts, cfg)
+    import json
+    meta = json.loads(sections[0][4:].decode())
+    groups, rest = pipelines.code_groups(meta)
+    # One group per role: q, k, v, out, fc, proj of both layers together, and the embedding.
+    assert len(groups) == 7 and all(len(g) == 2 for g in groups if g[0][1] != cfg.model.vocab_size)
+    perms, parts, _ = pipelines._group_split(meta, sections[1], sort=True)
+    assert perms and sum(len(p) for p in parts) == len(sections[1]) - sum(n for _, n in rest)
+    mat = np.frombuffer(parts[0], dtype=np.int8).reshape(-1, groups[0][0][2])
+    key = np.abs(mat.astype(np.int64)).sum(axis=1)
+    assert np.all(np.diff(key) >= 0)   # rows stored in the similarity order
+
+
+@pytest.mark.slow
+def test_auto_keeps_the_smallest_pipeline():
+    cfg = _cfg(compressor="auto")
+    params = _params(cfg)
+    sections = artifact.build_sections(artifact.quantize_all(params, cfg), cfg)
+    payloads = {p: pipelines.encode(p, sections, cfg.quant.zstd_level) for p in pipelines.PIPELINES}
+    best = min(pipelines.PIPELINES, key=lambda p: len(payloads[p]))
+    auto = artifact.pack(params, cfg)
+    assert artifact.pipeline_of(auto) == best and auto[artifact.HEADER.size:] == payloads[best]
+    assert len({len(v) for v in payloads.values()}) == 3   # the pipelines really differ
+
+
+def _check_refused(blob, match):
+    with pytest.raises(PgolfError, match=match) as e:
+        artifact.unpack(blob, source="x.pgz")
+    assert "\n" not in str(e.value) and str(e.value).startswith("x.pgz")
+
+
+def test_missing_or_foreign_decompressor_is_refused_by_name(monkeypatch):
+    cfg = _cfg(compressor="brotli")
+    blob = artifact.pack(_params(cfg), cfg)
+    _check_refused(blob[:5] + bytes([3]) + blob[6:], "ZPAQ decompressor")
+    _check_refused(blob[:5] + bytes([4]) + blob[6:], "lrzip")
+    _check_refused(blob[:5] + bytes([77]) + blob[6:], "unknown compression pipeline id 77")
+    monkeypatch.setitem(sys.modules, "brotli", None)   # as if the package were not installed
+    _check_refused(blob, "needs the `brotli` package")
+    zblob = artifact.pack(_params(cfg), replace(cfg, quant=replace(cfg.quant, compressor="zstd")))
+    artifact.unpack(zblob)   # zstd artifacts need no brotli
+
+
+def test_lqer_factors_fit_the_error_and_are_stored_at_their_bits():
+    rng = np.random.default_rng(0)
+    low = rng.normal(size=(96, 3)) @ rng.normal(size=(3, 80))
+    err = low + 0.01 * rng.normal(size=(96, 80))
+    us, vs = lqer.top_factors(err, 3)
+    s_ref = np.linalg.svd(err, compute_uv=False)[:3]
+    s_ours = np.sqrt((us ** 2).sum(axis=0) * (vs ** 2).sum(axis=1))
+    np.testing.assert_allclose(s_ours, s_ref, rtol=1e-3)   # power iteration: close singular values mix a little
+    resid_svd = (s_ref ** 2).sum()
+    assert ((us @ vs) ** 2).sum() == pytest.approx(resid_svd, rel=1e-4)   # but the captured energy is the SVD's
+    f = lqer.fit(err, rank=3, a_bits=2, b_bits=4, group=64)
+    assert f.a.shape == (96, 3) and f.b.shape == (3, 80) and f.a_scale.shape == (1,) and f.b_scale.shape == (3, 2)
+    assert np.abs(f.a).max() <= 1 and np.abs(f.b).max() <= 7
+    resid = ((err - lqer.correction(f)) ** 2).sum() / (err ** 2).sum()
+    assert resid < 0.35   # ternary A, 4-bit B still remove most of a rank-3 error
+
+
+def test_lqer_corrects_the_tensors_with_the_largest_error():
+    cfg = _cfg(lqer_tensors=2, lqer_rank=4)
+    params = _params(cfg)
+    plain = artifact.quantize_plain(params, cfg)
+    ranking = artifact.lqer_ranking(params, plain, cfg)
+    top = {n for n, _ in ranking[:2]}
+    qts = artifact.quantize_all(params, cfg)
+    assert {n for n, t in qts.items() if t.lqer is not None} == top
+    for n in top:
+        before = ((dequantize(plain[n]) - params[n]) ** 2).sum()
+        after = ((dequantize(qts[n]) - params[n]) ** 2).sum()
+        assert after < before
+    # The corrections survive the artifact and its reader.
+    _, qts2 = artifact.read_quantized(artifact.pack(params, cfg))
+    for n in top:
+        np.testing.assert_array_equal(dequantize(qts2[n]), dequantize(qts[n]))
+
+
+def test_pruning_zeroes_exactly_the_cheapest_plus_minus_one_codes():
+    cfg = _cfg()
+    params = _params(cfg)
+    plain = artifact.quantize_plain(params, cfg)
+    total = count_candidates(plain)
+    pruned = prune(params, plain, 50)
+    assert count_candidates(pruned) == total - 50
+    costs = []
+    for name in sorted(plain):
+        if plain[name].q is None:
+            continue
+        pos, c = prune_costs(params[name], plain[name], None)
+        costs += [(cc, name, p) for cc, p in zip(c, pos, strict=True)]
+    costs.sort(key=lambda t: t[0])
+    limit = costs[49][0]
+    for name in plain:
+        if plain[name].q is None:
+            continue
+        changed = np.flatnonzero(plain[name].q.reshape(-1) != pruned[name].q.reshape(-1))
+        assert np.all(pruned[name].q.reshape(-1)[changed] == 0)
+        pos, c = prune_costs(params[name], plain[name], None)
+        assert np.all(c[np.isin(pos, changed)] <= limit)
+    assert prune(params, plain, 0) is plain
+
+
+def test_gates_take_int8_rows_and_classes_take_their_own_clip():
+    model = {"attn_gate": True, "smear_gate": True, "gate_dims": 6}
+    cfg = _cfg(model, gate="int8", attn_clip_k=5.0)
+    params = _params(cfg)
+    table = param_table(cfg.model)
+    gates = [n for n in table if table[n].qclass == "gate"]
+    assert sorted(gates) == ["blocks.0.attn.gate", "blocks.1.attn.gate", "smear.weight"]
+    qts = artifact.quantize_all(params, cfg)
+    for n in gates:
+        assert qts[n].scheme == "int8" and qts[n].scale.shape == (params[n].shape[0],)
+    default = artifact.quantize_all(params, replace(cfg, quant=replace(cfg.quant, gate="fp16", attn_clip_k=0.0)))
+    assert all(default[n].scheme == "fp16" for n in gates)
+    # attn_clip_k changes the attention matrices' steps only; 0 means quant.clip_k.
+    q = "blocks.0.attn.c_q.weight"
+    ratio = qts[q].scale.astype(np.float64) / default[q].scale.astype(np.float64)
+    np.testing.assert_allclose(ratio, 5.0 / 12.0, rtol=2e-3)
+    m = "blocks.0.mlp.fc.weight"
+    np.testing.assert_array_equal(qts[m].scale, default[m].scale)
+
+
+@pytest.mark.slow
+def test_fit_budget_uses_the_finer_means_and_packs_what_it_measured():
+    from shared.artifact.budget import fit_budget
+
+    cfg = _cfg(embed="int8", attn="int8", mlp="int8", lqer_tensors=2, lqer_rank=4, compressor="zstd")
+    params = _params(cfg)
+    widest = len(artifact.pack(params, cfg))
+
+    def loss(p):   # a deterministic stand-in for the model's loss: relative weight error
+        return sum(float(((p[k] - params[k]) ** 2).sum()) for k in params)
+
+    lines: list[str] = []
+    budget = widest - 400
+    schemes, cfg2 = fit_budget(params, cfg, budget, loss, log=lines.append)
+    blob = artifact.pack(params, cfg2, schemes=schemes)
+    assert len(blob) <= budget
+    text = "\n".join(lines)
+    assert "budget: chose" in text and "option bit widths" in text and "option pruning" in text
+    # What it chose is recorded in the artifact: the widths in the table, rank and pruning in [quant].
+    c3, _ = artifact.unpack(blob)
+    assert (c3.quant.lqer_rank, c3.quant.prune_values) == (cfg2.quant.lqer_rank, cfg2.quant.prune_values)
+    chosen = text.split("budget: chose ")[1]
+    options = {ln.split("option ")[1].split(":")[0]: float(ln.rsplit("loss ", 1)[1])
+               for ln in lines if "budget: option" in ln}
+    assert chosen.startswith(min(options, key=options.get))
+
+
+class _FakeSession:
+    """Just what finish_run calls: Hessians that take a moment to collect, a fixed evaluation."""
+
+    backend, rank = "torch", 0
+
+    def collect_hessians(self, params, x, show_progress):
+        import time
+
+        time.sleep(0.05)
+        return {}
+
+    def evaluate_params(self, params, val_tokens, tables):
+        from shared.data.bpb import EvalResult
+
+        return EvalResult(nats=1000.0, tokens=1000, bytes=4000)
+
+
+def test_finish_run_times_gptq_and_says_when_the_reserve_was_too_small(tiny_data, tmp_path):
+    from shared.core.finish import finish_run
+    from shared.core.rundir import RunDir
+    from shared.data.dataset import open_dataset
+
+    cfg = tiny_config(max_seconds=30.0, calib_reserve_s=0.01)
+    cfg = replace(cfg, quant=replace(cfg.quant, gptq=True, calib_tokens=256)).validate()
+    ds = open_dataset(tiny_data.data_dir, tiny_data.tokenizer, cfg.model.vocab_size)
+    stats = {"val_loss": 1.0, "val_bpb": 0.5, "steps": 1}
+    summary = finish_run(_FakeSession(), _params(cfg), cfg, RunDir(tmp_path), ds, stats)
+    log = (tmp_path / "train.log").read_text()
+    assert summary["calib_seconds"] >= 0.05 and summary["quant_seconds"] > 0
+    assert f"calibration {summary['calib_seconds']:.1f}s + quantise and pack" in log
+    assert "train.calib_reserve_s=0.01 was too small" in log and "raise train.calib_reserve_s to at least 1" in log
+    cfg = replace(cfg, train=replace(cfg.train, calib_reserve_s=25.0))
+    finish_run(_FakeSession(), _params(cfg), cfg, RunDir(tmp_path / "b"), ds, dict(stats))
+    assert "too small" not in (tmp_path / "b" / "train.log").read_text()
