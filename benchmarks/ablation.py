@@ -46,6 +46,8 @@ ABLATIONS: dict[str, tuple[list[str], str]] = {
     "polar_express": (["optim.muon_ns=quintic"], "#1855"),
     "grad_clip": (["optim.grad_clip_norm=0.0"], "#1855"),
     "beta2_0.99": (["optim.beta2=0.95"], "#1855"),
+    # two at once: the pair that cost most at this size in the first table (BENCHMARKS.md)
+    "partial_rope+qk_gain_5": (["model.rope_dims=0", "model.qk_gain_init=1.5"], "#1855"),
 }
 
 
