@@ -379,13 +379,13 @@ def speed(cfg: Config, dataset, device: torch.device, dtype: torch.dtype, second
 
 def artifact_size(cfg: Config, weights: dict[str, np.ndarray]) -> dict[str, Any]:
     """Bytes of the config's artifact from the timed weights (no GPTQ calibration: sizes only)
-    plus the torch trainer's counted code, against the 16,000,000-byte cap."""
+    plus the counted code (the generated train_gpt.py for this config), against the 16,000,000-byte cap."""
     from shared.artifact.code import code_bytes
     from shared.artifact.format import pack
 
     t0 = time.perf_counter()
     blob = pack(weights, replace(cfg, quant=replace(cfg.quant, gptq=False)))
-    code = code_bytes("torch")
+    code = code_bytes("torch", cfg)
     return {"artifact_bytes": len(blob), "code_bytes": code, "total_bytes": len(blob) + code,
             "under_cap": len(blob) + code <= CAP_BYTES, "pack_seconds": time.perf_counter() - t0,
             "note": "weights after the timed steps only, packed without GPTQ: the size of a trained model differs"}

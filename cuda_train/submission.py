@@ -15,8 +15,9 @@ checkpoint; one that already holds a run is refused unless OVERWRITE=1.
 
 The training is `cuda_train.backend.train`, the same call `pgolf train --backend
 torch` makes, so the two train the same model. This path imports torch, numpy,
-sentencepiece, zstandard (the artifact's compressor) and safetensors (the run
-folder's checkpoint), and no click, tqdm or huggingface_hub.
+sentencepiece, zstandard and (brotli/group pipelines) brotli, the artifact's
+compressors, and safetensors (the run folder's checkpoint), and no click, tqdm or
+huggingface_hub.
 """
 
 from __future__ import annotations

@@ -254,6 +254,31 @@ def test_check_passes_a_challenge_shaped_folder_and_names_each_fault(tmp_path, c
     assert res[0] == 2
 
 
+def test_check_refuses_a_non_number_in_one_line(tmp_path, capsys):
+    folder = _challenge_folder(tmp_path)
+    sub = json.loads((folder / "submission.json").read_text())
+    (folder / "submission.json").write_text(json.dumps({**sub, "val_loss": None}))
+    code, out = run_pgolf(capsys, "record", "check", str(folder))
+    assert code == 2 and "val_loss must be a number, got None" in out and "Traceback" not in out
+
+
+def test_calibration_counts_as_training_time_in_the_log(tmp_path):
+    """The challenge counts GPTQ calibration as training: the log's total_train_time includes it, and
+    record check judges the largest train_time of a log."""
+    from shared.core.config import Config
+    from shared.core.finish import challenge_lines
+
+    summary = {"steps": 10, "train_seconds": 590.0, "calib_seconds": 8.0, "quant_seconds": 4.5, "val_loss": 2.0,
+               "val_bpb": 1.2, "artifact_bytes": 1, "code_bytes": 1, "total_bytes": 2, "q_val_loss": 2.0,
+               "q_val_bpb": 1.2, "eval_seconds": 1.0}
+    lines = challenge_lines(Config(), summary)
+    assert "quantization_time:12500ms total_train_time:602500ms" in lines
+    folder = _challenge_folder(tmp_path)
+    (folder / "train.log").write_text((folder / "train.log").read_text() + lines[1] + "\n")
+    rep = check_folder(folder)
+    assert any("trained 602.5 s, over the 600 s cap" in f for f in rep.failures)
+
+
 def test_check_time_cap_and_against(tmp_path):
     folder = _challenge_folder(tmp_path)
     log = folder / "train.log"

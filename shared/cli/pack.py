@@ -10,7 +10,7 @@
 embedding steps (`quant.embed_steps`) and `--budget` need calibration
 tokens, read from the *training* split of `--data` (default: the
 checkpoint's `data.dir`). `--budget BYTES` makes the artifact plus the
-counted code fit, counting the larger of the two backends' code: per-tensor
+counted code (the generated train_gpt.py, the same for both backends) fit: per-tensor
 bit widths, then the LQER rank, then pruning of +-1 codes, whichever costs
 the least measured loss (shared/artifact/budget.py); it prints what it did.
 
@@ -69,8 +69,8 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
     check_finite(params, str(checkpoint))
     cfg = _quant_overrides(cfg, overrides)
     code = code_bytes(backend, cfg)
-    # The budget counts the larger of the two trainers' code, so the artifact fits whichever submits it
-    # (and `pgolf inspect`, which counts the torch code by default, agrees).
+    # Both backends count the same generated train_gpt.py (shared/artifact/code.py); the max stays
+    # so that a backend-specific count could never make a budget that one of them overruns.
     budget_code = max(code_bytes("mlx", cfg), code_bytes("torch", cfg))
     if budget is not None and budget <= budget_code:
         raise PgolfError(f"--budget {budget:,} does not even cover the {budget_code:,} bytes of counted code")
@@ -160,7 +160,7 @@ def inspect_report(blob: bytes, backend: str, source: str) -> dict:
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--backend", type=BACKEND_CHOICE, default="torch", show_default=True,
-              help="Whose code counts against the cap (the submission script is the torch one).")
+              help="Kept for compatibility: both backends count the same generated train_gpt.py.")
 def inspect_cmd(artifact: Path, as_json: bool, backend: str) -> None:
     """Per-tensor sizes, totals and headroom of an artifact (exit 2 when over 16,000,000 bytes)."""
     if not artifact.is_file():

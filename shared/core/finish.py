@@ -9,7 +9,8 @@
    `q_val_*` is exactly what `pgolf eval model.pgz` reports; the clock of that
    evaluation is `eval_seconds`, and the log gives its share of the challenge's
    separate 600 s evaluation budget (on the machine it ran on). `val_*`, from
-   the training loop's last validation, is always flat;
+   the training loop's last validation, is flat (a run with no validation
+   scores its final weights here, in `eval.mode`);
 3. write `summary.json` (keys: `shared.core.rundir.SUMMARY_KEYS`, plus a few extras), after the
    log's closing lines in the challenge's format (`challenge_lines`: what `pgolf record check`
    and the challenge's reviewers read).
@@ -147,6 +148,13 @@ def finish_run(
     return summary
 
 
+def quantization_line(summary: dict[str, Any], train_ms: float) -> list[str]:
+    """GPTQ calibration and packing time, and the training time the challenge counts (it includes them):
+    `pgolf record check` reads the largest `train_time` of a log, so `total_train_time` is what it checks."""
+    extra = 1000.0 * (float(summary.get("calib_seconds", 0.0)) + float(summary.get("quant_seconds", 0.0)))
+    return [f"quantization_time:{extra:.0f}ms total_train_time:{train_ms + extra:.0f}ms"] if extra > 0 else []
+
+
 def challenge_lines(cfg: Config, summary: dict[str, Any]) -> list[str]:
     """The closing lines of the challenge's reference train_gpt.py, with the same keys and number formats,
     so a pgolf log reads (and parses) like a record's: train time, sizes, the round-trip score."""
@@ -158,6 +166,7 @@ def challenge_lines(cfg: Config, summary: dict[str, Any]) -> list[str]:
     lines += [
         f"step:{steps}/{iterations} val_loss:{summary['val_loss']:.4f} val_bpb:{summary['val_bpb']:.4f} "
         f"train_time:{ms:.0f}ms step_avg:{ms / max(steps, 1):.2f}ms",
+        *quantization_line(summary, ms),
         f"Serialized model pgz: {summary['artifact_bytes']} bytes",
         f"Code size: {summary['code_bytes']} bytes",
         f"Total submission size pgz: {summary['total_bytes']} bytes",

@@ -53,6 +53,14 @@ class Evaluation:
     ledger: Ledger | None = None   # per-target scores (None for flat)
 
 
+def check_ranks(e: EvalConfig, world_size: int) -> None:
+    """Refuse, before any training, an evaluation that cannot run on `world_size` ranks."""
+    if e.mode == "ttt" and e.ttt == "lora" and e.lora_phases and world_size > 1:
+        raise PgolfError(f"eval.lora_phases = {e.lora_phases} (global SGD between document groups) runs on one "
+                         f"process only, not {world_size} ranks: set eval.lora_phases = 0, or evaluate the "
+                         "artifact afterwards in one process (pgolf eval)")
+
+
 def mode_name(e: EvalConfig) -> str:
     return f"ttt-{e.ttt}" if e.mode == "ttt" else e.mode
 
@@ -175,9 +183,7 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
     adapters are reset per batch, so their order changes nothing); without `lora_reset` the adapters
     carry over, and the documents keep their stream order."""
     docs = documents(ledger.tokens, ledger.lo, ledger.hi, bos)
-    if e.lora_phases and session.world_size > 1:
-        raise PgolfError("eval.lora_phases (global SGD between document groups) runs on one process only: "
-                         "evaluate with --nproc 1 or set eval.lora_phases = 0")
+    check_ranks(e, session.world_size)
     size = e.lora_phase_docs if e.lora_phases else len(docs)
     groups = [docs[s : s + size] for s in range(0, len(docs), size)]
     a_init = lora_init(m, e)

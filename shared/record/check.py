@@ -126,7 +126,27 @@ def read_json(path: Path) -> dict:
         raise PgolfError(f"{path}: unreadable JSON ({e}); fix or regenerate it") from None
     if not isinstance(data, dict):
         raise PgolfError(f"{path}: expected a JSON object")
+    if path.name == "submission.json":
+        check_numbers(data, path)
     return data
+
+
+NUMBER_KEYS = ("val_loss", "val_bpb", "val_loss_std", "val_bpb_std", "bytes_total", "bytes_code")
+SEED_NUMBER_KEYS = ("val_loss", "val_bpb", "artifact_bytes", "steps", "step_avg_ms", "eval_time_s")
+
+
+def check_numbers(sub: dict, path: Path) -> None:
+    """Every numeric field present in submission.json is a number (not null, text or a boolean)."""
+    def bad(v) -> bool:
+        return isinstance(v, bool) or not isinstance(v, (int, float))
+
+    for key in NUMBER_KEYS:
+        if key in sub and bad(sub[key]):
+            raise PgolfError(f"{path}: {key} must be a number, got {sub[key]!r}")
+    for seed, r in seed_results(sub).items():
+        for key in SEED_NUMBER_KEYS:
+            if key in r and bad(r[key]):
+                raise PgolfError(f"{path}: seed_results[{seed}].{key} must be a number, got {r[key]!r}")
 
 
 def seed_results(sub: dict) -> dict[str, dict]:
