@@ -7,7 +7,7 @@ Owns: reading the raw weight files that openai/parameter-golf's `train_gpt.py`
 (`torch-ref`) and `train_gpt_mlx.py` (`mlx-ref`) write at the end of a run,
 checking them against a pgolf config, and the reparametrisation that makes a
 model trained under one convention compute the same function under pgolf's.
-Numpy only; a `.pt` needs torch, imported when one is read.
+Numpy only; a `.pt` is read by the torch backend (cuda_train/reference_io.py) when one is imported.
 
 What the scripts write (read from their source; nothing here is copied from it):
 
@@ -45,6 +45,7 @@ normalised embedding of a token that training barely moved from its std-0.005 in
 
 from __future__ import annotations
 
+import importlib
 import zipfile
 from dataclasses import fields
 from pathlib import Path
@@ -112,27 +113,11 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_pt(path: Path) -> dict[str, np.ndarray]:
-    """train_gpt.py's `final_model.pt`: a torch state dict -> name -> float32 (needs torch)."""
-    try:
-        import torch
-    except ImportError:
-        raise PgolfError(f"{path}: reading a .pt needs PyTorch (pip install torch, or `make setup`)") from None
-    try:  # weights_only: tensors and plain containers only, never arbitrary pickled code
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged or foreign file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PgolfError(f"{path}: not a readable torch state dict ({first}); --from torch-ref reads the "
-                         "final_model.pt that train_gpt.py saves") from None
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise PgolfError(f"{path}: holds a {type(obj).__name__} rather than a name -> tensor state dict; "
-                         "--from torch-ref reads final_model.pt (final_model.int8.ptz is the quantised export)")
-    out = {}
-    for k, t in obj.items():
-        if not t.is_floating_point():
-            raise PgolfError(f"{path}: tensor {k} has dtype {t.dtype}, not a float: is this train_gpt.py's "
-                             "final_model.pt?")
-        out[str(k)] = t.detach().to(torch.float32).contiguous().numpy()
-    return out
+    """train_gpt.py's `final_model.pt` as name -> float32, read by the torch backend (cuda_train/reference_io.py)."""
+    from shared.core.backends import get_backend
+
+    get_backend("torch")  # one error line naming the missing framework, as for every torch command
+    return importlib.import_module("cuda_train.reference_io").read_pt(path)
 
 
 def read_reference(path: str | Path, source: str) -> dict[str, np.ndarray]:
