@@ -1,6 +1,6 @@
 """configs/small.toml against configs/small-record.toml at equal wallclock, robust to a busy machine.
 
-    python -m benchmarks.record_small --backend torch --small-steps 456 [--data DIR --tokenizer MODEL]
+    python -m benchmarks.record_small --backend torch --small-steps 456 [--seeds 1337,1] [--data DIR --tokenizer MODEL]
 
 A wallclock-capped run on a shared 2-core machine measures the other jobs as
 much as the config. So the comparison is made in two parts:
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--small-steps", type=int, required=True, help="small.toml's steps in the idle wallclock budget")
     ap.add_argument("--speed-steps", type=int, default=40)
     ap.add_argument("--speed-rounds", type=int, default=2)
+    ap.add_argument("--seeds", default="1337", help="comma-separated seeds of the quality runs (the margin's spread)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--tokenizer", default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "record_small")
@@ -68,13 +69,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {platform.platform()}, {os.cpu_count()} cpus; date {time.strftime('%Y-%m-%d')}; {args.backend}; "
           f"data {args.data or 'pgolf data sample'}; tok/s ratio small-record/small = {ratio:.3f} "
           f"(median of {args.speed_rounds} interleaved {args.speed_steps}-step runs each)\n")
-    print("| config | steps (equal wallclock) | tok/s (same load) | val_bpb | q_val_bpb | artifact bytes |\n"
-          "|---|---|---|---|---|---|")
-    for name, config in CONFIGS.items():
-        s = train(out / name, config, args.backend, [*fixed, f"train.iterations={steps[name]}"])
-        print(f"| {name}.toml | {steps[name]} | {speed[name]:,.0f} | {s['val_bpb']:.4f} | {s['q_val_bpb']:.4f} | "
-              f"{s['artifact_bytes']:,} |", flush=True)
-
+    print("| config | seed | steps (equal wallclock) | tok/s (same load) | val_bpb | q_val_bpb | artifact bytes |\n"
+          "|---|---|---|---|---|---|---|")
+    margins = []
+    for seed in args.seeds.split(","):
+        q = {}
+        for name, config in CONFIGS.items():
+            s = train(out / f"{name}_seed{seed}", config, args.backend,
+                      [*fixed, f"train.iterations={steps[name]}", f"train.seed={seed}"])
+            q[name] = s["q_val_bpb"]
+            print(f"| {name}.toml | {seed} | {steps[name]} | {speed[name]:,.0f} | {s['val_bpb']:.4f} | "
+                  f"{s['q_val_bpb']:.4f} | {s['artifact_bytes']:,} |", flush=True)
+        margins.append(q["small"] - q["small-record"])
+    print("\nq_val_bpb margin of small-record over small (positive = small-record better), per seed: "
+          + ", ".join(f"{m:+.4f}" for m in margins)
+          + (f"; mean {statistics.fmean(margins):+.4f}, min {min(margins):+.4f}" if len(margins) > 1 else ""))
 
 if __name__ == "__main__":
     main()
