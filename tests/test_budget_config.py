@@ -206,3 +206,40 @@ def test_budget_fit_written_as_config_packs_the_same_bytes_and_is_baked_into_the
     code, _, err = run(["pack", str(ckpt), "--backend", "torch", "-o", str(tmp_path / "x.pgz"), "--config",
                         str(other)], capsys)
     assert code == 2 and "model.num_layers" in err
+
+
+# ----------------------------------------------------------------------------- cheaper budget mode
+
+@pytest.mark.slow
+def test_narrowest_measures_one_loss_per_tensor_and_still_fits():
+    from shared.artifact.budget import CANDIDATES, fit_budget
+
+    cfg = _cfg(compressor="zstd", budget_measure="narrowest")
+    params = _params(cfg)
+    calls = []
+
+    def loss(p):
+        calls.append(1)
+        return sum(float(((p[k] - params[k]) ** 2).sum()) for k in params)
+
+    lines: list[str] = []
+    budget = int(0.8 * len(artifact.pack(params, cfg)))
+    fitted = fit_budget(params, cfg, budget, loss, log=lines.append)
+    assert len(artifact.pack(params, fitted)) <= budget
+    eligible = sum(1 for s in artifact.choose_schemes(params, cfg).values() if s.startswith("int"))
+    sens = next(ln for ln in lines if "measuring" in ln)
+    assert f"measuring {eligible} tensors x 1 schemes" in sens
+    options = sum(1 for ln in lines if "budget: option" in ln)
+    assert len(calls) == 1 + eligible + options      # base, one per tensor, one per option
+    assert len(calls) < eligible * len(CANDIDATES)
+    assert any(ln.startswith("budget: time: quantise") for ln in lines)
+
+
+def test_compressed_frames_are_remembered_without_changing_a_byte():
+    from shared.artifact import compress
+
+    raw = np.random.default_rng(0).integers(-3, 4, size=200_000).astype(np.int8).tobytes()
+    first = compress.brotli_compress(raw)
+    assert compress.brotli_compress(raw) is first            # the same frame object: remembered
+    assert compress._brotli().compress(raw, quality=11, lgwin=24) == first
+    assert compress.zstd_compress(raw, 9) == compress._zstd_compress(raw, 9)

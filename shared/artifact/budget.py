@@ -27,6 +27,8 @@ re-run pruning, LQER and compression.
 from __future__ import annotations
 
 import math
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -41,6 +43,7 @@ from shared.artifact.format import (
     unpack,
     with_tensor_schemes,
 )
+from shared.artifact.lqer import error_score
 from shared.artifact.prune import count_candidates
 from shared.artifact.quant import INT_BITS, QTensor, dequantize
 from shared.core.config import Config, to_toml
@@ -69,12 +72,28 @@ class Packer:
         self.code_size = code_size or (lambda c: 0)
         self.cache: dict[tuple[str, str], QTensor] = {}
         self.code_cache: dict[str, int] = {}
+        self.blobs: OrderedDict[str, bytes] = OrderedDict()   # the last few packs, by config (measured() repacks)
+        self.seconds = dict.fromkeys(("quantise", "losses", "sizes", "packs", "code"), 0.0)
+        self.counts_of = dict.fromkeys(("quantise", "losses", "packs", "code"), 0)
+
+    def timed(self, what: str, t0: float) -> None:
+        self.seconds[what] += time.perf_counter() - t0
+        if what in self.counts_of:
+            self.counts_of[what] += 1
+
+    def timings(self) -> str:
+        s, n = self.seconds, self.counts_of
+        return (f"budget: time: quantise {s['quantise']:.0f}s ({n['quantise']} tensor-widths), losses {s['losses']:.0f}s "
+                f"({n['losses']} passes), tensor sizes {s['sizes']:.0f}s, packs {s['packs']:.0f}s ({n['packs']} "
+                f"packs), counted code {s['code']:.0f}s ({n['code']} scripts)")
 
     def tensor(self, name: str, scheme: str, cfg: Config) -> QTensor:
         key = (name, scheme)
         if key not in self.cache:
+            t0 = time.perf_counter()
             self.cache[key] = quantize_plain({name: self.params[name]}, cfg, self.hessians, {name: scheme},
                                              self.counts)[name]
+            self.timed("quantise", t0)
         return self.cache[key]
 
     def config(self, cfg: Config, schemes: dict[str, str] | None) -> Config:
@@ -88,14 +107,27 @@ class Packer:
     def pack(self, cfg: Config, schemes: dict[str, str] | None) -> bytes:
         """The same bytes as `format.pack(params, self.config(cfg, schemes), hessians, token_counts=...)`."""
         c = self.config(cfg, schemes)
-        return pack_quantized(finish_quantized(self.params, self.plain(c, None), c, self.hessians), c)
+        key = to_toml(c)    # the config fixes the bytes (params, Hessians and counts are this packer's)
+        if key in self.blobs:
+            self.blobs.move_to_end(key)
+            return self.blobs[key]
+        plain = self.plain(c, None)
+        t0 = time.perf_counter()
+        blob = pack_quantized(finish_quantized(self.params, plain, c, self.hessians), c)
+        self.timed("packs", t0)
+        self.blobs[key] = blob
+        while len(self.blobs) > 4:
+            self.blobs.popitem(last=False)
+        return blob
 
     def code(self, cfg: Config, schemes: dict[str, str] | None) -> int:
         """Counted code bytes of the config that states this choice (cached: generating a script takes a while)."""
         c = self.config(cfg, schemes)
         key = to_toml(c)
         if key not in self.code_cache:
+            t0 = time.perf_counter()
             self.code_cache[key] = self.code_size(c)
+            self.timed("code", t0)
         return self.code_cache[key]
 
     def total(self, cfg: Config, schemes: dict[str, str] | None) -> int:
@@ -135,19 +167,39 @@ def budget_schemes(
     if narrowest > budget:  # impossible: say so before minutes of measuring
         raise PgolfError(f"cannot fit the artifact in {budget:,} bytes: it takes {narrowest:,} (artifact + code) "
                          f"even with every tensor at {CANDIDATES[-1]}; raise --budget or shrink the model")
-    base = loss(params)
-    log(f"budget: base loss {base:.4f} nats on {q.budget_tokens} calibration tokens; "
-        f"measuring {len(eligible)} tensors x {len(CANDIDATES)} schemes")
+    def timed_loss(p: dict[str, np.ndarray]) -> float:
+        t0 = time.perf_counter()
+        out = loss(p)
+        packer.timed("losses", t0)
+        return out
+
+    base = timed_loss(params)
+    every = q.budget_measure == "every"
+    log(f"budget: base loss {base:.4f} nats on {q.budget_tokens} calibration tokens; measuring {len(eligible)} "
+        f"tensors x {len(CANDIDATES) if every else 1} schemes (quant.budget_measure={q.budget_measure})")
     size: dict[str, list[int]] = {}
     delta: dict[str, list[float]] = {}
-    with Progress("budget: sensitivities", total=len(eligible) * len(CANDIDATES), unit="losses") as bar:
+    with Progress("budget: sensitivities", total=len(eligible) * len(CANDIDATES), unit="widths") as bar:
         for name in eligible:
             size[name], delta[name] = [], []
+            errors = []
             for scheme in CANDIDATES:
                 qt = packer.tensor(name, scheme, cfg)
+                t0 = time.perf_counter()
                 size[name].append(tensor_bytes(qt, level))
-                delta[name].append(loss({**params, name: dequantize(qt)}) - base)
+                packer.timed("sizes", t0)
+                if every:
+                    delta[name].append(timed_loss({**params, name: dequantize(qt)}) - base)
+                else:
+                    h = (hessians or {}).get(name) if q.gptq else None
+                    errors.append(error_score(params[name], dequantize(qt), h))
                 bar.update()
+            if not every:
+                # One forward pass, at the narrowest width (the largest, least noisy loss change); the other
+                # widths scale it by their weight error, to second order what a loss change goes as near a
+                # minimum. Both are per tensor, so the Hessian's units cancel.
+                d = timed_loss({**params, name: dequantize(packer.tensor(name, CANDIDATES[-1], cfg))}) - base
+                delta[name] = [d * e / errors[-1] if errors[-1] > 0 else 0.0 for e in errors]
 
     level_of = dict.fromkeys(eligible, 0)
 
@@ -254,12 +306,16 @@ def fit_budget(
     trail: list[dict[str, str]] = []
     schemes = budget_schemes(params, cfg, budget, loss, hessians, log, token_counts, packer, trail)
     if not trail:
+        log(packer.timings())
         return packer.config(cfg, schemes)    # fits at the widest widths: nothing to trade
     prev = trail[-2] if len(trail) >= 2 else dict.fromkeys(schemes, CANDIDATES[0])
 
     def measured(c: Config, sch: dict[str, str]) -> tuple[float, int]:
         blob = packer.pack(c, sch)
-        return loss(unpack(blob)[1]), len(blob) + packer.code(c, sch)
+        t0 = time.perf_counter()
+        lo = loss(unpack(blob)[1])
+        packer.timed("losses", t0)
+        return lo, len(blob) + packer.code(c, sch)
 
     options: list[tuple[float, str, Config, int]] = []
     widths_loss, widths_size = measured(cfg, schemes)
@@ -269,6 +325,7 @@ def fit_budget(
         # The widths' size estimate was pessimistic: the state before the last step fits as it is.
         lo, sz = measured(cfg, prev)
         options.append((lo, "bit widths without the last step", packer.config(cfg, prev), sz))
+        log(packer.timings())
         return _choose(options, budget, log)
     if q.lqer_tensors > 0 and q.lqer_rank > 0:
         for r in range(q.lqer_rank - 1, -1, -1):
@@ -284,6 +341,7 @@ def fit_budget(
         lo, sz = measured(c, prev)
         options.append((lo, f"pruning {c.quant.prune_values:,} +-1 codes (before the last width step)",
                         packer.config(c, prev), sz))
+    log(packer.timings())
     return _choose(options, budget, log)
 
 

@@ -288,6 +288,9 @@ class QuantConfig(_Section):
     prune_values: int = 0            # +-1 codes set to 0, least Hessian-weighted cost first (budget mode sets it)
     compressor: str = "zstd"         # "zstd" (v1's), "brotli" (shuffled, brotli-11), "group" (by role), "auto"
     group_sort: bool = False         # "group": reorder rows by similarity, permutation stored (measured larger: BENCHMARKS.md)
+    budget_measure: str = "every"    # budget mode's loss sensitivities: "every" (a forward pass per tensor and width) or
+                                     # "narrowest" (one at int4 per tensor, scaled to the other widths by each width's
+                                     # diag-Hessian-weighted error: 5x fewer passes; shared/artifact/budget.py)
     tensor_schemes: str = ""         # per-tensor scheme overrides "NAME=SCHEME,NAME=SCHEME" (canonical names, after the
                                      # class rules above); `pgolf pack --budget --write-config` writes its fit here
 
@@ -352,6 +355,8 @@ class QuantConfig(_Section):
             raise PgolfError(f"quant.lqer_group must be >= 1, got {self.lqer_group}")
         if self.compressor not in ("zstd", "brotli", "group", "auto"):
             raise PgolfError(f"quant.compressor = {self.compressor!r}: choose zstd, brotli, group or auto")
+        if self.budget_measure not in ("every", "narrowest"):
+            raise PgolfError(f"quant.budget_measure = {self.budget_measure!r}: choose every or narrowest")
         for name, scheme in self.tensor_scheme_map().items():
             if scheme not in schemes:
                 raise PgolfError(f"quant.tensor_schemes: {name}={scheme!r} is not a scheme: choose one of "
