@@ -22,6 +22,12 @@ to fit; it measures the loss of every candidate that fits and keeps the
 cheapest. Hessians are collected once by the caller and every (tensor,
 scheme) is quantised (GPTQ) once and cached, so the repeated packs only
 re-run pruning, LQER and compression.
+
+The fit is a config (`quant.tensor_schemes`, `quant.lqer_rank`,
+`quant.prune_values`): every size compared is the artifact plus the counted
+code of the config stating that choice (`code_size`), since the script bakes
+the config. `quant.budget_measure = "narrowest"` measures one loss per tensor
+instead of one per (tensor, width) (docs/ARTIFACT.md, "Budget mode").
 """
 
 from __future__ import annotations
