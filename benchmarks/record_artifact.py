@@ -15,7 +15,7 @@ sum|W|^2. Quantisation: configs/record.toml's [quant] (int6 block matrices,
 int7 embedding) with the record's per-class sigmas (attention 13.0, MLP
 12.0, embedding 14.0), int8 gates, round to nearest (GPTQ needs Hessians from
 a forward pass; a 36M model's calibration does not fit this CPU benchmark).
-`--budget` runs `fit_budget` with the relative weight error as its loss
+`--budget` runs `fit_budget` (artifact + the fitted config's code <= the budget) with the relative weight error as its loss
 (a proxy: sensitivities from the real loss need 330 forward passes of the
 36M model).
 
@@ -64,6 +64,17 @@ def record_params(cfg: Config, seed: int = 0) -> dict[str, np.ndarray]:
         else:
             out[name] = (w + rng.normal(0.0, 0.02, size=w.shape)).astype(np.float32)
     return out
+
+
+def counted(cfg: Config) -> int:
+    """The counted code of `cfg`'s train_gpt.py (both backends count the same script)."""
+    return max(code_bytes("mlx", cfg), code_bytes("torch", cfg))
+
+
+def widths(params: dict[str, np.ndarray], cfg: Config) -> dict[str, int]:
+    """How many tensors take each integer scheme under `cfg` (class rules plus quant.tensor_schemes)."""
+    sch = [s for s in artifact.choose_schemes(params, cfg).values() if s.startswith("int")]
+    return {s: sch.count(s) for s in sorted(set(sch))}
 
 
 def rel_error(params: dict[str, np.ndarray], unpacked: dict[str, np.ndarray]) -> float:
@@ -121,16 +132,16 @@ def run_record(args) -> dict:
     out = {"params": n, "schemes": schemes,
            "rows": [] if args.no_rows else pipeline_rows(params, cfg, plain, only=args.row)}
     if args.budget:
-        code = max(code_bytes("mlx"), code_bytes("torch"))
         c = with_quant(cfg, compressor=args.budget_compressor, **LQER)
         t = time.perf_counter()
-        sch, c2 = fit_budget(params, c, args.budget - code, lambda p: rel_error(params, p), log=print)
-        blob = artifact.pack(params, c2, schemes=sch)
+        c2 = fit_budget(params, c, args.budget, lambda p: rel_error(params, p), log=print, code_size=counted)
+        blob = artifact.pack(params, c2)
+        code = counted(c2)
         _, deq = artifact.unpack(blob)
         out["budget"] = {"budget": args.budget, "code_bytes": code, "bytes": len(blob), "total": len(blob) + code,
                          "seconds": round(time.perf_counter() - t, 1), "rel_err": rel_error(params, deq),
                          "lqer_rank": c2.quant.lqer_rank, "prune_values": c2.quant.prune_values,
-                         "widths": {s: sum(1 for v in sch.values() if v == s) for s in sorted(set(sch.values()))}}
+                         "widths": widths(params, c2)}
         print(json.dumps(out["budget"]), flush=True)
     return out
 
@@ -159,7 +170,7 @@ def run_trained(args) -> dict:
     for r in rows:
         r["gap"] = r["q_val_bpb"] - base
     out = {"val_bpb": base, "params": int(sum(v.size for v in params.values())), "rows": rows}
-    code = max(code_bytes("mlx"), code_bytes("torch"))
+    code = counted(cfg)
     if args.budget_frac:   # a budget that forces trading: a fraction of the config's own zstd artifact
         args.budget = code + int(args.budget_frac * rows[0]["bytes"])
     if args.budget:
@@ -167,15 +178,16 @@ def run_trained(args) -> dict:
         sx, sy = x[: max(1, cfg.quant.budget_tokens // x.shape[1])], y[: max(1, cfg.quant.budget_tokens // x.shape[1])]
         c = with_quant(cfg, compressor=args.budget_compressor, **LQER)
         t = time.perf_counter()
-        sch, c2 = fit_budget(params, c, args.budget - code, lambda p: be.batch_loss(p, cfg, sx, sy), hess, print,
-                             counts)
-        blob = artifact.pack(params, c2, hess, sch, counts)
+        c2 = fit_budget(params, c, args.budget, lambda p: be.batch_loss(p, cfg, sx, sy), hess, print, counts,
+                        code_size=counted)
+        blob = artifact.pack(params, c2, hess, token_counts=counts)
+        code = counted(c2)
         _, deq = artifact.unpack(blob)
         q = evaluate(deq)
         out["budget"] = {"budget": args.budget, "code_bytes": code, "bytes": len(blob), "total": len(blob) + code,
                          "seconds": round(time.perf_counter() - t, 1), "q_val_bpb": q, "gap": q - base,
                          "lqer_rank": c2.quant.lqer_rank, "prune_values": c2.quant.prune_values,
-                         "widths": {s: sum(1 for v in sch.values() if v == s) for s in sorted(set(sch.values()))}}
+                         "widths": widths(params, c2)}
         print(json.dumps(out["budget"]), flush=True)
     return out
 

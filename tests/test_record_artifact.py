@@ -201,8 +201,8 @@ def test_fit_budget_uses_the_finer_means_and_packs_what_it_measured():
 
     lines: list[str] = []
     budget = widest - 400
-    schemes, cfg2 = fit_budget(params, cfg, budget, loss, log=lines.append)
-    blob = artifact.pack(params, cfg2, schemes=schemes)
+    cfg2 = fit_budget(params, cfg, budget, loss, log=lines.append)
+    blob = artifact.pack(params, cfg2)
     assert len(blob) <= budget
     text = "\n".join(lines)
     assert "budget: chose" in text and "option bit widths" in text and "option pruning" in text

@@ -27,9 +27,11 @@ exact uncompressed body, which the header's CRC covers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
+from collections import OrderedDict
 
 import numpy as np
 import zstandard
@@ -46,8 +48,38 @@ FOREIGN_IDS = {3: "group+zpaq (needs a ZPAQ decompressor, which pgolf does not p
 PIPELINES = tuple(PIPELINE_IDS)
 
 
+# Budget mode packs the same model 10-20 times, and most frames come back unchanged between packs
+# (an LQER rank try changes only the factors' frame, a width step one group of codes): brotli-11 on
+# a 36M model's groups takes minutes on 2 cores, so frames are remembered by content. Compression is
+# a pure function of (bytes, settings), so this changes no byte; it only bounds repeated work.
+_MEMO: OrderedDict[tuple, bytes] = OrderedDict()
+_MEMO_MAX_BYTES = 256 << 20   # of compressed frames held
+_memo_bytes = 0
+
+
+def _memoised(kind: str, setting: int, raw: bytes, compress) -> bytes:
+    global _memo_bytes
+    if len(raw) < 1 << 16:   # small frames: compressing is cheaper than remembering
+        return compress(raw)
+    key = (kind, setting, len(raw), hashlib.blake2b(raw, digest_size=20).digest())
+    hit = _MEMO.get(key)
+    if hit is not None:
+        _MEMO.move_to_end(key)
+        return hit
+    out = compress(raw)
+    _MEMO[key] = out
+    _memo_bytes += len(out)
+    while _memo_bytes > _MEMO_MAX_BYTES and len(_MEMO) > 1:
+        _memo_bytes -= len(_MEMO.popitem(last=False)[1])
+    return out
+
+
 def zstd_compress(raw: bytes, level: int) -> bytes:
     """One-shot, single-threaded zstd: the same bytes on every machine (MACHINE-NOTES.md)."""
+    return _memoised("zstd", level, raw, lambda r: _zstd_compress(r, level))
+
+
+def _zstd_compress(raw: bytes, level: int) -> bytes:
     if not 1 <= level <= MAX_ZSTD_LEVEL:
         raise PgolfError(f"quant.zstd_level must be in 1..{MAX_ZSTD_LEVEL}, got {level}")
     params = zstandard.ZstdCompressionParameters.from_level(
@@ -67,7 +99,8 @@ def _brotli(source: str = "artifact"):
 def brotli_compress(raw: bytes) -> bytes:
     if not raw:
         return b""
-    return _brotli().compress(raw, quality=BROTLI_QUALITY, lgwin=BROTLI_LGWIN)
+    return _memoised("brotli", BROTLI_QUALITY, raw,
+                     lambda r: _brotli().compress(r, quality=BROTLI_QUALITY, lgwin=BROTLI_LGWIN))
 
 
 # ----------------------------------------------------------------------------- groups

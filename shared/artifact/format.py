@@ -32,7 +32,7 @@ import io
 import json
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +67,9 @@ MAX_ZSTD_LEVEL = pipelines.MAX_ZSTD_LEVEL
 
 # ----------------------------------------------------------------------------- scheme choice
 
-def choose_schemes(params: dict[str, np.ndarray], cfg: Config) -> dict[str, str]:
-    """The scheme of every tensor from `[quant]`: by class, small tensors as `quant.other` (or, outside
-    the `other` class, as `quant.small` when that names a float scheme); gate tensors, all small, take
+def class_schemes(params: dict[str, np.ndarray], cfg: Config) -> dict[str, str]:
+    """The scheme of every tensor by its class alone: small tensors as `quant.other` (or, outside the
+    `other` class, as `quant.small` when that names a float scheme); gate tensors, all small, take
     `quant.gate` whatever their size."""
     q = cfg.quant
     table = param_table(cfg.model)
@@ -83,6 +83,30 @@ def choose_schemes(params: dict[str, np.ndarray], cfg: Config) -> dict[str, str]
             continue
         out[name] = getattr(q, cls)
     return out
+
+
+def choose_schemes(params: dict[str, np.ndarray], cfg: Config) -> dict[str, str]:
+    """The scheme of every tensor from `[quant]`: the class rules (`class_schemes`), then the per-tensor
+    overrides of `quant.tensor_schemes` (what budget mode fits; names checked when the config loads)."""
+    out = class_schemes(params, cfg)
+    for name, scheme in cfg.quant.tensor_scheme_map().items():
+        if name in out:   # `params` may be a subset (budget mode quantises one tensor at a time)
+            out[name] = scheme
+    return out
+
+
+def with_tensor_schemes(params: dict[str, np.ndarray], cfg: Config, schemes: dict[str, str]) -> Config:
+    """`cfg` whose `quant.tensor_schemes` states `schemes` (over any it had): only the tensors whose scheme
+    differs from their class rule, in sorted-name order, so the config (and the script that bakes it)
+    stays as short as the choice allows and the same choice always gives the same text."""
+    chosen = choose_schemes(params, cfg)
+    unknown = sorted(set(schemes) - set(chosen))
+    if unknown:
+        raise PgolfError(f"scheme override for unknown tensor(s) {unknown[:3]}")
+    chosen.update(schemes)
+    base = class_schemes(params, cfg)
+    text = ",".join(f"{n}={chosen[n]}" for n in sorted(chosen) if chosen[n] != base[n])
+    return replace(cfg, quant=replace(cfg.quant, tensor_schemes=text)).validate()
 
 
 # ----------------------------------------------------------------------------- byte transforms

@@ -58,8 +58,12 @@ def damped(h: np.ndarray, damp: float) -> np.ndarray:
     return h
 
 
-# q, k and v (and, per block, fc) share one input and so one Hessian: factor it once.
+# q, k and v share one input and so one Hessian: factor it once. Budget mode quantises every tensor
+# at five widths in several passes, so the factors are kept up to a memory bound rather than a count
+# (8 entries made it refactor each Hessian once per pass: the record model has 45, the 11 of width 2048
+# taking seconds each in this element-wise form).
 _FACTORS: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+_FACTORS_MAX_BYTES = 512 << 20
 
 
 def factor(h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +77,7 @@ def factor(h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
     for attempt in range(6):
         L = cholesky_lower(damped(h, damp * (10.0 ** attempt))[np.ix_(proc, proc)])
         if L is not None:
-            if len(_FACTORS) >= 8:
+            while _FACTORS and sum(f[1].nbytes for f in _FACTORS.values()) + L.nbytes > _FACTORS_MAX_BYTES:
                 _FACTORS.pop(next(iter(_FACTORS)))
             _FACTORS[key] = (proc, L)
             return proc, L

@@ -1,8 +1,8 @@
 """`pgolf pack` and `pgolf inspect`: make and audit the 16 MB artifact.
 
     pgolf pack RUN_DIR/checkpoint.safetensors --backend mlx -o model.pgz \\
-        [--set quant.mlp=int6 --set quant.gptq=true] [--budget 16000000] \\
-        [--data DIR --tokenizer MODEL]
+        [--config FILE] [--set quant.mlp=int6 --set quant.gptq=true] \\
+        [--budget 16000000 [--write-config FIT.toml [--overwrite]]] [--data DIR --tokenizer MODEL]
     pgolf inspect model.pgz [--json] [--backend torch]
 
 `pack` quantises a checkpoint with the `[quant]` section saved in it (plus
@@ -13,6 +13,14 @@ checkpoint's `data.dir`). `--budget BYTES` makes the artifact plus the
 counted code (the generated train_gpt.py, the same for both backends) fit: per-tensor
 bit widths, then the LQER rank, then pruning of +-1 codes, whichever costs
 the least measured loss (shared/artifact/budget.py); it prints what it did.
+The code counted is that of the config that states the fit (the script bakes
+it), so artifact + code <= BYTES for the config actually chosen.
+`--write-config FIT.toml` writes that config (the checkpoint's, with the fit
+in `quant.tensor_schemes`, `quant.lqer_rank` and `quant.prune_values`):
+`pgolf pack --config FIT.toml` (no --budget) rebuilds the same bytes, and
+`pgolf train --config FIT.toml` / the exported train_gpt.py pack that way.
+`--config FILE` takes the `[quant]` section of FILE (its `[model]` must be
+the checkpoint's); `--set quant.*` applies after it.
 
 `inspect` prints one row per tensor (scheme, bits, parameters and the bytes
 of its payload compressed alone: the parts do not add up exactly to the
@@ -54,28 +62,43 @@ def _quant_overrides(cfg: Config, overrides: tuple[str, ...]) -> Config:
               help="Dataset folder (training split gives calibration tokens) [default: the checkpoint's data.dir].")
 @click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
               help="SentencePiece .model [default: the checkpoint's data.tokenizer].")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Take [quant] from this TOML (e.g. one --write-config wrote); its [model] must match.")
+@click.option("--write-config", "write_config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --budget: write the fitted config here (atomic).")
+@click.option("--overwrite", is_flag=True, help="Let --write-config replace an existing file.")
 def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ...], budget: int | None,
-             data_dir: Path | None, tokenizer: Path | None) -> None:
+             data_dir: Path | None, tokenizer: Path | None, config_path: Path | None, write_config: Path | None,
+             overwrite: bool) -> None:
     """Quantise and pack a checkpoint into an artifact."""
     from shared.artifact.code import code_bytes
     from shared.artifact.format import pack, unpack, write_artifact
     from shared.core.rundir import load_checkpoint
     from shared.core.spec import check_finite, check_params
 
+    if write_config is not None:   # refuse before minutes of fitting, not after
+        if budget is None:
+            raise PgolfError("--write-config writes what --budget fits: add --budget BYTES")
+        if write_config.exists() and not overwrite:
+            raise PgolfError(f"{write_config} exists: pass --overwrite to replace it, or choose another file")
     params, cfg, step = load_checkpoint(checkpoint)
     if cfg is None:
         raise PgolfError(f"{checkpoint} has no embedded config: pack a checkpoint written by `pgolf train`")
     check_params(params, cfg.model, str(checkpoint))
     check_finite(params, str(checkpoint))
+    if config_path is not None:
+        cfg = _quant_from_file(cfg, config_path, checkpoint)
     cfg = _quant_overrides(cfg, overrides)
-    code = code_bytes(backend, cfg)
-    # Both backends count the same generated train_gpt.py (shared/artifact/code.py); the max stays
-    # so that a backend-specific count could never make a budget that one of them overruns.
-    budget_code = max(code_bytes("mlx", cfg), code_bytes("torch", cfg))
-    if budget is not None and budget <= budget_code:
-        raise PgolfError(f"--budget {budget:,} does not even cover the {budget_code:,} bytes of counted code")
 
-    hessians = schemes = counts = None
+    def counted(c: Config) -> int:
+        # Both backends count the same generated train_gpt.py (shared/artifact/code.py); the max stays
+        # so that a backend-specific count could never make a budget that one of them overruns.
+        return max(code_bytes("mlx", c), code_bytes("torch", c))
+
+    if budget is not None and budget <= counted(cfg):
+        raise PgolfError(f"--budget {budget:,} does not even cover the {counted(cfg):,} bytes of counted code")
+
+    hessians = counts = None
     if cfg.quant.calibrates or budget is not None:
         from shared.artifact.budget import fit_budget, sensitivity_batch
         from shared.artifact.calibration import calibration_batch, calibration_counts
@@ -91,13 +114,27 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
             hessians = be.collect_hessians(params, cfg, x)
         if budget is not None:
             sx, sy = sensitivity_batch(x, y, cfg)
-            click.echo(f"budget: {budget:,} bytes less {budget_code:,} bytes of code (the larger backend's) "
-                       f"leaves {budget - budget_code:,} for the artifact")
-            schemes, cfg = fit_budget(params, cfg, budget - budget_code, lambda p: be.batch_loss(p, cfg, sx, sy),
-                                      hessians=hessians, log=click.echo, token_counts=counts)
-    blob = pack(params, cfg, hessians, schemes, counts)
+            click.echo(f"budget: {budget:,} bytes for the artifact plus the counted code of the fitted config "
+                       f"({counted(cfg):,} bytes before fitting, the larger backend's)")
+            base = cfg
+            cfg = fit_budget(params, cfg, budget, lambda p: be.batch_loss(p, base, sx, sy), hessians=hessians,
+                             log=click.echo, token_counts=counts, code_size=counted)
+            click.echo(_fit_summary(cfg))
+    blob = pack(params, cfg, hessians, token_counts=counts)
     unpack(blob, source=str(out))  # the reader must accept what we wrote
+    if budget is not None and len(blob) + counted(cfg) > budget:   # fit_budget measured exactly this: a bug if so
+        raise PgolfError(f"internal: the fitted artifact ({len(blob):,}) + code ({counted(cfg):,}) exceeds {budget:,}")
+    code = code_bytes(backend, cfg)   # of the config packed (the fit changes the script it bakes)
     write_artifact(out, blob)
+    if write_config is not None:
+        from shared.core.config import to_toml
+        from shared.core.rundir import atomic_write_bytes
+
+        head = (f"# Written by `pgolf pack --budget {budget}` from {checkpoint} (step {step}): the checkpoint's\n"
+                f"# config with the fit in [quant] (tensor_schemes, lqer_rank, prune_values). `pgolf pack --config`\n"
+                f"# of this file rebuilds {out.name} ({len(blob):,} bytes + {counted(cfg):,} bytes of code).\n\n")
+        atomic_write_bytes(write_config, (head + to_toml(cfg)).encode("utf-8"))
+        click.echo(f"wrote {write_config}: the fitted config")
     if counts is not None and cfg.quant.embed_steps == "frequency":
         from shared.artifact.format import read_quantized
         from shared.core.spec import param_table
@@ -115,6 +152,32 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
                f"LQER on {sum(1 for t in read_quantized_lqer(blob))} tensors; {cfg.quant.prune_values:,} +-1 codes pruned")
     click.echo(f"wrote {out}: {len(blob):,} artifact bytes + {code:,} code bytes ({backend}) = {total:,} "
                f"of {SIZE_CAP:,} ({'within' if total <= SIZE_CAP else 'OVER'} the cap), checkpoint step {step}")
+
+
+def _quant_from_file(cfg: Config, path: Path, checkpoint: Path) -> Config:
+    """`cfg` with the [quant] section of the config file at `path` (whose model must be the checkpoint's)."""
+    from dataclasses import replace
+
+    from shared.core.config import load_config
+
+    other = load_config(path)
+    if other.model != cfg.model:
+        diff = [k for k in vars(cfg.model) if getattr(cfg.model, k) != getattr(other.model, k)]
+        raise PgolfError(f"{path}: its [model] differs from {checkpoint}'s (model.{diff[0]}): pass the config "
+                         "that was fitted for this checkpoint")
+    return replace(cfg, quant=other.quant).validate()
+
+
+def _fit_summary(cfg: Config) -> str:
+    """What budget mode chose, as the config states it."""
+    q = cfg.quant
+    per = q.tensor_scheme_map()
+    counts: dict[str, int] = {}
+    for s in per.values():
+        counts[s] = counts.get(s, 0) + 1
+    widths = ", ".join(f"{s} x{c}" for s, c in sorted(counts.items())) or "none (the class schemes)"
+    return (f"budget: fit: quant.tensor_schemes overrides {len(per)} tensors ({widths}); "
+            f"quant.lqer_rank={q.lqer_rank} on {q.lqer_tensors} tensors; quant.prune_values={q.prune_values:,}")
 
 
 def read_quantized_lqer(blob: bytes) -> list[str]:

@@ -288,6 +288,26 @@ class QuantConfig(_Section):
     prune_values: int = 0            # +-1 codes set to 0, least Hessian-weighted cost first (budget mode sets it)
     compressor: str = "zstd"         # "zstd" (v1's), "brotli" (shuffled, brotli-11), "group" (by role), "auto"
     group_sort: bool = False         # "group": reorder rows by similarity, permutation stored (measured larger: BENCHMARKS.md)
+    budget_measure: str = "every"    # budget mode's loss sensitivities: "every" (a forward pass per tensor and width) or
+                                     # "narrowest" (one at int4 per tensor, scaled to the other widths by each width's
+                                     # diag-Hessian-weighted error: 5x fewer passes; shared/artifact/budget.py)
+    tensor_schemes: str = ""         # per-tensor scheme overrides "NAME=SCHEME,NAME=SCHEME" (canonical names, after the
+                                     # class rules above); `pgolf pack --budget --write-config` writes its fit here
+
+    def tensor_scheme_map(self) -> dict[str, str]:
+        """`tensor_schemes` parsed: {canonical name: scheme}, in the order written (syntax checked by validate)."""
+        out: dict[str, str] = {}
+        for item in self.tensor_schemes.replace("\n", ",").split(","):
+            if not item.strip():
+                continue
+            name, sep, scheme = item.partition("=")
+            if not sep or not name.strip() or not scheme.strip():
+                raise PgolfError(f"quant.tensor_schemes: {item.strip()!r} is not NAME=SCHEME "
+                                 "(e.g. \"blocks.0.mlp.fc.weight=int5,tok_emb.weight=int6\")")
+            if name.strip() in out:
+                raise PgolfError(f"quant.tensor_schemes names {name.strip()!r} twice: keep one entry per tensor")
+            out[name.strip()] = scheme.strip()
+        return out
 
     @property
     def calibrates(self) -> bool:
@@ -335,6 +355,12 @@ class QuantConfig(_Section):
             raise PgolfError(f"quant.lqer_group must be >= 1, got {self.lqer_group}")
         if self.compressor not in ("zstd", "brotli", "group", "auto"):
             raise PgolfError(f"quant.compressor = {self.compressor!r}: choose zstd, brotli, group or auto")
+        if self.budget_measure not in ("every", "narrowest"):
+            raise PgolfError(f"quant.budget_measure = {self.budget_measure!r}: choose every or narrowest")
+        for name, scheme in self.tensor_scheme_map().items():
+            if scheme not in schemes:
+                raise PgolfError(f"quant.tensor_schemes: {name}={scheme!r} is not a scheme: choose one of "
+                                 f"{', '.join(schemes)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -420,7 +446,24 @@ class Config:
         self.optim.validate()
         self.quant.validate()
         self.eval.validate()
+        self._check_tensor_schemes()
         return self
+
+    def _check_tensor_schemes(self) -> None:
+        """quant.tensor_schemes may only name parameters of this model, and integer schemes only matrices
+        (a vector given int6 would be stored as floats: an override that silently did nothing)."""
+        overrides = self.quant.tensor_scheme_map()
+        if not overrides:
+            return
+        from shared.core.spec import param_table  # spec imports this module: import at call time
+
+        table = param_table(self.model)
+        for name, scheme in overrides.items():
+            if name not in table:
+                raise PgolfError(f"quant.tensor_schemes: unknown tensor {name!r}{_nearest(name, list(table))}")
+            if scheme.startswith("int") and len(table[name].shape) < 2:
+                raise PgolfError(f"quant.tensor_schemes: {name} is a vector: only matrices take integer schemes "
+                                 "(give it fp16 or fp32)")
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
