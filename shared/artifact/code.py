@@ -58,11 +58,17 @@ _module_name = module_name  # the name tests/test_boundaries.py uses
 
 
 def _imports(f: Path) -> set[str]:
-    """Module names that `f` imports, anywhere in its body (relative imports resolved)."""
+    """Module names that `f` imports, anywhere in its body (relative imports resolved), except under
+    `if TYPE_CHECKING:`: those never run, so they are neither a dependency of a run nor an import cycle."""
     me = module_name(f)
     package = me if f.name == "__init__.py" else me.rpartition(".")[0]
     out: set[str] = set()
-    for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"), str(f))):
+    tree = ast.parse(f.read_text(encoding="utf-8"), str(f))
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node.test)
+                   for stmt in node.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -73,6 +79,11 @@ def _imports(f: Path) -> set[str]:
             out.add(base)
             out.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
     return out
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def import_closure(roots: tuple[Path, ...]) -> tuple[Path, ...]:
