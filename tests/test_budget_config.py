@@ -12,12 +12,12 @@ import pytest
 from shared.artifact import format as artifact
 from shared.artifact.code import code_bytes
 from shared.artifact.prune import count_candidates, prune, prune_costs
-from shared.cli import main
 from shared.core.config import QuantConfig, apply_overrides, load_config
 from shared.core.rundir import save_checkpoint
 from shared.core.spec import init_params, param_table
 from shared.errors import PgolfError
 from tests.conftest import tiny_config
+from tests.test_pack_cli import run
 
 
 def _cfg(model=None, **quant):
@@ -31,14 +31,6 @@ def _params(cfg, seed=3):
     return {k: (v + rng.normal(0, 0.02, v.shape)).astype(np.float32) for k, v in init_params(cfg.model, 1).items()}
 
 
-def run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # ----------------------------------------------------------------------------- the config key
