@@ -68,7 +68,7 @@ def record_params(cfg: Config, seed: int = 0) -> dict[str, np.ndarray]:
 
 def counted(cfg: Config) -> int:
     """The counted code of `cfg`'s train_gpt.py (both backends count the same script)."""
-    return max(code_bytes("mlx", cfg), code_bytes("torch", cfg))
+    return code_bytes("torch", cfg)
 
 
 def widths(params: dict[str, np.ndarray], cfg: Config) -> dict[str, int]:

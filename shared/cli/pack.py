@@ -91,9 +91,8 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
     cfg = _quant_overrides(cfg, overrides)
 
     def counted(c: Config) -> int:
-        # Both backends count the same generated train_gpt.py (shared/artifact/code.py); the max stays
-        # so that a backend-specific count could never make a budget that one of them overruns.
-        return max(code_bytes("mlx", c), code_bytes("torch", c))
+        # Both backends count the same generated train_gpt.py (shared/artifact/code.py; tests/test_record.py)
+        return code_bytes(backend, c)
 
     if budget is not None and budget <= counted(cfg):
         raise PgolfError(f"--budget {budget:,} does not even cover the {counted(cfg):,} bytes of counted code")
@@ -170,12 +169,11 @@ def _quant_from_file(cfg: Config, path: Path, checkpoint: Path) -> Config:
 
 def _fit_summary(cfg: Config) -> str:
     """What budget mode chose, as the config states it."""
+    from collections import Counter
+
     q = cfg.quant
     per = q.tensor_scheme_map()
-    counts: dict[str, int] = {}
-    for s in per.values():
-        counts[s] = counts.get(s, 0) + 1
-    widths = ", ".join(f"{s} x{c}" for s, c in sorted(counts.items())) or "none (the class schemes)"
+    widths = ", ".join(f"{s} x{c}" for s, c in sorted(Counter(per.values()).items())) or "none (the class schemes)"
     return (f"budget: fit: quant.tensor_schemes overrides {len(per)} tensors ({widths}); "
             f"quant.lqer_rank={q.lqer_rank} on {q.lqer_tensors} tensors; quant.prune_values={q.prune_values:,}")
 

@@ -455,7 +455,7 @@ class Config:
         overrides = self.quant.tensor_scheme_map()
         if not overrides:
             return
-        from shared.core.spec import param_table  # spec imports this module: import at call time
+        from shared.core.spec import param_table  # at call time: loading a config needs no numpy
 
         table = param_table(self.model)
         for name, scheme in overrides.items():
