@@ -1,57 +1,71 @@
 """LoRA adapters for test-time training (shared/eval/driver.py, per-document LoRA #1855), torch side.
 
-`install(model, a_init, scale)` swaps each named projection (`blocks.i.attn.c_q`, ...) for a
-`LoRALinear` that keeps the very same weight Parameter (so the parameter names of the table
-are unchanged) and adds a batch of adapters, one per row of the input: y = x W^T + scale *
-(x A_r^T) B_r^T with A [rows, rank, in] (from the driver's numpy draw) and B [rows, out, rank]
-(zero). `uninstall` puts the plain projections back. The same module in mlx_train/lora.py.
+`Adapters(a_init, out_dims, scale)` holds one batched adapter per name, one adapter per row of the
+input: delta(x) = scale * (x A_r^T) B_r^T with A [rows, rank, in] (the driver's numpy draw) and B
+[rows, out, rank] (zero). A name is `<site>.<kind>`: the site `layer<i>` (one adapter per block) or
+`slot<j>` (one per position j of the looped layer order, #1855), or `head` for the output head; the
+kind says where the model adds it (`cuda_train/model.py` `adapt`): q, k, v, o (reads the attention
+output), o_in (reads the attention input), fc, proj, mlp (dim -> dim beside the MLP). The model
+takes the adapters as an argument (`GPT.logits(idx, lora=adapters)`); its own weights are untouched.
+The same module in mlx_train/lora.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, a: Tensor, scale: float):
+def split_name(name: str) -> tuple[str, str]:
+    """`slot3.q` -> ("slot3", "q"); `head` -> ("head", "head")."""
+    site, _, kind = name.partition(".")
+    return site, kind or site
+
+
+class Adapter(nn.Module):
+    def __init__(self, a: Tensor, out_dim: int, scale: float):
         super().__init__()
-        self.base = [base]          # a list: not a submodule, so no second copy of its weight in the names
-        self.weight = base.weight   # the same Parameter: the base model's name and storage
         self.a = nn.Parameter(a.clone())
-        self.b = nn.Parameter(torch.zeros(a.size(0), base.weight.size(0), a.size(1), device=a.device))
-        self.a0, self.scale = a.clone(), scale
+        self.b = nn.Parameter(torch.zeros(a.size(0), out_dim, a.size(1), device=a.device))
+        self.scale = scale
 
     def forward(self, x: Tensor) -> Tensor:
         low = torch.bmm(x, self.a.transpose(1, 2).to(x.dtype))
-        return F.linear(x, self.weight.to(x.dtype)) + self.scale * torch.bmm(low, self.b.transpose(1, 2).to(x.dtype))
+        return self.scale * torch.bmm(low, self.b.transpose(1, 2).to(x.dtype))
+
+
+class Adapters(nn.Module):
+    """Every adapter of one evaluation, by name; `site(layer, slot)` is what block `layer` at position
+    `slot` of the layer order reads."""
+
+    def __init__(self, a_init: dict[str, np.ndarray], out_dims: dict[str, int], scale: float, device: torch.device):
+        super().__init__()
+        self.names = list(a_init)
+        self.mods = nn.ModuleList(
+            Adapter(torch.from_numpy(np.asarray(a_init[n], dtype=np.float32)).to(device), out_dims[n], scale)
+            for n in self.names)
+        self.a0 = [m.a.detach().clone() for m in self.mods]
+        self.sites: dict[str, dict[str, Adapter]] = {}
+        for n, m in zip(self.names, self.mods, strict=True):
+            site, kind = split_name(n)
+            self.sites.setdefault(site, {})[kind] = m
+
+    def site(self, layer: int, slot: int) -> dict[str, Adapter] | None:
+        return self.sites.get(f"slot{slot}", self.sites.get(f"layer{layer}"))
+
+    def tensors(self) -> list[Tensor]:
+        return [t for m in self.mods for t in (m.a, m.b)]
 
     @torch.no_grad()
-    def reset(self) -> None:
-        self.a.copy_(self.a0)
-        self.b.zero_()
+    def reset(self, a: dict[str, np.ndarray] | None = None, keep_a: bool = False) -> None:
+        """B to zero; A to `a` when given, else kept (`keep_a`), else back to its first draw."""
+        for n, m, a0 in zip(self.names, self.mods, self.a0, strict=True):
+            if a is not None:
+                m.a.copy_(torch.from_numpy(np.asarray(a[n], dtype=np.float32)))
+            elif not keep_a:
+                m.a.copy_(a0)
+            m.b.zero_()
 
-
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    path, attr = name.rsplit(".", 1)
-    return model.get_submodule(path), attr
-
-
-def install(model: nn.Module, a_init: dict[str, np.ndarray], scale: float, device: torch.device) -> list[LoRALinear]:
-    out = []
-    for name, a in a_init.items():
-        parent, attr = _parent(model, name)
-        lora = LoRALinear(getattr(parent, attr), torch.from_numpy(np.asarray(a, dtype=np.float32)).to(device), scale)
-        setattr(parent, attr, lora)
-        out.append(lora)
-    return out
-
-
-def uninstall(model: nn.Module, names: list[str]) -> None:
-    for name in names:
-        parent, attr = _parent(model, name)
-        mod = getattr(parent, attr)
-        if isinstance(mod, LoRALinear):
-            setattr(parent, attr, mod.base[0])
+    def a_values(self) -> dict[str, np.ndarray]:
+        return {n: m.a.detach().cpu().numpy().copy() for n, m in zip(self.names, self.mods, strict=True)}

@@ -80,6 +80,11 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out if rest is None else torch.cat((out, rest), dim=-1)
 
 
+def adapt(lora: dict | None, kind: str, x: Tensor, out: Tensor) -> Tensor:
+    """`out` plus the test-time LoRA adapter `kind` of this site applied to `x` (cuda_train/lora.py), if any."""
+    return out if lora is None or kind not in lora else out + lora[kind](x)
+
+
 def xsa(y: Tensor, v: Tensor) -> Tensor:
     """Exclusive self-attention (#1855): remove from each head's output y [b, h, t, d] its component
     along its own position's unit value vector v [b, kv, t, d] (GQA: each KV head serves h/kv heads)."""
@@ -112,11 +117,11 @@ class CausalSelfAttention(nn.Module):
         # GQA without repeating K/V: SDPA broadcasts the KV heads (flash kernel on CUDA).
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lora: dict | None = None) -> Tensor:
         b, t, d = x.shape
-        q = self.c_q(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.c_k(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = adapt(lora, "q", x, self.c_q(x)).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = adapt(lora, "k", x, self.c_k(x)).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = adapt(lora, "v", x, self.c_v(x)).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = rms_norm(q), rms_norm(k)  # QK-norm over the head dimension
         cos, sin = self.rotary(t, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -127,7 +132,8 @@ class CausalSelfAttention(nn.Module):
         if self.gate is not None:  # sparse attention output gate (#1855): per head, from the first residual dims
             g = torch.sigmoid(self.gate_scale * F.linear(x[..., : self.gate_dims], self.gate.to(x.dtype)))
             y = y * g.transpose(1, 2)[..., None]
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+        y = y.transpose(1, 2).reshape(b, t, d)
+        return adapt(lora, "o_in", x, adapt(lora, "o", y, self.proj(y)))  # "o_in": from the block's input (#1855)
 
 
 def leaky_relu2(x: Tensor) -> Tensor:
@@ -141,9 +147,10 @@ class MLP(nn.Module):
         self.proj = nn.Linear(m.hidden_dim, m.model_dim, bias=False)
         self.leaky = m.activation == "leaky_relu2"
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.fc(x)
-        return self.proj(leaky_relu2(h) if self.leaky else F.relu(h).square())
+    def forward(self, x: Tensor, lora: dict | None = None) -> Tensor:
+        h = adapt(lora, "fc", x, self.fc(x))
+        h = leaky_relu2(h) if self.leaky else F.relu(h).square()
+        return adapt(lora, "mlp", x, adapt(lora, "proj", h, self.proj(h)))  # "mlp": dim -> dim beside it (#1855)
 
 
 class Block(nn.Module):
@@ -159,20 +166,20 @@ class Block(nn.Module):
     def norm(self, x: Tensor) -> Tensor:
         return rms_norm(x) * self.ln if self.ln != 1.0 else rms_norm(x)
 
-    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, lora: dict | None = None) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(self.norm(x))
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x))
+        x = x + self.attn_scale.to(x.dtype) * self.attn(self.norm(x), lora)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x), lora)
 
-    def parallel(self, lanes: tuple[Tensor, Tensor], x0: Tensor, route: Tensor, scale: Tensor
-                 ) -> tuple[Tensor, Tensor]:
+    def parallel(self, lanes: tuple[Tensor, Tensor], x0: Tensor, route: Tensor, scale: Tensor,
+                 lora: dict | None = None) -> tuple[Tensor, Tensor]:
         """Parallel residual lanes (#1855): attention reads lane 0 (mixed with x0), the MLP lane 1;
         both outputs are routed into both lanes by `route` [2 sources, 2 lanes], lanes scaled by `scale`."""
         lane0, lane1 = lanes
         mix, route, scale = self.resid_mix.to(lane0.dtype), route.to(lane0.dtype), scale.to(lane0.dtype)
-        a = self.attn_scale.to(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0))
-        f = self.mlp_scale.to(lane0.dtype) * self.mlp(self.norm(lane1))
+        a = self.attn_scale.to(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0), lora)
+        f = self.mlp_scale.to(lane0.dtype) * self.mlp(self.norm(lane1), lora)
         return (scale[0] * lane0 + route[0, 0] * a + route[1, 0] * f,
                 scale[1] * lane1 + route[0, 1] * a + route[1, 1] * f)
 
@@ -215,8 +222,9 @@ class GPT(nn.Module):
         self.smear = Smear(m) if m.smear_gate else None
         self.blocks = nn.ModuleList(Block(m, i) for i in range(m.num_layers))
 
-    def hidden(self, idx: Tensor, looped: bool | None = None) -> Tensor:
-        """Final normalised hidden states [batch, seq, dim]; `looped` picks the depth-recurrence order."""
+    def hidden(self, idx: Tensor, looped: bool | None = None, lora=None) -> Tensor:
+        """Final normalised hidden states [batch, seq, dim]; `looped` picks the depth-recurrence order;
+        `lora` (cuda_train/lora.py `Adapters`) gives test-time adapters per layer or per slot of the order."""
         m = self.cfg
         x = self.tok_emb(idx)
         if torch.is_autocast_enabled(x.device.type):  # the residual stream in the compute dtype, as the reference
@@ -239,21 +247,25 @@ class GPT(nn.Module):
                     lanes = (skip_merge(lanes[0], skips.pop(), self.skip_weights[k], g), lanes[1])
             if lanes is None and 0 <= m.parallel_from <= i:
                 lanes = (x, x)  # from here on every block runs in parallel lanes
+            site = None if lora is None else lora.site(i, j)
             if lanes is None:
-                x = self.blocks[i](x, x0)
+                x = self.blocks[i](x, x0, site)
             else:
-                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i])
+                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i], site)
             if j < n_enc:
                 skips.append(x if lanes is None else lanes[0])
         if lanes is not None:
             x = 0.5 * (lanes[0] + lanes[1])
         return rms_norm(x)
 
-    def logits(self, idx: Tensor, looped: bool | None = None) -> Tensor:
-        h = self.hidden(idx, looped)
+    def logits(self, idx: Tensor, looped: bool | None = None, lora=None) -> Tensor:
+        h = self.hidden(idx, looped, lora)
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         cap = self.cfg.logit_softcap
-        return cap * torch.tanh(F.linear(h, w.to(h.dtype)) / cap)
+        z = F.linear(h, w.to(h.dtype))
+        if lora is not None:
+            z = adapt(lora.sites.get("head"), "head", h, z)
+        return cap * torch.tanh(z / cap)
 
     def forward(self, idx: Tensor, targets: Tensor, reduction: str = "mean", looped: bool | None = None) -> Tensor:
         """Cross-entropy in nats (`mean` over tokens, or their `sum`), computed in float32."""

@@ -17,6 +17,7 @@ rank 0 saves checkpoints without a collective.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,7 @@ class TorchSession:
         torch.manual_seed(cfg.train.seed)
         self.model = GPT(cfg.model).to(rt.device)
         self.opt: Optimizers | None = None
+        self._lora: lora.Adapters | None = None  # test-time adapters while a LoRA evaluation runs
         self.ema: list[Tensor] | None = None  # fp32 copies, in self.model.parameters() order
         self.compile = compile_enabled(cfg, rt.device) and training
         self.compiled = torch.compile(self.model, dynamic=False) if self.compile else self.model
@@ -208,7 +210,7 @@ class TorchSession:
         self.model.eval()
         xt, yt = to_device((x, y), self.rt.device)
         with autocast(self.rt.device, self.dtype):
-            logits = self.model.logits(xt)
+            logits = self.model.logits(xt, lora=self._lora)
         nats = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), reduction="none")
         self.model.train(was)
         return nats.view(y.shape).double().cpu().numpy()
@@ -255,42 +257,53 @@ class TorchSession:
     def sgd_end(self) -> None:
         self._sgd = None
 
-    def lora_begin(self, a_init: dict[str, np.ndarray], scale: float) -> None:
-        """Adapters on the named projections, one per input row (A from `a_init`, B zero), fresh Adam state."""
-        self._lora_names = list(a_init)
-        self._lora = lora.install(self.model, a_init, scale, self.rt.device)
+    def lora_begin(self, a_init: dict[str, np.ndarray], scale: float, out_dims: dict[str, int]) -> None:
+        """Adapters named as in cuda_train/lora.py, one per input row (A from `a_init`, B zero), fresh Adam
+        state; the base weights are frozen (no gradient, nothing saved for them) until `lora_end`."""
+        self._lora = lora.Adapters(a_init, out_dims, scale, self.rt.device)
+        self._frozen = [p for p in self.model.parameters() if p.requires_grad]
+        for p in self._frozen:
+            p.requires_grad_(False)
         self.lora_reset()
 
-    def lora_reset(self) -> None:
-        for m in self._lora:
-            m.reset()
-        self._lora_v = [torch.zeros_like(t) for m in self._lora for t in (m.a, m.b)]
+    def lora_reset(self, a: dict[str, np.ndarray] | None = None, keep_a: bool = False) -> None:
+        """B to zero and Adam state cleared; A to `a`, or kept (`keep_a`, #1855's warm start), or its first draw."""
+        self._lora.reset(a, keep_a)
+        self._lora_v = [torch.zeros_like(t) for t in self._lora.tensors()]
         self._lora_t = 0
 
-    def lora_step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, lr: float, wd: float) -> None:
-        """One Adam step (betas (0, 0.99), decoupled wd) on the adapters; each row's loss is the mean of
-        its masked nats, rows summed, so every document's adapter sees only its own tokens."""
-        tensors = [t for m in self._lora for t in (m.a, m.b)]
-        for t in tensors:
-            t.grad = None
+    def lora_a(self) -> dict[str, np.ndarray]:
+        """The adapters' current A matrices."""
+        return self._lora.a_values()
+
+    def lora_step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, lr: float, wd: float,
+                  eps: float = ADAM_EPS) -> None:
+        """One Adam step (betas (0, 0.99), decoupled wd, torch.optim.AdamW's arithmetic) on the adapters; each
+        row's loss is the mean of its masked nats, rows summed, so every document's adapter sees only its own tokens."""
+        tensors = self._lora.tensors()
         xt, yt = to_device((x, y), self.rt.device)
         mt = torch.from_numpy(np.asarray(mask, dtype=np.float32)).to(self.rt.device)
         with autocast(self.rt.device, self.dtype):
-            logits = self.model.logits(xt)
+            logits = self.model.logits(xt, lora=self._lora)
         nats = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), reduction="none").view(mt.shape)
         loss = ((nats * mt).sum(1) / mt.sum(1).clamp(min=1.0)).sum()
-        grads = torch.autograd.grad(loss, tensors)
+        grads = list(torch.autograd.grad(loss, tensors))
         self._lora_t += 1
-        correction = 1.0 - ADAM_BETA2 ** self._lora_t
-        with torch.no_grad():
-            for t, g, v in zip(tensors, grads, self._lora_v, strict=True):
-                v.mul_(ADAM_BETA2).addcmul_(g, g, value=1.0 - ADAM_BETA2)
-                t.mul_(1.0 - lr * wd)
-                t.sub_(lr * g / (torch.sqrt(v / correction) + ADAM_EPS))
+        with torch.no_grad():  # one foreach kernel per operation over all adapter tensors (beta1 = 0: m = g)
+            v = self._lora_v
+            torch._foreach_mul_(v, ADAM_BETA2)
+            torch._foreach_addcmul_(v, grads, grads, value=1.0 - ADAM_BETA2)
+            torch._foreach_mul_(tensors, 1.0 - lr * wd)
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_div_(denom, math.sqrt(1.0 - ADAM_BETA2 ** self._lora_t))
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(tensors, grads, denom, value=-lr)
 
     def lora_end(self) -> None:
-        lora.uninstall(self.model, self._lora_names)
-        self._lora = []
+        self._lora = None
+        for p in self._frozen:
+            p.requires_grad_(True)
+        self._frozen = []
 
     def collect_hessians(self, params: dict[str, np.ndarray], x: np.ndarray, show_progress: bool) -> dict:
         from cuda_train.calibrate import collect_hessians

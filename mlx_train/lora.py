@@ -1,10 +1,10 @@
 """LoRA adapters for test-time training (shared/eval/driver.py, per-document LoRA #1855), MLX side.
 
-`install(model, a_init, scale)` swaps each named projection (`blocks.i.attn.c_q`, ...) for a
-`LoRALinear` holding the very same `weight` array (so the parameter-table names still load into
-it) plus a batch of adapters, one per row of the input: y = x W^T + scale * (x A_r^T) B_r^T with
-A [rows, rank, in] (the driver's numpy draw) and B [rows, out, rank] (zero). `uninstall` puts
-the plain projections back. The same module in cuda_train/lora.py.
+`Adapters(a_init, out_dims, scale)` holds one batched adapter per name, one adapter per row of the
+input: delta(x) = scale * (x A_r^T) B_r^T with A [rows, rank, in] (the driver's numpy draw) and B
+[rows, out, rank] (zero). Names and sites as in cuda_train/lora.py: `<site>.<kind>` with the site
+`layer<i>`, `slot<j>` (a position of the looped layer order) or `head`; the model adds each kind where
+mlx_train/model.py `adapt` says. The model takes the adapters as an argument; its weights are untouched.
 """
 
 from __future__ import annotations
@@ -13,51 +13,56 @@ from __future__ import annotations
 from mlx_train import runtime  # noqa: F401  (before mlx.core: loads the Linux BLAS shim)
 # isort: on
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 
-from mlx_train.model import CastedLinear
+
+def split_name(name: str) -> tuple[str, str]:
+    """`slot3.q` -> ("slot3", "q"); `head` -> ("head", "head")."""
+    site, _, kind = name.partition(".")
+    return site, kind or site
 
 
-class LoRALinear(nn.Module):
-    def __init__(self, base: CastedLinear, a: mx.array, scale: float):
-        super().__init__()
-        self.weight = base.weight
-        self.a = a
-        self.b = mx.zeros((a.shape[0], base.weight.shape[0], a.shape[1]))
-        self._base, self._a0, self._scale = base, a, scale
+class Adapter:
+    def __init__(self, a: mx.array, out_dim: int, scale: float):
+        self.a, self.b, self.scale = a, mx.zeros((a.shape[0], out_dim, a.shape[1])), scale
 
     def __call__(self, x: mx.array) -> mx.array:
         low = x @ self.a.astype(x.dtype).transpose(0, 2, 1)
-        return x @ self.weight.astype(x.dtype).T + self._scale * (low @ self.b.astype(x.dtype).transpose(0, 2, 1))
-
-    def reset(self) -> None:
-        self.a = self._a0
-        self.b = mx.zeros(self.b.shape)
+        return self.scale * (low @ self.b.astype(x.dtype).transpose(0, 2, 1))
 
 
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    *path, attr = name.split(".")
-    node = model
-    for part in path:
-        node = node[int(part)] if isinstance(node, list) else getattr(node, part)
-    return node, attr
+class Adapters:
+    """Every adapter of one evaluation, by name; `site(layer, slot)` is what block `layer` at position
+    `slot` of the layer order reads."""
 
+    def __init__(self, a_init: dict[str, np.ndarray], out_dims: dict[str, int], scale: float):
+        self.names = list(a_init)
+        self.mods = [Adapter(mx.array(np.asarray(a_init[n], dtype=np.float32)), out_dims[n], scale)
+                     for n in self.names]
+        self.a0 = [m.a for m in self.mods]
+        self.sites: dict[str, dict[str, Adapter]] = {}
+        for n, m in zip(self.names, self.mods, strict=True):
+            site, kind = split_name(n)
+            self.sites.setdefault(site, {})[kind] = m
 
-def install(model: nn.Module, a_init: dict[str, np.ndarray], scale: float) -> list[LoRALinear]:
-    out = []
-    for name, a in a_init.items():
-        parent, attr = _parent(model, name)
-        lora = LoRALinear(getattr(parent, attr), mx.array(np.asarray(a, dtype=np.float32)), scale)
-        setattr(parent, attr, lora)
-        out.append(lora)
-    return out
+    def site(self, layer: int, slot: int) -> dict[str, Adapter] | None:
+        return self.sites.get(f"slot{slot}", self.sites.get(f"layer{layer}"))
 
+    def tensors(self) -> list[mx.array]:
+        return [t for m in self.mods for t in (m.a, m.b)]
 
-def uninstall(model: nn.Module, names: list[str]) -> None:
-    for name in names:
-        parent, attr = _parent(model, name)
-        mod = getattr(parent, attr)
-        if isinstance(mod, LoRALinear):
-            mod._base.weight = mod.weight
-            setattr(parent, attr, mod._base)
+    def set_tensors(self, tensors: list[mx.array]) -> None:
+        for i, m in enumerate(self.mods):
+            m.a, m.b = tensors[2 * i], tensors[2 * i + 1]
+
+    def reset(self, a: dict[str, np.ndarray] | None = None, keep_a: bool = False) -> None:
+        """B to zero; A to `a` when given, else kept (`keep_a`), else back to its first draw."""
+        for n, m, a0 in zip(self.names, self.mods, self.a0, strict=True):
+            if a is not None:
+                m.a = mx.array(np.asarray(a[n], dtype=np.float32))
+            elif not keep_a:
+                m.a = a0
+            m.b = mx.zeros(m.b.shape)
+
+    def a_values(self) -> dict[str, np.ndarray]:
+        return {n: np.array(m.a) for n, m in zip(self.names, self.mods, strict=True)}

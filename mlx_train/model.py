@@ -57,6 +57,11 @@ class CastedLinear(nn.Module):
         return x @ self.weight.astype(x.dtype).T
 
 
+def adapt(lora: dict | None, kind: str, x: mx.array, out: mx.array) -> mx.array:
+    """`out` plus the test-time LoRA adapter `kind` of this site applied to `x` (mlx_train/lora.py), if any."""
+    return out if lora is None or kind not in lora else out + lora[kind](x)
+
+
 def xsa(y: mx.array, v: mx.array) -> mx.array:
     """Exclusive self-attention (#1855): remove from each head's output y [b, h, t, d] its component
     along its own position's unit value vector v [b, kv, t, d] (GQA: each KV head serves h/kv heads)."""
@@ -89,11 +94,11 @@ class CausalSelfAttention(nn.Module):
         # y2 = x2 cos - x1 sin); a position scale of -1 makes mx.fast.rope compute exactly that.
         return mx.fast.rope(x, self.rope_dims, traditional=False, base=self.rope_base, scale=-1.0, offset=0)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, lora: dict | None = None) -> mx.array:
         b, t, d = x.shape
-        q = self.c_q(x).reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        k = self.c_k(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        v = self.c_v(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        q = adapt(lora, "q", x, self.c_q(x)).reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        k = adapt(lora, "k", x, self.c_k(x)).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        v = adapt(lora, "v", x, self.c_v(x)).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
         q, k = self._rope(rms_norm(q)), self._rope(rms_norm(k))
         q = q * self.q_gain.astype(q.dtype)[None, :, None, None]
         # The fused kernel handles GQA (fewer KV heads) without repeating k and v.
@@ -103,7 +108,8 @@ class CausalSelfAttention(nn.Module):
         if "gate" in self:  # sparse attention output gate (#1855): per head, from the first residual dims
             g = mx.sigmoid(self.gate_scale * (x[..., : self.gate_dims] @ self.gate.astype(x.dtype).T))
             y = y * g.transpose(0, 2, 1)[..., None]
-        return self.proj(y.transpose(0, 2, 1, 3).reshape(b, t, d))
+        y = y.transpose(0, 2, 1, 3).reshape(b, t, d)
+        return adapt(lora, "o_in", x, adapt(lora, "o", y, self.proj(y)))  # "o_in": from the block's input (#1855)
 
 
 def leaky_relu2(x: mx.array) -> mx.array:
@@ -117,8 +123,9 @@ class MLP(nn.Module):
         self.proj = CastedLinear(m.hidden_dim, m.model_dim)
         self.act = leaky_relu2 if m.activation == "leaky_relu2" else (lambda h: mx.square(nn.relu(h)))
 
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.proj(self.act(self.fc(x)))
+    def __call__(self, x: mx.array, lora: dict | None = None) -> mx.array:
+        h = self.act(adapt(lora, "fc", x, self.fc(x)))
+        return adapt(lora, "mlp", x, adapt(lora, "proj", h, self.proj(h)))  # "mlp": dim -> dim beside it (#1855)
 
 
 class Block(nn.Module):
@@ -134,20 +141,20 @@ class Block(nn.Module):
     def norm(self, x: mx.array) -> mx.array:
         return rms_norm(x) * self.ln if self.ln != 1.0 else rms_norm(x)
 
-    def __call__(self, x: mx.array, x0: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, x0: mx.array, lora: dict | None = None) -> mx.array:
         mix = self.resid_mix.astype(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.astype(x.dtype) * self.attn(self.norm(x))
-        return x + self.mlp_scale.astype(x.dtype) * self.mlp(self.norm(x))
+        x = x + self.attn_scale.astype(x.dtype) * self.attn(self.norm(x), lora)
+        return x + self.mlp_scale.astype(x.dtype) * self.mlp(self.norm(x), lora)
 
-    def parallel(self, lanes: tuple[mx.array, mx.array], x0: mx.array, route: mx.array, scale: mx.array
-                 ) -> tuple[mx.array, mx.array]:
+    def parallel(self, lanes: tuple[mx.array, mx.array], x0: mx.array, route: mx.array, scale: mx.array,
+                 lora: dict | None = None) -> tuple[mx.array, mx.array]:
         """Parallel residual lanes (#1855): attention reads lane 0 (mixed with x0), the MLP lane 1;
         both outputs are routed into both lanes by `route` [2 sources, 2 lanes], lanes scaled by `scale`."""
         lane0, lane1 = lanes
         mix, route, scale = self.resid_mix.astype(lane0.dtype), route.astype(lane0.dtype), scale.astype(lane0.dtype)
-        a = self.attn_scale.astype(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0))
-        f = self.mlp_scale.astype(lane0.dtype) * self.mlp(self.norm(lane1))
+        a = self.attn_scale.astype(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0), lora)
+        f = self.mlp_scale.astype(lane0.dtype) * self.mlp(self.norm(lane1), lora)
         return (scale[0] * lane0 + route[0, 0] * a + route[1, 0] * f,
                 scale[1] * lane1 + route[0, 1] * a + route[1, 1] * f)
 
@@ -193,8 +200,9 @@ class GPT(nn.Module):
             self.smear = Smear(m)
         self.blocks = [Block(m, i) for i in range(m.num_layers)]
 
-    def hidden(self, idx: mx.array, looped: bool | None = None) -> mx.array:
-        """Final normalised hidden states; `looped` picks the depth-recurrence order (default: on if configured)."""
+    def hidden(self, idx: mx.array, looped: bool | None = None, lora=None) -> mx.array:
+        """Final normalised hidden states; `looped` picks the depth-recurrence order (default: on if configured);
+        `lora` (mlx_train/lora.py `Adapters`) gives test-time adapters per layer or per slot of the order."""
         m = self.cfg
         x = self.tok_emb(idx).astype(self.compute_dtype)
         if m.smear_gate:
@@ -216,22 +224,25 @@ class GPT(nn.Module):
                     lanes = (skip_merge(lanes[0], skips.pop(), self.skip_weights[k], g), lanes[1])
             if lanes is None and 0 <= m.parallel_from <= i:
                 lanes = (x, x)  # from here on every block runs in parallel lanes
+            site = None if lora is None else lora.site(i, j)
             if lanes is None:
-                x = self.blocks[i](x, x0)
+                x = self.blocks[i](x, x0, site)
             else:
-                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i])
+                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i], site)
             if j < n_enc:
                 skips.append(x if lanes is None else lanes[0])
         if lanes is not None:
             x = 0.5 * (lanes[0] + lanes[1])
         return rms_norm(x)
 
-    def logits(self, idx: mx.array, looped: bool | None = None) -> mx.array:
-        x = self.hidden(idx, looped)
+    def logits(self, idx: mx.array, looped: bool | None = None, lora=None) -> mx.array:
+        x = self.hidden(idx, looped, lora)
         if self.cfg.tie_embeddings:
             logits = x @ self.tok_emb.weight.astype(x.dtype).T
         else:
             logits = self.lm_head(x)
+        if lora is not None:
+            logits = adapt(lora.sites.get("head"), "head", x, logits)
         cap = self.cfg.logit_softcap
         return cap * mx.tanh(logits.astype(mx.float32) / cap)
 

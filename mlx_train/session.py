@@ -16,6 +16,7 @@ state are flat `name -> mx.array` dicts (`self.params`, `self.state`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -63,6 +64,7 @@ class MLXSession:
         self.params = flat_params(self.model)
         self.opt = MuonAdam(cfg.optim, cfg.model, ns_dtype=self.dtype)
         self.state = init_state(self.params, cfg.model)
+        self._lora: lora.Adapters | None = None  # test-time adapters while a LoRA evaluation runs
 
         self.ema: dict[str, mx.array] | None = None
         decay = cfg.train.ema_decay
@@ -160,7 +162,7 @@ class MLXSession:
         """float64 [rows, T]: -log softmax over the whole vocabulary at each target (no gradient);
         with LoRA on, row r runs through adapter r."""
         self._sync_model()
-        logits = self.model.logits(mx.array(x))
+        logits = self.model.logits(mx.array(x), lora=self._lora)
         nats = nn.losses.cross_entropy(logits.astype(mx.float32), mx.array(y), reduction="none")
         return np.array(nats).astype(np.float64)
 
@@ -194,47 +196,48 @@ class MLXSession:
     def sgd_end(self) -> None:
         self._sgd = None
 
-    def lora_begin(self, a_init: dict[str, np.ndarray], scale: float) -> None:
-        """Adapters on the named projections, one per input row (A from `a_init`, B zero), fresh Adam state."""
+    def lora_begin(self, a_init: dict[str, np.ndarray], scale: float, out_dims: dict[str, int]) -> None:
+        """Adapters named as in mlx_train/lora.py, one per input row (A from `a_init`, B zero), fresh Adam state."""
         self._sync_model()
-        self._lora_names = list(a_init)
-        self._lora = lora.install(self.model, a_init, scale)
+        self._lora = lora.Adapters(a_init, out_dims, scale)
         self.lora_reset()
 
-    def lora_reset(self) -> None:
-        for m in self._lora:
-            m.reset()
-        self._lora_v = [mx.zeros(t.shape) for m in self._lora for t in (m.a, m.b)]
+    def lora_reset(self, a: dict[str, np.ndarray] | None = None, keep_a: bool = False) -> None:
+        """B to zero and Adam state cleared; A to `a`, or kept (`keep_a`, #1855's warm start), or its first draw."""
+        self._lora.reset(a, keep_a)
+        self._lora_v = [mx.zeros(t.shape) for t in self._lora.tensors()]
         self._lora_t = 0
 
-    def lora_step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, lr: float, wd: float) -> None:
-        """One Adam step (betas (0, 0.99), decoupled wd) on the adapters; each row's loss is the mean of
-        its masked nats, rows summed, so every document's adapter sees only its own tokens."""
-        mods = self._lora
+    def lora_a(self) -> dict[str, np.ndarray]:
+        """The adapters' current A matrices."""
+        return self._lora.a_values()
+
+    def lora_step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, lr: float, wd: float,
+                  eps: float = ADAM_EPS) -> None:
+        """One Adam step (betas (0, 0.99), decoupled wd, torch.optim.AdamW's arithmetic) on the adapters; each
+        row's loss is the mean of its masked nats, rows summed, so every document's adapter sees only its own tokens."""
+        ad = self._lora
 
         def loss_fn(tensors, x, y, mask):
-            for i, m in enumerate(mods):
-                m.a, m.b = tensors[2 * i], tensors[2 * i + 1]
-            nats = nn.losses.cross_entropy(self.model.logits(x).astype(mx.float32), y, reduction="none")
+            ad.set_tensors(tensors)
+            nats = nn.losses.cross_entropy(self.model.logits(x, lora=ad).astype(mx.float32), y, reduction="none")
             return mx.sum(mx.sum(nats * mask, axis=1) / mx.maximum(mx.sum(mask, axis=1), 1.0))
 
-        tensors = [t for m in mods for t in (m.a, m.b)]
+        tensors = ad.tensors()
         _, grads = mx.value_and_grad(loss_fn)(tensors, mx.array(x), mx.array(y), mx.array(mask.astype(np.float32)))
         self._lora_t += 1
-        correction = 1.0 - ADAM_BETA2 ** self._lora_t
+        root = math.sqrt(1.0 - ADAM_BETA2 ** self._lora_t)
         new, vs = [], []
         for t, g, v in zip(tensors, grads, self._lora_v, strict=True):
             v = ADAM_BETA2 * v + (1.0 - ADAM_BETA2) * g * g
-            new.append(t * (1.0 - lr * wd) - lr * g / (mx.sqrt(v / correction) + ADAM_EPS))
+            new.append(t * (1.0 - lr * wd) - lr * g / (mx.sqrt(v) / root + eps))
             vs.append(v)
         mx.eval(new, vs)
-        for i, m in enumerate(mods):
-            m.a, m.b = new[2 * i], new[2 * i + 1]
+        ad.set_tensors(new)
         self._lora_v = vs
 
     def lora_end(self) -> None:
-        lora.uninstall(self.model, self._lora_names)
-        self._lora = []
+        self._lora = None
 
     def collect_hessians(self, params: dict[str, np.ndarray], x: np.ndarray, show_progress: bool) -> dict:
         from mlx_train.calibrate import collect_hessians

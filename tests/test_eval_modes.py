@@ -90,7 +90,7 @@ def test_ttt_improves_on_sliding_at_a_high_lr_on_repeated_text(tiny):
 
 @pytest.mark.parametrize("text,message", [
     ('mode = "twopass"', "eval.mode"), ('ttt = "adam"', "eval.ttt"), ("stride = 0", "eval.stride"),
-    ("context = 16\nstride = 32", "must not exceed"), ('lora_targets = "q,head"', "eval.lora_targets"),
+    ("context = 16\nstride = 32", "must not exceed"), ('lora_targets = "q,lm"', "eval.lora_targets"),
     ("lora_phases = 2", "lora_phase_docs"),
 ])
 def test_bad_eval_settings_are_one_line_errors(tmp_path, text, message):

@@ -207,7 +207,8 @@ def test_sliding_and_ttt_evaluations_agree(trained_runs, tiny_data):
     rep = ParityReport()
     eval_parity(rep, params, cfg, ds, (get_backend("mlx"), "mlx"), (get_backend("torch"), "torch"))
     assert rep.ok, rep.failures()
-    assert [c.name for c in rep.checks] == ["sliding", "ttt_sgd", "ttt_lora"]
+    assert [c.name for c in rep.checks] == ["sliding", "ttt_sgd", "ttt_lora", "ttt_lora_record"]
+    assert rep.figures["ttt_lora_record_bpb_abs_diff"] <= TTT_TOL
     assert rep.figures["sliding_bpb_abs_diff"] <= 1e-4 and rep.figures["ttt_lora_bpb_abs_diff"] <= TTT_TOL
     # each mode really is a different evaluation of the same weights
-    assert len({round(rep.figures[f"{m}_bpb_mlx"], 6) for m in ("sliding", "ttt_sgd", "ttt_lora")}) == 3
+    assert len({round(rep.figures[f"{m}_bpb_mlx"], 6) for m in ("sliding", "ttt_sgd", "ttt_lora", "ttt_lora_record")}) == 4

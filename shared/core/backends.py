@@ -55,14 +55,18 @@ class Session(Protocol):
         """One SGD step on sum(nats of this rank's rows) / denom, gradients summed over ranks, clipped to a
         global norm `clip` (0 = off), momentum as torch.optim.SGD; this rank's rows may be none."""
     def sgd_end(self) -> None: ...
-    def lora_begin(self, a_init: dict[str, np.ndarray], scale: float) -> None:
-        """Adapters (A from `a_init` [rows, rank, in], B zero) on the named projections, one per input row."""
-    def lora_reset(self) -> None:
-        """A back to its draw, B to zero, Adam state cleared (a new batch of documents)."""
-    def lora_step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, lr: float, wd: float) -> None:
+    def lora_begin(self, a_init: dict[str, np.ndarray], scale: float, out_dims: dict[str, int]) -> None:
+        """Adapters named as in shared/eval/driver.py `lora_shapes` (A from `a_init` [rows, rank, in], B zero
+        [rows, out_dims[name], rank]), one per input row; the base weights frozen until `lora_end`."""
+    def lora_reset(self, a: dict[str, np.ndarray] | None = None, keep_a: bool = False) -> None:
+        """B to zero, Adam state cleared (a new batch of documents); A to `a`, or kept, or its first draw."""
+    def lora_a(self) -> dict[str, np.ndarray]:
+        """The adapters' current A matrices."""
+    def lora_step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, lr: float, wd: float,
+                  eps: float = 1e-8) -> None:
         """One Adam step (betas (0, 0.99)) on the adapters; row r's loss: the mean of its masked nats."""
     def lora_end(self) -> None:
-        """The plain projections back."""
+        """The adapters gone, the base weights trainable again."""
     def collect_hessians(self, params: dict[str, np.ndarray], x: np.ndarray, show_progress: bool) -> dict:
         """GPTQ input Hessians of `params` on calibration tokens x (see calibrate.py)."""
     def load_weights(self, params: dict[str, np.ndarray]) -> None: ...

@@ -390,13 +390,23 @@ class EvalConfig(_Section):
     lora_alpha: float = 8.0          # adapter output scale alpha / rank
     lora_lr: float = 0.001           # Adam LR of the adapters, betas (0, 0.99)
     lora_wd: float = 0.0             # decoupled weight decay of the adapters (records: 0.5)
-    lora_targets: str = "q,k,v,o,mlp"  # which projections get adapters: any of q, k, v, o, mlp
+    lora_targets: str = "q,k,v,o,mlp"  # which projections get adapters: any of q, k, v, o, mlp, head (#1855: all)
     lora_docs: int = 16              # documents per batch (sorted by length, one per row)
     lora_chunk: int = 32             # tokens scored per adapter step (records: 48)
     lora_reset: bool = True          # adapters back to zero (B) for every document
     lora_phases: int = 0             # global SGD phases: after every lora_phase_docs documents (0 = off; records: 3)
     lora_phase_docs: int = 0         # documents scored between global phases (records: 833)
     lora_phase_lr: float = 0.001     # global phase SGD LR (momentum ttt_momentum, cosine within the epoch)
+    # how the adapters sit and train; the defaults are pgolf's first design, #1855's values in brackets
+    lora_per_slot: bool = False      # one adapter per position of the looped layer order, not per block [true]
+    lora_layout: str = "proj"        # proj: o reads the attention output, MLP adapters on fc and proj; block:
+                                     # o and one dim->dim MLP adapter read their sublayer's normed input [block]
+    lora_a_init: str = "normal"      # A's draw: normal (std 1/sqrt(in)) | uniform (+-1/sqrt(in)) [uniform]
+    lora_warm_a: bool = False        # A kept from batch to batch (only B and Adam reset) [true]
+    lora_adam_eps: float = 1e-8      # the adapters' Adam eps [1e-10]
+    lora_tail: str = "chunk"         # a document's last window: chunk (ends where a full chunk would) |
+                                     # document (ends at the document's end: full context) [document]
+    lora_train_last: bool = True     # also step on a document's last chunk (nothing of it is scored later) [false]
 
     def validate(self) -> None:
         if self.max_tokens < 0 or self.batch_tokens < 1:
@@ -420,6 +430,13 @@ class EvalConfig(_Section):
         bad = [t for t in self.lora_target_list if t not in LORA_TARGETS]
         if bad or not self.lora_target_list:
             raise PgolfError(f"eval.lora_targets = {self.lora_targets!r}: a comma list of {', '.join(LORA_TARGETS)}")
+        for key, value, choices in (("lora_layout", self.lora_layout, ("proj", "block")),
+                                    ("lora_a_init", self.lora_a_init, ("normal", "uniform")),
+                                    ("lora_tail", self.lora_tail, ("chunk", "document"))):
+            if value not in choices:
+                raise PgolfError(f"eval.{key} = {value!r}: choose {' or '.join(choices)}")
+        if not self.lora_adam_eps > 0:
+            raise PgolfError(f"eval.lora_adam_eps = {self.lora_adam_eps}: must be > 0")
         if self.lora_phases < 0 or self.lora_phase_docs < 0 or (self.lora_phases and not self.lora_phase_docs):
             raise PgolfError("eval.lora_phases needs eval.lora_phase_docs >= 1 (both >= 0)")
 
@@ -428,7 +445,7 @@ class EvalConfig(_Section):
         return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
 
 
-LORA_TARGETS = ("q", "k", "v", "o", "mlp")  # the projections a LoRA adapter can wrap (mlp = fc and proj)
+LORA_TARGETS = ("q", "k", "v", "o", "mlp", "head")  # where LoRA adapters go (mlp: fc and proj, or one; head: the logits)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -158,20 +158,42 @@ def ttt_sgd(session: Any, ledger: Ledger, e: EvalConfig, context: int, rows: int
 
 
 # -- per-document LoRA
-def lora_shapes(m: ModelConfig, targets: list[str]) -> dict[str, tuple[int, int]]:
-    """Module name -> (in, out) of every projection that gets an adapter (the parameter table's names)."""
-    per = {"q": [("attn.c_q", m.model_dim, m.model_dim)], "k": [("attn.c_k", m.model_dim, m.kv_dim)],
-           "v": [("attn.c_v", m.model_dim, m.kv_dim)], "o": [("attn.proj", m.model_dim, m.model_dim)],
-           "mlp": [("mlp.fc", m.model_dim, m.hidden_dim), ("mlp.proj", m.hidden_dim, m.model_dim)]}
-    return {f"blocks.{i}.{name}": (din, dout) for i in range(m.num_layers) for t in targets
-            for name, din, dout in per[t]}
+def lora_shapes(m: ModelConfig, e: EvalConfig) -> dict[str, tuple[int, int]]:
+    """Adapter name -> (in, out), named as the backends' lora.py reads them: `<site>.<kind>`, the site one
+    block (`layer<i>`) or one position of the looped layer order (`slot<j>`, eval.lora_per_slot), or `head`."""
+    d, kv, hid = m.model_dim, m.kv_dim, m.hidden_dim
+    block = e.lora_layout == "block"
+    per = {"q": [("q", d, d)], "k": [("k", d, kv)], "v": [("v", d, kv)],
+           "o": [("o_in", d, d)] if block else [("o", d, d)],
+           "mlp": [("mlp", d, d)] if block else [("fc", d, hid), ("proj", hid, d)]}
+    sites = ([f"slot{j}" for j in range(len(m.layer_order()))] if e.lora_per_slot
+             else [f"layer{i}" for i in range(m.num_layers)])
+    targets = e.lora_target_list
+    out = {f"{site}.{kind}": (din, dout) for site in sites for t in targets if t != "head"
+           for kind, din, dout in per[t]}
+    if "head" in targets:
+        out["head"] = (d, m.vocab_size)
+    return out
 
 
-def lora_init(m: ModelConfig, e: EvalConfig) -> dict[str, np.ndarray]:
-    """The A matrices [rows, rank, in] (B starts at zero), drawn once from a fixed seed with numpy."""
-    rng = np.random.default_rng(LORA_SEED)
-    return {name: (rng.standard_normal((e.lora_docs, e.lora_rank, din)) / math.sqrt(din)).astype(np.float32)
-            for name, (din, _) in lora_shapes(m, e.lora_target_list).items()}
+def lora_init(m: ModelConfig, e: EvalConfig, draw: int = 0) -> dict[str, np.ndarray]:
+    """The A matrices [rows, rank, in] (B starts at zero), drawn with numpy from a fixed seed (`draw` > 0:
+    a further independent draw): normal with std 1/sqrt(in), or uniform in +-1/sqrt(in) (#1855)."""
+    rng = np.random.default_rng(LORA_SEED if draw == 0 else (LORA_SEED, draw))
+    out = {}
+    for name, (din, _) in lora_shapes(m, e).items():
+        shape, bound = (e.lora_docs, e.lora_rank, din), 1.0 / math.sqrt(din)
+        a = rng.uniform(-bound, bound, shape) if e.lora_a_init == "uniform" else rng.standard_normal(shape) * bound
+        out[name] = a.astype(np.float32)
+    return out
+
+
+def length_batches(docs: list[tuple[int, int]], size: int) -> list[list[tuple[int, int]]]:
+    """Documents sorted by length into batches of `size`, the batch holding the longest document first
+    (#1855's queue: the long batches start early, the short ones fill the end)."""
+    ordered = sorted(docs, key=lambda d: d[1] - d[0])
+    batches = [ordered[s : s + size] for s in range(0, len(ordered), size)]
+    return sorted(batches, key=lambda b: -(b[-1][1] - b[-1][0]))
 
 
 def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, context: int, bos: int) -> None:
@@ -179,24 +201,36 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
 
     Documents go in groups of `lora_phase_docs` consecutive documents (all of them when there are no
     phases); a global SGD phase runs only between groups, on documents already scored, so it reaches
-    only documents that come later in the stream. Within a group documents are sorted by length (their
-    adapters are reset per batch, so their order changes nothing); without `lora_reset` the adapters
-    carry over, and the documents keep their stream order."""
+    only documents that come later in the stream. Within a group documents are batched by length,
+    longest batch first (their adapters are reset per batch, so the order matters only through a warm
+    A); without `lora_reset` the adapters carry over, and the documents keep their stream order."""
     docs = documents(ledger.tokens, ledger.lo, ledger.hi, bos)
     check_ranks(e, session.world_size)
     size = e.lora_phase_docs if e.lora_phases else len(docs)
     groups = [docs[s : s + size] for s in range(0, len(docs), size)]
+    out_dims = {name: dout for name, (_, dout) in lora_shapes(m, e).items()}
+    scale = e.lora_alpha / e.lora_rank
     a_init = lora_init(m, e)
-    session.lora_begin(a_init, e.lora_alpha / e.lora_rank)
+    session.lora_begin(a_init, scale, out_dims)
+    draws = 0
     scored: list[tuple[int, int]] = []
     for g, group in enumerate(groups):
         if e.lora_reset:
-            group = sorted(group, key=lambda d: d[1] - d[0])   # batched by length
-        batches = [group[s : s + e.lora_docs] for s in range(0, len(group), e.lora_docs)]
+            batches = length_batches(group, e.lora_docs)
+        else:
+            batches = [group[s : s + e.lora_docs] for s in range(0, len(group), e.lora_docs)]
         for batch in batches[session.rank :: session.world_size]:   # documents are independent: deal to ranks
-            if e.lora_reset:
-                session.lora_reset()
-            lora_batch(session, ledger, e, context, batch)
+            if e.lora_reset and e.lora_warm_a and len(batch) < e.lora_docs:
+                # #1855 gives a short batch adapters of its own (a fresh A); the warm A waits for the next batch
+                warm = session.lora_a()
+                draws += 1
+                session.lora_reset(lora_init(m, e, draws))
+                lora_batch(session, ledger, e, context, batch)
+                session.lora_reset(warm)
+            else:
+                if e.lora_reset:
+                    session.lora_reset(keep_a=e.lora_warm_a)
+                lora_batch(session, ledger, e, context, batch)
             scored += batch
         if g < min(e.lora_phases, len(groups) - 1):   # a phase after group g, never after the last
             session.lora_end()   # the base model trains without adapters
@@ -205,43 +239,50 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
             sgd_epochs(session, seq, context, max(1, e.batch_tokens // context), 1,
                        lambda k, n: e.lora_phase_lr * cosine(k, n), e.ttt_grad_clip)
             session.sgd_end()
-            session.lora_begin(a_init, e.lora_alpha / e.lora_rank)
+            session.lora_begin(a_init, scale, out_dims)
     session.lora_end()
 
 
 def lora_batch(session: Any, ledger: Ledger, e: EvalConfig, context: int, batch: list[tuple[int, int]]) -> None:
-    """One batch of documents, row r = document r: chunk by chunk, score then step."""
+    """One batch of documents, row r = document r: chunk by chunk, score then step.
+
+    Row r's window holds up to `context` targets of its own document ending with the chunk (with
+    `lora_tail = "document"`, a document's last window ends at its end), left-aligned in the row."""
     tokens, rows, chunk = ledger.tokens, e.lora_docs, e.lora_chunk
     longest = max(t - s for s, t in batch)
     for off in range(0, longest, chunk):
         end = off + chunk                  # doc-relative targets [off, end) are scored in this step
-        w0 = max(0, end - context)         # the window: doc-relative inputs [w0, end)
-        width = end - w0
+        width = min(end, context)          # the widest window of this step
         x = np.zeros((rows, width), dtype=np.int64)
         y = np.zeros((rows, width), dtype=np.int64)
         mask = np.zeros((rows, width), dtype=bool)
-        spans = []
+        spans: list[tuple[int, int, int] | None] = []
+        train = np.zeros(rows, dtype=bool)
         for r, (s, t) in enumerate(batch):
-            hi = min(t, s + end)           # this document's last target in the chunk (exclusive)
-            if s + off >= hi:
+            if s + off >= t:
                 spans.append(None)
                 continue
-            n = hi - (s + w0)
-            x[r, :n] = tokens[s - 1 + w0 : hi - 1]
-            y[r, :n] = tokens[s + w0 : hi]
-            mask[r, off - w0 : n] = True
-            spans.append((s + off, hi))
+            last = s + end >= t
+            hi = min(t, s + end)           # this document's last target in the chunk (exclusive)
+            w0 = max(s, t - context) if last and e.lora_tail == "document" else s + max(0, end - context)
+            n = hi - w0                    # the window: stream targets [w0, hi)
+            x[r, :n] = tokens[w0 - 1 : hi - 1]
+            y[r, :n] = tokens[w0:hi]
+            mask[r, s + off - w0 : n] = True
+            spans.append((s + off, hi, w0))
+            train[r] = e.lora_train_last or not last
         nats = session.token_nats(x, y)                                          # 1. score
         for r, span in enumerate(spans):
             if span is not None:
-                lo_r = span[0]
-                ledger.record(lo_r, nats[r, lo_r - (batch[r][0] + w0) : span[1] - (batch[r][0] + w0)])
-                ledger.settle(*span, local=True)                                 # 2. final
+                first, hi, w0 = span
+                ledger.record(first, nats[r, first - w0 : hi - w0])
+                ledger.settle(first, hi, local=True)                             # 2. final
+        if not train.any():            # nothing left to learn for any row (#1855 skips the step)
+            continue
         sx = np.zeros_like(x)                                                    # 3. step on scored tokens only
         sy = np.zeros_like(y)
         for r, span in enumerate(spans):
-            if span is not None:
-                s = batch[r][0]
-                seq = ledger.scored_tokens(s + w0, span[1])
+            if span is not None and train[r]:
+                seq = ledger.scored_tokens(span[2], span[1])
                 sx[r, : seq.size - 1], sy[r, : seq.size - 1] = seq[:-1], seq[1:]
-        session.lora_step(sx, sy, mask, e.lora_lr, e.lora_wd)
+        session.lora_step(sx, sy, mask & train[:, None], e.lora_lr, e.lora_wd, e.lora_adam_eps)

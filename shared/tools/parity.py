@@ -17,8 +17,8 @@ and checks, each against a stated tolerance:
    divergence between the backends is orders of magnitude above that floor).
 5. `cross`: the artifact packed from one backend's export, evaluated by the
    other backend, gives the same BPB as in its own.
-6. (`modes=True`, `pgolf parity --modes`) `sliding`, `ttt_sgd`, `ttt_lora`: the
-   artifact's BPB under each record evaluation mode (shared/eval/driver.py, the
+6. (`modes=True`, `pgolf parity --modes`) `sliding`, `ttt_sgd`, `ttt_lora` and
+   `ttt_lora_record` (#1855's adapter options, `LORA_RECORD`): the artifact's BPB under each record evaluation mode (shared/eval/driver.py, the
    checkpoint's [eval] knobs) agrees: sliding within BPB_TOL, TTT within
    TTT_TOL (TTT trains, so float-order differences can grow; measured in
    BENCHMARKS.md "Record-grade evaluation").
@@ -41,6 +41,10 @@ BPB_TOL = 1e-4          # absolute, in bits per byte
 FORWARD_TOL = 1e-5      # relative
 TRAIN_TOL = 1e-4        # relative, at every step
 TTT_TOL = 1e-5          # absolute, bits per byte, after test-time training: float-order differences go through
+# #1855's adapters (configs/record.toml): per slot, on the head, block layout, warm uniform A, the document's tail
+LORA_RECORD = {"lora_targets": "q,k,v,o,mlp,head", "lora_per_slot": True, "lora_layout": "block",
+               "lora_a_init": "uniform", "lora_warm_a": True, "lora_adam_eps": 1e-10, "lora_tail": "document",
+               "lora_train_last": False}
                         # the updates (measured 1.4e-8 for TTT-SGD on the small.toml checkpoint, 4e-8 for LoRA: BENCHMARKS.md)
 WEIGHT_TOL = 1e-4       # ||a - b|| / ||a|| per tensor after the steps (Frobenius: Adam turns fp32 rounding
                         # of near-zero gradients into single entries moved by ~lr, so not a max-abs rule)
@@ -208,7 +212,8 @@ def eval_parity(rep: ParityReport, params: dict[str, np.ndarray], cfg: Config, d
     (a_be, a_name), (b_be, b_name) = a, b
     for name, keys, tol in (("sliding", {"mode": "sliding"}, BPB_TOL),
                             ("ttt_sgd", {"mode": "ttt", "ttt": "sgd"}, TTT_TOL),
-                            ("ttt_lora", {"mode": "ttt", "ttt": "lora"}, TTT_TOL)):
+                            ("ttt_lora", {"mode": "ttt", "ttt": "lora"}, TTT_TOL),
+                            ("ttt_lora_record", {"mode": "ttt", "ttt": "lora", **LORA_RECORD}, TTT_TOL)):
         c = replace(cfg, eval=replace(cfg.eval, **keys)).validate()
         ra = a_be.evaluate(params, c, dataset.val_tokens, dataset.tables)
         rb = b_be.evaluate(params, c, dataset.val_tokens, dataset.tables)
