@@ -238,22 +238,22 @@ class GPT(nn.Module):
         skips: list[Tensor] = []
         lanes: tuple[Tensor, Tensor] | None = None
         for j, i in enumerate(order):
+            if lanes is None and j >= n_enc and m.lanes_from(i):
+                lanes = (x, x)  # parallel lanes (#1855) start in the decoder, both from x, before the skip
             if j >= n_enc and skips:  # U-Net: the last stored skip feeds the first decoder step
                 k = j - n_enc
                 g = None if self.skip_gates is None else self.skip_gates[k]
                 if lanes is None:
                     x = skip_merge(x, skips.pop(), self.skip_weights[k], g)
-                else:
+                else:  # the record adds the skip to lane 0 (the attention lane) only
                     lanes = (skip_merge(lanes[0], skips.pop(), self.skip_weights[k], g), lanes[1])
-            if lanes is None and 0 <= m.parallel_from <= i:
-                lanes = (x, x)  # from here on every block runs in parallel lanes
             site = None if lora is None else lora.site(i, j)
             if lanes is None:
                 x = self.blocks[i](x, x0, site)
             else:
                 lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i], site)
             if j < n_enc:
-                skips.append(x if lanes is None else lanes[0])
+                skips.append(x)
         if lanes is not None:
             x = 0.5 * (lanes[0] + lanes[1])
         return rms_norm(x)

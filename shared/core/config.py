@@ -97,6 +97,11 @@ class ModelConfig(_Section):
         body = plain[self.loop_start:self.loop_end + 1]
         return plain[:self.loop_start] + body * (1 + self.num_loops) + plain[self.loop_end + 1:]
 
+    def lanes_from(self, layer: int) -> bool:
+        """Whether block `layer` runs in parallel lanes when it is a decoder step (#1855: the lanes start at
+        the first decoder step at or past `parallel_from` and never in the encoder)."""
+        return 0 <= self.parallel_from <= layer
+
     @property
     def num_encoder_layers(self) -> int:
         """The first half of the (looped, if any) layer order stores U-Net skips."""
@@ -135,6 +140,13 @@ class ModelConfig(_Section):
         if not -1 <= self.parallel_from < self.num_layers:
             raise PgolfError(f"model.parallel_from must be -1 (off) or a layer index < {self.num_layers}, "
                              f"got {self.parallel_from}")
+        for looped in (False, True):  # once the lanes start (in the decoder), every later step must run in them
+            dec = self.layer_order(looped)[len(self.layer_order(looped)) // 2:]
+            on = [self.lanes_from(i) for i in dec]
+            if True in on and not all(on[on.index(True):]):
+                raise PgolfError(f"model.parallel_from = {self.parallel_from} starts the parallel lanes inside the "
+                                 f"looped layers {self.loop_start}..{self.loop_end}, whose next pass returns below it: "
+                                 f"set it above model.loop_end or at most model.loop_start")
         if (self.smear_gate or self.attn_gate) and not 1 <= self.gate_dims <= self.model_dim:
             raise PgolfError(f"model.gate_dims must be in 1..model_dim={self.model_dim}, got {self.gate_dims}")
         if self.tied_embed_init_std < 0 or self.rope_base <= 1:
