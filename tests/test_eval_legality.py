@@ -22,6 +22,7 @@ from shared.data.dataset import open_dataset
 from shared.eval import driver
 from shared.eval.ledger import IllegalOrder
 from shared.eval.windows import plan_windows
+from shared.tools.parity import LORA_RECORD
 
 BACKENDS = ["mlx", "torch"]
 MODES = {
@@ -33,6 +34,9 @@ MODES = {
     "ttt-lora-phases": {"mode": "ttt", "ttt": "lora", "lora_docs": 2, "lora_chunk": 32, "lora_rank": 2,
                         "lora_alpha": 2.0, "lora_lr": 0.01, "lora_phases": 1, "lora_phase_docs": 2,
                         "lora_phase_lr": 0.05},
+    # #1855's adapters: per slot, on the head, warm A, a document's last window ending at its end
+    "ttt-lora-record": {"mode": "ttt", "ttt": "lora", "lora_docs": 2, "lora_chunk": 16, "lora_rank": 2,
+                        "lora_alpha": 2.0, "lora_lr": 0.01, "context": 64, **LORA_RECORD},
 }
 
 

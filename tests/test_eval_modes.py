@@ -157,3 +157,80 @@ def test_lora_phases_on_several_ranks_are_refused_before_training(tmp_path):
     with pytest.raises(PgolfError, match="lora_phases = 1 .* not 2 ranks"):
         train_loop(TwoRanks(), cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# -- per-document LoRA: #1855's adapter options (benchmarks/fidelity_ttt.py holds them to the record's code)
+class RecordingSession:
+    """A stand-in backend that scores every target 1 nat and records what the LoRA driver asks of it."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.a = {"layer0.q": np.zeros((1, 1, 1), np.float32)}
+
+    def token_nats(self, x, y):
+        self.calls.append(("score", x.copy(), y.copy()))
+        return np.ones(x.shape)
+
+    def lora_begin(self, a_init, scale, out_dims):
+        self.calls.append(("begin", sorted(a_init), dict(out_dims)))
+
+    def lora_reset(self, a=None, keep_a=False):
+        self.calls.append(("reset", a is not None, keep_a))
+
+    def lora_a(self):
+        return self.a
+
+    def lora_step(self, x, y, mask, lr, wd, eps=1e-8):
+        self.calls.append(("step", x.copy(), mask.copy(), eps))
+
+    def lora_end(self):
+        self.calls.append(("end",))
+
+
+def lora_run(tokens, **keys):
+    cfg = tiny_config()
+    e = replace(cfg.eval, mode="ttt", ttt="lora", max_tokens=0, context=8, stride=4, lora_chunk=4, lora_docs=2, **keys)
+    cfg = replace(cfg, eval=e).validate()
+    s = RecordingSession()
+    driver.run_eval(s, cfg, tokens, type("OneByte", (), {"target_bytes": lambda self, t, a, b: b - a})())
+    return s.calls
+
+
+def test_lora_sites_per_slot_with_a_head_and_the_block_layout():
+    cfg = load_config("configs/record.toml")
+    m, e = cfg.model, cfg.eval
+    shapes = driver.lora_shapes(m, e)
+    slots = len(m.layer_order())
+    assert slots > m.num_layers   # the looped order repeats layers: one adapter set per position
+    assert shapes["head"] == (m.model_dim, m.vocab_size)
+    assert {n.split(".")[1] for n in shapes if n != "head"} == {"q", "k", "v", "o_in", "mlp"}
+    assert len(shapes) == 5 * slots + 1 and shapes[f"slot{slots - 1}.mlp"] == (m.model_dim, m.model_dim)
+    plain = driver.lora_shapes(m, replace(e, lora_per_slot=False, lora_layout="proj", lora_targets="o,mlp"))
+    assert set(plain) == {f"layer{i}.{k}" for i in range(m.num_layers) for k in ("o", "fc", "proj")}
+    a = driver.lora_init(m, e)["head"]
+    assert a.shape == (e.lora_docs, e.lora_rank, m.model_dim) and np.abs(a).max() <= 1 / np.sqrt(m.model_dim)
+
+
+def test_lora_document_tail_window_and_no_step_on_a_last_chunk():
+    tokens = np.concatenate([[1], np.arange(2, 11), [1], np.arange(20, 25)])   # documents of 10 and 5 targets
+    for tail, window in (("chunk", [6, 7, 8, 9, 10, 1, 0, 0]), ("document", [4, 5, 6, 7, 8, 9, 10, 1])):
+        calls = lora_run(tokens, lora_tail=tail, lora_train_last=False)
+        scores = [c for c in calls if c[0] == "score"]
+        steps = [c for c in calls if c[0] == "step"]
+        # the long document (row 1: sorted by length) scores targets 9, 10 last; context 8, chunk 4:
+        # "document" ends its window at the document's end, with all 8 tokens of context
+        assert list(scores[-1][2][1]) == window
+        # three chunks of the long document, two of the short one: a step only while a document goes on
+        assert len(scores) == 3 and len(steps) == 2
+        assert not steps[1][2][0].any() and steps[1][2][1].any()   # the short one's last chunk: never trained
+    assert len([c for c in lora_run(tokens) if c[0] == "step"]) == 3   # pgolf's default trains every chunk
+
+
+def test_lora_warm_a_keeps_a_and_a_short_batch_draws_its_own():
+    tokens = np.concatenate([[1], np.arange(2, 7), [1], np.arange(2, 9), [1], np.arange(2, 5)])   # 3 documents
+    resets = [c for c in lora_run(tokens, lora_warm_a=True) if c[0] == "reset"]
+    # the short batch (the longest document, first) with a fresh A, then the warm A back; the full batch keeps A
+    assert resets == [("reset", True, False), ("reset", True, False), ("reset", False, True)]
+    assert [c for c in lora_run(tokens) if c[0] == "reset"] == [("reset", False, False)] * 2
