@@ -125,7 +125,13 @@ def test_record_evaluation_is_the_same_on_two_ranks(tiny_data, tmp_path):
     artifact = write_artifact(tmp_path / "model.pgz", pack(params, cfg))
     modes = [{"mode": "sliding", "stride": 16},
              {"mode": "ttt", "ttt": "sgd", "ttt_chunk_tokens": 256, "ttt_lr": 0.02, "stride": 32},
-             {"mode": "ttt", "ttt": "lora", "lora_docs": 1, "lora_chunk": 32, "lora_rank": 2, "lora_alpha": 2.0}]
+             {"mode": "ttt", "ttt": "lora", "lora_docs": 1, "lora_chunk": 32, "lora_rank": 2, "lora_alpha": 2.0},
+             # global SGD phases on 2 ranks: #1855's order (the scores settled across ranks first), and pgolf's
+             {"mode": "ttt", "ttt": "lora", "lora_docs": 1, "lora_chunk": 32, "lora_rank": 2, "lora_alpha": 2.0,
+              "lora_phases": 2, "lora_phase_order": "scored", "lora_prefix_docs": 4, "lora_phase_chunk_tokens": 256,
+              "lora_phase_rows": 4, "lora_phase_lr": 0.05},
+             {"mode": "ttt", "ttt": "lora", "lora_docs": 1, "lora_chunk": 32, "lora_rank": 2, "lora_alpha": 2.0,
+              "lora_phases": 1, "lora_phase_docs": 3, "lora_phase_lr": 0.05}]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PGOLF_PG_TIMEOUT_S": "60"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "tests.eval_entry", str(artifact), str(tiny_data.data_dir), str(tiny_data.tokenizer),
@@ -133,7 +139,7 @@ def test_record_evaluation_is_the_same_on_two_ranks(tiny_data, tmp_path):
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert res.returncode == 0, res.stderr[-3000:]
     two = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-    assert len(two) == 3
+    assert len(two) == len(modes)
     ds = open_dataset(tiny_data.data_dir, tiny_data.tokenizer, tiny_data.vocab_size)
     _, q = read_artifact(artifact)
     for m, r in zip(modes, two, strict=True):

@@ -419,6 +419,11 @@ class EvalConfig(_Section):
     lora_tail: str = "chunk"         # a document's last window: chunk (ends where a full chunk would) |
                                      # document (ends at the document's end: full context) [document]
     lora_train_last: bool = True     # also step on a document's last chunk (nothing of it is scored later) [false]
+    lora_phase_order: str = "stream"  # stream: phases between groups of lora_phase_docs documents in stream order;
+                                     # scored: one length-sorted queue, phases by documents scored (#1855) [scored]
+    lora_prefix_docs: int = 0        # scored order: phase k after prefix * (k + 1) / lora_phases documents [2500]
+    lora_phase_chunk_tokens: int = 32768  # scored order: SGD chunks of the scored tokens, never the last [32768]
+    lora_phase_rows: int = 32        # scored order: rows of `context` tokens per rank and SGD step [32]
 
     def validate(self) -> None:
         if self.max_tokens < 0 or self.batch_tokens < 1:
@@ -449,8 +454,17 @@ class EvalConfig(_Section):
                 raise PgolfError(f"eval.{key} = {value!r}: choose {' or '.join(choices)}")
         if not self.lora_adam_eps > 0:
             raise PgolfError(f"eval.lora_adam_eps = {self.lora_adam_eps}: must be > 0")
-        if self.lora_phases < 0 or self.lora_phase_docs < 0 or (self.lora_phases and not self.lora_phase_docs):
+        if self.lora_phase_order not in ("stream", "scored"):
+            raise PgolfError(f"eval.lora_phase_order = {self.lora_phase_order!r}: choose stream or scored")
+        scored = self.lora_phase_order == "scored"
+        if self.lora_phases < 0 or self.lora_phase_docs < 0 or (self.lora_phases and not scored
+                                                                 and not self.lora_phase_docs):
             raise PgolfError("eval.lora_phases needs eval.lora_phase_docs >= 1 (both >= 0)")
+        if self.lora_phases and scored and self.lora_prefix_docs < self.lora_phases:
+            raise PgolfError(f"eval.lora_phase_order = \"scored\" needs eval.lora_prefix_docs >= lora_phases "
+                             f"({self.lora_phases}), got {self.lora_prefix_docs}")
+        if self.lora_phase_chunk_tokens < 1 or self.lora_phase_rows < 1:
+            raise PgolfError("eval.lora_phase_chunk_tokens and eval.lora_phase_rows must be >= 1")
 
     @property
     def lora_target_list(self) -> list[str]:

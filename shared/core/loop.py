@@ -58,7 +58,6 @@ from shared.core.spec import count_params, init_params
 from shared.data.bpb import EvalResult
 from shared.data.shards import BatchLoader, val_token_count
 from shared.errors import PgolfError
-from shared.eval.driver import check_ranks
 
 
 @dataclass
@@ -117,7 +116,6 @@ def train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool 
                hooks: Hooks | None = None) -> dict[str, Any]:
     """Train `session` on this rank, validate, checkpoint, pack and evaluate; return summary.json's dict.
     Rank 0 holds the run folder's lock throughout (a direct `backend.train(...)` call takes it here)."""
-    check_ranks(cfg.eval, session.world_size)  # the final evaluation must be able to run: say so before anything
     with run_dir_held(run_dir, session.is_main):
         return _train_loop(session, cfg, run_dir, resume, hooks)
 

@@ -37,7 +37,6 @@ import numpy as np
 from shared.core.config import Config, EvalConfig, ModelConfig
 from shared.core.spec import BOS_ID
 from shared.data.bpb import EvalResult
-from shared.errors import PgolfError
 from shared.eval.ledger import Ledger
 from shared.eval.windows import Window, documents, plan_windows, target_span
 
@@ -51,14 +50,6 @@ class Evaluation:
     mode: str            # "flat" | "sliding" | "ttt-sgd" | "ttt-lora"
     seconds: float
     ledger: Ledger | None = None   # per-target scores (None for flat)
-
-
-def check_ranks(e: EvalConfig, world_size: int) -> None:
-    """Refuse, before any training, an evaluation that cannot run on `world_size` ranks."""
-    if e.mode == "ttt" and e.ttt == "lora" and e.lora_phases and world_size > 1:
-        raise PgolfError(f"eval.lora_phases = {e.lora_phases} (global SGD between document groups) runs on one "
-                         f"process only, not {world_size} ranks: set eval.lora_phases = 0, or evaluate the "
-                         "artifact afterwards in one process (pgolf eval)")
 
 
 def mode_name(e: EvalConfig) -> str:
@@ -188,38 +179,76 @@ def lora_init(m: ModelConfig, e: EvalConfig, draw: int = 0) -> dict[str, np.ndar
     return out
 
 
-def length_batches(docs: list[tuple[int, int]], size: int) -> list[list[tuple[int, int]]]:
+def length_batches(docs: list[tuple[int, int]], size: int) -> list[tuple[int, list[tuple[int, int]]]]:
     """Documents sorted by length into batches of `size`, the batch holding the longest document first
-    (#1855's queue: the long batches start early, the short ones fill the end)."""
+    (#1855's queue: the long batches start early, the short ones fill the end); each batch with its
+    index in ascending length order."""
     ordered = sorted(docs, key=lambda d: d[1] - d[0])
-    batches = [ordered[s : s + size] for s in range(0, len(ordered), size)]
-    return sorted(batches, key=lambda b: -(b[-1][1] - b[-1][0]))
+    batches = list(enumerate(ordered[s : s + size] for s in range(0, len(ordered), size)))
+    return sorted(batches, key=lambda ib: -(ib[1][-1][1] - ib[1][-1][0]))
+
+
+@dataclass
+class Phase:
+    after: int                     # runs once the batches 0..after of the queue are scored
+    docs: list[tuple[int, int]]    # the scored documents it trains on, in the order it reads them
+
+
+def lora_queue(docs: list[tuple[int, int]], e: EvalConfig) -> tuple[list[list[tuple[int, int]]], list[Phase]]:
+    """The batches in the order they are scored (rank r takes every world_size-th from r) and the
+    global SGD phases between them.
+
+    `lora_phase_order = "stream"`: groups of `lora_phase_docs` consecutive documents, each group's
+    batches by length (without `lora_reset`: in stream order), a phase after each of the first
+    `lora_phases` groups (never the last) on every document scored so far; a phase reaches only
+    documents later in the stream. `"scored"` (#1855): one length-sorted queue over all documents; phase
+    k runs after the first batch that brings the scored documents to `lora_prefix_docs * (k + 1) //
+    lora_phases`, on that many of them, shortest first (the record's order of its batch indices)."""
+    if e.lora_phases and e.lora_phase_order == "scored":
+        indexed = length_batches(docs, e.lora_docs)
+        queue = [b for _, b in indexed]
+        phases, done, k = [], 0, 0
+        for i, (_, b) in enumerate(indexed):
+            done += len(b)
+            bound = e.lora_prefix_docs * (k + 1) // e.lora_phases
+            if k < e.lora_phases and done >= bound:
+                scored = sorted((idx, pos, d) for idx, bb in indexed[: i + 1] for pos, d in enumerate(bb))
+                phases.append(Phase(i, [d for _, _, d in scored[:bound]]))
+                k += 1
+        return queue, phases
+    size = e.lora_phase_docs if e.lora_phases else len(docs)
+    queue, phases = [], []
+    groups = [docs[s : s + size] for s in range(0, len(docs), size)]
+    for g, group in enumerate(groups):
+        if e.lora_reset:
+            queue += [b for _, b in length_batches(group, e.lora_docs)]
+        else:
+            queue += [group[s : s + e.lora_docs] for s in range(0, len(group), e.lora_docs)]
+        if g < min(e.lora_phases, len(groups) - 1):   # a phase after group g, never after the last
+            phases.append(Phase(len(queue) - 1, [d for b in queue for d in b]))
+    return queue, phases
 
 
 def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, context: int, bos: int) -> None:
     """Score-first per-document LoRA: score a chunk of every document in the batch, then one adapter step.
 
-    Documents go in groups of `lora_phase_docs` consecutive documents (all of them when there are no
-    phases); a global SGD phase runs only between groups, on documents already scored, so it reaches
-    only documents that come later in the stream. Within a group documents are batched by length,
-    longest batch first (their adapters are reset per batch, so the order matters only through a warm
-    A); without `lora_reset` the adapters carry over, and the documents keep their stream order."""
+    Batches and phases as `lora_queue` says; rank r scores every world_size-th batch of the queue. At a
+    phase every rank has scored its batches up to the phase's, the ranks' scores are settled (a
+    collective), and the base model trains on scored documents only (`Ledger.scored_tokens`); then
+    the adapters start again. Adapters reset per batch (`lora_reset`; with `lora_warm_a` A carries on)."""
     docs = documents(ledger.tokens, ledger.lo, ledger.hi, bos)
-    check_ranks(e, session.world_size)
-    size = e.lora_phase_docs if e.lora_phases else len(docs)
-    groups = [docs[s : s + size] for s in range(0, len(docs), size)]
+    queue, phases = lora_queue(docs, e)
     out_dims = {name: dout for name, (_, dout) in lora_shapes(m, e).items()}
     scale = e.lora_alpha / e.lora_rank
-    a_init = lora_init(m, e)
-    session.lora_begin(a_init, scale, out_dims)
+    session.lora_begin(lora_init(m, e), scale, out_dims)
     draws = 0
-    scored: list[tuple[int, int]] = []
-    for g, group in enumerate(groups):
-        if e.lora_reset:
-            batches = length_batches(group, e.lora_docs)
-        else:
-            batches = [group[s : s + e.lora_docs] for s in range(0, len(group), e.lora_docs)]
-        for batch in batches[session.rank :: session.world_size]:   # documents are independent: deal to ranks
+    start = 0
+    for phase in [*phases, None]:
+        stop = len(queue) if phase is None else phase.after + 1
+        for i in range(start, stop):
+            if i % session.world_size != session.rank:   # documents are independent: deal to ranks
+                continue
+            batch = queue[i]
             if e.lora_reset and e.lora_warm_a and len(batch) < e.lora_docs:
                 # #1855 gives a short batch adapters of its own (a fresh A); the warm A waits for the next batch
                 warm = session.lora_a()
@@ -231,16 +260,50 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
                 if e.lora_reset:
                     session.lora_reset(keep_a=e.lora_warm_a)
                 lora_batch(session, ledger, e, context, batch)
-            scored += batch
-        if g < min(e.lora_phases, len(groups) - 1):   # a phase after group g, never after the last
-            session.lora_end()   # the base model trains without adapters
-            seq = np.concatenate([ledger.scored_tokens(s, t) for s, t in scored])
+        start = stop
+        if phase is None:
+            break
+        session.lora_end()   # the base model trains without adapters
+        ledger.settle(ledger.lo, ledger.hi)   # every rank's scores final everywhere
+        seq = np.concatenate([ledger.scored_tokens(s, t) for s, t in phase.docs])
+        if e.lora_phase_order == "scored":
+            phase_sgd(session, seq, e, context)
+            draws += 1   # #1855 builds new adapters after a phase: a fresh A
+            session.lora_begin(lora_init(m, e, draws), scale, out_dims)
+        else:
             session.sgd_begin(e.ttt_momentum)
             sgd_epochs(session, seq, context, max(1, e.batch_tokens // context), 1,
                        lambda k, n: e.lora_phase_lr * cosine(k, n), e.ttt_grad_clip)
             session.sgd_end()
-            session.lora_begin(a_init, scale, out_dims)
+            session.lora_begin(lora_init(m, e), scale, out_dims)
     session.lora_end()
+
+
+def phase_sgd(session: Any, seq: np.ndarray, e: EvalConfig, context: int) -> None:
+    """#1855's global SGD phase over the scored tokens `seq`: chunks of `lora_phase_chunk_tokens`, never the
+    last; each chunk's whole `context`-token rows shared out to the ranks, `lora_phase_rows` rows per rank
+    and step; LR cosine over the chunks; loss = the mean over a rank's tokens, averaged over the ranks."""
+    total, chunk, w = seq.size - 1, e.lora_phase_chunk_tokens, session.world_size
+    n = -(-total // chunk)
+    session.sgd_begin(e.ttt_momentum)
+    for ci in range(n - 1):
+        c0, c1 = ci * chunk, min((ci + 1) * chunk, total)
+        rows = (c1 - c0) // context
+        if rows <= 0:
+            continue
+        lr = e.lora_phase_lr * cosine(ci, n)
+        r0, r1 = rows * session.rank // w, rows * (session.rank + 1) // w
+        most = -(-rows // w)                        # the largest share
+        steps = -(-most // e.lora_phase_rows)       # the same count on every rank (a collective each)
+        for k in range(steps):
+            b0, b1 = r0 + k * e.lora_phase_rows, min(r0 + (k + 1) * e.lora_phase_rows, r1)
+            s, t = c0 + b0 * context, c0 + b1 * context + 1
+            if b1 <= b0 or t > seq.size:
+                x = y = np.zeros((0, context), dtype=np.int64)   # nothing here: join the all-reduce
+            else:
+                x, y = seq[s : t - 1].reshape(-1, context), seq[s + 1 : t].reshape(-1, context)
+            session.sgd_step(x, y, lr, e.ttt_grad_clip, denom=max(1, w * y.size))
+    session.sgd_end()
 
 
 def lora_batch(session: Any, ledger: Ledger, e: EvalConfig, context: int, batch: list[tuple[int, int]]) -> None:
