@@ -183,8 +183,8 @@ def run_pgolf(cfg: Config, params: dict[str, np.ndarray], tokens: np.ndarray, dr
 # (`--sensitivity`): the score must move by more than TOL, or the comparison could not tell them apart.
 FLIPS = [(False, "lora_tail", "chunk"), (False, "lora_train_last", True), (False, "lora_warm_a", False),
          (False, "lora_alpha", 8.0), (False, "lora_adam_eps", 1e-8),
-         # with the phases: no phase training at all, and phase rows of half the length
-         (True, "lora_phase_lr", 0.0), (True, "lora_phase_chunk_tokens", 32)]
+         # with the phases: no phase training at all, and chunks of two rows (one trained chunk, not two)
+         (True, "lora_phase_lr", 0.0), (True, "lora_phase_chunk_tokens", 128)]
 
 
 def _setup(record_path: str, phases: bool = False):
