@@ -29,10 +29,12 @@ class Adapter(nn.Module):
         self.a = nn.Parameter(a.clone())
         self.b = nn.Parameter(torch.zeros(a.size(0), out_dim, a.size(1), device=a.device))
         self.scale = scale
+        self.rows: Tensor | None = None   # which adapter rows the input's rows use (None: all, in order)
 
     def forward(self, x: Tensor) -> Tensor:
-        low = torch.bmm(x, self.a.transpose(1, 2).to(x.dtype))
-        return self.scale * torch.bmm(low, self.b.transpose(1, 2).to(x.dtype))
+        a, b = (self.a, self.b) if self.rows is None else (self.a[self.rows], self.b[self.rows])
+        low = torch.bmm(x, a.transpose(1, 2).to(x.dtype))
+        return self.scale * torch.bmm(low, b.transpose(1, 2).to(x.dtype))
 
 
 class Adapters(nn.Module):
@@ -53,6 +55,11 @@ class Adapters(nn.Module):
 
     def site(self, layer: int, slot: int) -> dict[str, Adapter] | None:
         return self.sites.get(f"slot{slot}", self.sites.get(f"layer{layer}"))
+
+    def select(self, rows: Tensor | None) -> None:
+        """The input's row i runs through adapter row rows[i] (None: row i)."""
+        for m in self.mods:
+            m.rows = rows
 
     def tensors(self) -> list[Tensor]:
         return [t for m in self.mods for t in (m.a, m.b)]

@@ -259,7 +259,10 @@ class GPT(nn.Module):
         return rms_norm(x)
 
     def logits(self, idx: Tensor, looped: bool | None = None, lora=None) -> Tensor:
-        h = self.hidden(idx, looped, lora)
+        return self.head(self.hidden(idx, looped, lora), lora)
+
+    def head(self, h: Tensor, lora=None) -> Tensor:
+        """Softcapped logits of final hidden states h [batch, positions, dim] (any subset of positions)."""
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         cap = self.cfg.logit_softcap
         z = F.linear(h, w.to(h.dtype))

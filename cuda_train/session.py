@@ -269,6 +269,8 @@ class TorchSession:
     def lora_reset(self, a: dict[str, np.ndarray] | None = None, keep_a: bool = False) -> None:
         """B to zero and Adam state cleared; A to `a`, or kept (`keep_a`, #1855's warm start), or its first draw."""
         self._lora.reset(a, keep_a)
+        for t in self._lora.tensors():
+            t.grad = None
         self._lora_v = [torch.zeros_like(t) for t in self._lora.tensors()]
         self._lora_t = 0
 
@@ -287,7 +289,44 @@ class TorchSession:
             logits = self.model.logits(xt, lora=self._lora)
         nats = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), reduction="none").view(mt.shape)
         loss = ((nats * mt).sum(1) / mt.sum(1).clamp(min=1.0)).sum()
-        grads = list(torch.autograd.grad(loss, tensors))
+        self._lora_adam(tensors, list(torch.autograd.grad(loss, tensors)), lr, wd, eps)
+
+    def lora_score(self, rows: np.ndarray, x: np.ndarray, y: np.ndarray, pos: np.ndarray, weight: np.ndarray,
+                   max_tokens: int = 0) -> np.ndarray:
+        """float64 [len(rows), k]: the nats (full softmax) at positions pos [len(rows), k] of each input row, input
+        row i through adapter row rows[i], from one forward; the gradient of sum(weight * nats) over the
+        adapters is kept for `lora_train` (all weights 0: no gradient at all). At most `max_tokens` input tokens
+        per forward (0: all rows at once): the rows go in pieces, the gradient summed over them."""
+        ad = self._lora
+        train = bool(np.any(weight))
+        step = len(rows) if max_tokens <= 0 else max(1, max_tokens // max(1, x.shape[1]))
+        out = []
+        for i in range(0, len(rows), step):
+            xt, yt = to_device((x[i : i + step], y[i : i + step]), self.rt.device)
+            pt = torch.from_numpy(np.asarray(pos[i : i + step], dtype=np.int64)).to(self.rt.device)
+            wt = torch.from_numpy(np.asarray(weight[i : i + step], dtype=np.float32)).to(self.rt.device)
+            ad.select(torch.from_numpy(np.asarray(rows[i : i + step], dtype=np.int64)).to(self.rt.device))
+            with torch.set_grad_enabled(train), autocast(self.rt.device, self.dtype):
+                h = self.model.hidden(xt, lora=ad)
+                h = h.gather(1, pt[..., None].expand(-1, -1, h.size(-1)))   # only the positions that count
+                logits = self.model.head(h, lora=ad)
+            nats = F.cross_entropy(logits.float().flatten(0, 1), yt.gather(1, pt).flatten(),
+                                   reduction="none").view(pt.shape)
+            if train and bool(wt.any()):
+                (nats * wt).sum().backward()   # gradients accumulate in the adapters' .grad; no update yet
+            out.append(nats.detach().double().cpu().numpy())
+        ad.select(None)
+        return np.concatenate(out) if out else np.zeros(pos.shape)
+
+    def lora_train(self, lr: float, wd: float, eps: float = ADAM_EPS) -> None:
+        """The Adam step (as `lora_step`) from the gradient the last `lora_score` kept."""
+        tensors = self._lora.tensors()
+        grads = [torch.zeros_like(t) if t.grad is None else t.grad for t in tensors]
+        self._lora_adam(tensors, grads, lr, wd, eps)
+        for t in tensors:
+            t.grad = None
+
+    def _lora_adam(self, tensors: list[Tensor], grads: list[Tensor], lr: float, wd: float, eps: float) -> None:
         self._lora_t += 1
         with torch.no_grad():  # one foreach kernel per operation over all adapter tensors (beta1 = 0: m = g)
             v = self._lora_v

@@ -25,10 +25,12 @@ def split_name(name: str) -> tuple[str, str]:
 class Adapter:
     def __init__(self, a: mx.array, out_dim: int, scale: float):
         self.a, self.b, self.scale = a, mx.zeros((a.shape[0], out_dim, a.shape[1])), scale
+        self.rows: mx.array | None = None   # which adapter rows the input's rows use (None: all, in order)
 
     def __call__(self, x: mx.array) -> mx.array:
-        low = x @ self.a.astype(x.dtype).transpose(0, 2, 1)
-        return self.scale * (low @ self.b.astype(x.dtype).transpose(0, 2, 1))
+        a, b = (self.a, self.b) if self.rows is None else (self.a[self.rows], self.b[self.rows])
+        low = x @ a.astype(x.dtype).transpose(0, 2, 1)
+        return self.scale * (low @ b.astype(x.dtype).transpose(0, 2, 1))
 
 
 class Adapters:
@@ -47,6 +49,11 @@ class Adapters:
 
     def site(self, layer: int, slot: int) -> dict[str, Adapter] | None:
         return self.sites.get(f"slot{slot}", self.sites.get(f"layer{layer}"))
+
+    def select(self, rows: mx.array | None) -> None:
+        """The input's row i runs through adapter row rows[i] (None: row i)."""
+        for m in self.mods:
+            m.rows = rows
 
     def tensors(self) -> list[mx.array]:
         return [t for m in self.mods for t in (m.a, m.b)]

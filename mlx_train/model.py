@@ -236,7 +236,10 @@ class GPT(nn.Module):
         return rms_norm(x)
 
     def logits(self, idx: mx.array, looped: bool | None = None, lora=None) -> mx.array:
-        x = self.hidden(idx, looped, lora)
+        return self.head(self.hidden(idx, looped, lora), lora)
+
+    def head(self, x: mx.array, lora=None) -> mx.array:
+        """Softcapped float32 logits of final hidden states x [batch, positions, dim] (any subset of positions)."""
         if self.cfg.tie_embeddings:
             logits = x @ self.tok_emb.weight.astype(x.dtype).T
         else:

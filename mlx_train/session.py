@@ -206,6 +206,7 @@ class MLXSession:
         """B to zero and Adam state cleared; A to `a`, or kept (`keep_a`, #1855's warm start), or its first draw."""
         self._lora.reset(a, keep_a)
         self._lora_v = [mx.zeros(t.shape) for t in self._lora.tensors()]
+        self._lora_grads = None
         self._lora_t = 0
 
     def lora_a(self) -> dict[str, np.ndarray]:
@@ -225,6 +226,50 @@ class MLXSession:
 
         tensors = ad.tensors()
         _, grads = mx.value_and_grad(loss_fn)(tensors, mx.array(x), mx.array(y), mx.array(mask.astype(np.float32)))
+        self._lora_adam(tensors, grads, lr, wd, eps)
+
+    def lora_score(self, rows: np.ndarray, x: np.ndarray, y: np.ndarray, pos: np.ndarray, weight: np.ndarray,
+                   max_tokens: int = 0) -> np.ndarray:
+        """float64 [len(rows), k]: the nats at positions pos of each input row, input row i through adapter row
+        rows[i], from one forward; the gradient of sum(weight * nats) is kept for `lora_train` (as torch's)."""
+        ad = self._lora
+        train = bool(np.any(weight))
+        step = len(rows) if max_tokens <= 0 else max(1, max_tokens // max(1, x.shape[1]))
+
+        def loss_fn(tensors, x, y, pos, w):
+            ad.set_tensors(tensors)
+            h = self.model.hidden(x, lora=ad)
+            h = mx.take_along_axis(h, pos[..., None], axis=1)   # only the positions that count
+            nats = nn.losses.cross_entropy(self.model.head(h, lora=ad), mx.take_along_axis(y, pos, axis=1),
+                                           reduction="none")
+            return mx.sum(nats * w), nats
+
+        tensors = ad.tensors()
+        grads, out = None, []
+        for i in range(0, len(rows), step):
+            args = (mx.array(x[i : i + step]), mx.array(y[i : i + step]),
+                    mx.array(np.asarray(pos[i : i + step], dtype=np.int32)),
+                    mx.array(np.asarray(weight[i : i + step], dtype=np.float32)))
+            ad.select(mx.array(np.asarray(rows[i : i + step], dtype=np.int32)))
+            if train:
+                (_, nats), g = mx.value_and_grad(loss_fn)(tensors, *args)
+                grads = g if grads is None else [a + b for a, b in zip(grads, g, strict=True)]
+            else:
+                _, nats = loss_fn(tensors, *args)
+            out.append(np.array(nats).astype(np.float64))
+        ad.select(None)
+        ad.set_tensors(tensors)
+        self._lora_grads = grads
+        return np.concatenate(out) if out else np.zeros(pos.shape)
+
+    def lora_train(self, lr: float, wd: float, eps: float = ADAM_EPS) -> None:
+        """The Adam step (as `lora_step`) from the gradient the last `lora_score` kept."""
+        tensors = self._lora.tensors()
+        grads = self._lora_grads or [mx.zeros(t.shape) for t in tensors]
+        self._lora_grads = None
+        self._lora_adam(tensors, grads, lr, wd, eps)
+
+    def _lora_adam(self, tensors: list[mx.array], grads: list[mx.array], lr: float, wd: float, eps: float) -> None:
         self._lora_t += 1
         root = math.sqrt(1.0 - ADAM_BETA2 ** self._lora_t)
         new, vs = [], []
@@ -233,7 +278,7 @@ class MLXSession:
             new.append(t * (1.0 - lr * wd) - lr * g / (mx.sqrt(v) / root + eps))
             vs.append(v)
         mx.eval(new, vs)
-        ad.set_tensors(new)
+        self._lora.set_tensors(new)
         self._lora_v = vs
 
     def lora_end(self) -> None:

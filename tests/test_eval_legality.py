@@ -101,7 +101,7 @@ def scored_before(setup, mode, t: int) -> np.ndarray:
     cfg, _, _, tokens = setup
     e = replace(cfg.eval, **MODES[mode])
     docs = driver.documents(tokens, 1, tokens.size, BOS_ID)
-    batches = driver.length_batches(docs, e.lora_docs)
+    batches = [b for _, b in driver.length_batches(docs, e.lora_docs)]
     k = next(i for i, b in enumerate(batches) if any(s <= t < e_ for s, e_ in b))
     mask = np.zeros(tokens.size - 1, dtype=bool)
     for s, e_ in (d for b in batches[:k] for d in b):

@@ -424,6 +424,9 @@ class EvalConfig(_Section):
     lora_prefix_docs: int = 0        # scored order: phase k after prefix * (k + 1) / lora_phases documents [2500]
     lora_phase_chunk_tokens: int = 32768  # scored order: SGD chunks of the scored tokens, never the last [32768]
     lora_phase_rows: int = 32        # scored order: rows of `context` tokens per rank and SGD step [32]
+    lora_forwards: int = 1           # 1: score and train from one forward per chunk; 2: a scoring forward, then
+                                     # a training one (the first design; the same scores)
+    lora_max_tokens: int = 0         # input tokens per LoRA forward (rows x window; 0 = the whole batch at once)
 
     def validate(self) -> None:
         if self.max_tokens < 0 or self.batch_tokens < 1:
@@ -463,6 +466,8 @@ class EvalConfig(_Section):
         if self.lora_phases and scored and self.lora_prefix_docs < self.lora_phases:
             raise PgolfError(f"eval.lora_phase_order = \"scored\" needs eval.lora_prefix_docs >= lora_phases "
                              f"({self.lora_phases}), got {self.lora_prefix_docs}")
+        if self.lora_forwards not in (1, 2) or self.lora_max_tokens < 0:
+            raise PgolfError(f"eval.lora_forwards = {self.lora_forwards}: choose 1 or 2; eval.lora_max_tokens >= 0")
         if self.lora_phase_chunk_tokens < 1 or self.lora_phase_rows < 1:
             raise PgolfError("eval.lora_phase_chunk_tokens and eval.lora_phase_rows must be >= 1")
 

@@ -37,7 +37,7 @@ import numpy as np
 from shared.core.config import Config, EvalConfig, ModelConfig
 from shared.core.spec import BOS_ID
 from shared.data.bpb import EvalResult
-from shared.eval.ledger import Ledger
+from shared.eval.ledger import IllegalOrder, Ledger
 from shared.eval.windows import Window, documents, plan_windows, target_span
 
 EVAL_BUDGET_S = 600.0  # the challenge's separate evaluation budget (CHALLENGE.md)
@@ -308,6 +308,56 @@ def phase_sgd(session: Any, seq: np.ndarray, e: EvalConfig, context: int) -> Non
 
 def lora_batch(session: Any, ledger: Ledger, e: EvalConfig, context: int, batch: list[tuple[int, int]]) -> None:
     """One batch of documents, row r = document r: chunk by chunk, score then step.
+
+    Row r's window holds up to `context` targets of its own document ending with the chunk (with
+    `lora_tail = "document"`, a document's last window ends at its end), left-aligned in the row.
+    `lora_forwards = 1`: only the rows whose document goes on run, one forward gives the scores and
+    (kept by the backend) the gradient; the step is taken only after the scores are in the ledger and
+    the rows' tokens are checked against `Ledger.scored_tokens`."""
+    if e.lora_forwards == 2:
+        lora_batch_two(session, ledger, e, context, batch)
+        return
+    tokens, chunk = ledger.tokens, e.lora_chunk
+    longest = max(t - s for s, t in batch)
+    for off in range(0, longest, chunk):
+        end = off + chunk                  # doc-relative targets [off, end) are scored in this step
+        live = [(r, s, t) for r, (s, t) in enumerate(batch) if s + off < t]
+        width = min(end, context)          # the widest window of this step
+        x = np.zeros((len(live), width), dtype=np.int64)
+        y = np.zeros((len(live), width), dtype=np.int64)
+        pos = np.zeros((len(live), chunk), dtype=np.int64)
+        weight = np.zeros((len(live), chunk), dtype=np.float32)
+        spans = []
+        for i, (_, s, t) in enumerate(live):
+            last = s + end >= t
+            hi = min(t, s + end)           # this document's last target in the chunk (exclusive)
+            w0 = max(s, t - context) if last and e.lora_tail == "document" else s + max(0, end - context)
+            n = hi - w0                    # the window: stream targets [w0, hi)
+            x[i, :n] = tokens[w0 - 1 : hi - 1]
+            y[i, :n] = tokens[w0:hi]
+            k = hi - (s + off)             # targets scored in this row
+            pos[i, :k] = np.arange(s + off - w0, n)
+            pos[i, k:] = n - 1             # padding: a position already listed, weight 0
+            if e.lora_train_last or not last:
+                weight[i, :k] = 1.0 / k    # the row's loss: the mean over its scored targets
+            spans.append((s + off, hi, w0, k))
+        rows = np.array([r for r, _, _ in live], dtype=np.int64)
+        nats = session.lora_score(rows, x, y, pos, weight, e.lora_max_tokens)     # 1. score (one forward)
+        for i, (first, hi, _, k) in enumerate(spans):
+            ledger.record(first, nats[i, :k])
+            ledger.settle(first, hi, local=True)                                  # 2. final
+        if not weight.any():           # nothing left to learn for any row (#1855 skips the step)
+            continue
+        for i, (_, hi, w0, _) in enumerate(spans):                                # 3. step on scored tokens only
+            if weight[i].any():
+                seq = ledger.scored_tokens(w0, hi)
+                if not (np.array_equal(seq[:-1], x[i, : hi - w0]) and np.array_equal(seq[1:], y[i, : hi - w0])):
+                    raise IllegalOrder(f"the step's tokens of targets [{w0}, {hi}) are not the scored ones")
+        session.lora_train(e.lora_lr, e.lora_wd, e.lora_adam_eps)
+
+
+def lora_batch_two(session: Any, ledger: Ledger, e: EvalConfig, context: int, batch: list[tuple[int, int]]) -> None:
+    """`lora_batch` with a scoring forward, then a training forward and step (`lora_forwards = 2`).
 
     Row r's window holds up to `context` targets of its own document ending with the chunk (with
     `lora_tail = "document"`, a document's last window ends at its end), left-aligned in the row."""

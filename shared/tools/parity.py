@@ -41,10 +41,12 @@ BPB_TOL = 1e-4          # absolute, in bits per byte
 FORWARD_TOL = 1e-5      # relative
 TRAIN_TOL = 1e-4        # relative, at every step
 TTT_TOL = 1e-5          # absolute, bits per byte, after test-time training: float-order differences go through
-# #1855's adapters (configs/record.toml): per slot, on the head, block layout, warm uniform A, the document's tail
+# #1855's adapters (configs/record.toml): per slot, on the head, block layout, warm uniform A, the document's tail;
+# its phases in its order (here after 2 and 4 scored documents, on 128-token chunks)
 LORA_RECORD = {"lora_targets": "q,k,v,o,mlp,head", "lora_per_slot": True, "lora_layout": "block",
                "lora_a_init": "uniform", "lora_warm_a": True, "lora_adam_eps": 1e-10, "lora_tail": "document",
-               "lora_train_last": False}
+               "lora_train_last": False, "lora_phases": 2, "lora_phase_order": "scored", "lora_prefix_docs": 4,
+               "lora_phase_chunk_tokens": 128, "lora_phase_rows": 2, "lora_phase_lr": 0.05}
                         # the updates (measured 1.4e-8 for TTT-SGD on the small.toml checkpoint, 4e-8 for LoRA: BENCHMARKS.md)
 WEIGHT_TOL = 1e-4       # ||a - b|| / ||a|| per tensor after the steps (Frobenius: Adam turns fp32 rounding
                         # of near-zero gradients into single entries moved by ~lr, so not a max-abs rule)
