@@ -149,9 +149,16 @@ class RecordingSession:
         self.calls: list[tuple] = []
         self.a = {"layer0.q": np.zeros((1, 1, 1), np.float32)}
 
-    def token_nats(self, x, y):
-        self.calls.append(("score", x.copy(), y.copy()))
+    def token_nats(self, x, y):   # lora_forwards = 2: row r is document r
+        self.calls.append(("score", x.copy(), y.copy(), np.arange(x.shape[0]), None))
         return np.ones(x.shape)
+
+    def lora_score(self, rows, x, y, pos, weight, max_tokens=0):   # lora_forwards = 1: the live rows only
+        self.calls.append(("score", x.copy(), y.copy(), rows.copy(), weight.copy()))
+        return np.ones(pos.shape)
+
+    def lora_train(self, lr, wd, eps=1e-8):
+        self.calls.append(("step", None, None, eps))
 
     def lora_begin(self, a_init, scale, out_dims):
         self.calls.append(("begin", sorted(a_init), dict(out_dims)))
@@ -193,19 +200,24 @@ def test_lora_sites_per_slot_with_a_head_and_the_block_layout():
     assert a.shape == (e.lora_docs, e.lora_rank, m.model_dim) and np.abs(a).max() <= 1 / np.sqrt(m.model_dim)
 
 
-def test_lora_document_tail_window_and_no_step_on_a_last_chunk():
+@pytest.mark.parametrize("forwards", [1, 2])
+def test_lora_document_tail_window_and_no_step_on_a_last_chunk(forwards):
     tokens = np.concatenate([[1], np.arange(2, 11), [1], np.arange(20, 25)])   # documents of 10 and 5 targets
     for tail, window in (("chunk", [6, 7, 8, 9, 10, 1, 0, 0]), ("document", [4, 5, 6, 7, 8, 9, 10, 1])):
-        calls = lora_run(tokens, lora_tail=tail, lora_train_last=False)
+        calls = lora_run(tokens, lora_tail=tail, lora_train_last=False, lora_forwards=forwards)
         scores = [c for c in calls if c[0] == "score"]
         steps = [c for c in calls if c[0] == "step"]
         # the long document (row 1: sorted by length) scores targets 9, 10 last; context 8, chunk 4:
         # "document" ends its window at the document's end, with all 8 tokens of context
-        assert list(scores[-1][2][1]) == window
+        _, _, y, rows, _ = scores[-1]
+        assert list(y[list(rows).index(1)]) == window
         # three chunks of the long document, two of the short one: a step only while a document goes on
         assert len(scores) == 3 and len(steps) == 2
-        assert not steps[1][2][0].any() and steps[1][2][1].any()   # the short one's last chunk: never trained
-    assert len([c for c in lora_run(tokens) if c[0] == "step"]) == 3   # pgolf's default trains every chunk
+        if forwards == 1:   # the short one's last chunk (the 2nd) is never trained; the last chunk runs 1 row
+            assert not scores[1][4][0].any() and scores[1][4][1].any() and list(scores[2][3]) == [1]
+        else:
+            assert not steps[1][2][0].any() and steps[1][2][1].any()
+    assert len([c for c in lora_run(tokens, lora_forwards=forwards) if c[0] == "step"]) == 3   # default: every chunk
 
 
 def test_lora_warm_a_keeps_a_and_a_short_batch_draws_its_own():
@@ -214,3 +226,19 @@ def test_lora_warm_a_keeps_a_and_a_short_batch_draws_its_own():
     # the short batch (the longest document, first) with a fresh A, then the warm A back; the full batch keeps A
     assert resets == [("reset", True, False), ("reset", True, False), ("reset", False, True)]
     assert [c for c in lora_run(tokens) if c[0] == "reset"] == [("reset", False, False)] * 2
+
+
+def test_lora_batches_are_token_balanced_across_ranks():
+    rng = np.random.default_rng(0)
+    lengths = np.sort(np.maximum(2, rng.lognormal(6.4, 1.0, 3000).astype(int)))
+    docs, s = [], 1
+    for n in lengths:
+        docs.append((s, s + int(n)))
+        s += int(n)
+    queue = [b for _, b in driver.length_batches(docs, 16)]
+    works = [driver.lora_work(b, 48, 2048) for b in queue]
+    owner = driver.partition(works, 8)
+    load = np.bincount(owner, weights=works, minlength=8)
+    dealt = np.array([sum(works[r::8]) for r in range(8)])   # round robin, for comparison
+    assert load.sum() == sum(works) and load.max() / load.mean() < 1.02 < dealt.max() / dealt.mean()
+    assert driver.lora_work([(0, 100)], 48, 64) == 48 + 64 + 64   # windows of 48, 64, 64 tokens

@@ -188,6 +188,24 @@ def length_batches(docs: list[tuple[int, int]], size: int) -> list[tuple[int, li
     return sorted(batches, key=lambda ib: -(ib[1][-1][1] - ib[1][-1][0]))
 
 
+def lora_work(batch: list[tuple[int, int]], chunk: int, context: int) -> int:
+    """Tokens a batch puts through the model: over its chunk steps, live rows x window width."""
+    lengths = np.array([t - s for s, t in batch])
+    return int(sum((lengths > off).sum() * min(off + chunk, context) for off in range(0, int(lengths.max()), chunk)))
+
+
+def partition(works: list[int], world_size: int) -> list[int]:
+    """The rank of each batch: in the given (longest-first) order, each to the least-loaded rank so far
+    (ties: the lowest rank), so every rank's total work is close to the mean; deterministic."""
+    load = [0] * world_size
+    owner = []
+    for w in works:
+        r = min(range(world_size), key=lambda k: (load[k], k))
+        load[r] += w
+        owner.append(r)
+    return owner
+
+
 @dataclass
 class Phase:
     after: int                     # runs once the batches 0..after of the queue are scored
@@ -232,8 +250,8 @@ def lora_queue(docs: list[tuple[int, int]], e: EvalConfig) -> tuple[list[list[tu
 def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, context: int, bos: int) -> None:
     """Score-first per-document LoRA: score a chunk of every document in the batch, then one adapter step.
 
-    Batches and phases as `lora_queue` says; rank r scores every world_size-th batch of the queue. At a
-    phase every rank has scored its batches up to the phase's, the ranks' scores are settled (a
+    Batches and phases as `lora_queue` says; between phases the batches go to the ranks by `partition`
+    (token-balanced, longest first). At a phase every rank has scored its batches up to the phase's, the ranks' scores are settled (a
     collective), and the base model trains on scored documents only (`Ledger.scored_tokens`); then
     the adapters start again. Adapters reset per batch (`lora_reset`; with `lora_warm_a` A carries on)."""
     docs = documents(ledger.tokens, ledger.lo, ledger.hi, bos)
@@ -245,8 +263,9 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
     start = 0
     for phase in [*phases, None]:
         stop = len(queue) if phase is None else phase.after + 1
+        owner = partition([lora_work(b, e.lora_chunk, context) for b in queue[start:stop]], session.world_size)
         for i in range(start, stop):
-            if i % session.world_size != session.rank:   # documents are independent: deal to ranks
+            if owner[i - start] != session.rank:   # documents are independent: each batch on one rank
                 continue
             batch = queue[i]
             if e.lora_reset and e.lora_warm_a and len(batch) < e.lora_docs:
