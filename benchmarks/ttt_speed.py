@@ -4,7 +4,8 @@
 
 The same weights (the config's init plus noise: a stand-in checkpoint), the same tokens (documents of
 FineWeb-like log-normal lengths), the same settings (`eval.mode = "ttt"`, `eval.ttt = "lora"`, the
-config's LoRA keys), torch backend on the CPU, each run in its own process: the `--baseline` commit
+config's LoRA keys), torch backend on the CPU with one thread (CPU seconds compare on a shared machine;
+the speedup is in CPU seconds), each run in its own process: the `--baseline` commit
 (exported with `git archive` into a temporary folder), this tree with two forwards per chunk
 (`eval.lora_forwards = 2`) and with one. Reports seconds, forwards per chunk (calls of the model's
 trunk) and the largest per-target score difference from this tree's two-forward run.
@@ -32,6 +33,8 @@ from shared.core.config import load_config
 from shared.eval import driver
 from cuda_train.session import session_from
 import cuda_train.model as model_mod
+import torch
+torch.set_num_threads(1)   # one thread: CPU seconds are comparable on a shared machine
 
 cfg_path, params_path, tokens_path, out_path, overrides = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
 cfg = load_config(cfg_path, overrides)
@@ -49,16 +52,16 @@ def counted(self, *a, **k):
     return real(self, *a, **k)
 model_mod.GPT.hidden = counted
 session = session_from(cfg, params)
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 ev = driver.run_eval(session, cfg, tokens, OneByte())
-sec = time.perf_counter() - t0
+sec, cpu = time.perf_counter() - t0, time.process_time() - c0
 docs = driver.documents(tokens, ev.ledger.lo, ev.ledger.hi, 1)
 e = cfg.eval
 # chunk steps: per batch of documents, ceil(longest / chunk)
 order = sorted(docs, key=lambda d: d[1] - d[0])
 steps = sum(-(-max(t - s for s, t in order[i:i + e.lora_docs]) // e.lora_chunk) for i in range(0, len(order), e.lora_docs))
 np.save(out_path, ev.ledger.nats)
-print(json.dumps({"seconds": sec, "nats": ev.result.nats, "tokens": ev.result.tokens, "forwards": calls[0],
+print(json.dumps({"seconds": sec, "cpu_seconds": cpu, "nats": ev.result.nats, "tokens": ev.result.tokens, "forwards": calls[0],
                   "chunk_steps": steps}))
 '''
 
@@ -133,13 +136,15 @@ def main() -> None:
         for r in rows:
             r["max_abs_score_diff_vs_two_forward"] = float(np.abs(scores[r["run"]] - ref).max())
             r["forwards_per_chunk"] = r["forwards"] / r["chunk_steps"]
-            r["speedup_vs_baseline"] = rows[0]["seconds"] / r["seconds"]
+            r["speedup_vs_baseline"] = rows[0]["cpu_seconds"] / r["cpu_seconds"]
     if args.json:
         print(json.dumps(rows))
         return
-    print(f"{'run':<36} {'seconds':>8} {'speedup':>8} {'fwd/chunk':>9} {'max |score diff|':>17} {'nats/token':>11}")
+    print(f"{'run':<36} {'wall s':>8} {'CPU s':>8} {'speedup':>8} {'fwd/chunk':>9} {'max |score diff|':>17} "
+          f"{'nats/token':>11}")
     for r in rows:
-        print(f"{r['run']:<36} {r['seconds']:8.1f} {r['speedup_vs_baseline']:8.2f} {r['forwards_per_chunk']:9.2f} "
+        print(f"{r['run']:<36} {r['seconds']:8.1f} {r['cpu_seconds']:8.1f} {r['speedup_vs_baseline']:8.2f} "
+              f"{r['forwards_per_chunk']:9.2f} "
               f"{r['max_abs_score_diff_vs_two_forward']:17.2e} {r['nats'] / r['tokens']:11.6f}")
 
 

@@ -447,6 +447,22 @@ def test_finish_never_writes_a_nan_artifact_or_summary(tmp_path, case):
     assert not (tmp_path / ARTIFACT).exists() and not (tmp_path / SUMMARY).exists()
 
 
+def test_finish_writes_the_artifact_before_evaluating_it(tmp_path):
+    """A long (TTT) evaluation starts with model.pgz on disk: a run stopped during it keeps its artifact."""
+    cfg = tiny_config()
+    seen = []
+
+    def evaluate(params, tokens, tables):
+        seen.append((tmp_path / ARTIFACT).exists())
+        return EvalResult(300.0, 100, 80)
+
+    session = SimpleNamespace(backend="torch", rank=0, world_size=1, is_main=True, evaluate_params=evaluate)
+    stats = {"val_loss": 3.0, "val_bpb": 1.5, "steps": 1, "train_tokens": 10, "train_seconds": 1.0}
+    finish_run(session, init_params(cfg.model, 1), cfg, RunDir(tmp_path), SimpleNamespace(val_tokens=None, tables=None),
+               stats)
+    assert seen == [True] and (tmp_path / ARTIFACT).exists()
+
+
 # ============================================================================ 5. validation data up front
 
 @pytest.mark.parametrize("val_tokens", [0, 1, 64])  # 64 tokens = 63 targets < one sequence of 64

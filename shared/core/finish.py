@@ -91,17 +91,20 @@ def finish_run(
                     f"train.max_seconds={cfg.train.max_seconds:g}; raise train.calib_reserve_s to at least "
                     f"{math.ceil(calib_s + quant_s)}")
     _, q_params = artifact.unpack(blob, source=str(run_dir.path / ARTIFACT))  # finite, or an error before writing
+    # The artifact exists before its (long: TTT) evaluation starts, so a run stopped during evaluation
+    # keeps it; it is taken back if the evaluation is not finite.
+    if rank == 0 and run_dir.is_main:
+        artifact.write_artifact(run_dir.path / ARTIFACT, blob)
     clock = time.perf_counter()
     q = session.evaluate_params(q_params, dataset.val_tokens, dataset.tables)
     eval_seconds = time.perf_counter() - clock
     for key, value in (("val_loss", stats["val_loss"]), ("val_bpb", stats["val_bpb"]),
                        ("q_val_loss", q.val_loss), ("q_val_bpb", q.val_bpb)):
         if not math.isfinite(float(value)):
+            if rank == 0 and run_dir.is_main:
+                (run_dir.path / ARTIFACT).unlink(missing_ok=True)
             raise PgolfError(f"{run_dir.path}: {key} is {value} (not finite); model.pgz and summary.json were not "
                              f"written, the checkpoint is kept: check it with `pgolf eval {run_dir.path}`")
-    if rank == 0 and run_dir.is_main:
-        artifact.write_artifact(run_dir.path / ARTIFACT, blob)
-
     code = int(code_bytes(name, cfg))  # the size of the train_gpt.py a record of this run submits
     seconds = float(stats.get("train_seconds", 0.0))
     tokens = int(stats.get("train_tokens", 0))

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from shared.core.config import Config, EvalConfig, ModelConfig
+from shared.core.progress import Progress
 from shared.core.spec import BOS_ID
 from shared.data.bpb import EvalResult
 from shared.eval.ledger import IllegalOrder, Ledger
@@ -261,10 +262,12 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
     session.lora_begin(lora_init(m, e), scale, out_dims)
     draws = 0
     start = 0
+    progress = Progress("ttt-lora (rank 0)", total=len(queue), unit="batches", enabled=session.rank == 0)
     for phase in [*phases, None]:
         stop = len(queue) if phase is None else phase.after + 1
         owner = partition([lora_work(b, e.lora_chunk, context) for b in queue[start:stop]], session.world_size)
         for i in range(start, stop):
+            progress.update(1)   # every batch of the queue, this rank's or not: the line counts the whole queue
             if owner[i - start] != session.rank:   # documents are independent: each batch on one rank
                 continue
             batch = queue[i]
@@ -282,6 +285,9 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
         start = stop
         if phase is None:
             break
+        if progress.enabled:
+            print(f"ttt-lora: phase {phases.index(phase) + 1}/{len(phases)} on {len(phase.docs)} scored documents",
+                  file=progress.stream, flush=True)
         session.lora_end()   # the base model trains without adapters
         ledger.settle(ledger.lo, ledger.hi)   # every rank's scores final everywhere
         seq = np.concatenate([ledger.scored_tokens(s, t) for s, t in phase.docs])
@@ -296,6 +302,7 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
             session.sgd_end()
             session.lora_begin(lora_init(m, e), scale, out_dims)
     session.lora_end()
+    progress.close()
 
 
 def phase_sgd(session: Any, seq: np.ndarray, e: EvalConfig, context: int) -> None:
