@@ -103,6 +103,8 @@ class TorchSession:
         n = chunk_count(x.size(0), x.size(1), self.cfg.train.max_microbatch_tokens)
         total = torch.zeros((), device=self.rt.device)
         for j, (cx, cy) in enumerate(zip(x.chunk(n), y.chunk(n), strict=True)):
+            if self.cfg.model.doc_attention:  # #1855's packing: a chunk's rows (one stream) as one row
+                cx, cy = cx.reshape(1, -1), cy.reshape(1, -1)
             last = j == n - 1
             ctx = self.net.no_sync() if isinstance(self.net, DDP) and not (sync and last) else contextlib.nullcontext()
             with ctx:

@@ -57,6 +57,50 @@ class CastedLinear(nn.Module):
         return x @ self.weight.astype(x.dtype).T
 
 
+def doc_segments(idx: mx.array, max_len: int = 0) -> mx.array:
+    """Segment ids [b, t] of document-isolated attention, as shared.core.spec.doc_segments: a new segment
+    at each row start, at every BOS and every `max_len` tokens into a document."""
+    pos = mx.broadcast_to(mx.arange(idx.shape[1]), idx.shape)
+    is_doc = (idx == BOS_ID) | (pos == 0)
+    start = is_doc
+    if max_len > 0:
+        doc_start = mx.cummax(mx.where(is_doc, pos, 0), axis=1)
+        start = is_doc | ((pos - doc_start) % max_len == 0)
+    return mx.cumsum(start.astype(mx.int32), axis=1) - 1
+
+
+def segment_attention(q: mx.array, k: mx.array, v: mx.array, seg: mx.array, max_len: int, scale: float) -> mx.array:
+    """Causal attention within segments (q [b, h, t, d], k/v [b, kv, t, d], seg [b, t]) with a mask.
+    When segments are at most `max_len` long and t is longer than 2 * max_len, queries go in blocks of
+    max_len that see only their own and the previous block's keys: memory ~2x causal attention, not t^2."""
+    b, h, t, d = q.shape
+    if not max_len or t <= 2 * max_len:
+        pos = mx.arange(t)
+        mask = (seg[:, None, :, None] == seg[:, None, None, :]) & (pos[:, None] >= pos[None, :])
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    c, n = max_len, -(-t // max_len)
+    pad = n * c - t
+    if pad:  # padded keys get segment -1 (no query attends to them); padded queries are dropped
+        q, k, v = (mx.pad(z, [(0, 0), (0, 0), (0, pad), (0, 0)]) for z in (q, k, v))
+        seg = mx.pad(seg, [(0, 0), (0, pad)], constant_values=-1)
+
+    def blocks(z: mx.array) -> mx.array:  # [b, heads, n*c, d] -> [b, n, heads, c, d]
+        return z.reshape(b, z.shape[1], n, c, d).transpose(0, 2, 1, 3, 4)
+
+    def with_prev(z: mx.array) -> mx.array:  # [b, n, heads, c, d]: each block's keys, the previous block's then its own
+        kv = blocks(z)
+        prev = mx.concatenate([mx.zeros_like(kv[:, :1]), kv[:, :-1]], axis=1)
+        return mx.concatenate([prev, kv], axis=3).reshape(b * n, z.shape[1], 2 * c, d)
+
+    sq = seg.reshape(b, n, c)
+    sk = mx.concatenate([mx.concatenate([mx.full(sq[:, :1].shape, -2, sq.dtype), sq[:, :-1]], axis=1), sq], axis=2)
+    qpos = mx.arange(c) + c
+    mask = (sq[..., :, None] == sk[..., None, :]) & (qpos[:, None] >= mx.arange(2 * c)[None, :])
+    y = mx.fast.scaled_dot_product_attention(blocks(q).reshape(b * n, h, c, d), with_prev(k), with_prev(v),
+                                             scale=scale, mask=mask.reshape(b * n, 1, c, 2 * c))
+    return y.reshape(b, n, h, c, d).transpose(0, 2, 1, 3, 4).reshape(b, h, n * c, d)[:, :, :t]
+
+
 def xsa(y: mx.array, v: mx.array) -> mx.array:
     """Exclusive self-attention (#1855): remove from each head's output y [b, h, t, d] its component
     along its own position's unit value vector v [b, kv, t, d] (GQA: each KV head serves h/kv heads)."""
@@ -80,6 +124,7 @@ class CausalSelfAttention(nn.Module):
         self.c_v = CastedLinear(m.model_dim, m.kv_dim)
         self.proj = CastedLinear(m.model_dim, m.model_dim)
         self.q_gain = mx.full((m.num_heads,), m.qk_gain_init)
+        self.doc_max_len = m.doc_max_len
         if m.attn_gate:
             self.gate = mx.zeros((m.num_heads, m.gate_dims))
 
@@ -89,7 +134,7 @@ class CausalSelfAttention(nn.Module):
         # y2 = x2 cos - x1 sin); a position scale of -1 makes mx.fast.rope compute exactly that.
         return mx.fast.rope(x, self.rope_dims, traditional=False, base=self.rope_base, scale=-1.0, offset=0)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, seg: mx.array | None = None) -> mx.array:
         b, t, d = x.shape
         q = self.c_q(x).reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
         k = self.c_k(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
@@ -97,7 +142,10 @@ class CausalSelfAttention(nn.Module):
         q, k = self._rope(rms_norm(q)), self._rope(rms_norm(k))
         q = q * self.q_gain.astype(q.dtype)[None, :, None, None]
         # The fused kernel handles GQA (fewer KV heads) without repeating k and v.
-        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim), mask="causal")
+        if seg is None:
+            y = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim), mask="causal")
+        else:
+            y = segment_attention(q, k, v, seg, self.doc_max_len, 1.0 / math.sqrt(self.head_dim))
         if self.use_xsa:
             y = xsa(y, v)
         if "gate" in self:  # sparse attention output gate (#1855): per head, from the first residual dims
@@ -134,19 +182,19 @@ class Block(nn.Module):
     def norm(self, x: mx.array) -> mx.array:
         return rms_norm(x) * self.ln if self.ln != 1.0 else rms_norm(x)
 
-    def __call__(self, x: mx.array, x0: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, x0: mx.array, seg: mx.array | None = None) -> mx.array:
         mix = self.resid_mix.astype(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.astype(x.dtype) * self.attn(self.norm(x))
+        x = x + self.attn_scale.astype(x.dtype) * self.attn(self.norm(x), seg)
         return x + self.mlp_scale.astype(x.dtype) * self.mlp(self.norm(x))
 
-    def parallel(self, lanes: tuple[mx.array, mx.array], x0: mx.array, route: mx.array, scale: mx.array
-                 ) -> tuple[mx.array, mx.array]:
+    def parallel(self, lanes: tuple[mx.array, mx.array], x0: mx.array, route: mx.array, scale: mx.array,
+                 seg: mx.array | None = None) -> tuple[mx.array, mx.array]:
         """Parallel residual lanes (#1855): attention reads lane 0 (mixed with x0), the MLP lane 1;
         both outputs are routed into both lanes by `route` [2 sources, 2 lanes], lanes scaled by `scale`."""
         lane0, lane1 = lanes
         mix, route, scale = self.resid_mix.astype(lane0.dtype), route.astype(lane0.dtype), scale.astype(lane0.dtype)
-        a = self.attn_scale.astype(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0))
+        a = self.attn_scale.astype(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0), seg)
         f = self.mlp_scale.astype(lane0.dtype) * self.mlp(self.norm(lane1))
         return (scale[0] * lane0 + route[0, 0] * a + route[1, 0] * f,
                 scale[1] * lane1 + route[0, 1] * a + route[1, 1] * f)
@@ -201,6 +249,7 @@ class GPT(nn.Module):
             x = self.smear(x, idx)
         x = rms_norm(x)
         x0 = x
+        seg = doc_segments(idx, m.doc_max_len) if m.doc_attention else None
         order = m.layer_order(looped)
         n_enc = len(order) // 2
         skips: list[mx.array] = []
@@ -217,9 +266,9 @@ class GPT(nn.Module):
                 else:  # the record adds the skip to lane 0 (the attention lane) only
                     lanes = (skip_merge(lanes[0], skips.pop(), self.skip_weights[k], g), lanes[1])
             if lanes is None:
-                x = self.blocks[i](x, x0)
+                x = self.blocks[i](x, x0, seg)
             else:
-                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i])
+                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i], seg)
             if j < n_enc:
                 skips.append(x)
         if lanes is not None:

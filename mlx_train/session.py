@@ -105,16 +105,19 @@ class MLXSession:
         self._ema = wrap(ema_update)
 
     # -- the step
-    def _chunks(self, x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _chunks(self, x: np.ndarray, y: np.ndarray, pack: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
         n = chunk_count(x.shape[0], x.shape[1], self.cfg.train.max_microbatch_tokens)
-        return list(zip(split_rows(x, n), split_rows(y, n), strict=True))
+        chunks = list(zip(split_rows(x, n), split_rows(y, n), strict=True))
+        if pack and self.cfg.model.doc_attention:  # #1855's training packing: a chunk's rows (one stream) as one row
+            chunks = [(cx.reshape(1, -1), cy.reshape(1, -1)) for cx, cy in chunks]
+        return chunks
 
     def step(self, batches: list[tuple[np.ndarray, np.ndarray]], lr_scale: float, momentum: float,
              looped: bool = False) -> float:
         """One optimizer step over the given micro-batches; returns the mean training loss."""
         scale_a, mom_a = mx.array(lr_scale, dtype=mx.float32), mx.array(momentum, dtype=mx.float32)
         fused, accumulate = self._steps[looped and self.cfg.model.looping]
-        chunks = [c for x, y in batches for c in self._chunks(x, y)]
+        chunks = [c for x, y in batches for c in self._chunks(x, y, pack=True)]
         if len(chunks) == 1:
             x, y = chunks[0]
             loss, self.params, self.state = fused(self.params, self.state, mx.array(x), mx.array(y), scale_a, mom_a)

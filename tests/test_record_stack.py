@@ -47,6 +47,7 @@ OPTIONS = {
     "parallel_from": {"parallel_from": 1},
     "smear_gate": {"smear_gate": True},
     "attn_gate": {"attn_gate": True},
+    "doc_attention": {"doc_attention": True, "doc_max_len": 8},
 }
 
 

@@ -71,6 +71,8 @@ class ModelConfig(_Section):
     attn_gate_scale: float = 0.5     # s in sigmoid(s * W x[:gate_dims])
     gate_dims: int = 12              # residual dims the smear and attention gates read
     ortho_init: bool = False         # orthogonal init of the input-side block matrices (outputs stay zero)
+    doc_attention: bool = False      # attention never crosses a BOS; training packs each micro-batch as one row
+    doc_max_len: int = 0             # ... and cuts documents into segments of at most this many tokens (0 = no cut)
 
     @property
     def head_dim(self) -> int:
@@ -140,6 +142,9 @@ class ModelConfig(_Section):
         if not -1 <= self.parallel_from < self.num_layers:
             raise PgolfError(f"model.parallel_from must be -1 (off) or a layer index < {self.num_layers}, "
                              f"got {self.parallel_from}")
+        if self.doc_max_len < 0 or (self.doc_max_len and not self.doc_attention):
+            raise PgolfError(f"model.doc_max_len must be >= 0 and needs model.doc_attention = true, "
+                             f"got {self.doc_max_len}")
         for looped in (False, True):  # once the lanes start (in the decoder), every later step must run in them
             dec = self.layer_order(looped)[len(self.layer_order(looped)) // 2:]
             on = [self.lanes_from(i) for i in dec]

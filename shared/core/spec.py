@@ -142,6 +142,19 @@ def param_table(m: ModelConfig) -> dict[str, Param]:
     return table
 
 
+def doc_segments(idx: np.ndarray, max_len: int = 0) -> np.ndarray:
+    """Segment ids [rows, seq] of document-isolated attention (`model.doc_attention`, #1855's varlen
+    packing): a segment starts at each row's first token, at every BOS, and (max_len > 0) every
+    `max_len` tokens after its document's start; a token attends only to earlier tokens of its segment.
+    Both model.py files compute the same ids on the device (`doc_segments` there)."""
+    idx = np.atleast_2d(idx)
+    pos = np.broadcast_to(np.arange(idx.shape[1]), idx.shape)
+    is_doc = (idx == BOS_ID) | (pos == 0)
+    doc_start = np.maximum.accumulate(np.where(is_doc, pos, 0), axis=1)
+    start = is_doc | ((pos - doc_start) % max_len == 0) if max_len > 0 else is_doc
+    return np.cumsum(start, axis=1) - 1
+
+
 def param_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's canonical name and shape, in table order."""
     return {n: p.shape for n, p in param_table(m).items()}
