@@ -267,6 +267,9 @@ class GPT(nn.Module):
         if m.parallel_from >= 0:
             self.lane_route = nn.Parameter(torch.empty(m.num_layers, 2, 2))
             self.lane_scale = nn.Parameter(torch.empty(m.num_layers, 2))
+        if m.asym_logit:
+            self.softcap_pos = nn.Parameter(torch.empty(1))
+            self.softcap_neg = nn.Parameter(torch.empty(1))
         self.smear = Smear(m) if m.smear_gate else None
         self.blocks = nn.ModuleList(Block(m, i) for i in range(m.num_layers))
 
@@ -308,8 +311,15 @@ class GPT(nn.Module):
     def logits(self, idx: Tensor, looped: bool | None = None) -> Tensor:
         h = self.hidden(idx, looped)
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        cap = self.cfg.logit_softcap
-        return cap * torch.tanh(F.linear(h, w.to(h.dtype)) / cap)
+        return self.softcap(F.linear(h, w.to(h.dtype)))
+
+    def softcap(self, z: Tensor) -> Tensor:
+        """cap * tanh(z / cap); with AsymLogit (#1923) a learned cap for each sign."""
+        if not self.cfg.asym_logit:
+            cap = self.cfg.logit_softcap
+            return cap * torch.tanh(z / cap)
+        pos, neg = self.softcap_pos.to(z.dtype), self.softcap_neg.to(z.dtype)
+        return torch.where(z >= 0, pos * torch.tanh(z / pos), neg * torch.tanh(z / neg))
 
     def forward(self, idx: Tensor, targets: Tensor, reduction: str = "mean", looped: bool | None = None) -> Tensor:
         """Cross-entropy in nats (`mean` over tokens, or their `sum`), computed in float32."""

@@ -237,6 +237,9 @@ class GPT(nn.Module):
         if m.parallel_from >= 0:
             self.lane_route = mx.ones((m.num_layers, 2, 2))
             self.lane_scale = mx.full((m.num_layers, 2), LANE_SCALE_INIT)
+        if m.asym_logit:
+            self.softcap_pos = mx.full((1,), m.logit_softcap)
+            self.softcap_neg = mx.full((1,), m.logit_softcap)
         if m.smear_gate:
             self.smear = Smear(m)
         self.blocks = [Block(m, i) for i in range(m.num_layers)]
@@ -281,8 +284,15 @@ class GPT(nn.Module):
             logits = x @ self.tok_emb.weight.astype(x.dtype).T
         else:
             logits = self.lm_head(x)
-        cap = self.cfg.logit_softcap
-        return cap * mx.tanh(logits.astype(mx.float32) / cap)
+        return self.softcap(logits.astype(mx.float32))
+
+    def softcap(self, z: mx.array) -> mx.array:
+        """cap * tanh(z / cap); with AsymLogit (#1923) a learned cap for each sign."""
+        if not self.cfg.asym_logit:
+            cap = self.cfg.logit_softcap
+            return cap * mx.tanh(z / cap)
+        pos, neg = self.softcap_pos.astype(z.dtype), self.softcap_neg.astype(z.dtype)
+        return mx.where(z >= 0, pos * mx.tanh(z / pos), neg * mx.tanh(z / neg))
 
     def __call__(self, idx: mx.array, targets: mx.array, reduction: str = "mean", looped: bool | None = None
                  ) -> mx.array:

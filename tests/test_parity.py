@@ -58,6 +58,7 @@ CASES = {
     "attn_gate": _cfg(model={"attn_gate": True, "gate_dims": 6, "attn_gate_scale": 0.7}),
     "ortho_init": _cfg(model={"ortho_init": True}),
     "doc_attention": _cfg(model={"doc_attention": True, "doc_max_len": 12}),
+    "asym_logit": _cfg(model={"asym_logit": True, "logit_softcap": 4.0}),
     "weight_decay": _cfg(optim={"muon_wd": 0.5, "embed_wd": 0.3, "scalar_wd": 0.2}),
     "muon_eq_r_polar_express": _cfg(optim={"muon_row_norm": True, "muon_ns": "polar_express"}),
     "warmdown_frac_min_lr": _cfg(iterations=6, warmdown_frac=0.5, min_lr=0.2),

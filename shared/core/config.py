@@ -71,6 +71,7 @@ class ModelConfig(_Section):
     attn_gate_scale: float = 0.5     # s in sigmoid(s * W x[:gate_dims])
     gate_dims: int = 12              # residual dims the smear and attention gates read
     ortho_init: bool = False         # orthogonal init of the input-side block matrices (outputs stay zero)
+    asym_logit: bool = False         # learned softcaps for positive and negative logits (#1923), init logit_softcap
     doc_attention: bool = False      # attention never crosses a BOS; training packs each micro-batch as one row
     doc_max_len: int = 0             # ... and cuts documents into segments of at most this many tokens (0 = no cut)
 

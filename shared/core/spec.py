@@ -119,6 +119,9 @@ def param_table(m: ModelConfig) -> dict[str, Param]:
     if m.parallel_from >= 0:
         add("lane_route", (m.num_layers, 2, 2), ("ones",), "scalar", "other")
         add("lane_scale", (m.num_layers, 2), ("full", LANE_SCALE_INIT), "scalar", "other")
+    if m.asym_logit:  # AsymLogit (#1923): softcaps of positive and negative logits, learned from logit_softcap
+        add("softcap_pos", (1,), ("full", m.logit_softcap), "scalar", "other")
+        add("softcap_neg", (1,), ("full", m.logit_softcap), "scalar", "other")
     if m.smear_gate:
         add("smear.weight", (1, m.gate_dims), ("zeros",), "scalar", "gate")
         add("smear.lam", (1,), ("zeros",), "scalar", "other")
