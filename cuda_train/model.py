@@ -240,10 +240,13 @@ class Smear(nn.Module):
         self.gate_dims = m.gate_dims
         self.weight = nn.Parameter(torch.empty(1, m.gate_dims))
         self.lam = nn.Parameter(torch.empty(1))
+        self.bos_mask = m.smear_bos_mask
 
     def forward(self, x: Tensor, idx: Tensor) -> Tensor:
         g = self.lam.to(x.dtype) * torch.sigmoid(F.linear(x[..., : self.gate_dims], self.weight.to(x.dtype)))
         prev = torch.cat((torch.zeros_like(x[:, :1]), x[:, :-1]), dim=1)
+        if not self.bos_mask:  # #2135 ran with the smear crossing BOS (SMEAR_GATE_BOS_FIX=0)
+            return x + g * prev
         keep = (idx != BOS_ID)[..., None].to(x.dtype)  # a document never reads the previous one
         return x + keep * g * prev
 

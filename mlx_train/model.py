@@ -208,10 +208,13 @@ class Smear(nn.Module):
         self.gate_dims = m.gate_dims
         self.weight = mx.zeros((1, m.gate_dims))
         self.lam = mx.zeros((1,))
+        self.bos_mask = m.smear_bos_mask
 
     def __call__(self, x: mx.array, idx: mx.array) -> mx.array:
         g = self.lam.astype(x.dtype) * mx.sigmoid(x[..., : self.gate_dims] @ self.weight.astype(x.dtype).T)
         prev = mx.concatenate([mx.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
+        if not self.bos_mask:  # #2135 ran with the smear crossing BOS (SMEAR_GATE_BOS_FIX=0)
+            return x + g * prev
         keep = (idx != BOS_ID)[..., None].astype(x.dtype)  # a document never reads the previous one
         return x + keep * g * prev
 

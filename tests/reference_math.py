@@ -226,7 +226,7 @@ def record_logits(params: dict[str, np.ndarray], m: ModelConfig, x: np.ndarray, 
     if m.smear_gate:
         g = p["smear.lam"] / (1.0 + np.exp(-(h[..., : m.gate_dims] @ p["smear.weight"].T)))
         prev = np.concatenate((np.zeros_like(h[:, :1]), h[:, :-1]), axis=1)
-        h = h + (x != 1)[..., None] * g * prev
+        h = h + ((x != 1) if m.smear_bos_mask else np.ones(x.shape, bool))[..., None] * g * prev
     h = rms(h, eps)
     h0 = h
     order = m.layer_order(looped)

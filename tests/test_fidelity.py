@@ -54,12 +54,14 @@ def test_segments_agree_with_the_reference_loop():
 
 @pytest.mark.torch
 @pytest.mark.parametrize("looped", [False, True])
-def test_torch_record_model_equals_the_reference(looped):
+@pytest.mark.parametrize("bos_mask", [True, False])
+def test_torch_record_model_equals_the_reference(looped, bos_mask):
     import torch
 
     from cuda_train.model import build_model
 
-    m, params, x = record_model(), live_params(record_model()), tokens()
+    m = replace(record_model(), smear_bos_mask=bos_mask)
+    params, x = live_params(m), tokens()
     ref = record_logits(params, m, x, looped)
     with torch.no_grad():
         got = build_model(m, params).logits(torch.from_numpy(x), looped=looped).double().numpy()
@@ -68,12 +70,14 @@ def test_torch_record_model_equals_the_reference(looped):
 
 @pytest.mark.mlx
 @pytest.mark.parametrize("looped", [False, True])
-def test_mlx_record_model_equals_the_reference(looped):
+@pytest.mark.parametrize("bos_mask", [True, False])
+def test_mlx_record_model_equals_the_reference(looped, bos_mask):
     import mlx.core as mx
 
     from mlx_train.model import build_model
 
-    m, params, x = record_model(), live_params(record_model()), tokens()
+    m = replace(record_model(), smear_bos_mask=bos_mask)
+    params, x = live_params(m), tokens()
     ref = record_logits(params, m, x, looped)
     got = np.array(build_model(m, params).logits(mx.array(x), looped=looped)).astype(np.float64)
     assert np.abs(got - ref).max() < TOL, np.abs(got - ref).max()
@@ -85,7 +89,8 @@ def test_the_reference_tells_the_record_options_apart():
     m, x = record_model(), tokens()
     params = live_params(m)
     base = record_logits(params, m, x, True)
-    for change in ({"doc_attention": False, "doc_max_len": 0}, {"doc_max_len": 0}, {"parallel_from": 5}):
+    for change in ({"doc_attention": False, "doc_max_len": 0}, {"doc_max_len": 0}, {"parallel_from": 5},
+                   {"smear_bos_mask": False}):
         other = replace(m, **change)
         p = {k: v for k, v in params.items() if k in param_table(other)}
         assert np.abs(record_logits(p, other, x, True) - base).max() > 100 * TOL, change

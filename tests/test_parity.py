@@ -55,6 +55,7 @@ CASES = {
                              iterations=6),
     "parallel_lanes": _cfg(model={"num_layers": 3, "parallel_from": 1}),
     "smear_gate": _cfg(model={"smear_gate": True, "gate_dims": 6}),
+    "smear_across_bos": _cfg(model={"smear_gate": True, "gate_dims": 6, "smear_bos_mask": False}),
     "attn_gate": _cfg(model={"attn_gate": True, "gate_dims": 6, "attn_gate_scale": 0.7}),
     "ortho_init": _cfg(model={"ortho_init": True}),
     "doc_attention": _cfg(model={"doc_attention": True, "doc_max_len": 12}),

@@ -67,6 +67,7 @@ class ModelConfig(_Section):
     loop_at: float = 0.0             # ... from this fraction of training on (before: the plain order)
     parallel_from: int = -1          # parallel attention/MLP residual lanes from this layer on (-1 = off)
     smear_gate: bool = False         # previous-token mixing of the embeddings, gated, zeroed at BOS
+    smear_bos_mask: bool = True      # ... zeroed at BOS (#1855's fix); false: it crosses BOS, as #2135 ran
     attn_gate: bool = False          # per-head sigmoid gate on the attention output
     attn_gate_scale: float = 0.5     # s in sigmoid(s * W x[:gate_dims])
     gate_dims: int = 12              # residual dims the smear and attention gates read
