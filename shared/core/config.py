@@ -304,6 +304,9 @@ class QuantConfig(_Section):
     lqer_a_bits: int = 2             # bits of A [out, rank] (one scale for the whole factor)
     lqer_b_bits: int = 4             # bits of B [rank, in] (one scale per group of lqer_group values)
     lqer_group: int = 64
+    awq_groups: int = 0              # AWQ-lite (#1908): the N most salient column groups, model-wide, coded at awq_bits
+    awq_group_size: int = 64         # columns per group (salience: activation RMS x mean |weight| of each column)
+    awq_bits: int = 8
     prune_values: int = 0            # +-1 codes set to 0, least Hessian-weighted cost first (budget mode sets it)
     compressor: str = "zstd"         # "zstd" (v1's), "brotli" (shuffled, brotli-11), "group" (by role), "auto"
     group_sort: bool = False         # "group": reorder rows by similarity, permutation stored (measured larger: BENCHMARKS.md)
@@ -365,6 +368,11 @@ class QuantConfig(_Section):
             raise PgolfError(f"quant.gate = {self.gate!r} is not a scheme: choose one of {', '.join(schemes)}")
         if self.attn_clip_k < 0.0 or self.mlp_clip_k < 0.0:
             raise PgolfError("quant.attn_clip_k and quant.mlp_clip_k must be >= 0 (0: use quant.clip_k)")
+        if self.awq_groups < 0 or self.awq_group_size < 1 or not 2 <= self.awq_bits <= 8:
+            raise PgolfError(f"quant.awq_groups must be >= 0, awq_group_size >= 1 and awq_bits in 2..8, got "
+                             f"{self.awq_groups}, {self.awq_group_size}, {self.awq_bits}")
+        if self.awq_groups and not self.gptq:
+            raise PgolfError("quant.awq_groups ranks columns by their calibration activations: it needs quant.gptq = true")
         if self.lqer_tensors < 0 or self.lqer_rank < 0 or self.prune_values < 0:
             raise PgolfError("quant.lqer_tensors, quant.lqer_rank and quant.prune_values must be >= 0")
         for key in ("lqer_a_bits", "lqer_b_bits"):
