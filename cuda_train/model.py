@@ -149,25 +149,25 @@ class CausalSelfAttention(nn.Module):
         self.q_gain = nn.Parameter(torch.empty(m.num_heads))
         self.gate = nn.Parameter(torch.empty(m.num_heads, m.gate_dims)) if m.attn_gate else None
         self.rotary = Rotary(m.rotary_dims, m.rope_base)
-        self.doc_max_len = m.doc_max_len
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, seg: Tensor | None) -> Tensor:
-        if seg is not None:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, docs: tuple[Tensor, int] | None) -> Tensor:
+        if docs is not None:
+            seg, cap = docs
             if _fa3_varlen is not None and q.size(0) == 1 and attention_kernel(q.device, q.dtype) == "fa3":
                 # FA3 varlen (#1855): cumulative segment starts; nonzero() costs one host sync
                 cu = torch.nonzero(F.pad(seg[0, 1:] != seg[0, :-1], (1, 0), value=True)).flatten()
                 cu = F.pad(cu, (0, 1), value=seg.size(1)).to(torch.int32)
                 out = _fa3_varlen(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu,
-                                  self.doc_max_len or seg.size(1), self.doc_max_len or seg.size(1), causal=True)
+                                  cap or seg.size(1), cap or seg.size(1), causal=True)
                 return (out[0] if isinstance(out, tuple) else out).transpose(0, 1)[None]
-            return segment_attention(q, k, v, seg, self.doc_max_len)
+            return segment_attention(q, k, v, seg, cap)
         if _fa3 is not None and attention_kernel(q.device, q.dtype) == "fa3":
             out = _fa3(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
             return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
         # GQA without repeating K/V: SDPA broadcasts the KV heads (flash kernel on CUDA).
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
 
-    def forward(self, x: Tensor, seg: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, docs: tuple[Tensor, int] | None = None) -> Tensor:
         b, t, d = x.shape
         q = self.c_q(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -176,7 +176,7 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(t, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        y = self._attend(q, k, v, seg)
+        y = self._attend(q, k, v, docs)
         if self.use_xsa:
             y = xsa(y, v)
         if self.gate is not None:  # sparse attention output gate (#1855): per head, from the first residual dims
@@ -214,19 +214,19 @@ class Block(nn.Module):
     def norm(self, x: Tensor) -> Tensor:
         return rms_norm(x) * self.ln if self.ln != 1.0 else rms_norm(x)
 
-    def forward(self, x: Tensor, x0: Tensor, seg: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, docs: tuple[Tensor, int] | None = None) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(self.norm(x), seg)
+        x = x + self.attn_scale.to(x.dtype) * self.attn(self.norm(x), docs)
         return x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x))
 
     def parallel(self, lanes: tuple[Tensor, Tensor], x0: Tensor, route: Tensor, scale: Tensor,
-                 seg: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                 docs: tuple[Tensor, int] | None = None) -> tuple[Tensor, Tensor]:
         """Parallel residual lanes (#1855): attention reads lane 0 (mixed with x0), the MLP lane 1;
         both outputs are routed into both lanes by `route` [2 sources, 2 lanes], lanes scaled by `scale`."""
         lane0, lane1 = lanes
         mix, route, scale = self.resid_mix.to(lane0.dtype), route.to(lane0.dtype), scale.to(lane0.dtype)
-        a = self.attn_scale.to(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0), seg)
+        a = self.attn_scale.to(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0), docs)
         f = self.mlp_scale.to(lane0.dtype) * self.mlp(self.norm(lane1))
         return (scale[0] * lane0 + route[0, 0] * a + route[1, 0] * f,
                 scale[1] * lane1 + route[0, 1] * a + route[1, 1] * f)
@@ -276,8 +276,9 @@ class GPT(nn.Module):
         self.smear = Smear(m) if m.smear_gate else None
         self.blocks = nn.ModuleList(Block(m, i) for i in range(m.num_layers))
 
-    def hidden(self, idx: Tensor, looped: bool | None = None) -> Tensor:
-        """Final normalised hidden states [batch, seq, dim]; `looped` picks the depth-recurrence order."""
+    def hidden(self, idx: Tensor, looped: bool | None = None, seg_len: int = 0) -> Tensor:
+        """Final normalised hidden states [batch, seq, dim]; `looped` picks the depth-recurrence order,
+        `seg_len` the document segment cap (default model.doc_max_len; train.seq_schedule grows it)."""
         m = self.cfg
         x = self.tok_emb(idx)
         if torch.is_autocast_enabled(x.device.type):  # the residual stream in the compute dtype, as the reference
@@ -286,7 +287,8 @@ class GPT(nn.Module):
             x = self.smear(x, idx)
         x = rms_norm(x)
         x0 = x
-        seg = doc_segments(idx, m.doc_max_len) if m.doc_attention else None
+        cap = seg_len or m.doc_max_len
+        docs = (doc_segments(idx, cap), cap) if m.doc_attention else None
         order = m.layer_order(looped)
         n_enc = len(order) // 2
         skips: list[Tensor] = []
@@ -302,17 +304,17 @@ class GPT(nn.Module):
                 else:  # the record adds the skip to lane 0 (the attention lane) only
                     lanes = (skip_merge(lanes[0], skips.pop(), self.skip_weights[k], g), lanes[1])
             if lanes is None:
-                x = self.blocks[i](x, x0, seg)
+                x = self.blocks[i](x, x0, docs)
             else:
-                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i], seg)
+                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i], docs)
             if j < n_enc:
                 skips.append(x)
         if lanes is not None:
             x = 0.5 * (lanes[0] + lanes[1])
         return rms_norm(x)
 
-    def logits(self, idx: Tensor, looped: bool | None = None) -> Tensor:
-        h = self.hidden(idx, looped)
+    def logits(self, idx: Tensor, looped: bool | None = None, seg_len: int = 0) -> Tensor:
+        h = self.hidden(idx, looped, seg_len)
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         return self.softcap(F.linear(h, w.to(h.dtype)))
 
@@ -324,9 +326,10 @@ class GPT(nn.Module):
         pos, neg = self.softcap_pos.to(z.dtype), self.softcap_neg.to(z.dtype)
         return torch.where(z >= 0, pos * torch.tanh(z / pos), neg * torch.tanh(z / neg))
 
-    def forward(self, idx: Tensor, targets: Tensor, reduction: str = "mean", looped: bool | None = None) -> Tensor:
+    def forward(self, idx: Tensor, targets: Tensor, reduction: str = "mean", looped: bool | None = None,
+                seg_len: int = 0) -> Tensor:
         """Cross-entropy in nats (`mean` over tokens, or their `sum`), computed in float32."""
-        logits = self.logits(idx, looped)
+        logits = self.logits(idx, looped, seg_len)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
 
 

@@ -98,7 +98,7 @@ class TorchSession:
         return self.opt
 
     # -- the step
-    def _micro_step(self, x: Tensor, y: Tensor, weight: float, sync: bool, looped: bool) -> Tensor:
+    def _micro_step(self, x: Tensor, y: Tensor, weight: float, sync: bool, looped: bool, seg_len: int = 0) -> Tensor:
         """Forward + backward of one micro-batch in equal chunks, loss scaled by `weight`; its mean loss."""
         n = chunk_count(x.size(0), x.size(1), self.cfg.train.max_microbatch_tokens)
         total = torch.zeros((), device=self.rt.device)
@@ -109,20 +109,21 @@ class TorchSession:
             ctx = self.net.no_sync() if isinstance(self.net, DDP) and not (sync and last) else contextlib.nullcontext()
             with ctx:
                 with autocast(self.rt.device, self.dtype):
-                    loss = self.net(cx, cy, looped=looped)
+                    loss = self.net(cx, cy, looped=looped, seg_len=seg_len)
                 (loss * (weight / n)).backward()
             total += loss.detach().float() / n
         return total
 
     def step(self, batches: list[tuple[np.ndarray, np.ndarray]], lr_scale: float, momentum: float,
-             looped: bool = False) -> float:
+             looped: bool = False, seg_len: int = 0) -> float:
         opt = self._optimizers()
         opt.set_schedule(lr_scale, momentum)
         looped = looped and self.cfg.model.looping
         total = torch.zeros((), device=self.rt.device)
         for k, batch in enumerate(batches):
             x, y = to_device(batch, self.rt.device)
-            total += self._micro_step(x, y, 1.0 / len(batches), sync=k == len(batches) - 1, looped=looped)
+            total += self._micro_step(x, y, 1.0 / len(batches), sync=k == len(batches) - 1, looped=looped,
+                                      seg_len=seg_len)
         opt.step()
         opt.zero_grad()
         if self.ema is not None:

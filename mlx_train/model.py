@@ -124,7 +124,6 @@ class CausalSelfAttention(nn.Module):
         self.c_v = CastedLinear(m.model_dim, m.kv_dim)
         self.proj = CastedLinear(m.model_dim, m.model_dim)
         self.q_gain = mx.full((m.num_heads,), m.qk_gain_init)
-        self.doc_max_len = m.doc_max_len
         if m.attn_gate:
             self.gate = mx.zeros((m.num_heads, m.gate_dims))
 
@@ -134,7 +133,7 @@ class CausalSelfAttention(nn.Module):
         # y2 = x2 cos - x1 sin); a position scale of -1 makes mx.fast.rope compute exactly that.
         return mx.fast.rope(x, self.rope_dims, traditional=False, base=self.rope_base, scale=-1.0, offset=0)
 
-    def __call__(self, x: mx.array, seg: mx.array | None = None) -> mx.array:
+    def __call__(self, x: mx.array, docs: tuple[mx.array, int] | None = None) -> mx.array:
         b, t, d = x.shape
         q = self.c_q(x).reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
         k = self.c_k(x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
@@ -142,10 +141,10 @@ class CausalSelfAttention(nn.Module):
         q, k = self._rope(rms_norm(q)), self._rope(rms_norm(k))
         q = q * self.q_gain.astype(q.dtype)[None, :, None, None]
         # The fused kernel handles GQA (fewer KV heads) without repeating k and v.
-        if seg is None:
+        if docs is None:
             y = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim), mask="causal")
         else:
-            y = segment_attention(q, k, v, seg, self.doc_max_len, 1.0 / math.sqrt(self.head_dim))
+            y = segment_attention(q, k, v, docs[0], docs[1], 1.0 / math.sqrt(self.head_dim))
         if self.use_xsa:
             y = xsa(y, v)
         if "gate" in self:  # sparse attention output gate (#1855): per head, from the first residual dims
@@ -182,19 +181,19 @@ class Block(nn.Module):
     def norm(self, x: mx.array) -> mx.array:
         return rms_norm(x) * self.ln if self.ln != 1.0 else rms_norm(x)
 
-    def __call__(self, x: mx.array, x0: mx.array, seg: mx.array | None = None) -> mx.array:
+    def __call__(self, x: mx.array, x0: mx.array, docs: tuple[mx.array, int] | None = None) -> mx.array:
         mix = self.resid_mix.astype(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.astype(x.dtype) * self.attn(self.norm(x), seg)
+        x = x + self.attn_scale.astype(x.dtype) * self.attn(self.norm(x), docs)
         return x + self.mlp_scale.astype(x.dtype) * self.mlp(self.norm(x))
 
     def parallel(self, lanes: tuple[mx.array, mx.array], x0: mx.array, route: mx.array, scale: mx.array,
-                 seg: mx.array | None = None) -> tuple[mx.array, mx.array]:
+                 docs: tuple[mx.array, int] | None = None) -> tuple[mx.array, mx.array]:
         """Parallel residual lanes (#1855): attention reads lane 0 (mixed with x0), the MLP lane 1;
         both outputs are routed into both lanes by `route` [2 sources, 2 lanes], lanes scaled by `scale`."""
         lane0, lane1 = lanes
         mix, route, scale = self.resid_mix.astype(lane0.dtype), route.astype(lane0.dtype), scale.astype(lane0.dtype)
-        a = self.attn_scale.astype(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0), seg)
+        a = self.attn_scale.astype(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0), docs)
         f = self.mlp_scale.astype(lane0.dtype) * self.mlp(self.norm(lane1))
         return (scale[0] * lane0 + route[0, 0] * a + route[1, 0] * f,
                 scale[1] * lane1 + route[0, 1] * a + route[1, 1] * f)
@@ -247,15 +246,17 @@ class GPT(nn.Module):
             self.smear = Smear(m)
         self.blocks = [Block(m, i) for i in range(m.num_layers)]
 
-    def hidden(self, idx: mx.array, looped: bool | None = None) -> mx.array:
-        """Final normalised hidden states; `looped` picks the depth-recurrence order (default: on if configured)."""
+    def hidden(self, idx: mx.array, looped: bool | None = None, seg_len: int = 0) -> mx.array:
+        """Final normalised hidden states; `looped` picks the depth-recurrence order (default: on if configured),
+        `seg_len` the document segment cap (default model.doc_max_len; train.seq_schedule grows it)."""
         m = self.cfg
         x = self.tok_emb(idx).astype(self.compute_dtype)
         if m.smear_gate:
             x = self.smear(x, idx)
         x = rms_norm(x)
         x0 = x
-        seg = doc_segments(idx, m.doc_max_len) if m.doc_attention else None
+        cap = seg_len or m.doc_max_len
+        docs = (doc_segments(idx, cap), cap) if m.doc_attention else None
         order = m.layer_order(looped)
         n_enc = len(order) // 2
         skips: list[mx.array] = []
@@ -272,17 +273,17 @@ class GPT(nn.Module):
                 else:  # the record adds the skip to lane 0 (the attention lane) only
                     lanes = (skip_merge(lanes[0], skips.pop(), self.skip_weights[k], g), lanes[1])
             if lanes is None:
-                x = self.blocks[i](x, x0, seg)
+                x = self.blocks[i](x, x0, docs)
             else:
-                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i], seg)
+                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i], docs)
             if j < n_enc:
                 skips.append(x)
         if lanes is not None:
             x = 0.5 * (lanes[0] + lanes[1])
         return rms_norm(x)
 
-    def logits(self, idx: mx.array, looped: bool | None = None) -> mx.array:
-        x = self.hidden(idx, looped)
+    def logits(self, idx: mx.array, looped: bool | None = None, seg_len: int = 0) -> mx.array:
+        x = self.hidden(idx, looped, seg_len)
         if self.cfg.tie_embeddings:
             logits = x @ self.tok_emb.weight.astype(x.dtype).T
         else:
@@ -297,10 +298,10 @@ class GPT(nn.Module):
         pos, neg = self.softcap_pos.astype(z.dtype), self.softcap_neg.astype(z.dtype)
         return mx.where(z >= 0, pos * mx.tanh(z / pos), neg * mx.tanh(z / neg))
 
-    def __call__(self, idx: mx.array, targets: mx.array, reduction: str = "mean", looped: bool | None = None
-                 ) -> mx.array:
+    def __call__(self, idx: mx.array, targets: mx.array, reduction: str = "mean", looped: bool | None = None,
+                 seg_len: int = 0) -> mx.array:
         """Cross-entropy in float32 nats: the mean (training) or the sum (evaluation)."""
-        return nn.losses.cross_entropy(self.logits(idx, looped), targets, reduction=reduction)
+        return nn.losses.cross_entropy(self.logits(idx, looped, seg_len), targets, reduction=reduction)
 
 
 def to_mx(params: dict[str, np.ndarray]) -> dict[str, mx.array]:

@@ -68,11 +68,11 @@ class MLXSession:
         decay = cfg.train.ema_decay
         wrap = mx.compile if cfg.train.compile else (lambda f: f)
 
-        def compiled_step(looped: bool):
-            """(fused, accumulate) for one layer order: depth recurrence changes the graph."""
+        def compiled_step(looped: bool, seg_len: int = 0):
+            """(fused, accumulate) for one layer order and segment cap: each changes the graph."""
             def loss_fn(params, x, y):
                 self.model.update(tree_unflatten(list(params.items())))
-                return self.model(x, y, looped=looped)
+                return self.model(x, y, looped=looped, seg_len=seg_len)
 
             value_and_grad = mx.value_and_grad(loss_fn)
 
@@ -98,7 +98,8 @@ class MLXSession:
         def ema_update(ema, params):  # the same formula as torch's lerp: e + (1 - d) (p - e)
             return {k: e + (1.0 - decay) * (params[k] - e) for k, e in ema.items()}
 
-        self._steps = {looped: compiled_step(looped) for looped in ((False, True) if cfg.model.looping else (False,))}
+        self._compiled_step = compiled_step
+        self._steps = {(looped, 0): compiled_step(looped) for looped in ((False, True) if cfg.model.looping else (False,))}
         self._loss = wrap(loss_fn)
         self._nats = wrap(nats_fn)
         self._apply = wrap(self.opt.update)
@@ -113,10 +114,13 @@ class MLXSession:
         return chunks
 
     def step(self, batches: list[tuple[np.ndarray, np.ndarray]], lr_scale: float, momentum: float,
-             looped: bool = False) -> float:
+             looped: bool = False, seg_len: int = 0) -> float:
         """One optimizer step over the given micro-batches; returns the mean training loss."""
         scale_a, mom_a = mx.array(lr_scale, dtype=mx.float32), mx.array(momentum, dtype=mx.float32)
-        fused, accumulate = self._steps[looped and self.cfg.model.looping]
+        key = (looped and self.cfg.model.looping, seg_len)
+        if key not in self._steps:  # a segment cap of train.seq_schedule: its own graph
+            self._steps[key] = self._compiled_step(*key)
+        fused, accumulate = self._steps[key]
         chunks = [c for x, y in batches for c in self._chunks(x, y, pack=True)]
         if len(chunks) == 1:
             x, y = chunks[0]

@@ -12,6 +12,7 @@ import pytest
 
 from shared.core.config import ModelConfig
 from shared.core.spec import doc_segments, init_params, param_table
+from shared.errors import PgolfError
 from tests.reference_math import _segments, record_logits
 
 RECORD_SHAPE = dict(num_layers=6, model_dim=64, num_heads=4, num_kv_heads=2, vocab_size=128, mlp_mult=4.0,
@@ -117,3 +118,43 @@ def test_doc_attention_training_packs_a_micro_batch_as_one_row(backend, tiny_dat
     packed, rows = session.loss(x.reshape(1, -1), y.reshape(1, -1)), session.loss(x, y)
     assert abs(packed - rows) > 1e-4
     assert session.step([(x, y)], 0.0, 0.95) == pytest.approx(packed, rel=1e-5)
+
+
+def test_seq_schedule_grows_the_segment_cap_and_rewarms_the_lr():
+    """#2014: the document segment cap follows train.seq_schedule over training, and the LR ramps back up
+    over train.seq_rewarm_steps after each change."""
+    from shared.core.config import TrainConfig
+    from shared.core.schedule import rewarm, seq_cap
+
+    t = replace(TrainConfig(), seq_schedule="2048@0.7, 1024@0.1,3072@1.0", iterations=100, max_seconds=0,
+                seq_rewarm_steps=4)
+    assert t.seq_stages() == [(0.1, 1024), (0.7, 2048), (1.0, 3072)]
+    assert [seq_cap(s, 0.0, t) for s in (0, 10, 11, 70, 71, 99)] == [1024, 1024, 2048, 2048, 3072, 3072]
+    assert [rewarm(s, 11, t) for s in (11, 12, 14, 20)] == [0.25, 0.5, 1.0, 1.0]
+    assert seq_cap(5, 0.0, replace(t, seq_schedule="")) == 0
+    for bad in ("1024", "1024@1.5", "0@0.5", "x@0.5"):
+        with pytest.raises(PgolfError, match="train.seq_schedule stage"):
+            replace(t, seq_schedule=bad).validate()
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_a_segment_cap_changes_the_step_as_the_model_config_would(backend, tiny_data):
+    from conftest import tiny_config
+
+    from shared.core.backends import get_backend
+
+    if backend == "mlx":
+        pytest.importorskip("mlx.core")
+    cfg = tiny_config()
+    cfg = replace(cfg, model=replace(cfg.model, doc_attention=True, doc_max_len=48)).validate()
+    x = np.random.default_rng(0).integers(4, cfg.model.vocab_size, size=(2, 32)).astype(np.int64)
+    y = np.roll(x, -1, 1)
+    params = live_params(cfg.model)
+    capped = replace(cfg, model=replace(cfg.model, doc_max_len=8)).validate()
+    session = get_backend(backend).session(capped)
+    session.load_weights(params)
+    want = session.step([(x, y)], 0.0, 0.95)
+    session = get_backend(backend).session(cfg)
+    session.load_weights(params)
+    assert session.step([(x, y)], 0.0, 0.95, seg_len=8) == pytest.approx(want, rel=1e-6)
+    assert session.step([(x, y)], 0.0, 0.95) != pytest.approx(want, rel=1e-4)

@@ -188,11 +188,31 @@ class TrainConfig(_Section):
     min_lr: float = 0.0              # the warmdown's floor, a fraction of each group's peak LR
     calib_reserve_s: float = 0.0     # seconds of train.max_seconds kept for GPTQ calibration (training stops earlier)
     ema_decay: float = 0.0           # EMA of the weights after every step (0 = off); the EMA is checkpointed, evaluated, packed
+    seq_schedule: str = ""           # growing context (#2014): "1024@0.1,2048@0.7,3072@1.0" = the document segment cap
+                                     # (model.doc_attention) up to each fraction of training; "" = model.doc_max_len
+    seq_rewarm_steps: int = 0        # after each change of the cap, the LR ramps back up over this many steps (#2014: 32)
     val_every: int = 1000            # validate every N steps (0 = only at the end)
     log_every: int = 200
     checkpoint_every: int = 0        # save a checkpoint every N steps (0 = only at the end and on Ctrl-C)
     compute_dtype: str = "auto"      # auto | float32 | bfloat16 (auto: bf16 on GPU, fp32 on CPU)
     compile: bool = True
+
+    def seq_stages(self) -> list[tuple[float, int]]:
+        """train.seq_schedule as (fraction, segment cap) stages, by fraction; the last reaches 1.0."""
+        stages = []
+        for raw in filter(None, (p.strip() for p in self.seq_schedule.split(","))):
+            try:
+                cap, frac = raw.split("@")
+                stage = (float(frac), int(cap))
+            except ValueError:
+                raise PgolfError(f"train.seq_schedule stage {raw!r}: write LEN@FRACTION, e.g. 1024@0.1") from None
+            if stage[1] < 1 or not 0.0 < stage[0] <= 1.0:
+                raise PgolfError(f"train.seq_schedule stage {raw!r}: the length must be >= 1 and the fraction in (0, 1]")
+            stages.append(stage)
+        stages.sort()
+        if stages and stages[-1][0] < 1.0:
+            stages.append((1.0, stages[-1][1]))
+        return stages
 
     def validate(self) -> None:
         for key in ("iterations", "batch_tokens", "seq_len", "grad_accum"):
@@ -217,6 +237,9 @@ class TrainConfig(_Section):
         if self.max_seconds > 0 and self.calib_reserve_s >= self.max_seconds:
             raise PgolfError(f"train.calib_reserve_s={self.calib_reserve_s:g} leaves no training time of "
                              f"train.max_seconds={self.max_seconds:g}")
+        if self.seq_rewarm_steps < 0:
+            raise PgolfError(f"train.seq_rewarm_steps must be >= 0, got {self.seq_rewarm_steps}")
+        self.seq_stages()  # parses, or one line naming the stage
         if self.max_microbatch_tokens and self.max_microbatch_tokens % self.seq_len:
             raise PgolfError(f"train.max_microbatch_tokens must be a multiple of train.seq_len={self.seq_len}")
 
@@ -470,6 +493,9 @@ class Config:
     def validate(self) -> Config:
         self.model.validate()
         self.train.validate()
+        if self.train.seq_schedule and not self.model.doc_attention:
+            raise PgolfError(f"train.seq_schedule = {self.train.seq_schedule!r} grows the document segment cap: it "
+                             "needs model.doc_attention = true")
         self.optim.validate()
         self.quant.validate()
         self.eval.validate()
