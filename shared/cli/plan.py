@@ -39,6 +39,13 @@ def _report(p, cfg) -> None:
     hw = p.hardware
     cal = "" if hw.calibrated else "  [UNCALIBRATED: rough guide]"
     click.echo(f"plan: {hw.name} ({hw.devices} x {hw.chip}), {p.profile} profile{cal}")
+    if p.time["ms_per_step"] is None:   # a model too large to plan: its size and why
+        click.echo(f"  params           ~{j['params']:,}")
+        for w in p.warnings:
+            click.echo(f"warning: {w}")
+        for n in p.notes:
+            click.echo(f"note: {n}")
+        return
     click.echo("exact:")
     by = ", ".join(f"{k} {v:,}" for k, v in j["params_by_class"].items())
     click.echo(f"  params           {j['params']:,} ({by})")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -47,18 +48,24 @@ class Work:
         return self.gemm_flops + self.attn_flops
 
 
-def param_counts(m: ModelConfig) -> dict:
-    """Parameters per tensor, per quantiser class and per optimizer group, from the parameter table."""
+@lru_cache(maxsize=8)
+def table_rows(m: ModelConfig) -> tuple[tuple[str, tuple[int, ...], str, str, int], ...]:
+    """(name, shape, optimizer group, quantiser class, numel) of every row of the parameter table."""
     from shared.core.spec import param_table
 
-    table = param_table(m)
+    return tuple((n, p.shape, p.group, p.qclass, math.prod(p.shape)) for n, p in param_table(m).items())
+
+
+def param_counts(m: ModelConfig) -> dict:
+    """Parameters per tensor, per quantiser class and per optimizer group, from the parameter table."""
     by_class: dict[str, int] = {}
     by_group: dict[str, int] = {}
-    for p in table.values():
-        by_class[p.qclass] = by_class.get(p.qclass, 0) + p.numel
-        by_group[p.group] = by_group.get(p.group, 0) + p.numel
-    return {"total": sum(p.numel for p in table.values()), "by_class": by_class, "by_group": by_group,
-            "by_tensor": {n: p.numel for n, p in table.items()}}
+    rows = table_rows(m)
+    for _, _, group, qclass, n in rows:
+        by_class[qclass] = by_class.get(qclass, 0) + n
+        by_group[group] = by_group.get(group, 0) + n
+    return {"total": sum(r[4] for r in rows), "by_class": by_class, "by_group": by_group,
+            "by_tensor": {r[0]: r[4] for r in rows}}
 
 
 def block_matmul_weights(m: ModelConfig) -> int:
@@ -160,20 +167,16 @@ def lora_work(m: ModelConfig, tokens: float, rank: int, targets: list[str], head
 def ns_flops(m: ModelConfig, steps: int) -> float:
     """Newton-Schulz FLOPs of one Muon step over every block matrix: per iteration on X (r x c, r <= c)
     A = X X^T (2 r^2 c), A^2 (2 r^3), (bA + cA^2) X (2 r^2 c)."""
-    from shared.core.spec import param_table
-
     total = 0.0
-    for p in param_table(m).values():
-        if p.group == "matrix":
-            r, c = sorted(p.shape)
+    for _, shape, group, _, _ in table_rows(m):
+        if group == "matrix":
+            r, c = sorted(shape)
             total += steps * (4.0 * r * r * c + 2.0 * r ** 3)
     return total
 
 
 def matrix_count(m: ModelConfig) -> int:
-    from shared.core.spec import param_table
-
-    return sum(1 for p in param_table(m).values() if p.group == "matrix")
+    return sum(1 for r in table_rows(m) if r[2] == "matrix")
 
 
 # ---------------------------------------------------------------------------------------- artifact bytes

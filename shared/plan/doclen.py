@@ -66,17 +66,19 @@ def doc_lengths(total_tokens: int, docs: int = VAL_DOCS) -> np.ndarray:
 
 def masked_context(seq_len: int, vocab_size: int) -> float:
     """Mean number of keys a query attends to in packed sequences of `seq_len` tokens when attention
-    stops at every BOS: E[min(position in document, position in window)] + 1, a token drawn uniformly
-    from the stream and its window offset uniform in [0, seq_len)."""
-    lens = doc_lengths(val_tokens_for(vocab_size)).astype(np.float64)
+    stops at every BOS, for FineWeb's documents at this vocabulary (`context_of`)."""
+    return context_of(doc_lengths(val_tokens_for(vocab_size)), seq_len)
+
+
+def context_of(lens: np.ndarray, seq_len: int) -> float:
+    """E[min(p, t)] + 1 for a token drawn uniformly from a stream of documents of lengths `lens`: p its
+    place in its document, t its place in its window, uniform in [0, seq_len) and independent of p."""
+    s = np.sort(np.asarray(lens, dtype=np.float64))
     k = np.arange(1, seq_len, dtype=np.float64)
-    # P(position in document >= k) for a token drawn uniformly from the stream
-    s = np.sort(lens)
     suffix = np.concatenate([np.cumsum(s[::-1])[::-1], [0.0]])
     idx = np.searchsorted(s, k, side="right")           # documents longer than k: s[idx:]
-    tail = (suffix[idx] - k * (s.size - idx)) / s.sum()
-    # E[min(p, t)] = sum_{k=1..t} P(p >= k); averaged over t = 0..seq_len-1
-    cum = np.concatenate([[0.0], np.cumsum(tail)])
+    tail = (suffix[idx] - k * (s.size - idx)) / s.sum()  # P(p >= k)
+    cum = np.concatenate([[0.0], np.cumsum(tail)])      # E[min(p, t)] = sum_{k=1..t} P(p >= k)
     return 1.0 + float(cum.mean())
 
 

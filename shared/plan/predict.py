@@ -57,7 +57,7 @@ class Plan:
     profile: str
     techniques: dict[str, Any]
     params: dict
-    code_bytes: int
+    code_bytes: int | None
     artifact: dict
     tokens_per_step: int
     flops: dict
@@ -88,7 +88,7 @@ class Plan:
             "warnings": list(self.warnings),
             "hardware": self.hardware.name,
             # additive detail
-            "total_bytes": self.artifact["bytes"] + self.code_bytes,
+            "total_bytes": None if self.artifact["bytes"] is None else self.artifact["bytes"] + self.code_bytes,
             "profile": self.profile,
             "techniques": self.techniques,
             "calibrated": self.hardware.calibrated,
@@ -400,10 +400,22 @@ def _ttt_lora_seconds(cfg: Config, hw: Hardware, prof: K.Profile, cal: dict[str,
             "ngram_seconds": ngram, "chunk_steps": chunk_steps, "phase_starts": [round(x, 1) for x in starts]}
 
 
+def local_val_tokens(cfg: Config) -> int | None:
+    """Validation tokens of the config's dataset when it is on this machine (shard headers), else None."""
+    from pathlib import Path
+
+    from shared.data.shards import find_shards, shard_count
+
+    try:
+        return sum(shard_count(f) for f in find_shards(Path(cfg.data.dir), "val")) or None
+    except Exception:  # noqa: BLE001 - absent or unreadable data: the published split's size is used
+        return None
+
+
 def evaluation(cfg: Config, hw: Hardware, prof: K.Profile, cal: dict[str, float], tech: dict[str, Any]) -> dict:
     """Seconds of each eval mode on the whole validation split (or eval.max_tokens)."""
     m, e = cfg.model, cfg.eval
-    full = val_tokens_for(m.vocab_size)
+    full = local_val_tokens(cfg) or val_tokens_for(m.vocab_size)
     n_tok = min(e.max_tokens, full) if e.max_tokens else full
     docs = max(1, round(VAL_DOCS * n_tok / full))
     lens = doc_lengths(n_tok, docs)
@@ -447,10 +459,10 @@ def pack_and_calib(cfg: Config, hw: Hardware, prof: K.Profile, cal: dict[str, fl
         w = pass_work(m, prof, q.calib_tokens / hw.devices, context(cfg.train.seq_len, m.vocab_size, prof.doc_mask),
                       "fwd")
         calib += sum(seconds_of(w, hw, cal).values()) * 2.0     # plus the X^T X products, as much again
-        from shared.core.spec import param_table
+        from shared.plan.counts import table_rows
 
-        gptq_flops = sum(2.0 * p.shape[0] * p.shape[1] ** 2 + p.shape[1] ** 3
-                         for p in param_table(m).values() if p.group == "matrix" or p.qclass == "embed")
+        gptq_flops = sum(2.0 * shape[0] * shape[1] ** 2 + shape[1] ** 3
+                         for _, shape, group, qclass, _ in table_rows(m) if group == "matrix" or qclass == "embed")
         rate = hw.tflops * 1e12 * cal["gemm"] if prof.name == "record" and hw.kind == "gpu" else GPTQ_CPU_GFLOPS * 1e9
         if hw.kind == "cpu":
             rate = hw.tflops * 1e12 * cal["gemm"]
@@ -476,6 +488,8 @@ def make_plan(cfg: Config, hw: Hardware, profile: str = "pgolf", techniques: tup
         warnings.append(f"size: about {approx:,.0f} parameters ({m.num_layers:,} layers of {block_matmul_weights(m):,}): "
                         f"far beyond what fits {CAP_BYTES:,} bytes or a 10-minute run; check model.* "
                         "(e.g. model.num_layers)")
+    if approx > SANE_PARAMS:   # nothing below is worth computing (or fast) at this size
+        return _absurd(cfg, hw, profile, approx, warnings)
     params = param_counts(m)
     if code_bytes is None:
         from shared.artifact.code import code_bytes as count_code
@@ -510,6 +524,20 @@ def make_plan(cfg: Config, hw: Hardware, profile: str = "pgolf", techniques: tup
         notes.append(f"{hw.name}: uncalibrated ({K.CALIBRATION_SOURCES['mac' if hw.kind == 'mac' else 'gpu']}); "
                      "treat its times as a rough guide")
     return plan
+
+
+def _absurd(cfg: Config, hw: Hardware, profile: str, approx: float, warnings: list[str]) -> Plan:
+    """The plan of a model far too large to plan: its size and the warning, every prediction null."""
+    none_t = {"steps": None, "train_seconds": None, "ms_per_step": None, "ms_per_step_before_loop": None,
+              "ms_per_step_after_loop": None, "steps_before_loop": None, "terms": {}}
+    return Plan(hw, profile, {}, {"total": int(approx), "by_class": {}, "by_group": {}, "by_tensor": {}}, None,
+                {"bytes": None, "by_scheme": {}, "source": "not estimated"}, cfg.train.batch_tokens,
+                {"per_step": 6.0 * approx * cfg.train.batch_tokens, "per_step_before_loop": None,
+                 "per_step_after_loop": None, "per_token_before_loop": None, "per_token_after_loop": None},
+                none_t, {"peak_gib": None, "components": {}},
+                {"seconds": {"flat": None, "sliding": None, "ttt": None}, "selected": cfg.eval.mode, "detail": {}},
+                None, None, warnings, ["the model is too large to plan: only its size is given (params approximate: "
+                                       "the block matrices and the head)"])
 
 
 def real_artifact_bytes(path: str, cfg: Config) -> tuple[int, str]:
@@ -573,14 +601,17 @@ def fit_microbatch(plan: Plan, cfg: Config) -> int:
 def summary_line(plan: Plan) -> str:
     """One line: what `pgolf train` prints at start."""
     t = plan.time
+    warn = f"; {len(plan.warnings)} warning(s): {plan.warnings[0]}" if plan.warnings else ""
+    cal = "" if plan.hardware.calibrated else ", uncalibrated"
+    head = f"plan ({plan.hardware.name}, {plan.profile} profile{cal}):"
+    if t["ms_per_step"] is None:
+        return f"{head} ~{plan.params['total']:,} parameters, not planned{warn}"
     loop = (f" ({t['ms_per_step_before_loop']:.0f}/{t['ms_per_step_after_loop']:.0f} before/after recurrence)"
             if t["ms_per_step_after_loop"] is not None else "")
     ev = plan.eval["seconds"].get(plan.eval["selected"], 0.0)
-    warn = f"; {len(plan.warnings)} warning(s): {plan.warnings[0]}" if plan.warnings else ""
-    cal = "" if plan.hardware.calibrated else ", uncalibrated"
-    return (f"plan ({plan.hardware.name}, {plan.profile} profile{cal}): ~{t['ms_per_step']:.0f} ms/step{loop}, "
-            f"~{t['steps']:,} steps in {t['train_seconds']:.0f} s, peak {plan.memory['peak_gib']:.1f} GiB/device, "
-            f"{plan.eval['selected']} eval ~{ev:.0f} s, {plan.artifact['bytes'] + plan.code_bytes:,} bytes{warn}")
+    return (f"{head} ~{t['ms_per_step']:.0f} ms/step{loop}, ~{t['steps']:,} steps in {t['train_seconds']:.0f} s, "
+            f"peak {plan.memory['peak_gib']:.1f} GiB/device, {plan.eval['selected']} eval ~{ev:.0f} s, "
+            f"{plan.artifact['bytes'] + plan.code_bytes:,} bytes{warn}")
 
 
 def beside_measured(cfg: Config, gpu_name: str | None, speed: dict[str, Any]) -> dict[str, Any]:
