@@ -53,7 +53,7 @@ RUNS = [
     Run("#1855", "configs/record.toml", RECORD_1855, (),
         {"ms_per_step": 121.58, "ms_per_step_before_loop": 96.2, "ms_per_step_after_loop": 141.0,
          "steps": 4931.3, "peak_mib": 41710, "ttt_eval_s": 477.97, "phase_s": 78.1, "artifact_bytes": 15869920},
-        "/records/1855 train_seed{42,0,1234}.log: train_time/steps, tok/s at step 2000 (before), the rest "
+        "PR #1855's records folder, train_seed{42,0,1234}.log: train_time/steps, tok/s at step 2000 (before), the rest "
         "after, peak allocated, total_eval_time, ttpp->ttpr phase seconds, quantized+pergroup bytes; the eval "
         "timeline: ttpp t of each phase and the total", False,
         "3 global SGD phases after 833/1666/2500 documents (pgolf runs them on one process only, so "
@@ -228,13 +228,23 @@ def main(argv: list[str] | None = None) -> int:
             worst["steps"] = max(worst["steps"], abs(p["steps"] / f["steps"] - 1))
             worst["mem"] = max(worst["mem"], abs(mib / f["peak_mib"] - 1))
             worst["eval"] = max(worst["eval"], abs(ev / f["ttt_eval_s"] - 1))
-    print("\n" + "\n".join(f"- {r.name}: `--set {' --set '.join(r.sets)}`" + (
+    print("\n" + "\n".join(f"- {r.name}: " + (f"`--set {' --set '.join(r.sets)}`" if r.sets else "configs/baseline.toml") + (
         f" `--technique {' --technique '.join(r.techniques)}`" if r.techniques else "") + f" ({r.notes}); figures: "
         f"{r.source}" for r in RUNS))
     met = worst["ms"] <= 0.15 and worst["steps"] <= 0.15 and worst["mem"] <= 0.20 and worst["eval"] <= 0.20
     print(f"\nworst held-out error: ms/step {100 * worst['ms']:.1f}%, steps {100 * worst['steps']:.1f}%, peak memory "
           f"{100 * worst['mem']:.1f}%, TTT eval {100 * worst['eval']:.1f}% -> targets (15/15/20/20%) "
           f"{'met' if met else 'NOT met'}")
+    cfg = load_config("configs/record.toml")     # as shipped: no global TTT phases (pgolf: one process only)
+    mine = P.make_plan(cfg, HARDWARE["8xh100"], "pgolf", code_bytes=60_000)
+    theirs = P.make_plan(cfg, HARDWARE["8xh100"], "record", code_bytes=60_000)
+    print("\n## pgolf's implementation against the records' (configs/record.toml, 8xH100), term by term\n")
+    print(f"pgolf profile: {mine.time['ms_per_step']:.1f} ms/step, {mine.time['steps']:,} steps; record profile: "
+          f"{theirs.time['ms_per_step']:.1f} ms/step, {theirs.time['steps']:,} steps (`pgolf plan configs/record.toml "
+          "[--profile record]`)\n")
+    print("| term | pgolf | record | why |\n|---|---|---|---|")
+    for r in P.gap_to_record(cfg, HARDWARE["8xh100"], mine):
+        print(f"| {r['term']} | {r['pgolf']:,.1f} | {r['record']:,.1f} | {r['why']} |")
     if drift:
         print("\nconstants.py differs from the fit: paste the fitted column into CALIBRATION['gpu']")
     return 1 if (args.check and drift) else 0

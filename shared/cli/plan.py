@@ -72,6 +72,10 @@ def _report(p, cfg) -> None:
     click.echo(f"  eval seconds     flat {ev['flat']:.0f}, sliding {ev['sliding']:.0f}, ttt ({cfg.eval.ttt}) {ev['ttt']:.0f}"
                f"; this config runs {cfg.eval.mode}")
     click.echo(f"  pack seconds     {j['pack_seconds']:.0f} (GPTQ calibration {j['calib_seconds']:.0f})")
+    if p.gap:
+        click.echo("pgolf vs the records' implementation (--profile record), same config and hardware:")
+        for r in p.gap:
+            click.echo(f"  {r['term']:<18}{r['pgolf']:>12,.1f} vs {r['record']:>12,.1f}  {r['why']}")
     for w in p.warnings:
         click.echo(f"warning: {w}")
     for n in p.notes:
@@ -103,6 +107,10 @@ def plan(config, sets, hardware, profile, techniques, checkpoint, as_json) -> No
         raise PgolfError("pgolf plan needs a CONFIG (e.g. configs/record.toml), or --hardware list")
     cfg = load_config(config, sets)
     p = make_plan(cfg, hw, profile, tuple(techniques), checkpoint=checkpoint)
+    if p.profile == "pgolf" and hw.kind == "gpu" and p.time["ms_per_step"] is not None:
+        from shared.plan.predict import gap_to_record
+
+        p.gap = gap_to_record(cfg, hw, p)
     if as_json:
         click.echo(json.dumps(p.as_json(), indent=2))
     else:
