@@ -3,11 +3,12 @@
     python -m benchmarks.plan_cpu [--seconds 60] [--calibrate] [--nice -5]
 
 Default: trains configs/small.toml with the torch backend for `--seconds` of training steps on the
-sample data (`pgolf data sample`), then prints the plan's prediction next to what the run measured:
+sample data (`pgolf data sample`), then prints the plan's prediction next to what the run measured (the plan's
+CPU row at the mean of the matmul probes read just before and after the run, shared/plan/hardware.py):
 ms/step (train_seconds / steps), peak RSS (summary.json peak_memory_bytes: the process's ru_maxrss)
 and the final evaluation's seconds, with the load average before and after. `--calibrate` instead
-runs the calibration config (a different shape: 4 layers x 256, sequences of 256, 8,192 tokens per
-step) and prints the CPU constants it implies (shared/plan/constants.py CALIBRATION["cpu"]: one
+runs the calibration config (a different shape: 3 layers x 256, sequences of 256, 4,096 tokens per
+step, no GPTQ) and prints the CPU constants it implies (shared/plan/constants.py CALIBRATION["cpu"]: one
 achieved fraction of the CPU's peaks, the static RSS); small.toml is never used to fit them.
 """
 
@@ -24,9 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CALIB_SETS = ("model.num_layers=4", "model.model_dim=256", "model.num_heads=4", "model.num_kv_heads=2",
-              "train.seq_len=256", "train.batch_tokens=8192", "train.val_every=0", "train.checkpoint_every=0",
-              "eval.max_tokens=65536")
+CALIB_SETS = ("model.num_layers=3", "model.model_dim=256", "model.num_heads=4", "model.num_kv_heads=2",
+              "train.seq_len=256", "train.batch_tokens=4096", "train.val_every=0", "train.checkpoint_every=0",
+              "eval.max_tokens=32768", "quant.gptq=false")
 
 
 def _train(sets: tuple[str, ...], seconds: float, out: Path, nice: int) -> dict:
@@ -51,12 +52,19 @@ def _train(sets: tuple[str, ...], seconds: float, out: Path, nice: int) -> dict:
     return summary
 
 
-def _predict(sets: tuple[str, ...], seconds: float):
+def _probe() -> float:
+    from shared.plan.hardware import cpu_probe_gflops
+
+    return cpu_probe_gflops.__wrapped__()   # uncached: a fresh reading
+
+
+def _predict(sets: tuple[str, ...], seconds: float, gflops: float):
     from shared.core.config import load_config
-    from shared.plan import get_hardware, make_plan
+    from shared.plan import make_plan
+    from shared.plan.hardware import cpu_hardware
 
     cfg = load_config(ROOT / "configs/small.toml", (*sets, f"train.max_seconds={seconds}"))
-    return make_plan(cfg, get_hardware("cpu"), "pgolf"), cfg
+    return make_plan(cfg, cpu_hardware(gflops), "pgolf"), cfg
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,15 +76,17 @@ def main(argv: list[str] | None = None) -> None:
     if not (ROOT / "data/sample/tokenizers/sample_1024_bpe.model").is_file():
         subprocess.run([sys.executable, "-m", "shared.cli", "data", "sample"], check=True, cwd=ROOT)
     sets = CALIB_SETS if args.calibrate else ()
-    load0 = os.getloadavg()
-    s = _train(sets, args.seconds if not args.calibrate else 30.0, ROOT / "runs" / "bench_plan_cpu", args.nice)
-    load1 = os.getloadavg()
-    plan, cfg = _predict(sets, args.seconds if not args.calibrate else 30.0)
+    load0, probe0 = os.getloadavg(), _probe()
+    seconds = args.seconds if not args.calibrate else 40.0
+    s = _train(sets, seconds, ROOT / "runs" / "bench_plan_cpu", args.nice)
+    load1, probe1 = os.getloadavg(), _probe()
+    plan, cfg = _predict(sets, seconds, (probe0 + probe1) / 2.0)
     ms = 1000.0 * s["train_seconds"] / max(1, s["steps"])
     rss = s.get("peak_memory_bytes") or 0
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {load0[0]:.2f} before, "
-          f"{load1[0]:.2f} after (under load when above {os.cpu_count()})")
+          f"{load1[0]:.2f} after (under load when above {os.cpu_count()}); matmul probe {probe0:.1f} GFLOP/s before, "
+          f"{probe1:.1f} after (the plan uses their mean)")
     if args.calibrate:
         from shared.plan import constants as K
         from shared.plan import predict as P

@@ -70,8 +70,8 @@ ATTN_RATIO = 0.5
 CALIBRATION: dict[str, dict[str, float]] = {
     "gpu": {"gemm": 0.7843, "attn": 0.3921, "bw": 0.7843, "act": 0.9684, "ttt_chunk_ms": 10.0, "sgd_step_ms": 65.22,
             "static_gib": 0.2536, "step_ms": 9.429, "ttt_eff": 0.7},
-    "cpu": {"gemm": 0.6, "attn": 0.3, "bw": 0.6, "act": 1.0, "ttt_chunk_ms": 0.0, "sgd_step_ms": 0.0,
-            "static_gib": 0.5, "step_ms": 0.0, "ttt_eff": 1.0},
+    "cpu": {"gemm": 1.479, "attn": 1.479, "bw": 1.479, "act": 1.0, "ttt_chunk_ms": 0.0, "sgd_step_ms": 0.0,
+            "static_gib": 0.3552, "step_ms": 0.0, "ttt_eff": 1.0},
     "mac": {"gemm": 0.6, "attn": 0.35, "bw": 0.6, "act": 1.0, "ttt_chunk_ms": 20.0, "sgd_step_ms": 100.0,
             "static_gib": 1.0, "step_ms": 5.0, "ttt_eff": 1.0},
 }
