@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         ev = p["eval_seconds"]["ttt"] if "ttt_eval_s" in f else None
         row = (f"| {run.name} | {'held out' if run.held_out else 'fit'} | {p['ms_per_step']:.1f} / {f['ms_per_step']:.1f} "
                f"({pct(p['ms_per_step'], f['ms_per_step'])}) | {p['ms_per_step_before_loop']:.1f} / "
-               f"{p['ms_per_step_after_loop'] or 0:.1f} | {p['steps']:,} / {f['steps']:,.0f} ({pct(p['steps'], f['steps'])}) | "
+               f"{'n/a' if p['ms_per_step_after_loop'] is None else format(p['ms_per_step_after_loop'], '.1f')} | {p['steps']:,} / {f['steps']:,.0f} ({pct(p['steps'], f['steps'])}) | "
                f"{mib:,.0f} / {f['peak_mib']:,} ({pct(mib, f['peak_mib'])}) | "
                f"{'' if ev is None else f'{ev:.0f}'} / {f.get('ttt_eval_s', '')} ({pct(ev, f.get('ttt_eval_s'))}) |")
         print(row)

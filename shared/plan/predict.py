@@ -24,8 +24,20 @@ import numpy as np
 from shared.core.config import Config
 from shared.errors import PgolfError
 from shared.plan import constants as K
-from shared.plan.counts import (Work, artifact_estimate, block_matmul_weights, block_passes, context, flops_per_token,
-                                head_weights, lora_work, matrix_count, ns_flops, param_counts, pass_work)
+from shared.plan.counts import (
+    Work,
+    artifact_estimate,
+    block_matmul_weights,
+    block_passes,
+    context,
+    flops_per_token,
+    head_weights,
+    lora_work,
+    matrix_count,
+    ns_flops,
+    param_counts,
+    pass_work,
+)
 from shared.plan.doclen import VAL_DOCS, doc_lengths, val_tokens_for
 from shared.plan.hardware import Hardware
 
@@ -673,8 +685,9 @@ def gap_to_record(cfg: Config, hw: Hardware, mine: Plan) -> list[dict[str, Any]]
     sel = cfg.eval.mode
     rows.append({"term": f"{sel} eval s", "pgolf": mine.eval["seconds"][sel], "record": rec.eval["seconds"][sel],
                  "why": (f"{pg.ttt_forwards} forwards per TTT chunk (scored, then the step's own) vs "
-                         f"{rp.ttt_forwards}; {pg.ttt_host_ms:g} ms of host work per chunk (ledger, numpy batches); "
-                         "global phases on one process" if sel == "ttt" else "attention without the document mask")})
+                         f"{rp.ttt_forwards}; {pg.ttt_host_ms:g} ms of host work per chunk (ledger, numpy batches; "
+                         "assumed, not measured)" + ("; global phases on one process" if cfg.eval.lora_phases else "")
+                         if sel == "ttt" else "attention without the document mask")})
     rows.append({"term": "artifact bytes", "pgolf": mine.artifact["bytes"], "record": rec.artifact["bytes"],
                  "why": "no lrzip/ZPAQ stage: per-group brotli only (~1.8% larger)"})
     return rows
