@@ -189,3 +189,27 @@ def test_gpu_check_puts_predictions_beside_measurements():
         assert o["measured_over_predicted"] == pytest.approx(o["ms_per_step_measured"] / o["ms_per_step_predicted"],
                                                              rel=1e-3)
     assert out["peak_memory_gb_measured"] == 40.0 and out["peak_memory_gb_predicted"] > 0
+
+
+def test_checkpoint_gives_the_real_packed_size(tmp_path, capsys):
+    from shared.artifact.format import pack, write_artifact
+    from shared.core.config import to_toml
+    from shared.core.rundir import save_checkpoint
+    from shared.core.spec import init_params
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config()
+    rng = np.random.default_rng(0)
+    params = {k: (v + rng.normal(0, 0.02, v.shape)).astype(np.float32) for k, v in init_params(cfg.model, 1).items()}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ckpt = save_checkpoint(run_dir, params, cfg, step=3)
+    conf = tmp_path / "tiny.toml"
+    conf.write_text(to_toml(cfg))
+    blob = pack(params, cfg)
+    code, out, err = run(["plan", str(conf), "--hardware", "cpu", "--checkpoint", str(ckpt), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["artifact_bytes"] == len(blob)
+    art = write_artifact(tmp_path / "m.pgz", blob + b"")
+    code, out, _ = run(["plan", str(conf), "--hardware", "cpu", "--checkpoint", str(art), "--json"], capsys)
+    assert json.loads(out)["artifact_bytes"] == art.stat().st_size

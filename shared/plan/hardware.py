@@ -48,8 +48,8 @@ _H200 = {
     "mem_gib": "141 GB HBM3e, NVIDIA H200 SXM datasheet (131 GiB)",
     "tflops": "989.4 TFLOP/s dense BF16, NVIDIA H200 SXM datasheet (the H100's compute)",
 }
-_MAC = ("GPU share of unified memory: macOS lets Metal wire about 75% of RAM by default "
-        "(MTLDevice.recommendedMaxWorkingSetSize); the rest is the system's")
+_MAC = ("GPU share of unified memory: ~75% of the RAM (decimal GB, in GiB), about what macOS lets Metal "
+        "use by default (MTLDevice.recommendedMaxWorkingSetSize); the rest is the system's")
 _MAC_LAUNCH = "Metal command-buffer dispatch, ~10 us per kernel (uncalibrated estimate)"
 
 HARDWARE: dict[str, Hardware] = {h.name: h for h in (
@@ -57,16 +57,16 @@ HARDWARE: dict[str, Hardware] = {h.name: h for h in (
     Hardware("1xh100", "NVIDIA H100 SXM5 80GB", "gpu", 1, 989.4, 3350.0, 79.6, 0.0, 3.0, True, _H100),
     Hardware("8xh200", "NVIDIA H200 SXM 141GB", "gpu", 8, 989.4, 4800.0, 131.0, 450.0, 3.0, False, _H200),
     Hardware("h200", "NVIDIA H200 SXM 141GB", "gpu", 1, 989.4, 4800.0, 131.0, 0.0, 3.0, False, _H200),
-    Hardware("m1-16gb", "Apple M1 (8-core GPU), 16 GB", "mac", 1, 2.6, 68.25, 12.0, 0.0, 10.0, False, {
+    Hardware("m1-16gb", "Apple M1 (8-core GPU), 16 GB", "mac", 1, 2.6, 68.25, 11.2, 0.0, 10.0, False, {
         "tflops": "2.6 TFLOP/s FP32 (Apple M1 announcement, Nov 2020); MLX bf16 runs at about the fp32 rate",
         "mem_bw_gbs": "68.25 GB/s LPDDR4X (Apple M1 specifications)", "mem_gib": _MAC, "launch_us": _MAC_LAUNCH}),
-    Hardware("m2-16gb", "Apple M2 (10-core GPU), 16 GB MacBook Air", "mac", 1, 3.6, 100.0, 12.0, 0.0, 10.0, False, {
+    Hardware("m2-16gb", "Apple M2 (10-core GPU), 16 GB MacBook Air", "mac", 1, 3.6, 100.0, 11.2, 0.0, 10.0, False, {
         "tflops": "3.6 TFLOP/s FP32 (Apple M2 announcement, June 2022)",
         "mem_bw_gbs": "100 GB/s LPDDR5 (Apple M2 specifications)", "mem_gib": _MAC, "launch_us": _MAC_LAUNCH}),
-    Hardware("m4-32gb", "Apple M4 (10-core GPU), 32 GB", "mac", 1, 4.1, 120.0, 24.0, 0.0, 10.0, False, {
+    Hardware("m4-32gb", "Apple M4 (10-core GPU), 32 GB", "mac", 1, 4.1, 120.0, 22.4, 0.0, 10.0, False, {
         "tflops": "~4.1 TFLOP/s FP32: 10 cores x 128 FP32 lanes x 2 x ~1.6 GHz (derived, not an Apple figure)",
         "mem_bw_gbs": "120 GB/s LPDDR5X (Apple M4 specifications)", "mem_gib": _MAC, "launch_us": _MAC_LAUNCH}),
-    Hardware("m4-max-128gb", "Apple M4 Max (40-core GPU), 128 GB", "mac", 1, 16.4, 546.0, 96.0, 0.0, 10.0, False, {
+    Hardware("m4-max-128gb", "Apple M4 Max (40-core GPU), 128 GB", "mac", 1, 16.4, 546.0, 89.4, 0.0, 10.0, False, {
         "tflops": "~16.4 TFLOP/s FP32: 40 cores x 128 FP32 lanes x 2 x ~1.6 GHz (derived, not an Apple figure)",
         "mem_bw_gbs": "546 GB/s LPDDR5X (Apple M4 Max specifications)", "mem_gib": _MAC, "launch_us": _MAC_LAUNCH}),
 )}
