@@ -73,9 +73,9 @@ HARDWARE: dict[str, Hardware] = {h.name: h for h in (
 
 # The CPU row is this machine as it is when planned: a shared 2-core machine runs 10x slower under
 # other people's load than idle, so its peak is measured, not looked up: a fp32 matmul probe (numpy,
-# ~0.3 s, once per process). Bandwidth and per-op dispatch follow the probe in fixed proportion
-# (measured together on the 2-vCPU EPYC development machine: ~12 GB/s of streaming and ~12 us per
-# eager torch op beside ~200 GFLOP/s of matmul, docs/PLAN.md).
+# ~0.3 s, once per process). Bandwidth and per-op dispatch follow the probe in assumed proportions
+# (about 12 GB/s of streaming and 12 us per eager op beside 200 GFLOP/s on an idle 2-vCPU EPYC);
+# the CPU calibration's fitted fraction absorbs what they miss (docs/PLAN.md).
 CPU_BW_GB_PER_GFLOP = 0.06     # streaming GB/s per matmul GFLOP/s
 CPU_OP_US_AT_100 = 24.0        # eager op dispatch in microseconds when the probe reads 100 GFLOP/s
 
