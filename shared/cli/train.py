@@ -107,7 +107,8 @@ def plan_summary(cfg: Config, backend: str, nproc: int) -> str:
     try:
         plan = importlib.import_module("shared.plan")
         hw = plan.get_hardware(importlib.import_module("shared.plan.hardware").detect(backend, nproc))
-        return plan.summary_line(plan.make_plan(cfg, hw, "pgolf"))
+        line = plan.summary_line(plan.make_plan(cfg, hw, "pgolf"))
+        return line + (" (torch's CPU figures: MLX on a CPU is slower)" if hw.kind == "cpu" and backend == "mlx" else "")
     except Exception as e:  # noqa: BLE001 - a forecast must never fail the run it forecasts
         return f"plan: unavailable ({type(e).__name__}: {e})"
 
