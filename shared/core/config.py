@@ -167,7 +167,8 @@ class TrainConfig(_Section):
     warmdown_iters: int = 1200       # linear LR warmdown over the last N steps (in wallclock when max_seconds > 0)
     warmdown_frac: float = 0.0       # instead: warm down over this fraction of training (time, or steps) (0 = use warmdown_iters)
     min_lr: float = 0.0              # the warmdown's floor, a fraction of each group's peak LR
-    calib_reserve_s: float = 0.0     # seconds of train.max_seconds kept for GPTQ calibration (training stops earlier)
+    calib_reserve_s: float = 0.0     # seconds of train.max_seconds kept for GPTQ calibration, which reads training
+                                     # data and so counts; quantising and packing do not (docs/TIME-BUDGET.md)
     ema_decay: float = 0.0           # EMA of the weights after every step (0 = off); the EMA is checkpointed, evaluated, packed
     val_every: int = 1000            # validate every N steps (0 = only at the end)
     log_every: int = 200
