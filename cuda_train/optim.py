@@ -236,9 +236,11 @@ class Optimizers:
         return [_clone(opt.state_dict()) for opt in self.all]
 
     def restore(self, snap: list[dict], keep_muon_momentum: bool = False) -> None:
-        """Back to `snap`; with `keep_muon_momentum` Muon's momentum buffers stay as they are now
-        (optim.warmup_muon_momentum = keep)."""
-        kept = {p: st["momentum_buffer"] for p, st in self.muon.state.items()} if keep_muon_momentum else {}
+        """Back to `snap`; with `keep_muon_momentum` (optim.warmup_muon_momentum = keep) Muon's momentum
+        buffers stay as they are now when `snap` held none (a fresh start: a resumed run keeps its own)."""
+        fresh = not snap[1]["state"]
+        kept = ({p: st["momentum_buffer"] for p, st in self.muon.state.items()}
+                if keep_muon_momentum and fresh else {})
         for opt, sd in zip(self.all, snap, strict=True):
             opt.load_state_dict(_clone(sd))
         if self.muon.momentum_dtype is not None:  # load_state_dict casts state to the parameter's dtype

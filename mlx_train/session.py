@@ -281,10 +281,11 @@ class MLXSession:
 
     def rollback(self, snap: Any) -> None:
         """Back to `snap`; `optim.warmup_muon_momentum = keep` keeps Muon's momentum buffers as they are
-        (keep_multi_rank resets them: one process)."""
+        when `snap` is a fresh start (a resumed run keeps its own; keep_multi_rank resets: one process)."""
         kept = {k: v for k, v in self.state.items() if k.endswith(".momentum_buffer")}
+        fresh = int(snap[1]["step"]) == 0
         self.params, self.state, self.ema = snap
-        if self.cfg.optim.warmup_muon_momentum == "keep":
+        if self.cfg.optim.warmup_muon_momentum == "keep" and fresh:
             self.state = {**self.state, **kept}
 
     # -- one process: nothing to agree on

@@ -4,6 +4,8 @@ benchmarks/fidelity_optim.py; cross-backend agreement is in tests/test_parity.py
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import replace
 
 import numpy as np
@@ -220,3 +222,29 @@ def test_mlx_warmup_keep_and_bf16_momentum():
     assert st[key].dtype == np.float32
     s.load_optimizer_state(st)
     assert s.state[key].dtype == mx.bfloat16
+
+
+@pytest.mark.slow
+def test_resume_with_the_record_numerics_reproduces_the_uninterrupted_run(tiny_data, tmp_path):
+    """bf16 momentum saved and loaded, and the warm-up's kept momentum only on a fresh start: a resumed
+    run continues bit for bit."""
+    import cuda_train.backend as backend
+    from shared.core.loop import Hooks
+    from shared.core.rundir import load_checkpoint
+
+    cfg = tiny_config(iterations=5, warmup_steps=2)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)),
+                  optim=replace(cfg.optim, **BASE, muon_row_norm_eps="max", muon_momentum_dtype="bfloat16",
+                                muon_ns_form="record", grad_clip_banks=True, warmup_muon_momentum="keep")).validate()
+    backend.train(cfg, tmp_path / "a")
+
+    def stop(step, session):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the real Ctrl-C path: finish the step, save, exit
+
+    with pytest.raises(KeyboardInterrupt):
+        backend.train(cfg, tmp_path / "b", hooks=Hooks(after_step=stop))
+    backend.train(cfg, tmp_path / "b", resume=True)
+    a, _, _ = load_checkpoint(tmp_path / "a")
+    b, _, step = load_checkpoint(tmp_path / "b")
+    assert step == 5 and all(np.array_equal(a[k], b[k]) for k in a)

@@ -237,7 +237,8 @@ class OptimConfig(_Section):
     grad_clip_local: bool = False    # several ranks: clip each rank's own gradient, then average (#1855's order);
                                      # off: clip the averaged gradient
     warmup_muon_momentum: str = "reset"  # after the undone warm-up: reset | keep | keep_multi_rank (keep on more than
-                                     # one rank, reset on one: #1855's sharded momentum survives its reset)
+                                     # one rank, reset on one: #1855's sharded momentum survives its reset);
+                                     # a resumed run always continues from its saved momentum
 
     def validate(self) -> None:
         if self.muon_ns not in ("quintic", "polar_express"):
