@@ -29,7 +29,7 @@ from mlx.utils import tree_unflatten
 
 from mlx_train import lora
 from mlx_train.model import GPT, flat_params, load_params, to_numpy
-from mlx_train.optim import MuonAdam, init_state
+from mlx_train.optim import MuonAdam, init_state, momentum_dtype
 from shared.core.config import Config
 from shared.data.bpb import ByteTables, EvalResult
 from shared.data.shards import chunk_count, val_batches
@@ -62,7 +62,7 @@ class MLXSession:
         self.model = GPT(cfg.model, self.dtype)
         self.params = flat_params(self.model)
         self.opt = MuonAdam(cfg.optim, cfg.model, ns_dtype=self.dtype)
-        self.state = init_state(self.params, cfg.model)
+        self.state = init_state(self.params, cfg.model, momentum_dtype(cfg.optim))
 
         self.ema: dict[str, mx.array] | None = None
         decay = cfg.train.ema_decay
@@ -267,18 +267,19 @@ class MLXSession:
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         mx.eval(self.state, self.ema)
-        out = {k: np.array(v).reshape(-1) if k == STEP_KEY else np.array(v) for k, v in self.state.items()}
+        out = {k: np.array(v).reshape(-1) if k == STEP_KEY else np.array(v.astype(mx.float32))
+               for k, v in self.state.items()}
         out.update({EMA_PREFIX + k: np.array(v) for k, v in (self.ema or {}).items()})
         return out
 
     def load_optimizer_state(self, tensors: dict[str, np.ndarray]) -> None:
-        fresh = init_state(self.params, self.cfg.model)
+        fresh = init_state(self.params, self.cfg.model, momentum_dtype(self.cfg.optim))
         need = list(fresh) + ([EMA_PREFIX + k for k in self.params] if self.ema is not None else [])
         missing = [k for k in need if k not in tensors]
         if missing:
             raise PgolfError(f"optimizer state lacks {missing[:2]}; was it written by the MLX trainer with this config?")
-        self.state = {k: (mx.array(int(tensors[k][0]), dtype=mx.int32) if k == STEP_KEY else mx.array(tensors[k]))
-                      for k in fresh}
+        self.state = {k: (mx.array(int(tensors[k][0]), dtype=mx.int32) if k == STEP_KEY
+                          else mx.array(tensors[k]).astype(fresh[k].dtype)) for k in fresh}
         if self.ema is not None:
             self.ema = {k: mx.array(tensors[EMA_PREFIX + k]) for k in self.params}
 
@@ -286,7 +287,13 @@ class MLXSession:
         return self.params, self.state, self.ema
 
     def rollback(self, snap: Any) -> None:
+        """Back to `snap`; `optim.warmup_muon_momentum = keep` keeps Muon's momentum buffers as they are
+        when `snap` is a fresh start (a resumed run keeps its own; keep_multi_rank resets: one process)."""
+        kept = {k: v for k, v in self.state.items() if k.endswith(".momentum_buffer")}
+        fresh = int(snap[1]["step"]) == 0
         self.params, self.state, self.ema = snap
+        if self.cfg.optim.warmup_muon_momentum == "keep" and fresh:
+            self.state = {**self.state, **kept}
 
     # -- one process: nothing to agree on
     def agree(self, flags: list[bool]) -> list[bool]:

@@ -186,7 +186,8 @@ class TrainConfig(_Section):
     warmdown_iters: int = 1200       # linear LR warmdown over the last N steps (in wallclock when max_seconds > 0)
     warmdown_frac: float = 0.0       # instead: warm down over this fraction of training (time, or steps) (0 = use warmdown_iters)
     min_lr: float = 0.0              # the warmdown's floor, a fraction of each group's peak LR
-    calib_reserve_s: float = 0.0     # seconds of train.max_seconds kept for GPTQ calibration (training stops earlier)
+    calib_reserve_s: float = 0.0     # seconds of train.max_seconds kept for GPTQ calibration, which reads training
+                                     # data and so counts; quantising and packing do not (docs/TIME-BUDGET.md)
     ema_decay: float = 0.0           # EMA of the weights after every step (0 = off); the EMA is checkpointed, evaluated, packed
     seq_schedule: str = ""           # growing context (#2014): "1024@0.1,2048@0.7,3072@1.0" = the document segment cap
                                      # (model.doc_attention) up to each fraction of training; "" = model.doc_max_len
@@ -266,10 +267,32 @@ class OptimConfig(_Section):
     scalar_wd: float = 0.0           # ... of the vectors, scalars and gates (Adam)
     muon_row_norm: bool = False      # MuonEq-R: divide each row of the update by its L2 norm before Newton-Schulz
     muon_ns: str = "quintic"         # Newton-Schulz coefficients: quintic (fixed) | polar_express (per iteration)
+    # The record's Muon numerics (#1855), each a choice of its own (docs/REFERENCE.md "Fidelity: optimizer"):
+    muon_row_norm_eps: str = "add"   # MuonEq-R divides by: add = norm + eps | max = max(norm, eps), norm in fp32 (#1855)
+    muon_momentum_dtype: str = "float32"  # float32 | bfloat16: gradient rounded to bf16, momentum, Nesterov and
+                                     # row norm in bf16, Newton-Schulz always in bf16 (#1855)
+    muon_ns_form: str = "baseline"   # baseline: normalise, then iterate on the wide side, B = b A + (c A) A, update
+                                     # scaled before the step | record: transpose first, then normalise, B = b A + c (A A),
+                                     # the scale folded into the step size (#1855)
+    grad_clip_banks: bool = False    # the clip's global norm takes one norm per bank (q+o, k+v, MLP up, MLP down
+                                     # stacked over layers) in the record's order, as #1855's clip_grad_norm_
+    grad_clip_local: bool = False    # several ranks: clip each rank's own gradient, then average (#1855's order);
+                                     # off: clip the averaged gradient
+    warmup_muon_momentum: str = "reset"  # after the undone warm-up: reset | keep | keep_multi_rank (keep on more than
+                                     # one rank, reset on one: #1855's sharded momentum survives its reset);
+                                     # a resumed run always continues from its saved momentum
 
     def validate(self) -> None:
         if self.muon_ns not in ("quintic", "polar_express"):
             raise PgolfError(f"optim.muon_ns = {self.muon_ns!r}: choose quintic or polar_express")
+        for key, allowed in (("muon_row_norm_eps", ("add", "max")), ("muon_momentum_dtype", ("float32", "bfloat16")),
+                             ("muon_ns_form", ("baseline", "record")),
+                             ("warmup_muon_momentum", ("reset", "keep", "keep_multi_rank"))):
+            if getattr(self, key) not in allowed:
+                raise PgolfError(f"optim.{key} = {getattr(self, key)!r}: choose {' or '.join(allowed)}")
+        if self.muon_momentum_dtype == "bfloat16" and self.muon_ns_form != "record":
+            raise PgolfError("optim.muon_momentum_dtype = bfloat16 is the record's precision and needs its order of "
+                             "operations: set optim.muon_ns_form = \"record\" (the backends then round alike)")
         if self.muon_ns == "polar_express" and self.muon_backend_steps > 5:
             raise PgolfError("optim.muon_ns = polar_express has coefficients for at most 5 iterations: "
                              f"set optim.muon_backend_steps <= 5, got {self.muon_backend_steps}")

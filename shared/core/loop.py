@@ -269,7 +269,7 @@ def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool
     close_progress()
     stop_reason = "wallclock" if out_of_time else "iterations"
     if out_of_time:
-        reserve = f" less train.calib_reserve_s={t.calib_reserve_s:g}" if t.calib_reserve_s else ""
+        reserve = f" less train.calib_reserve_s={t.calib_reserve_s:g} (calibration)" if t.calib_reserve_s else ""
         run.log(f"stopped at step {step}: train.max_seconds={t.max_seconds:g}{reserve} reached")
     if hooks.on_stop:
         hooks.on_stop(step, stop_reason, session)

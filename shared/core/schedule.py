@@ -3,8 +3,9 @@
 Pure functions of (step, elapsed seconds, config) so that the two trainers
 compute the same numbers and a resumed run continues on the same curve.
 "Training time" is `train.max_seconds` minus `train.calib_reserve_s` (GPTQ
-calibration counts as training in the challenge, so it is kept out of the
-steps' budget), or the step budget `train.iterations` when uncapped.
+calibration reads training data, so the challenge counts it in the 600 s; it
+is kept out of the steps' budget: docs/TIME-BUDGET.md), or the step budget
+`train.iterations` when uncapped.
 """
 
 from __future__ import annotations

@@ -200,6 +200,35 @@ def names_in_group(m: ModelConfig, group: str) -> list[str]:
     return [n for n, p in param_table(m).items() if p.group == group]
 
 
+def record_banks(m: ModelConfig) -> dict[str, list[str]]:
+    """#1855 holds each kind of block matrix as one tensor stacked over layers (a "bank"); the names it stacks,
+    in its order: q then o of every layer, k then v, the MLP up, the MLP down."""
+    def each(s: str) -> list[str]:
+        return [f"blocks.{i}.{s}" for i in range(m.num_layers)]
+
+    return {"qo_bank": each("attn.c_q.weight") + each("attn.proj.weight"),
+            "kv_bank": each("attn.c_k.weight") + each("attn.c_v.weight"),
+            "mlp_up_bank": each("mlp.fc.weight"), "mlp_down_bank": each("mlp.proj.weight")}
+
+
+def record_clip_order(m: ModelConfig) -> list[list[str]]:
+    """The tensors #1855's gradient clip takes norms of, in its `named_parameters()` order (the model's own
+    tensors, then its modules': the embedding, each block's vectors then its attention's, the untied head,
+    the smear gate). One entry per norm: a bank's names are stacked into one tensor."""
+    table = param_table(m)
+    vectors = [n for n, p in table.items() if p.group == "scalar"]
+    top = [n for n in vectors if not n.startswith("blocks.") and n != "smear.weight"]
+    block_first = ("attn_scale", "mlp_scale", "resid_mix")
+    blocks = []
+    for i in range(m.num_layers):
+        mine = [n for n in vectors if n.startswith(f"blocks.{i}.")]
+        blocks += [n for n in mine if n.rsplit(".", 1)[-1] in block_first] + \
+                  [n for n in mine if n.rsplit(".", 1)[-1] not in block_first]
+    names = top + [n for n, p in table.items() if p.group == "embed"] + blocks + \
+        [n for n, p in table.items() if p.group == "head"] + [n for n in ("smear.weight",) if n in table]
+    return list(record_banks(m).values()) + [[n] for n in names]
+
+
 def head_weight_name(m: ModelConfig) -> str:
     """The weight the output head multiplies the final hidden states by."""
     return "tok_emb.weight" if m.tie_embeddings else "lm_head.weight"
