@@ -70,6 +70,8 @@ def check_cmd(folder: Path, against: str | None) -> None:
     """Validate a records folder: files, sizes, logs vs submission.json, time caps, significance (exit 0/1)."""
     from shared.record.check import check_folder
 
+    if against is not None:
+        check_against(against)
     rep = check_folder(folder, against)
     for line in rep.lines():
         click.echo(line)
@@ -94,14 +96,27 @@ def seeds(backend, config_path, seeds, out, sets, data, tokenizer, nproc, overwr
     from shared.record.check import significance_against
     from shared.record.stats import mean_std
 
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise PgolfError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 42,0,1234") from None
-    if not seed_list or len(set(seed_list)) != len(seed_list):
-        raise PgolfError(f"--seeds {seeds!r}: give distinct integers, e.g. 42,0,1234")
+    from shared.core.config import apply_overrides, load_config
+    from shared.core.rundir import existing_run_files
+
+    seed_list = parse_seeds(seeds)
     if any(s.split("=", 1)[0].strip() == "train.seed" for s in sets):
         raise PgolfError("--set train.seed=... contradicts --seeds: pass the seeds with --seeds")
+    if nproc < 1:
+        raise PgolfError(f"--nproc must be at least 1, got {nproc}")
+    # Everything that can be checked is checked before the first seed trains: the config with each seed,
+    # --against, and the seed folders.
+    base = load_config(config_path, sets)
+    for seed in seed_list:
+        apply_overrides(base, [f"train.seed={seed}"], source="--seeds")
+    if against is not None:
+        check_against(against)
+    if not overwrite:
+        for seed in seed_list:
+            if found := existing_run_files(out / f"seed{seed}"):
+                raise PgolfError(f"{out / f'seed{seed}'} already holds a run ({', '.join(found)}): pass --overwrite "
+                                 "to train every seed again, or choose another --out (a single seed's run continues "
+                                 f"with `pgolf train --resume {out / f'seed{seed}'}`)")
     bpb, loss = [], []
     for seed in seed_list:
         run = out / f"seed{seed}"
@@ -126,6 +141,37 @@ def seeds(backend, config_path, seeds, out, sets, data, tokenizer, nproc, overwr
             click.echo(line)
     click.echo("next: pgolf record export " + " ".join(str(out / f"seed{s}") for s in seed_list)
                + " --name NAME --author A --github-id G")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 42,0,1234`: distinct integers that fit train.seed, no empty items."""
+    items = [s.strip() for s in text.split(",")]
+    if not text.strip() or any(not s for s in items):
+        raise PgolfError(f"--seeds {text!r}: expected comma-separated integers without empty items, e.g. 42,0,1234")
+    try:
+        seed_list = [int(s) for s in items]
+    except ValueError:
+        raise PgolfError(f"--seeds {text!r}: expected comma-separated integers, e.g. 42,0,1234") from None
+    if len(set(seed_list)) != len(seed_list):
+        raise PgolfError(f"--seeds {text!r}: give distinct integers, e.g. 42,0,1234")
+    for s in seed_list:
+        if not 0 <= s < 2**63:
+            raise PgolfError(f"--seeds: {s} is out of range (a seed is an integer in 0..2**63-1)")
+    return seed_list
+
+
+def check_against(against: str) -> None:
+    """`--against`: a finite, positive BPB or an existing records folder (checked before any training)."""
+    import math
+
+    try:
+        value = float(against)
+    except ValueError:
+        if not Path(against).is_dir():
+            raise PgolfError(f"--against {against}: neither a BPB number nor a records folder") from None
+        return
+    if not math.isfinite(value) or value <= 0:
+        raise PgolfError(f"--against {against}: the best score must be a positive, finite BPB")
 
 
 __all__ = ["record", "seeds"]

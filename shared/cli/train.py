@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from dataclasses import replace
@@ -151,6 +152,10 @@ def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> N
     else:
         raise PgolfError(f"{weights} has no embedded config: pass --config with the [model] it was trained with")
     cfg = apply_overrides(with_data(cfg, data, tokenizer), sets)
+    if embedded is not None and cfg.model != embedded.model:
+        changed = [k for k in vars(cfg.model) if getattr(cfg.model, k) != getattr(embedded.model, k)]
+        raise PgolfError(f"--set {', '.join('model.' + k for k in changed)}: the [model] section comes from "
+                         f"{weights} and cannot be changed when evaluating it; drop the model override")
     if data is None and tokenizer is None:
         cfg = _run_dir_data(cfg, Path(weights))
         if not Path(cfg.data.dir).is_dir():
@@ -160,6 +165,8 @@ def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> N
     clock = time.perf_counter()
     res = get_backend(backend).evaluate(params, cfg, ds.val_tokens, ds.tables)
     seconds = time.perf_counter() - clock
+    if not math.isfinite(res.nats):  # never print a non-finite loss (or a BPB made from one) as a score
+        raise PgolfError(f"{weights}: the evaluation diverged (summed loss {res.nats}); no score is reported")
     out = {**res.to_json(), "eval_mode": mode_name(cfg.eval), "eval_seconds": seconds}
     if as_json:
         click.echo(json.dumps(out, sort_keys=True))

@@ -70,7 +70,11 @@ def run_eval(session: Any, cfg: Config, tokens: np.ndarray, tables, bos: int = B
     e = cfg.eval
     t0 = time.perf_counter()
     if e.mode == "flat":
-        return Evaluation(session.evaluate(tokens, tables), "flat", time.perf_counter() - t0)
+        flat = session.evaluate(tokens, tables)
+        if not math.isfinite(flat.nats):  # the ledger refuses a non-finite total; so does the flat pass
+            raise PgolfError(f"the evaluation diverged: the summed loss is {flat.nats} (the weights produce NaN or "
+                             "infinite logits); no score is reported")
+        return Evaluation(flat, "flat", time.perf_counter() - t0)
     lo, hi = target_span(tokens, cfg.train.seq_len, e.max_tokens)
     reduce = session.all_reduce_sum if session.world_size > 1 else None
     ledger = Ledger(tokens, lo, hi, tables, reduce)

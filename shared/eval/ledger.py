@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from shared.data.bpb import ByteTables, EvalResult, SidecarBytes
+from shared.errors import PgolfError
 
 
 class IllegalOrder(RuntimeError):
@@ -71,6 +72,13 @@ class Ledger:
         if not self.final.all():
             missing = int((~self.final).sum())
             raise IllegalOrder(f"{missing} of {self.hi - self.lo} targets were never scored")
-        local = np.array([np.nansum(self.nats), float(self.mine.sum()), float(self.bytes)])
+        # Only this rank's own scores (NaN marks "scored elsewhere"); a NaN or infinite score among them
+        # stays in the sum, so every rank sees the same non-finite total and refuses it together.
+        local = np.array([float(np.sum(self.nats[self.mine > 0])), float(self.mine.sum()), float(self.bytes)])
         total = local if self.reduce is None else self.reduce(local)
+        if not np.isfinite(total[0]):
+            raise PgolfError(f"the evaluation diverged: the summed loss of {self.hi - self.lo:,} targets is "
+                             f"{total[0]} (a target scored NaN or infinity); no score is reported. Lower the "
+                             "test-time learning rates (eval.ttt_lr, eval.lora_lr, eval.lora_phase_lr) or check "
+                             "the weights with eval.mode = \"flat\"")
         return EvalResult(float(total[0]), int(round(total[1])), int(round(total[2])))

@@ -28,6 +28,7 @@ a report with failures (exit 1).
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +138,8 @@ SEED_NUMBER_KEYS = ("val_loss", "val_bpb", "artifact_bytes", "steps", "step_avg_
 
 def check_numbers(sub: dict, path: Path) -> None:
     """Every numeric field present in submission.json is a number (not null, text or a boolean)."""
-    def bad(v) -> bool:
-        return isinstance(v, bool) or not isinstance(v, (int, float))
+    def bad(v) -> bool:  # null, text, a boolean, or NaN / infinity (Python's json reads `NaN` and `Infinity`)
+        return isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
 
     for key in NUMBER_KEYS:
         if key in sub and bad(sub[key]):
@@ -315,6 +316,8 @@ def significance_against(bpb: list[float], loss: list[float], against: str) -> S
     try:
         best: float | list[float] = float(against)
         best_loss = None
+        if not math.isfinite(best) or best <= 0:
+            raise PgolfError(f"--against {against}: the best score must be a positive, finite BPB")
     except ValueError:
         other = Path(against)
         if not other.is_dir():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -30,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from shared.core.config import Config, load_config, to_dict, to_toml
-from shared.core.rundir import CONFIG, LOG, SUMMARY
+from shared.core.rundir import CONFIG, LOG, SUMMARY, write_failed
 from shared.errors import PgolfError
 from shared.record.stats import mean_std
 
@@ -57,6 +58,23 @@ def _read_run(run: Path) -> tuple[Config, dict, str]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PgolfError(f"{run / SUMMARY}: unreadable JSON ({e})") from None
     return load_config(run / CONFIG), summary, (run / LOG).read_text(encoding="utf-8", errors="replace")
+
+
+# The summary.json figures an export copies; each must be a finite number (a diverged run has no score).
+EXPORTED_NUMBERS = ("q_val_loss", "q_val_bpb", "total_bytes", "code_bytes", "steps", "train_seconds")
+
+
+def check_summary(summary, path: Path) -> None:
+    if not isinstance(summary, dict):
+        raise PgolfError(f"{path}: expected a JSON object; re-run `pgolf train --resume {path.parent}` to rewrite it")
+    for key in EXPORTED_NUMBERS:
+        v = summary.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            what = "missing" if key not in summary else f"{v!r}, not a finite number"
+            raise PgolfError(f"{path}: {key} is {what}; a run whose summary has no score cannot be exported "
+                             f"(finish it with `pgolf train --resume {path.parent}`, or retrain it)")
+    if "eval_seconds" in summary and not isinstance(summary["eval_seconds"], (int, float)):
+        raise PgolfError(f"{path}: eval_seconds is {summary['eval_seconds']!r}, not a number")
 
 
 def _same_config(cfg: Config) -> Config:
@@ -91,6 +109,14 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
         raise PgolfError(f"--track {track!r}: choose one of {', '.join(TRACKS)}")
     if not runs:
         raise PgolfError("pass at least one RUN_DIR (three seeds is usual)")
+    date = date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+        raise PgolfError(f"--date {date!r}: expected YYYY-MM-DD")
+    try:
+        datetime.date.fromisoformat(date)
+    except ValueError:
+        raise PgolfError(f"--date {date!r}: not a calendar date (YYYY-MM-DD)") from None
+    folder_name(name, date)  # a --name without letters: refused before the runs are read
     loaded = [(Path(r), *_read_run(Path(r))) for r in runs]
     cfg0 = loaded[0][1]
     for run, cfg, _, _ in loaded[1:]:
@@ -100,6 +126,8 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
     seeds = [cfg.train.seed for _, cfg, _, _ in loaded]
     if len(set(seeds)) != len(seeds):
         raise PgolfError(f"the runs repeat a seed ({seeds}): each RUN_DIR must be a different seed")
+    for run, _, summary, _ in loaded:
+        check_summary(summary, run / SUMMARY)
     gen = generate(cfg0)
     code = len(gen.data)
     for run, _, summary, _ in loaded:
@@ -108,9 +136,6 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
                              f"train_gpt.py of this checkout is {code} bytes: export from the checkout that trained "
                              "it, or retrain")
 
-    date = date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
-        raise PgolfError(f"--date {date!r}: expected YYYY-MM-DD")
     dest = Path(out) / f"track_{track}" / folder_name(name, date)
     if dest.exists() and not overwrite:
         raise PgolfError(f"{dest} exists: pass --overwrite to replace it, or another --name")
@@ -165,6 +190,9 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
+    except OSError as e:  # a full disk, a read-only folder: name the records folder, not a temp file
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failed(dest, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
