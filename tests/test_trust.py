@@ -217,3 +217,194 @@ def test_pack_into_an_unwritable_folder_fails_before_packing(capsys, tmp_path):
         assert not (tmp_path / "m.pgz").exists()
     finally:
         ro.chmod(0o755)
+
+
+# ============================================================================ 2. nothing lost
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_interrupted_rebuild_leaves_the_old_dataset_whole(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of encoding a rebuild (after the new tokenizer was trained): the old shards,
+    manifest and tokenizer are all still there, and nothing half-built is left beside them."""
+    from shared.data import build
+    from tests.conftest import stdlib_docs
+
+    docs = stdlib_docs(60_000)
+    data_dir, tok = build.build_dataset(docs, tmp_path, vocab=400, val_docs=4, name="t")
+    before = _tree(tmp_path)
+
+    def interrupted(*args, **kw):
+        yield from ()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "_map_chunks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build.build_dataset(docs[::-1], tmp_path, vocab=400, val_docs=5, name="t")
+    assert _tree(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["datasets", "tokenizers"]  # no staging folder left
+    monkeypatch.undo()
+    # A finished rebuild replaces the dataset: a new manifest and shards, no shard of the old build left.
+    new_dir, new_tok = build.build_dataset(docs[::-1], tmp_path, vocab=400, val_docs=5, name="t", shard_tokens=5000)
+    assert (new_dir, new_tok) == (data_dir, tok)
+    assert json.loads((new_dir / "manifest.json").read_text())["docs"]["val"] == 5
+    from shared.data.dataset import open_dataset
+
+    open_dataset(new_dir, new_tok, 400)
+
+
+# ============================================================================ 3. one run folder, files that agree
+
+def _run_cfg(tiny_data, **train):
+    cfg = tiny_config(**{"iterations": 4, "checkpoint_every": 2, **train})
+    return replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)),
+                   quant=replace(cfg.quant, gptq=True, calib_tokens=512, budget_tokens=256, gptq_block=32))
+
+
+def _pgolf(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from shared.cli import main; main()", *argv], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# The phase of `pgolf train` at which the process is killed with SIGKILL (no handler runs).
+KILL_AT = """
+import os, signal, sys
+phase = sys.argv.pop(1)
+
+def die(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if phase == "calibration":
+    import shared.artifact.calibration as m; m.calibration_batch = die
+elif phase == "pack":
+    import shared.artifact.format as m; m.pack = die
+elif phase == "eval":
+    import shared.eval.driver as m; m.run_eval = die
+elif phase == "summary":      # model.pgz written, summary.json not yet
+    import shared.core.rundir as m; m.RunDir.write_summary = die
+elif phase == "train":
+    import shared.core.loop as m
+    step = m.RunDir.log_step
+    def log_step(self, s, *a, **k):
+        if s == 3:
+            die()
+        return step(self, s, *a, **k)
+    m.RunDir.log_step = log_step
+from shared.cli import main
+main()
+"""
+
+
+@pytest.mark.mlx
+@pytest.mark.parametrize("phase", [
+    "calibration",
+    pytest.param("train", marks=pytest.mark.slow),
+    pytest.param("pack", marks=pytest.mark.slow),
+    pytest.param("eval", marks=pytest.mark.slow),
+    pytest.param("summary", marks=pytest.mark.slow),
+])
+def test_kill_9_at_any_phase_then_resume_finishes_with_files_that_agree(tiny_data, tmp_path, phase):
+    """SIGKILL in training, calibration, packing, evaluation or between the artifact and the summary; then
+    `--resume` takes over the stale lock (saying so) and finishes: checkpoint, resume state, model.pgz,
+    summary.json and the log's last segment describe one step and one artifact, the artifact of the
+    uninterrupted run, and `record export` accepts the folder (it refused it before)."""
+    pytest.importorskip("mlx.core")
+    from shared.core.rundir import LOCK, run_disagreements
+
+    (tmp_path / "c.toml").write_text(to_toml(_run_cfg(tiny_data)))
+    straight = _pgolf("train", "--backend", "mlx", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "a"))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    run = tmp_path / "b"
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, phase, "train", "--backend", "mlx", "--config",
+                             str(tmp_path / "c.toml"), "--out", str(run)], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (run / LOCK).is_file() and run_disagreements(run)
+    export = ["record", "export", str(run), "--name", "x", "--author", "a", "--github-id", "g", "--out",
+              str(tmp_path / "rec"), "--date", "2026-12-01"]
+    refused = _pgolf(*export)
+    assert refused.returncode == 2 and ("disagree" in refused.stderr or "summary.json" in refused.stderr), refused.stderr
+
+    resumed = _pgolf("train", "--backend", "mlx", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "taking over the lock left by process" in resumed.stderr
+    assert run_disagreements(run) == [] and not (run / LOCK).exists()
+    a, b = (json.loads((d / SUMMARY).read_text()) for d in (tmp_path / "a", run))
+    assert b["steps"] == a["steps"] == 4 and b["artifact_sha256"] == a["artifact_sha256"]
+    assert (run / ARTIFACT).read_bytes() == (tmp_path / "a" / ARTIFACT).read_bytes()
+    assert _pgolf(*export).returncode == 0
+
+
+@pytest.mark.mlx
+def test_resume_of_a_finished_run_does_nothing_unless_given_a_new_cap(tiny_data, tmp_path, capsys):
+    pytest.importorskip("mlx.core")
+    from shared.cli import main
+    from shared.core.rundir import run_disagreements
+
+    cfg = _run_cfg(tiny_data, iterations=3)
+    cfg = replace(cfg, quant=replace(cfg.quant, gptq=False))
+    (tmp_path / "c.toml").write_text(to_toml(cfg))
+    run = tmp_path / "run"
+    main(["train", "--backend", "mlx", "--config", str(tmp_path / "c.toml"), "--out", str(run)])
+    files = _tree(run)
+    capsys.readouterr()
+    main(["train", "--backend", "mlx", "--resume", str(run)])
+    out = capsys.readouterr().out
+    assert "is a finished run: step 3, stopped by train.iterations=3" in out and "--set train.iterations=6" in out
+    assert _tree(run) == files  # not one byte changed: no extra step, no second packing
+    main(["train", "--backend", "mlx", "--resume", str(run), "--set", "train.iterations=5"])
+    assert json.loads((run / SUMMARY).read_text())["steps"] == 5 and run_disagreements(run) == []
+
+
+@pytest.mark.mlx
+def test_a_resume_whose_clock_is_spent_trains_no_step_past_the_cap(tiny_data, tmp_path):
+    """The wallclock cap reached, killed while finishing: the resume finishes at the same step."""
+    pytest.importorskip("mlx.core")
+    from shared.core.backends import get_backend
+    from shared.core.loop import Hooks
+
+    cfg = _run_cfg(tiny_data, iterations=1000, max_seconds=1.0, checkpoint_every=0)
+    cfg = replace(cfg, quant=replace(cfg.quant, gptq=False))
+    backend = get_backend("mlx")
+    import shared.core.finish as finish
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    real, finish.finish_run = finish.finish_run, crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            backend.train(cfg, tmp_path / "run")
+    finally:
+        finish.finish_run = real
+    from shared.core.rundir import saved_step
+
+    step = saved_step(tmp_path / "run" / CHECKPOINT)
+    summary = backend.train(cfg, tmp_path / "run", resume=True, hooks=Hooks(before_step=lambda s, _: pytest.fail(
+        f"trained step {s + 1} past the spent cap")))
+    assert summary["steps"] == step
+
+
+def test_pack_onto_a_finished_runs_artifact_needs_overwrite_and_keeps_the_summary_honest(capsys, tmp_path):
+    import hashlib
+
+    from shared.cli import main
+
+    ckpt = _ckpt(tmp_path)
+    run = ckpt.parent
+    main(["pack", str(ckpt), "--backend", "torch", "-o", str(run / ARTIFACT)])
+    old = (run / ARTIFACT).read_bytes()
+    (run / SUMMARY).write_text(json.dumps({"q_val_bpb": 1.5, "q_val_loss": 3.0, "steps": 5,
+                                           "artifact_sha256": hashlib.sha256(old).hexdigest(),
+                                           "artifact_bytes": len(old)}))
+    line = one_error_line(capsys, "pack", str(ckpt), "--backend", "torch", "-o", str(run / ARTIFACT),
+                          "--set", "quant.attn=int4")
+    assert "pass --overwrite" in line and (run / ARTIFACT).read_bytes() == old
+    main(["pack", str(ckpt), "--backend", "torch", "-o", str(run / ARTIFACT), "--set", "quant.attn=int4",
+          "--overwrite"])
+    new = (run / ARTIFACT).read_bytes()
+    summary = json.loads((run / SUMMARY).read_text())
+    assert new != old and summary["artifact_sha256"] == hashlib.sha256(new).hexdigest()
+    assert summary["artifact_bytes"] == len(new) and summary["q_val_bpb"] is None and summary["q_val_loss"] is None

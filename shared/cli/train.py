@@ -59,7 +59,13 @@ def with_data(cfg: Config, data: str | None, tokenizer: str | None) -> Config:
 def train(backend, config_path, sets, data, tokenizer, out, resume, nproc, overwrite) -> None:
     """Train a model, pack it into RUN_DIR/model.pgz and evaluate it."""
     from shared.core.backends import get_backend
-    from shared.core.rundir import claim_run_dir, config_restored_on_failure, inherited_claim
+    from shared.core.rundir import (
+        claim_run_dir,
+        config_restored_on_failure,
+        finished_run_message,
+        inherited_claim,
+        terminate_as_exit,
+    )
     from shared.data.dataset import open_dataset
 
     if resume:
@@ -90,7 +96,10 @@ def train(backend, config_path, sets, data, tokenizer, out, resume, nproc, overw
     else:
         claim = claim_run_dir(run_dir, resume=bool(resume), overwrite=overwrite)
     guard = config_restored_on_failure(run_dir) if resume else contextlib.nullcontext()
-    with claim, guard:
+    with terminate_as_exit(), claim, guard:
+        if resume and (finished := finished_run_message(run_dir, cfg)):
+            click.echo(finished)  # a finished run stays as it is: no extra step, no second packing
+            return
         summary = get_backend(backend).train(cfg, run_dir, resume=bool(resume), nproc=nproc)
     if summary:
         click.echo(

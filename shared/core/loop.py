@@ -201,8 +201,10 @@ def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool
     progress = progress if run.is_main else None
     last_val: EvalResult | None = None
     log_t, log_tokens = elapsed, tokens
-    out_of_time = interrupted = False
+    interrupted = False
     budget_s = train_seconds(t)  # train.max_seconds less the calibration reserve
+    # A resume whose clock is already spent trains no step past the cap: it only finishes the run.
+    out_of_time = budget_s > 0 and elapsed >= budget_s  # the saved clock: the same on every rank
     loop_was = looped(step, elapsed, cfg.model, t)
 
     def close_progress() -> None:

@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from shared.core.config import Config, load_config, to_dict, to_toml
-from shared.core.rundir import CONFIG, LOG, SUMMARY, write_failed
+from shared.core.rundir import CONFIG, LOG, SUMMARY, run_disagreements, write_failed
 from shared.errors import PgolfError
 from shared.record.stats import mean_std
 
@@ -128,6 +128,9 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
         raise PgolfError(f"the runs repeat a seed ({seeds}): each RUN_DIR must be a different seed")
     for run, _, summary, _ in loaded:
         check_summary(summary, run / SUMMARY)
+        if problems := run_disagreements(run):  # the files must describe one finished run
+            raise PgolfError(f"{run}: its files disagree: {'; '.join(problems)}; finish it with "
+                             f"`pgolf train --resume {run}` (or retrain it) before exporting")
     gen = generate(cfg0)
     code = len(gen.data)
     for run, _, summary, _ in loaded:
