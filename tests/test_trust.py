@@ -408,3 +408,9 @@ def test_pack_onto_a_finished_runs_artifact_needs_overwrite_and_keeps_the_summar
     summary = json.loads((run / SUMMARY).read_text())
     assert new != old and summary["artifact_sha256"] == hashlib.sha256(new).hexdigest()
     assert summary["artifact_bytes"] == len(new) and summary["q_val_bpb"] is None and summary["q_val_loss"] is None
+
+
+def test_a_float_key_beyond_float32_is_refused_naming_it(capsys, tmp_path):
+    """1e300 is finite but overflows where a backend casts it (torch's Adam raised a traceback)."""
+    line = one_error_line(capsys, "train", "--set", "optim.scalar_lr=1e300", "--out", str(tmp_path / "run"))
+    assert "optim.scalar_lr = 1e+300 is out of range" in line

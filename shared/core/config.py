@@ -470,6 +470,9 @@ class Config:
                 v, where = getattr(sub, g.name), f"{f.name}.{g.name}"
                 if isinstance(v, float) and not math.isfinite(v) and where not in ALLOW_INFINITY:
                     raise PgolfError(f"{where} must be a finite number, got {v}")
+                if isinstance(v, float) and math.isfinite(v) and abs(v) > FLOAT32_MAX:
+                    raise PgolfError(f"{where} = {v:g} is out of range: the trainers compute in float32 "
+                                     f"(at most {FLOAT32_MAX:.4g})")
                 if isinstance(v, int) and not isinstance(v, bool) and not -INT_LIMIT <= v < INT_LIMIT:
                     raise PgolfError(f"{where} = {v} is out of range: it must fit a signed 64-bit integer")
 
@@ -500,6 +503,7 @@ def _nearest(name: str, options: list[str]) -> str:
 
 
 INT_LIMIT = 2**63
+FLOAT32_MAX = 3.4028234663852886e38  # a float key beyond it overflows where a backend casts it
 # Float keys where infinity means something (none so far: every limit has its own "off" value, like 0).
 ALLOW_INFINITY: frozenset[str] = frozenset()
 
