@@ -287,7 +287,8 @@ def test_check_time_cap_and_against(tmp_path):
     assert any("over the 600 s cap" in f for f in rep.failures)
     # One seed cannot be significant: --against fails with a report, not a crash.
     rep = check_folder(_challenge_folder(tmp_path / "b"), against="1.2244")
-    assert rep.significance is not None and rep.significance.p_record is None and not rep.ok
+    assert rep.significance is not None and rep.significance.p_record is None and rep.ok and not rep.passes
+    assert any(r.startswith("significance: 1 seed(s) cannot be tested") for r in rep.not_record)
     with pytest.raises(PgolfError, match="neither a BPB number"):
         check_folder(_challenge_folder(tmp_path / "c"), against=str(tmp_path / "missing"))
 
@@ -399,7 +400,9 @@ def test_check_reads_a_three_seed_record_and_compares_two_folders(tmp_path):
     rep = check_folder(new, against=str(best))
     assert rep.ok and rep.significance.units == "nats" and rep.significance.p_record < 0.01
     rep = check_folder(best, against=str(new))           # worse: no record, and the report says so
-    assert not rep.ok and rep.significance.p_practice > 0.25
+    assert rep.ok and not rep.passes and rep.significance.p_practice > 0.25
+    assert any("audited progression rule" in r for r in rep.not_record)
+    assert any("README rule" in r for r in rep.not_record)
     log = best / "train_seed0.log"                         # one seed's log disagrees with submission.json
     log.write_text(log.read_text().replace("val_bpb:1.08060000", "val_bpb:1.08070000"))
     assert any("seed 0 says 1.0806" in f for f in check_folder(best).failures)

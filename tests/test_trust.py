@@ -414,3 +414,117 @@ def test_a_float_key_beyond_float32_is_refused_naming_it(capsys, tmp_path):
     """1e300 is finite but overflows where a backend casts it (torch's Adam raised a traceback)."""
     line = one_error_line(capsys, "train", "--set", "optim.scalar_lr=1e300", "--out", str(tmp_path / "run"))
     assert "optim.scalar_lr = 1e+300 is out of range" in line
+
+
+# ============================================================================ 4. record check judges records
+
+PROFILE_FIELDS = ("val_tokens", "tokenizer_sha256", "val_sha256", "hardware", "min_seeds", "train_seconds",
+                  "eval_seconds", "size_cap")
+
+
+@pytest.fixture(scope="module")
+def three_seed_folder(tiny_data, tmp_path_factory):
+    """Three tiny MLX seeds evaluated on the whole (tiny) validation split, exported; and the stand-in
+    profile they meet: the tiny data's token count and checksums, this machine's hardware string."""
+    pytest.importorskip("mlx.core")
+    from shared.cli import main
+    from shared.data.manifest import data_checksums
+    from shared.data.shards import load_val_tokens
+
+    root = tmp_path_factory.mktemp("record")
+    cfg = tiny_config(iterations=2)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)),
+                  eval=replace(cfg.eval, max_tokens=0))
+    (root / "c.toml").write_text(to_toml(cfg))
+    try:
+        main(["seeds", "--backend", "mlx", "--config", str(root / "c.toml"), "--seeds", "1,2,3", "--out", str(root / "s")])
+    except SystemExit as e:
+        assert not e.code
+    try:
+        main(["record", "export", *(str(root / "s" / f"seed{s}") for s in (1, 2, 3)), "--name", "tiny", "--author",
+              "a", "--github-id", "g", "--out", str(root / "rec"), "--date", "2026-12-01"])
+    except SystemExit as e:
+        assert not e.code
+    folder = root / "rec" / "track_10min_16mb" / "2026-12-01_tiny"
+    sub = json.loads((folder / "submission.json").read_text())
+    profile = {"val_tokens": int(load_val_tokens(tiny_data.data_dir).size - 1),
+               **data_checksums(tiny_data.data_dir, tiny_data.tokenizer),
+               "hardware": "^" + sub["hardware"].replace("(", r"\(").replace(")", r"\)") + "$",
+               "min_seeds": 3, "train_seconds": 600.0, "eval_seconds": 600.0, "size_cap": 16_000_000}
+    return folder, profile
+
+
+def _check(capsys, folder: Path, *extra: str) -> tuple[int, str]:
+    from tests.test_record import run_pgolf
+
+    return run_pgolf(capsys, "record", "check", str(folder), *extra)
+
+
+def _profile(tmp_path: Path, profile: dict, **change) -> str:
+    path = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}.json"
+    path.write_text(json.dumps({k: v for k, v in {**profile, **change}.items() if v is not ...}))
+    return str(path)
+
+
+@pytest.mark.mlx
+def test_a_folder_that_meets_the_profile_is_a_record_and_each_missed_field_is_named(three_seed_folder, tmp_path,
+                                                                                     capsys):
+    folder, profile = three_seed_folder
+    code, out = _check(capsys, folder, "--profile", _profile(tmp_path, profile), "--against", "9.0")
+    assert code == 0 and "OK: a record submission" in out, out
+    wrong = {"val_tokens": profile["val_tokens"] + 10_000, "tokenizer_sha256": "0" * 64, "val_sha256": "1" * 64,
+             "hardware": "^8x.*H100", "min_seeds": 4, "train_seconds": 1e-6, "eval_seconds": 1e-9, "size_cap": 1000}
+    assert set(wrong) == set(PROFILE_FIELDS)
+    for key, value in wrong.items():
+        code, out = _check(capsys, folder, "--profile", _profile(tmp_path, profile, **{key: value}), "--against", "9.0")
+        reasons = [line for line in out.splitlines() if "NOT RECORD:" in line]
+        assert code == 1 and "NON-RECORD SUBMISSION" in out, (key, out)
+        assert reasons and all(f"NOT RECORD: {key}:" in r for r in reasons), (key, reasons)
+    for key in ("val_tokens", "tokenizer_sha256", "hardware", "min_seeds"):
+        code, out = _check(capsys, folder, "--profile", _profile(tmp_path, profile, **{key: ...}))
+        assert code == 2 and f"no {key!r}" in out
+    # Against a better best, both significance rules fail and say so.
+    code, out = _check(capsys, folder, "--profile", _profile(tmp_path, profile), "--against", "0.5")
+    assert code == 1 and "README rule" in out and "audited progression rule" in out
+
+
+@pytest.mark.mlx
+def test_the_folder_of_the_issue_is_a_non_record_with_each_reason(tiny_data, tmp_path, capsys):
+    """One seed, evaluated on the first tokens only, on this CPU, default (official) profile: not OK."""
+    pytest.importorskip("mlx.core")
+    from shared.cli import main
+
+    cfg = tiny_config(iterations=2)
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)))
+    (tmp_path / "c.toml").write_text(to_toml(cfg))
+    main(["train", "--backend", "mlx", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")])
+    main(["record", "export", str(tmp_path / "run"), "--name", "one", "--author", "a", "--github-id", "g",
+          "--out", str(tmp_path / "rec"), "--date", "2026-12-01"])
+    folder = tmp_path / "rec" / "track_10min_16mb" / "2026-12-01_one"
+    code, out = _check(capsys, folder)
+    assert code == 1 and "structural checks: pass" in out and "NON-RECORD SUBMISSION" in out
+    for field_ in ("min_seeds", "val_tokens", "tokenizer_sha256", "val_sha256", "hardware", "significance"):
+        assert f"NOT RECORD: {field_}:" in out, field_
+    assert "evaluated 2,048 target tokens, not the whole validation split" in out
+    data = json.loads((folder / "submission.json").read_text())
+    (folder / "submission.json").write_text(json.dumps({**data, "track": "non_record_16mb"}))
+    code, out = _check(capsys, folder)  # declared a non-record submission: its structure is what is checked
+    assert code == 0 and "OK: a non-record submission" in out
+
+
+@pytest.mark.mlx
+def test_check_catches_a_swapped_script_and_a_log_given_twice(three_seed_folder, tmp_path, capsys):
+    folder, profile = three_seed_folder
+    copy = tmp_path / "track_10min_16mb" / folder.name
+    shutil.copytree(folder, copy)
+    script = copy / "train_gpt.py"
+    text = script.read_bytes()
+    script.write_bytes(text[:-20] + b"#" * 19 + b"\n")  # another script of the same size
+    assert len(script.read_bytes()) == len(text)
+    code, out = _check(capsys, copy, "--profile", _profile(tmp_path, profile), "--against", "9.0")
+    assert code == 1 and "train_gpt.py is not the script exported" in out
+    script.write_bytes(text)
+    shutil.copy(copy / "train_seed1.log", copy / "train_seed2.log")
+    code, out = _check(capsys, copy, "--profile", _profile(tmp_path, profile), "--against", "9.0")
+    assert code == 1 and "train_seed2.log is the same log as train_seed1.log" in out
+    assert "its name says seed 2, the log trained seed 1" in out

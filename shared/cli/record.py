@@ -66,16 +66,24 @@ def export_cmd(runs, name, author, github_id, track, out, blurb, date, overwrite
 @record.command("check")
 @click.argument("folder", type=click.Path(path_type=Path), metavar="DIR")
 @click.option("--against", default=None, metavar="BPB_OR_DIR", help=AGAINST_HELP)
-def check_cmd(folder: Path, against: str | None) -> None:
-    """Validate a records folder: files, sizes, logs vs submission.json, time caps, significance (exit 0/1)."""
+@click.option("--profile", "profile_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE", help="the official profile as JSON (val_tokens, tokenizer_sha256, val_sha256, hardware, "
+                                   "min_seeds, train_seconds, eval_seconds); default: the challenge's rules, data "
+                                   "checksums unknown")
+def check_cmd(folder: Path, against: str | None, profile_path: Path | None) -> None:
+    """Review a records folder: structure (files, sizes, logs vs submission.json), then whether it is a record
+    (whole validation, official data, seeds and significance, time caps, hardware, legality evidence).
+    Exit 0: a record (or a structurally valid non_record_16mb submission); 1: not; 2: unreadable input."""
     from shared.record.check import check_folder
+    from shared.record.profile import OFFICIAL, load_profile
 
+    profile = load_profile(profile_path) if profile_path is not None else OFFICIAL
     if against is not None:
         check_against(against)
-    rep = check_folder(folder, against)
+    rep = check_folder(folder, against, profile=profile)
     for line in rep.lines():
         click.echo(line)
-    if not rep.ok:
+    if not rep.passes:
         sys.exit(1)
 
 

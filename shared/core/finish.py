@@ -174,4 +174,8 @@ def challenge_lines(cfg: Config, summary: dict[str, Any]) -> list[str]:
         f"eval_time:{1000.0 * summary['eval_seconds']:.0f}ms",
         f"final_pgz_roundtrip_exact val_loss:{summary['q_val_loss']:.8f} val_bpb:{summary['q_val_bpb']:.8f}",
     ]
+    if "eval_tokens" in summary:  # legality evidence: the mode, and the ledger's count of targets scored once
+        lines.append(f"eval_ledger: eval_mode:{summary.get('eval_mode', cfg.eval.mode)} "
+                     f"eval_tokens:{summary['eval_tokens']} eval_bytes:{summary.get('eval_bytes', 0)} "
+                     f"max_tokens:{cfg.eval.max_tokens} each_target_scored:once")
     return lines

@@ -33,6 +33,17 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def data_checksums(data_dir: str | Path, tokenizer: str | Path) -> dict[str, str]:
+    """What a record's log states about its data (`pgolf record check` compares it with the official
+    profile): the tokenizer file's sha256, and one sha256 over the validation shards' bytes in name order."""
+    h = hashlib.sha256()
+    for f in find_shards(data_dir, "val"):
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 22):
+                h.update(block)
+    return {"tokenizer_sha256": sha256_file(tokenizer), "val_sha256": h.hexdigest()}
+
+
 def write_manifest(data_dir: Path, tok_path: Path, name: str, vocab: int, docs: dict | None = None,
                    source: str = "", transform: str = "none", settings: dict | None = None) -> Path:
     """manifest.json in the dataset folder: every shard's tokens/bytes/sha256 and the tokenizer's sha256.

@@ -22,6 +22,7 @@ size; otherwise the logs would describe another script).
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import math
 import re
@@ -37,7 +38,8 @@ from shared.record.stats import mean_std
 
 TRACKS = ("10min_16mb", "non_record_16mb")
 SUBMISSION_KEYS = ("author", "github_id", "name", "blurb", "date", "track", "val_loss", "val_bpb", "val_loss_std",
-                   "val_bpb_std", "seeds", "seed_results", "bytes_total", "bytes_code", "hardware", "pytorch_version")
+                   "val_bpb_std", "seeds", "seed_results", "bytes_total", "bytes_code", "hardware", "pytorch_version",
+                   "code_sha256")
 # Why each package is there (requirements.txt says so too).
 REQUIREMENTS = (
     ("torch", "the model, DDP and the training step"),
@@ -173,6 +175,7 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
         "seeds": [int(s) for s in results], "seed_results": results,
         "bytes_total": max(r["artifact_bytes"] for r in results.values()), "bytes_code": code,
         "hardware": hardware, "pytorch_version": torch_version,
+        "code_sha256": hashlib.sha256(gen.data).hexdigest(),  # `record check` refuses a swapped script
     }
     readme = _readme(submission, cfg0, baked_config(cfg0), gen, loaded)
     needs = REQUIREMENTS + ((BROTLI,) if cfg0.quant.compressor != "zstd" else ())
