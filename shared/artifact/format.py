@@ -188,7 +188,12 @@ def quantize_plain(params: dict[str, np.ndarray], cfg: Config, hessians: dict | 
                          "(calibration tokens from the training split) or set quant.gptq=false")
     out: dict[str, QTensor] = {}
     table = param_table(cfg.model)
+    from shared.core.progress import active
+
+    bar = active()  # a pack's progress (finish_run, `pgolf pack`), not the budget search's many trial packs
     for name in sorted(params):
+        if bar is not None and out:
+            bar.update(1)
         w = np.asarray(params[name], dtype=np.float32)
         scheme = chosen[name]
         scheme_bits(scheme)
@@ -208,6 +213,8 @@ def quantize_plain(params: dict[str, np.ndarray], cfg: Config, hessians: dict | 
                 row_weights = token_weights(token_counts, q.embed_freq_floor)
         out[name] = quantize(w, scheme, percentile=q.clip_percentile, clip_k=clip_k, min_scale=q.min_scale, hessian=h,
                              gptq_block=q.gptq_block, gptq_damp=q.gptq_damp, row_weights=row_weights, name=name)
+    if bar is not None:
+        bar.update(1)
     return out
 
 

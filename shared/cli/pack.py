@@ -128,7 +128,10 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
             cfg = fit_budget(params, cfg, budget, lambda p: be.batch_loss(p, base, sx, sy), hessians=hessians,
                              log=click.echo, token_counts=counts, code_size=counted)
             click.echo(_fit_summary(cfg))
-    blob = pack(params, cfg, hessians, token_counts=counts)
+    from shared.core.progress import Progress, activate
+
+    with Progress("pack: quantise", total=len(params), unit="tensors", min_s=5.0) as bar, activate(bar):
+        blob = pack(params, cfg, hessians, token_counts=counts)
     unpack(blob, source=str(out))  # the reader must accept what we wrote
     if budget is not None and len(blob) + counted(cfg) > budget:   # fit_budget measured exactly this: a bug if so
         raise PgolfError(f"internal: the fitted artifact ({len(blob):,}) + code ({counted(cfg):,}) exceeds {budget:,}")

@@ -151,6 +151,10 @@ def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> N
     from shared.data.dataset import open_dataset
     from shared.eval.driver import EVAL_BUDGET_S, mode_name
 
+    if as_json:  # stdout is one JSON object and stderr stays quiet
+        from shared.core.progress import set_quiet
+
+        set_quiet()
     embedded, params = load_weights(weights)
     if config_path is not None:
         cfg = load_config(config_path)

@@ -76,7 +76,11 @@ def finish_run(
     # Every rank packs the same bytes (the packer is deterministic), so every
     # rank can evaluate them without waiting for a file; only rank 0 writes it.
     t1 = time.perf_counter()
-    blob = artifact.pack(params, cfg, hessians=hessians, token_counts=counts)
+    from shared.core.progress import Progress, activate
+
+    with Progress("pack: quantise", total=len(params), unit="tensors", enabled=rank == 0 and run_dir.is_main,
+                  min_s=5.0) as bar, activate(bar):
+        blob = artifact.pack(params, cfg, hessians=hessians, token_counts=counts)
     t2 = time.perf_counter()
     # The challenge counts calibration and quantisation (GPTQ) as training time: train.calib_reserve_s
     # is kept free for them (shared/core/schedule.py); say whether it was enough.

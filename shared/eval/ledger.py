@@ -34,6 +34,7 @@ class Ledger:
         self.mine = np.zeros(hi - lo, dtype=np.int64)    # how often this rank scored each target
         self.final = np.zeros(hi - lo, dtype=bool)       # scored by some rank and merged (`settle`)
         self.bytes = 0
+        self.on_record: Callable[[int], None] | None = None  # progress: called with each record's target count
 
     def record(self, first: int, nats: np.ndarray) -> None:
         """Scores of the targets [first, first + len(nats)), final once written."""
@@ -46,6 +47,8 @@ class Ledger:
         self.nats[i:j] = nats
         self.mine[i:j] = 1
         self.bytes += self.tables.target_bytes(self.tokens, first, first + len(nats))
+        if self.on_record is not None:
+            self.on_record(len(nats))
 
     def settle(self, lo: int, hi: int, local: bool = False) -> None:
         """Merge the ranks' records of [lo, hi) (a collective: every rank calls it for the same range),
