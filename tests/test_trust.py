@@ -528,3 +528,50 @@ def test_check_catches_a_swapped_script_and_a_log_given_twice(three_seed_folder,
     code, out = _check(capsys, copy, "--profile", _profile(tmp_path, profile), "--against", "9.0")
     assert code == 1 and "train_seed2.log is the same log as train_seed1.log" in out
     assert "its name says seed 2, the log trained seed 1" in out
+
+
+# ============================================================================ 6. short runs behave
+
+@pytest.mark.parametrize("seconds,step_s", [(20.0, 3.0), (30.0, 0.6), (120.0, 0.6), (600.0, 0.3)])
+def test_small_tomls_schedule_scales_with_the_length_of_the_run(seconds, step_s):
+    """configs/small.toml at any length, on a fast or a busy CPU: full LR for the first 70% of the run,
+    then a linear warmdown to 0 at the end (a 20 s run on a busy CPU used to start in the warmdown)."""
+    from shared.core.config import load_config
+    from shared.core.schedule import lr_scale
+
+    t = load_config(REPO / "configs" / "small.toml", [f"train.max_seconds={seconds}"]).train
+    at = [(int(f * seconds / step_s), f * seconds) for f in (0.0, 0.1, 0.5, 0.69, 0.85, 1.0)]
+    scales = [lr_scale(step, elapsed, t) for step, elapsed in at]
+    assert scales[:4] == [1.0, 1.0, 1.0, 1.0]
+    assert scales[4] == pytest.approx(0.5) and scales[5] == 0.0
+
+
+def test_no_calibration_warning_without_a_reserve(tmp_path):
+    """small.toml reserves nothing for GPTQ (calib_reserve_s = 0): the quantisation line gives the time and
+    nothing warns; a reserve that was set and proved too small still warns."""
+    from types import SimpleNamespace
+
+    from shared.core.finish import finish_run
+    from shared.core.rundir import RunDir
+    from shared.data.bpb import EvalResult
+
+    cfg = tiny_config(max_seconds=10.0)
+    cfg = replace(cfg, quant=replace(cfg.quant, gptq=True, calib_tokens=256, gptq_block=16))
+    params = init_params(cfg.model, 1)
+    hessians = {k: np.eye(v.shape[1]) for k, v in params.items() if v.ndim == 2}
+    session = SimpleNamespace(backend="mlx", rank=0, collect_hessians=lambda p, x, show_progress: hessians,
+                              evaluate_params=lambda p, t, tb: EvalResult(100.0, 50, 200))
+    dataset = SimpleNamespace(val_tokens=None, tables=None, train_stream=None)
+    import shared.artifact.calibration as calibration
+
+    real = calibration.calibration_batch
+    calibration.calibration_batch = lambda ds, c: (np.ones((2, 64), dtype=np.int64), np.ones((2, 64), dtype=np.int64))
+    try:
+        for reserve, warned in ((0.0, False), (1e-4, True)):
+            run = RunDir(tmp_path / f"r{reserve}")
+            c = replace(cfg, train=replace(cfg.train, calib_reserve_s=reserve))
+            finish_run(session, params, c, run, dataset, {"val_loss": 2.0, "val_bpb": 1.0, "steps": 1})
+            log = (run.path / LOG).read_text()
+            assert "quantisation: calibration" in log and ("was too small" in log) == warned
+    finally:
+        calibration.calibration_batch = real

@@ -89,7 +89,9 @@ def finish_run(
     reserve = cfg.train.calib_reserve_s
     run_dir.log(f"quantisation: calibration {calib_s:.1f}s + quantise and pack {quant_s:.1f}s = "
                 f"{calib_s + quant_s:.1f}s (train.calib_reserve_s={reserve:g})")
-    if cfg.quant.gptq and cfg.train.max_seconds > 0 and calib_s + quant_s > reserve:
+    # A reserve that was set and proved too small is worth a warning; with none (0: small configs, experiments)
+    # the line above already gives the time.
+    if cfg.quant.gptq and cfg.train.max_seconds > 0 and reserve > 0 and calib_s + quant_s > reserve:
         run_dir.log(f"warning: train.calib_reserve_s={reserve:g} was too small: calibration and quantisation took "
                     f"{calib_s + quant_s:.1f}s, so the run used {calib_s + quant_s - reserve:.1f}s more than "
                     f"train.max_seconds={cfg.train.max_seconds:g}; raise train.calib_reserve_s to at least "
