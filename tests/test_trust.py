@@ -506,6 +506,11 @@ def test_the_folder_of_the_issue_is_a_non_record_with_each_reason(tiny_data, tmp
     for field_ in ("min_seeds", "val_tokens", "tokenizer_sha256", "val_sha256", "hardware", "significance"):
         assert f"NOT RECORD: {field_}:" in out, field_
     assert "evaluated 2,048 target tokens, not the whole validation split" in out
+    readme = (folder / "README.md").read_text()  # its data is not FineWeb, and the README says how to rerun it
+    assert "not on the challenge's FineWeb data" in readme
+    assert ("DATA_PATH=./data/datasets/tiny_sp512 TOKENIZER_PATH=./data/tokenizers/tiny_512_bpe.model SEED=1337 "
+            "RUN_ID=train_seed1337 torchrun --standalone --nproc_per_node=1 train_gpt.py") in readme
+    assert "SEED=1337 RUN_ID=train_seed1337 torchrun --standalone --nproc_per_node=8 train_gpt.py" in readme
     data = json.loads((folder / "submission.json").read_text())
     (folder / "submission.json").write_text(json.dumps({**data, "track": "non_record_16mb"}))
     code, out = _check(capsys, folder)  # declared a non-record submission: its structure is what is checked

@@ -205,12 +205,46 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
     return dest
 
 
+def _reproduce(sub: dict, cfg: Config, baked: Config, loaded) -> str:
+    """The Reproduce section: the FineWeb commands, or, for runs on other data (the sample), how to rerun
+    them on that data as they were and how a record attempt would run on FineWeb instead."""
+    run_data, vocab = Path(cfg.data.dir).name, cfg.model.vocab_size
+    tok = Path(cfg.data.tokenizer).name
+    fetch = (f"# data, from the repository root: python3 data/cached_challenge_fineweb.py --variant sp{vocab}\n"
+             f"# (or: pgolf data download --variant sp{vocab}); then, in this folder: ln -s ../../../data data")
+    if run_data.startswith("fineweb"):
+        data_env = "" if run_data == Path(baked.data.dir).name else (  # a FineWeb variant: say where it goes
+            f"DATA_PATH=./data/datasets/{run_data} TOKENIZER_PATH=./data/tokenizers/{tok} ")
+        runs = "\n".join(f"{data_env}SEED={seed} RUN_ID=train_seed{seed} torchrun --standalone --nproc_per_node=8 "
+                         "train_gpt.py" for seed in sub["seeds"])
+        return f"```bash\npip install -r requirements.txt\n{fetch}\n{runs}\n```\n"
+    world = int(loaded[0][2].get("world_size", 1))
+    build = ("pgolf data sample --out data" if run_data.startswith("sample_")
+             else f"# build {run_data} with the pgolf command that made it (pgolf data build ...)")
+    again = "\n".join(f"DATA_PATH=./data/datasets/{run_data} TOKENIZER_PATH=./data/tokenizers/{tok} SEED={seed} "
+                       f"RUN_ID=train_seed{seed} torchrun --standalone --nproc_per_node={world} train_gpt.py"
+                       for seed in sub["seeds"])
+    record = "\n".join(f"SEED={seed} RUN_ID=train_seed{seed} torchrun --standalone --nproc_per_node=8 train_gpt.py"
+                        for seed in sub["seeds"])
+    return f"""These runs trained and were scored on `{run_data}`, not on the challenge's FineWeb data: their scores
+are not comparable with the leaderboard's. To rerun them as they were ({world} process(es), as logged):
+
+```bash
+pip install -r requirements.txt
+{build}   # in this folder: data/datasets/{run_data}, data/tokenizers/{tok}
+{again}
+```
+
+To train this config on FineWeb instead (what a record attempt runs, on 8xH100):
+
+```bash
+{fetch}
+{record}
+```
+"""
+
+
 def _readme(sub: dict, cfg: Config, baked: Config, gen, loaded) -> str:
-    data_env = ""
-    run_data = Path(cfg.data.dir).name
-    if run_data != Path(baked.data.dir).name:  # a data variant: say where it goes
-        data_env = (f"DATA_PATH=./data/datasets/{run_data} "
-                    f"TOKENIZER_PATH=./data/tokenizers/{Path(cfg.data.tokenizer).name} ")
     rows = "\n".join(f"| {seed} | {r['val_loss']:.8f} | {r['val_bpb']:.8f} | {r['artifact_bytes']:,} | {r['steps']:,} "
                      f"| {r['step_avg_ms']:.2f} | {r['eval_time_s']:.1f} |" for seed, r in sub["seed_results"].items())
     diffs = "\n".join(f"- `{d}`" for d in differences(cfg)) or "- none: pgolf's defaults (the naive baseline)"
@@ -241,14 +275,7 @@ The full resolved config is baked into `train_gpt.py`; here it is:
 
 ## Reproduce
 
-```bash
-pip install -r requirements.txt
-# data, from the repository root: python3 data/cached_challenge_fineweb.py --variant sp{cfg.model.vocab_size}
-# (or: pgolf data download --variant sp{cfg.model.vocab_size}); then, in this folder: ln -s ../../../data data
-""" + "\n".join(f"{data_env}SEED={seed} RUN_ID=train_seed{seed} torchrun --standalone --nproc_per_node=8 train_gpt.py"
-                 for seed in sub["seeds"]) + f"""
-```
-
+""" + _reproduce(sub, cfg, baked, loaded) + f"""
 Each run writes `logs/<RUN_ID>/` (train.log, model.pgz, summary.json) and ends with the
 challenge's lines (`final_pgz_roundtrip ... val_bpb:...`, `Total submission size pgz: N bytes`).
 Other environment variables, as in the reference script: ITERATIONS, MAX_WALLCLOCK_SECONDS,
