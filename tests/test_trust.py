@@ -580,3 +580,18 @@ def test_no_calibration_warning_without_a_reserve(tmp_path):
             assert "quantisation: calibration" in log and ("was too small" in log) == warned
     finally:
         calibration.calibration_batch = real
+
+
+def test_calibration_on_a_tiny_training_split_warns(tiny_data, tmp_path, capsys):
+    from shared.artifact.calibration import calibration_batch, train_token_count
+    from shared.data.dataset import open_dataset
+
+    ds = open_dataset(tiny_data.data_dir, tiny_data.tokenizer, 512)
+    have = train_token_count(ds)
+    cfg = tiny_config()
+    for tokens, warned in ((have // 2, False), (have * 3, True)):
+        c = replace(cfg, quant=replace(cfg.quant, calib_tokens=tokens))
+        capsys.readouterr()
+        x, _ = calibration_batch(ds, c)
+        assert x.size == tokens // 64 * 64
+        assert ("calibration sees them" in capsys.readouterr().err) == warned
