@@ -22,6 +22,11 @@ in `quant.tensor_schemes`, `quant.lqer_rank` and `quant.prune_values`):
 `--config FILE` takes the `[quant]` section of FILE (its `[model]` must be
 the checkpoint's); `--set quant.*` applies after it.
 
+`-o RUN/model.pgz` onto a finished run's artifact (the folder holds summary.json) is refused
+unless `--overwrite`, which also updates summary.json (artifact size and sha256; the packed
+scores, which measured the old artifact, become null until `pgolf eval` measures the new one).
+Both targets' folders are checked for writing before any packing.
+
 `inspect` prints one row per tensor (scheme, bits, parameters and the bytes
 of its payload compressed alone: the parts do not add up exactly to the
 whole), the totals, bytes per parameter, the counted code bytes and the
@@ -66,7 +71,8 @@ def _quant_overrides(cfg: Config, overrides: tuple[str, ...]) -> Config:
               help="Take [quant] from this TOML (e.g. one --write-config wrote); its [model] must match.")
 @click.option("--write-config", "write_config", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --budget: write the fitted config here (atomic).")
-@click.option("--overwrite", is_flag=True, help="Let --write-config replace an existing file.")
+@click.option("--overwrite", is_flag=True, help="Let --write-config replace an existing file, and -o replace a finished "
+              "run's model.pgz (its summary.json is updated, the packed scores cleared).")
 def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ...], budget: int | None,
              data_dir: Path | None, tokenizer: Path | None, config_path: Path | None, write_config: Path | None,
              overwrite: bool) -> None:
