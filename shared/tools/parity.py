@@ -132,7 +132,6 @@ def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int =
                backends: tuple[str, str] = ("mlx", "torch"), modes: bool = False) -> ParityReport:
     from shared.artifact.format import pack, unpack
     from shared.core.backends import get_backend
-
     from shared.core.progress import Phases
 
     cfg = parity_config(cfg)
