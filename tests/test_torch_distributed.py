@@ -82,7 +82,7 @@ def test_wallclock_stop_lands_on_the_same_step_on_every_rank(tiny_data, tmp_path
 
 def test_nan_loss_stops_every_rank_with_one_line(tiny_data, tmp_path):
     cfg = with_data(tiny_config(iterations=8), tiny_data)
-    res = torchrun(cfg, tmp_path / "run", tmp_path, sets=["optim.scalar_lr=inf"])
+    res = torchrun(cfg, tmp_path / "run", tmp_path, sets=["optim.scalar_lr=1e30"])  # finite, diverges
     assert res.returncode != 0
     # Both ranks see the same reduced loss and raise at the same step; torchrun may stop the
     # slower one before it prints, so at least one rank's line is there; no traceback from our code

@@ -91,6 +91,10 @@ def run(command: click.Command, argv: list[str] | None, prog_name: str = "pgolf"
         where = f"{e.filename}: " if e.filename else ""
         click.echo(f"error: {where}{e.strerror or e}", err=True)
         sys.exit(2)
+    finally:  # a `--json` command silenced progress for itself only (tests run many commands in one process)
+        from shared.core.progress import set_quiet
+
+        set_quiet(False)
 
 
 def main(argv: list[str] | None = None) -> None:

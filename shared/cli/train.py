@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import math
 import os
 import time
 from dataclasses import replace
@@ -59,7 +60,13 @@ def with_data(cfg: Config, data: str | None, tokenizer: str | None) -> Config:
 def train(backend, config_path, sets, data, tokenizer, out, resume, nproc, overwrite) -> None:
     """Train a model, pack it into RUN_DIR/model.pgz and evaluate it."""
     from shared.core.backends import get_backend
-    from shared.core.rundir import claim_run_dir, config_restored_on_failure, inherited_claim
+    from shared.core.rundir import (
+        claim_run_dir,
+        config_restored_on_failure,
+        finished_run_message,
+        inherited_claim,
+        terminate_as_exit,
+    )
     from shared.data.dataset import open_dataset
 
     if resume:
@@ -92,7 +99,10 @@ def train(backend, config_path, sets, data, tokenizer, out, resume, nproc, overw
     else:
         claim = claim_run_dir(run_dir, resume=bool(resume), overwrite=overwrite)
     guard = config_restored_on_failure(run_dir) if resume else contextlib.nullcontext()
-    with claim, guard:
+    with terminate_as_exit(), claim, guard:
+        if resume and (finished := finished_run_message(run_dir, cfg)):
+            click.echo(finished)  # a finished run stays as it is: no extra step, no second packing
+            return
         summary = get_backend(backend).train(cfg, run_dir, resume=bool(resume), nproc=nproc)
     if summary:
         click.echo(
@@ -156,6 +166,10 @@ def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> N
     from shared.data.dataset import open_dataset
     from shared.eval.driver import EVAL_BUDGET_S, mode_name
 
+    if as_json:  # stdout is one JSON object and stderr stays quiet
+        from shared.core.progress import set_quiet
+
+        set_quiet()
     embedded, params = load_weights(weights)
     if config_path is not None:
         cfg = load_config(config_path)
@@ -166,6 +180,10 @@ def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> N
     else:
         raise PgolfError(f"{weights} has no embedded config: pass --config with the [model] it was trained with")
     cfg = apply_overrides(with_data(cfg, data, tokenizer), sets)
+    if embedded is not None and cfg.model != embedded.model:
+        changed = [k for k in vars(cfg.model) if getattr(cfg.model, k) != getattr(embedded.model, k)]
+        raise PgolfError(f"--set {', '.join('model.' + k for k in changed)}: the [model] section comes from "
+                         f"{weights} and cannot be changed when evaluating it; drop the model override")
     if data is None and tokenizer is None:
         cfg = _run_dir_data(cfg, Path(weights))
         if not Path(cfg.data.dir).is_dir():
@@ -175,6 +193,8 @@ def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> N
     clock = time.perf_counter()
     res = get_backend(backend).evaluate(params, cfg, ds.val_tokens, ds.tables)
     seconds = time.perf_counter() - clock
+    if not math.isfinite(res.nats):  # never print a non-finite loss (or a BPB made from one) as a score
+        raise PgolfError(f"{weights}: the evaluation diverged (summed loss {res.nats}); no score is reported")
     out = {**res.to_json(), "eval_mode": mode_name(cfg.eval), "eval_seconds": seconds}
     if as_json:
         click.echo(json.dumps(out, sort_keys=True))

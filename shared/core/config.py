@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -514,6 +515,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> Config:
+        self._check_finite()
         self.model.validate()
         self.train.validate()
         if self.train.seq_schedule and not self.model.doc_attention:
@@ -522,8 +524,33 @@ class Config:
         self.optim.validate()
         self.quant.validate()
         self.eval.validate()
+        self._check_eval_windows()
         self._check_tensor_schemes()
         return self
+
+    def _check_eval_windows(self) -> None:
+        """The sliding/TTT window (eval.context, 0 = train.seq_len) must hold eval.stride: checked with the config,
+        not at the final evaluation after the whole training."""
+        e = self.eval
+        context = e.context or self.train.seq_len
+        if (e.mode == "sliding" or (e.mode == "ttt" and e.ttt == "sgd")) and e.stride > context:
+            where = "eval.context" if e.context else "train.seq_len (eval.context = 0)"
+            raise PgolfError(f"eval.stride={e.stride} must not exceed the evaluation window {where} = {context}")
+
+    def _check_finite(self) -> None:
+        """Every float key is a finite number and every int fits int64, however the config was built
+        (a dataclass made in Python skips `_check_type`)."""
+        for f in fields(self):
+            sub = getattr(self, f.name)
+            for g in fields(sub):
+                v, where = getattr(sub, g.name), f"{f.name}.{g.name}"
+                if isinstance(v, float) and not math.isfinite(v) and where not in ALLOW_INFINITY:
+                    raise PgolfError(f"{where} must be a finite number, got {v}")
+                if isinstance(v, float) and math.isfinite(v) and abs(v) > FLOAT32_MAX:
+                    raise PgolfError(f"{where} = {v:g} is out of range: the trainers compute in float32 "
+                                     f"(at most {FLOAT32_MAX:.4g})")
+                if isinstance(v, int) and not isinstance(v, bool) and not -INT_LIMIT <= v < INT_LIMIT:
+                    raise PgolfError(f"{where} = {v} is out of range: it must fit a signed 64-bit integer")
 
     def _check_tensor_schemes(self) -> None:
         """quant.tensor_schemes may only name parameters of this model, and integer schemes only matrices
@@ -551,6 +578,12 @@ def _nearest(name: str, options: list[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else f" (valid: {', '.join(sorted(options))})"
 
 
+INT_LIMIT = 2**63
+FLOAT32_MAX = 3.4028234663852886e38  # a float key beyond it overflows where a backend casts it
+# Float keys where infinity means something (none so far: every limit has its own "off" value, like 0).
+ALLOW_INFINITY: frozenset[str] = frozenset()
+
+
 def _check_type(where: str, value: Any, default: Any) -> Any:
     """Coerce `value` to the type of `default`, or raise naming `where`."""
     if isinstance(default, bool):
@@ -558,11 +591,18 @@ def _check_type(where: str, value: Any, default: Any) -> Any:
             return value
     elif isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -INT_LIMIT <= value < INT_LIMIT:  # beyond int64 every library downstream overflows
+                raise PgolfError(f"{where} = {value} is out of range: it must fit a signed 64-bit integer")
             return value
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if value != value:  # NaN passes every `<`/`>` range check below; no knob means it
                 raise PgolfError(f"{where} must be a number, got nan")
+            if isinstance(value, int) and not -INT_LIMIT <= value < INT_LIMIT:
+                raise PgolfError(f"{where} = {value} is out of range")
+            if value in (float("inf"), float("-inf")) and where.rsplit(": ", 1)[-1] not in ALLOW_INFINITY:
+                # infinity passes most one-sided checks and then fails far from its cause (an LR, a scale)
+                raise PgolfError(f"{where} must be a finite number, got {value}")
             return float(value)
     elif isinstance(default, str):
         if isinstance(value, str):

@@ -198,14 +198,22 @@ def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool
     def validate() -> EvalResult:
         return session.evaluate(dataset.val_tokens, dataset.tables)
 
+    if run.is_main:  # the data a record claims to use, checked by `pgolf record check` against the official sums
+        from shared.data.manifest import data_checksums
+
+        sums = data_checksums(dataset.data_dir, dataset.tokenizer)
+        run.log(f"data_checksums: val_tokens:{dataset.val_tokens.size - 1} val_sha256:{sums['val_sha256']} "
+                f"tokenizer_sha256:{sums['tokenizer_sha256']}", console=False)
     eval_tokens = val_token_count(dataset.val_tokens, t.seq_len, cfg.eval.max_tokens)
     run.log(f"validation: {eval_tokens:,} target tokens" + (" (eval.max_tokens)" if cfg.eval.max_tokens else " (whole split)"))
     progress = TrainProgress(t.iterations, t.max_seconds, t.batch_tokens, start_step=step, start_elapsed=elapsed)
     progress = progress if run.is_main else None
     last_val: EvalResult | None = None
     log_t, log_tokens = elapsed, tokens
-    out_of_time = interrupted = False
+    interrupted = False
     budget_s = train_seconds(t)  # train.max_seconds less the calibration reserve
+    # A resume whose clock is already spent trains no step past the cap: it only finishes the run.
+    out_of_time = budget_s > 0 and elapsed >= budget_s  # the saved clock: the same on every rank
     loop_was = looped(step, elapsed, cfg.model, t)
     cap_was, stage_step = seq_cap(step, elapsed, t), None
     if cap_was:

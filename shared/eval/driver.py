@@ -67,21 +67,34 @@ def mode_name(e: EvalConfig) -> str:
 
 def run_eval(session: Any, cfg: Config, tokens: np.ndarray, tables, bos: int = BOS_ID) -> Evaluation:
     """Evaluate the weights `session` holds as `cfg.eval` says; totals over all ranks."""
+    from shared.core.progress import Progress, activate
+    from shared.data.shards import val_token_count
+
     e = cfg.eval
     t0 = time.perf_counter()
+    main = getattr(session, "rank", 0) == 0
     if e.mode == "flat":
-        return Evaluation(session.evaluate(tokens, tables), "flat", time.perf_counter() - t0)
+        total = val_token_count(tokens, cfg.train.seq_len, e.max_tokens) if hasattr(tokens, "size") else None
+        with Progress("eval flat", total=total, unit="tokens", enabled=main, min_s=5.0) as bar, activate(bar):
+            flat = session.evaluate(tokens, tables)
+        if not math.isfinite(flat.nats):  # the ledger refuses a non-finite total; so does the flat pass
+            raise PgolfError(f"the evaluation diverged: the summed loss is {flat.nats} (the weights produce NaN or "
+                             "infinite logits); no score is reported")
+        return Evaluation(flat, "flat", time.perf_counter() - t0)
     lo, hi = target_span(tokens, cfg.train.seq_len, e.max_tokens)
     reduce = session.all_reduce_sum if session.world_size > 1 else None
     ledger = Ledger(tokens, lo, hi, tables, reduce)
     context = e.context or cfg.train.seq_len
     rows = max(1, e.batch_tokens // (context * session.world_size))
-    if e.mode == "sliding":
-        score(session, ledger, share(plan_windows(lo, hi, context, e.stride), session), rows)
-    elif e.ttt == "sgd":
-        ttt_sgd(session, ledger, e, context, rows, max(1, e.batch_tokens // context))
-    else:
-        ttt_lora(session, ledger, e, cfg.model, context, bos)
+    with Progress(f"eval {mode_name(e)}", total=hi - lo, unit="tokens", enabled=main, min_s=5.0) as bar:
+        ledger.on_record = lambda n: bar.update(n * session.world_size)  # rank 0's share, scaled to all ranks
+        if e.mode == "sliding":
+            score(session, ledger, share(plan_windows(lo, hi, context, e.stride), session), rows)
+        elif e.ttt == "sgd":
+            ttt_sgd(session, ledger, e, context, rows, max(1, e.batch_tokens // context))
+        else:
+            ttt_lora(session, ledger, e, cfg.model, context, bos)
+        ledger.on_record = None
     result = ledger.result()
     return Evaluation(result, mode_name(e), time.perf_counter() - t0, ledger)
 
