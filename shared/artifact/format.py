@@ -190,11 +190,10 @@ def quantize_plain(params: dict[str, np.ndarray], cfg: Config, hessians: dict | 
                          "(calibration tokens from the training split) or set quant.gptq=false")
     out: dict[str, QTensor] = {}
     table = param_table(cfg.model)
-                out[e["name"]] = QTensor(scheme, shape, q=q, scale=scale, lqer=_read_lqer(e, q.shape, part),
-                                         awq=_read_awq(e, q.shape, part))
-            else:
-                raise PgolfError(f"{source}: tensor {e['name']} has unknown scheme {scheme!r}")
-        except (ValueError, TypeError, KeyError) as err:
+    protect = select_groups(params, chosen, hessians or {}, cfg) if q.gptq else {}
+    from shared.core.progress import active
+
+    bar = active()  # a pack's progress (finish_run, `pgolf pack`), not the budget search's many trial packs
     for name in sorted(params):
         if bar is not None and out:
             bar.update(1)
@@ -216,14 +215,10 @@ def quantize_plain(params: dict[str, np.ndarray], cfg: Config, hessians: dict | 
                                      "calibration tokens with shared.artifact.budget.calibration_counts(x, y, vocab_size)")
                 row_weights = token_weights(token_counts, q.embed_freq_floor)
         out[name] = quantize(w, scheme, percentile=q.clip_percentile, clip_k=clip_k, min_scale=q.min_scale, hessian=h,
-<<<<<<< HEAD
                              gptq_block=q.gptq_block, gptq_damp=q.gptq_damp, row_weights=row_weights, name=name,
                              protect=protect.get(name))
-=======
-                             gptq_block=q.gptq_block, gptq_damp=q.gptq_damp, row_weights=row_weights, name=name)
     if bar is not None:
         bar.update(1)
->>>>>>> trust28
     return out
 
 

@@ -88,24 +88,14 @@ def finish_run(
     quant_s = t2 - t1
     stats["calib_seconds"], stats["quant_seconds"] = round(calib_s, 3), round(quant_s, 3)
     reserve = cfg.train.calib_reserve_s
-<<<<<<< HEAD
     run_dir.log(f"quantisation: calibration {calib_s:.1f}s + quantise and pack {quant_s:.1f}s; the time cap counts "
                 f"the calibration (it reads training data), not the rest (train.calib_reserve_s={reserve:g})")
-    if cfg.quant.gptq and cfg.train.max_seconds > 0 and calib_s > reserve:
+    # A reserve that was set and proved too small is worth a warning; with none (0: small configs, experiments)
+    # the line above already gives the time.
+    if cfg.quant.gptq and cfg.train.max_seconds > 0 and reserve > 0 and calib_s > reserve:
         run_dir.log(f"warning: train.calib_reserve_s={reserve:g} was too small: calibration took {calib_s:.1f}s, so "
                     f"training and calibration used {calib_s - reserve:.1f}s more than train.max_seconds="
                     f"{cfg.train.max_seconds:g}; raise train.calib_reserve_s to at least {math.ceil(calib_s)}")
-=======
-    run_dir.log(f"quantisation: calibration {calib_s:.1f}s + quantise and pack {quant_s:.1f}s = "
-                f"{calib_s + quant_s:.1f}s (train.calib_reserve_s={reserve:g})")
-    # A reserve that was set and proved too small is worth a warning; with none (0: small configs, experiments)
-    # the line above already gives the time.
-    if cfg.quant.gptq and cfg.train.max_seconds > 0 and reserve > 0 and calib_s + quant_s > reserve:
-        run_dir.log(f"warning: train.calib_reserve_s={reserve:g} was too small: calibration and quantisation took "
-                    f"{calib_s + quant_s:.1f}s, so the run used {calib_s + quant_s - reserve:.1f}s more than "
-                    f"train.max_seconds={cfg.train.max_seconds:g}; raise train.calib_reserve_s to at least "
-                    f"{math.ceil(calib_s + quant_s)}")
->>>>>>> trust28
     _, q_params = artifact.unpack(blob, source=str(run_dir.path / ARTIFACT))  # finite, or an error before writing
     clock = time.perf_counter()
     q = session.evaluate_params(q_params, dataset.val_tokens, dataset.tables)
