@@ -309,13 +309,7 @@ def straight_run(tiny_data, tmp_path_factory):
 
 
 @pytest.mark.mlx
-@pytest.mark.parametrize("phase", [
-    "calibration",
-    pytest.param("train", marks=pytest.mark.slow),
-    pytest.param("pack", marks=pytest.mark.slow),
-    pytest.param("eval", marks=pytest.mark.slow),
-    pytest.param("summary", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize("phase", ["train", "calibration", "pack", "eval", "summary"])  # 2-3 s each
 def test_kill_9_at_any_phase_then_resume_finishes_with_files_that_agree(straight_run, tmp_path, capsys, phase):
     """SIGKILL in training, calibration, packing, evaluation or between the artifact and the summary; then
     `--resume` takes over the stale lock (saying so) and finishes: checkpoint, resume state, model.pgz,
