@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -565,7 +566,11 @@ def test_no_calibration_warning_without_a_reserve(tmp_path):
     cfg = replace(cfg, quant=replace(cfg.quant, gptq=True, calib_tokens=256, gptq_block=16))
     params = init_params(cfg.model, 1)
     hessians = {k: np.eye(v.shape[1]) for k, v in params.items() if v.ndim == 2}
-    session = SimpleNamespace(backend="mlx", rank=0, collect_hessians=lambda p, x, show_progress: hessians,
+    def slow_hessians(p, x, show_progress):  # a calibration that takes measurable time
+        time.sleep(0.01)
+        return hessians
+
+    session = SimpleNamespace(backend="mlx", rank=0, collect_hessians=slow_hessians,
                               evaluate_params=lambda p, t, tb: EvalResult(100.0, 50, 200))
     dataset = SimpleNamespace(val_tokens=None, tables=None, train_stream=None)
     import shared.artifact.calibration as calibration

@@ -24,6 +24,7 @@ eval_mode, eval_seconds).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -89,6 +90,8 @@ def train(backend, config_path, sets, data, tokenizer, out, resume, nproc, overw
                          "folder, --overwrite starts a new one over it; pass one of them")
     # Every input check before the folder is touched: shards, tokenizer, at least one validation sequence.
     open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size, seq_len=cfg.train.seq_len)
+    if int(os.environ.get("RANK", "0") or 0) == 0 and not inherited_claim(run_dir):
+        click.echo(plan_summary(cfg, backend, nproc))
     # One owner per run folder. Under torchrun only rank 0 writes; the workers that
     # `--nproc N` starts run under their launcher's claim.
     if inherited_claim(run_dir) or int(os.environ.get("RANK", "0") or 0) > 0:
@@ -106,6 +109,18 @@ def train(backend, config_path, sets, data, tokenizer, out, resume, nproc, overw
             f"done: val_bpb {summary['val_bpb']:.4f} (packed {summary['q_val_bpb']:.4f}), "
             f"{summary['total_bytes']:,} bytes of 16,000,000; {run_dir / 'summary.json'}"
         )
+
+
+def plan_summary(cfg: Config, backend: str, nproc: int) -> str:
+    """The plan's one-line summary for this run (`pgolf plan`). Loaded by name, so the planner is no part of
+    the counted code; it never stops a run: any failure becomes a line saying so."""
+    try:
+        plan = importlib.import_module("shared.plan")
+        hw = plan.get_hardware(importlib.import_module("shared.plan.hardware").detect(backend, nproc))
+        line = plan.summary_line(plan.make_plan(cfg, hw, "pgolf"))
+        return line + (" (torch's CPU figures: MLX on a CPU is slower)" if hw.kind == "cpu" and backend == "mlx" else "")
+    except Exception as e:  # noqa: BLE001 - a forecast must never fail the run it forecasts
+        return f"plan: unavailable ({type(e).__name__}: {e})"
 
 
 def load_weights(path: Path) -> tuple[Config | None, dict]:

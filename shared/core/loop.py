@@ -53,7 +53,7 @@ from shared.core.rundir import (
     save_checkpoint,
     save_resume_state,
 )
-from shared.core.schedule import looped, lr_scale, muon_momentum, train_seconds
+from shared.core.schedule import looped, lr_scale, muon_momentum, rewarm, seq_cap, train_seconds
 from shared.core.spec import count_params, init_params
 from shared.data.bpb import EvalResult
 from shared.data.shards import BatchLoader, val_token_count
@@ -156,9 +156,12 @@ def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool
     loader = BatchLoader(stream, session.rank, session.world_size)
     micro_tokens = t.batch_tokens // t.grad_accum
 
-    def run_step(at: int, seconds: float, loop_on: bool) -> float:
+    def run_step(at: int, seconds: float, loop_on: bool, scale: float | None = None) -> float:
         batches = [loader.next_batch(micro_tokens, t.seq_len) for _ in range(accum)]
-        return session.step(batches, lr_scale(at, seconds, t), muon_momentum(at, o), looped=loop_on)
+        scale = lr_scale(at, seconds, t) if scale is None else scale
+        cap = seq_cap(at, seconds, t)
+        kw = {"seg_len": cap} if cap else {}  # growing context (#2014): the document segment cap of this step
+        return session.step(batches, scale, muon_momentum(at, o), looped=loop_on, **kw)
 
     if t.warmup_steps > 0:  # compile and warm up (both layer orders with depth recurrence), then undo every effect
         saved, data_pos = session.snapshot(), stream.state()
@@ -212,6 +215,9 @@ def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool
     # A resume whose clock is already spent trains no step past the cap: it only finishes the run.
     out_of_time = budget_s > 0 and elapsed >= budget_s  # the saved clock: the same on every rank
     loop_was = looped(step, elapsed, cfg.model, t)
+    cap_was, stage_step = seq_cap(step, elapsed, t), None
+    if cap_was:
+        run.log(f"context: document segments of at most {cap_was} tokens (train.seq_schedule {t.seq_schedule})")
 
     def close_progress() -> None:
         if progress:
@@ -226,7 +232,13 @@ def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool
             if loop_on != loop_was:
                 run.log(f"depth recurrence on from step {step + 1} ({elapsed:.1f}s)")
                 loop_was = loop_on
-            loss = run_step(step, elapsed, loop_on)  # the global mean loss; reading it waits for the device
+            cap = seq_cap(step, elapsed, t)
+            if cap != cap_was:
+                run.log(f"context: segments of at most {cap} tokens from step {step + 1} ({elapsed:.1f}s)"
+                        + (f", LR re-warmed over {t.seq_rewarm_steps} steps" if t.seq_rewarm_steps else ""))
+                cap_was, stage_step = cap, step
+            scale *= rewarm(step, stage_step, t)
+            loss = run_step(step, elapsed, loop_on, scale)  # the global mean loss; reading it waits for the device
             now = time.perf_counter()
             elapsed, clock = elapsed + now - clock, now
             step += 1
@@ -265,7 +277,7 @@ def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool
     close_progress()
     stop_reason = "wallclock" if out_of_time else "iterations"
     if out_of_time:
-        reserve = f" less train.calib_reserve_s={t.calib_reserve_s:g}" if t.calib_reserve_s else ""
+        reserve = f" less train.calib_reserve_s={t.calib_reserve_s:g} (calibration)" if t.calib_reserve_s else ""
         run.log(f"stopped at step {step}: train.max_seconds={t.max_seconds:g}{reserve} reached")
     if hooks.on_stop:
         hooks.on_stop(step, stop_reason, session)
