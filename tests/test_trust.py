@@ -601,3 +601,23 @@ def test_calibration_on_a_tiny_training_split_warns(tiny_data, tmp_path, capsys)
         x, _ = calibration_batch(ds, c)
         assert x.size == tokens // 64 * 64
         assert ("calibration sees them" in capsys.readouterr().err) == warned
+
+
+def test_a_full_disk_during_export_names_the_records_folder(capsys, tmp_path, monkeypatch):
+    """ENOSPC while writing the records folder: one line naming it (not only "No space left on device"), and
+    no half-written folder or temp folder is left."""
+    import errno
+
+    import shared.record.export as export
+
+    runs = [_fake_run(tmp_path, "r", 1)]
+    monkeypatch.setattr(export, "run_disagreements", lambda run: [])  # a summary-only stand-in for a finished run
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    line = one_error_line(capsys, "record", "export", str(runs[0]), "--name", "x", "--author", "a", "--github-id", "g",
+                          "--out", str(tmp_path / "rec"), "--date", "2026-12-01")
+    assert "2026-12-01_x: could not write it (No space left on device); free some disk space" in line
+    assert list((tmp_path / "rec" / "track_10min_16mb").iterdir()) == []
