@@ -178,7 +178,7 @@ def test_shrink_keeps_every_option():
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--config", "nope.toml"], "--config nope.toml: no such file"),
-    (["--seconds", "0"], "--seconds must be positive"),
+    (["--seconds", "0"], "--seconds must be in (0, 3600]"),
     (["--reference", "missing_train_gpt.py"], "--reference missing_train_gpt.py: no such file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):

@@ -297,44 +297,46 @@ main()
 """
 
 
+@pytest.fixture(scope="module")
+def straight_run(tiny_data, tmp_path_factory):
+    """The uninterrupted run every killed one is compared with: (config file, its model.pgz bytes)."""
+    pytest.importorskip("mlx.core")
+    from shared.cli import main
+
+    root = tmp_path_factory.mktemp("straight")
+    (root / "c.toml").write_text(to_toml(_run_cfg(tiny_data)))
+    main(["train", "--backend", "mlx", "--config", str(root / "c.toml"), "--out", str(root / "a")])
+    return root / "c.toml", (root / "a" / ARTIFACT).read_bytes()
+
+
 @pytest.mark.mlx
-@pytest.mark.parametrize("phase", [
-    "calibration",
-    pytest.param("train", marks=pytest.mark.slow),
-    pytest.param("pack", marks=pytest.mark.slow),
-    pytest.param("eval", marks=pytest.mark.slow),
-    pytest.param("summary", marks=pytest.mark.slow),
-])
-def test_kill_9_at_any_phase_then_resume_finishes_with_files_that_agree(tiny_data, tmp_path, phase):
+@pytest.mark.parametrize("phase", ["train", "calibration", "pack", "eval", "summary"])  # 2-3 s each
+def test_kill_9_at_any_phase_then_resume_finishes_with_files_that_agree(straight_run, tmp_path, capsys, phase):
     """SIGKILL in training, calibration, packing, evaluation or between the artifact and the summary; then
     `--resume` takes over the stale lock (saying so) and finishes: checkpoint, resume state, model.pgz,
     summary.json and the log's last segment describe one step and one artifact, the artifact of the
     uninterrupted run, and `record export` accepts the folder (it refused it before)."""
-    pytest.importorskip("mlx.core")
+    from shared.cli import main
     from shared.core.rundir import LOCK, run_disagreements
 
-    (tmp_path / "c.toml").write_text(to_toml(_run_cfg(tiny_data)))
-    straight = _pgolf("train", "--backend", "mlx", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "a"))
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    config, artifact = straight_run
     run = tmp_path / "b"
     killed = subprocess.run([sys.executable, "-c", KILL_AT, phase, "train", "--backend", "mlx", "--config",
-                             str(tmp_path / "c.toml"), "--out", str(run)], cwd=REPO, capture_output=True, text=True,
+                             str(config), "--out", str(run)], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (run / LOCK).is_file() and run_disagreements(run)
     export = ["record", "export", str(run), "--name", "x", "--author", "a", "--github-id", "g", "--out",
               str(tmp_path / "rec"), "--date", "2026-12-01"]
-    refused = _pgolf(*export)
-    assert refused.returncode == 2 and ("disagree" in refused.stderr or "summary.json" in refused.stderr), refused.stderr
+    line = one_error_line(capsys, *export)
+    assert "disagree" in line or "summary.json" in line, line
 
-    resumed = _pgolf("train", "--backend", "mlx", "--resume", str(run))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "taking over the lock left by process" in resumed.stderr
+    main(["train", "--backend", "mlx", "--resume", str(run)])
+    assert "taking over the lock left by process" in capsys.readouterr().err
     assert run_disagreements(run) == [] and not (run / LOCK).exists()
-    a, b = (json.loads((d / SUMMARY).read_text()) for d in (tmp_path / "a", run))
-    assert b["steps"] == a["steps"] == 4 and b["artifact_sha256"] == a["artifact_sha256"]
-    assert (run / ARTIFACT).read_bytes() == (tmp_path / "a" / ARTIFACT).read_bytes()
-    assert _pgolf(*export).returncode == 0
+    summary = json.loads((run / SUMMARY).read_text())
+    assert summary["steps"] == 4 and (run / ARTIFACT).read_bytes() == artifact
+    main(export)
 
 
 @pytest.mark.mlx
@@ -599,3 +601,23 @@ def test_calibration_on_a_tiny_training_split_warns(tiny_data, tmp_path, capsys)
         x, _ = calibration_batch(ds, c)
         assert x.size == tokens // 64 * 64
         assert ("calibration sees them" in capsys.readouterr().err) == warned
+
+
+def test_a_full_disk_during_export_names_the_records_folder(capsys, tmp_path, monkeypatch):
+    """ENOSPC while writing the records folder: one line naming it (not only "No space left on device"), and
+    no half-written folder or temp folder is left."""
+    import errno
+
+    import shared.record.export as export
+
+    runs = [_fake_run(tmp_path, "r", 1)]
+    monkeypatch.setattr(export, "run_disagreements", lambda run: [])  # a summary-only stand-in for a finished run
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    line = one_error_line(capsys, "record", "export", str(runs[0]), "--name", "x", "--author", "a", "--github-id", "g",
+                          "--out", str(tmp_path / "rec"), "--date", "2026-12-01")
+    assert "2026-12-01_x: could not write it (No space left on device); free some disk space" in line
+    assert list((tmp_path / "rec" / "track_10min_16mb").iterdir()) == []

@@ -6,8 +6,9 @@
     pgolf record check records/track_10min_16mb/2026-12-02_MyRecord [--against 1.0810 | --against OTHER_DIR]
 
 `export` writes the folder a pull request adds (shared/record/export.py);
-`check` reviews one (shared/record/check.py): exit 0 when it passes, 1 with
-the failed checks, 2 on unreadable input. `seeds` trains one config for each
+`check` reviews one (shared/record/check.py): exit 0 for a record (or a
+structurally valid non_record_16mb folder), 1 with the failed checks or the
+reasons it is not a record, 2 on unreadable input. `seeds` trains one config for each
 seed in turn (`pgolf train` per seed, into OUT/seed<S>), then prints the mean,
 std and, with --against, the significance report (shared/record/stats.py).
 """

@@ -100,7 +100,7 @@ def train(backend, config_path, sets, data, tokenizer, out, resume, nproc, overw
         claim = claim_run_dir(run_dir, resume=bool(resume), overwrite=overwrite)
     guard = config_restored_on_failure(run_dir) if resume else contextlib.nullcontext()
     with terminate_as_exit(), claim, guard:
-        if resume and (finished := finished_run_message(run_dir, cfg)):
+        if resume and (finished := finished_run_message(run_dir, cfg, backend)):
             click.echo(finished)  # a finished run stays as it is: no extra step, no second packing
             return
         summary = get_backend(backend).train(cfg, run_dir, resume=bool(resume), nproc=nproc)

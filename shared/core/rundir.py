@@ -199,6 +199,15 @@ def load_resume_state(run_dir: Path, cfg: Config, backend: str
         raise PgolfError(f"{where} not found: nothing to resume in {run_dir} (no checkpoint was saved yet?); "
                          f"start over with `pgolf train --out {run_dir} --overwrite` (or set train.checkpoint_every)")
     tensors, st = load_train_state(run_dir)
+    check_resume_state(run_dir, st, cfg, backend)
+    weights = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    opt = {k: v for k, v in tensors.items() if not k.startswith(MODEL_PREFIX)}
+    return weights, opt, st
+
+
+def check_resume_state(run_dir: Path, st: dict[str, Any], cfg: Config, backend: str) -> None:
+    """The saved state `st` can be continued by `cfg` on `backend` (or a one-line error saying why not)."""
+    where = run_dir / TRAIN_STATE
     if missing := [k for k in STATE_KEYS if k not in st]:
         raise PgolfError(f"{where} lacks {', '.join(missing)} in its resume state: it was not written by "
                          "`pgolf train`; start a new run with --out")
@@ -214,9 +223,19 @@ def load_resume_state(run_dir: Path, cfg: Config, backend: str
                              "a resumed run must keep it (start a new run to change it)")
     if Path(saved.data.dir).resolve() != Path(cfg.data.dir).resolve():
         raise PgolfError(f"{where}: data.dir was {saved.data.dir}, now {cfg.data.dir}; resume on the same data")
-    weights = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
-    opt = {k: v for k, v in tensors.items() if not k.startswith(MODEL_PREFIX)}
-    return weights, opt, st
+
+
+def resume_state_meta(run_dir: Path) -> dict[str, Any] | None:
+    """The resume state's JSON (step, clock, config, backend) without reading its tensors; None if unreadable."""
+    path = Path(run_dir) / TRAIN_STATE
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            state = json.loads((f.metadata() or {})["state"])
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def git_sha() -> str:
@@ -389,7 +408,7 @@ def run_disagreements(path: str | Path) -> list[str]:
     return problems
 
 
-def finished_run_message(path: str | Path, cfg: Config) -> str | None:
+def finished_run_message(path: str | Path, cfg: Config, backend: str) -> str | None:
     """For `--resume` of a finished run whose files agree: what `cfg`'s caps leave to do. A message when
     nothing (the caps it stopped at are unchanged); None when a larger cap lets it train on, or when
     the run is not finished (a resume then completes it)."""
@@ -398,16 +417,17 @@ def finished_run_message(path: str | Path, cfg: Config) -> str | None:
     path = Path(path)
     if run_disagreements(path):
         return None
+    state = resume_state_meta(path)
     try:
-        _, state = load_train_state(path)
         step, elapsed = int(state["step"]), float(state["elapsed"])
-    except (PgolfError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):
         return None
     t = cfg.train
     budget = train_seconds(t)
     by_steps, by_clock = step >= t.iterations, budget > 0 and elapsed >= budget
     if not (by_steps or by_clock):
-        return None
+        return None  # it trains on: the trainer checks the state (on every rank)
+    check_resume_state(path, state, cfg, backend)  # "nothing to do" only for a resume that could run
     raise_ = []
     if by_steps:
         raise_.append(f"--set train.iterations={max(2 * step, step + 1)}")

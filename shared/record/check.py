@@ -18,11 +18,18 @@ line formats (`parse_log`), which pgolf's logs also end with
 - the 10-minute track: train time at most 600 s (the step that crosses the cap
   finishes: one step's time of slack, as the reference script stops) and
   evaluation at most 600 s in every log;
+- integrity: train_gpt.py is the script exported (`code_sha256`), no log is given
+  twice, each log trained the seed its name says;
 - with `against` (a BPB or another records folder): the significance report of
-  shared/record/stats.py; failing the record rule is a failure.
+  shared/record/stats.py.
 
-An unreadable folder, JSON or log is a `PgolfError` (exit 2); a failed check is
-a report with failures (exit 1).
+Those are the structural checks (`Report.failures`), which a non-record submission
+must pass too. Then, on the record track, `judge_record` asks whether the folder is a
+record under a profile (shared/record/profile.py): the whole validation split, the
+official data, enough seeds significant under both rules, the time caps, the
+hardware and the legality evidence; each reason (`Report.not_record`) names the
+profile field it misses. An unreadable folder, JSON or log is a `PgolfError` (exit 2);
+a failed check, or a folder on the record track that is not a record, exits 1.
 """
 
 from __future__ import annotations
