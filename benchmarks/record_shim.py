@@ -42,7 +42,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=0, 
         raise NotImplementedError("the shim supports cu_seqlens_q == cu_seqlens_k only")
     bounds = cu_seqlens_q.tolist()
     out = torch.empty_like(q)
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         if b > a:
             out[a:b] = _sdpa(q[None, a:b], k[None, a:b], v[None, a:b], causal)[0]
     return out
