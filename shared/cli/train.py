@@ -90,7 +90,9 @@ def train(backend, config_path, sets, data, tokenizer, out, resume, nproc, overw
                          "folder, --overwrite starts a new one over it; pass one of them")
     # Every input check before the folder is touched: shards, tokenizer, at least one validation sequence.
     open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size, seq_len=cfg.train.seq_len)
-    if int(os.environ.get("RANK", "0") or 0) == 0 and not inherited_claim(run_dir):
+    # `pgolf train` (a subcommand of the group), not a backend's `python -m` entry: a run loads only counted code.
+    if click.get_current_context().parent is not None and int(os.environ.get("RANK", "0") or 0) == 0 \
+            and not inherited_claim(run_dir):
         click.echo(plan_summary(cfg, backend, nproc))
     # One owner per run folder. Under torchrun only rank 0 writes; the workers that
     # `--nproc N` starts run under their launcher's claim.
