@@ -36,7 +36,7 @@ from shared.core.config import load_config
 from shared.core.spec import param_table, record_banks
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = int(__import__("os").environ.get("FO_STEPS", 3))
+STEPS = 3
 LR_SCALES = (1.0, 0.8, 0.5)
 RENAMES = {"lane_route": "parallel_post_lambdas", "lane_scale": "parallel_resid_lambdas",
            "smear.weight": "smear_gate.weight", "smear.lam": "smear_lambda"}
@@ -268,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --record {args.record}: no such file; give the path of the record's train_gpt.py",
               file=sys.stderr)
         return 2
-    rows = compare(args.record)
+    try:
+        rows = compare(args.record)
+    except ValueError as e:  # record.toml's [optim] is not what the record ran
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(format_table(rows))
     if args.ablate:
         print("\n" + format_table(ablation(args.record)))
