@@ -2,10 +2,6 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PGOLF  := $(VENV)/bin/pgolf
-UNAME  := $(shell uname -s)
-HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
-# Linux without a GPU: the CPU build of torch (a plain `torch` pulls several GB of CUDA).
-TORCH_PIN := $(if $(and $(filter Linux,$(UNAME)),$(if $(HAS_GPU),,1)),torch==2.13.0,torch)
 DEMO_DIR ?= runs/demo
 
 .PHONY: setup demo test bench lint clean
@@ -14,8 +10,10 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# torch first, the build this machine needs: Linux without a GPU gets the CPU build from PyTorch's CPU
+# index (a plain `torch` pulls several GB of CUDA), or the default index when that one is unreachable.
 setup: $(PY)
-	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	$(PY) shared/tools/setup_torch.py
 	$(PY) -m pip install --quiet -e ".[mlx,torch,dev]"
 	@$(PY) -c "import shared, mlx.core, torch; print('setup ok: torch', torch.__version__)"
 

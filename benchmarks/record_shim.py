@@ -42,7 +42,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=0, 
         raise NotImplementedError("the shim supports cu_seqlens_q == cu_seqlens_k only")
     bounds = cu_seqlens_q.tolist()
     out = torch.empty_like(q)
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         if b > a:
             out[a:b] = _sdpa(q[None, a:b], k[None, a:b], v[None, a:b], causal)[0]
     return out
@@ -81,7 +81,7 @@ def _fake_module(name: str, **attrs) -> types.ModuleType:
     return mod
 
 
-def _install_fakes() -> None:
+def _install_fakes() -> dict[str, types.ModuleType]:
     triton = _fake_module("triton", jit=lambda fn=None, **k: fn if fn is not None else (lambda f: f),
                           cdiv=lambda a, b: (a + b - 1) // b)
     tl = _fake_module("triton.language", constexpr=type("constexpr", (), {}))
@@ -90,9 +90,12 @@ def _install_fakes() -> None:
     triton.language, triton.tools, tools.tensor_descriptor = tl, tools, desc
     fa = _fake_module("flash_attn_interface", flash_attn_func=flash_attn_func,
                       flash_attn_varlen_func=flash_attn_varlen_func)
+    fakes = {}
     for name, mod in (("triton", triton), ("triton.language", tl), ("triton.tools", tools),
                       ("triton.tools.tensor_descriptor", desc), ("flash_attn_interface", fa)):
-        sys.modules.setdefault(name, mod)
+        if name not in sys.modules:
+            sys.modules[name] = fakes[name] = mod
+    return fakes
 
 
 def _eager_leaky_mlp(x: torch.Tensor, up_w: torch.Tensor, down_w: torch.Tensor) -> torch.Tensor:
@@ -111,7 +114,9 @@ def load_record(path: str | Path, eager: bool = True) -> types.ModuleType:
     key = (str(path), eager)
     if key in _LOADED:
         return _LOADED[key]
-    _install_fakes()
+    import torch._dynamo  # noqa: F401  (torch looks for triton once, here: before the stand-ins exist)
+
+    fakes = _install_fakes()
     os.environ.setdefault("FUSED_CE_ENABLED", "0")
     spec = importlib.util.spec_from_file_location(f"record_{abs(hash(key))}", path)
     mod = importlib.util.module_from_spec(spec)
@@ -122,6 +127,8 @@ def load_record(path: str | Path, eager: bool = True) -> types.ModuleType:
         spec.loader.exec_module(mod)
     finally:
         torch.compile = real_compile
+        for name in fakes:  # the record holds its references; nothing else may mistake them for triton
+            sys.modules.pop(name, None)
     if hasattr(mod, "FusedLeakyReLUSquareMLP"):
         mod.FusedLeakyReLUSquareMLP = _eager_leaky_mlp
     if getattr(mod, "BOS_ID", 1) is None:

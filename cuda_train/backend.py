@@ -57,7 +57,12 @@ def evaluate(params: dict[str, np.ndarray], cfg: Config, val_tokens: np.ndarray,
         from shared.eval.driver import run_eval
 
         return run_eval(s, cfg, val_tokens, tables).result
-    return s.evaluate(val_tokens, tables, rank=rank, world_size=world_size)
+    from shared.core.progress import Progress, activate
+    from shared.data.shards import val_token_count
+
+    total = val_token_count(val_tokens, cfg.train.seq_len, cfg.eval.max_tokens)
+    with Progress("eval flat", total=total, unit="tokens", enabled=rank == 0, min_s=5.0) as bar, activate(bar):
+        return s.evaluate(val_tokens, tables, rank=rank, world_size=world_size)
 
 
 def export_params(params: dict[str, np.ndarray], cfg: Config) -> dict[str, np.ndarray]:

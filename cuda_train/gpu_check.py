@@ -630,6 +630,7 @@ def _run_sections(report: dict[str, Any], configs: list[tuple[str, Config]], sec
             f"{sp['peak_memory_bytes'] / 2**30:.2f} GiB, MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} "
             f"({sp['peak_source']})")
         entry["size"] = artifact_size(cfg, weights)
+        entry["plan"] = _plan_beside(cfg, env["gpu_name"], sp)
         saver(report)
         why_not = reference_supports(cfg)
         if reference is None:
@@ -654,6 +655,14 @@ def _run_sections(report: dict[str, Any], configs: list[tuple[str, Config]], sec
     report["wall_seconds"] = time.perf_counter() - started
     saver(report)
     return report
+
+
+def _plan_beside(cfg: Config, gpu_name: str | None, sp: dict[str, Any]) -> dict[str, Any] | None:
+    """`pgolf plan`'s prediction next to what was measured (shared/plan/predict.py); never fails the check."""
+    try:
+        return importlib.import_module("shared.plan.predict").beside_measured(cfg, gpu_name, sp)
+    except Exception as e:  # noqa: BLE001 - a forecast must not fail the check it sits in
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def _data_cfg(report: dict, configs: list[tuple[str, Config]]) -> Config:

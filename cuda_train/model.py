@@ -40,8 +40,9 @@ from shared.core.spec import (
 
 try:  # FlashAttention 3 (Hopper); the official pod image lacks it, SDPA's flash kernel is the fallback
     from flash_attn_interface import flash_attn_func as _fa3
+    from flash_attn_interface import flash_attn_varlen_func as _fa3_varlen
 except ImportError:  # pragma: no cover - depends on the machine
-    _fa3 = None
+    _fa3 = _fa3_varlen = None
 
 
 def attention_kernel(device: torch.device, dtype: torch.dtype) -> str:
@@ -80,6 +81,50 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out if rest is None else torch.cat((out, rest), dim=-1)
 
 
+def doc_segments(idx: Tensor, max_len: int = 0) -> Tensor:
+    """Segment ids [b, t] of document-isolated attention, as shared.core.spec.doc_segments: a new segment
+    at each row start, at every BOS and every `max_len` tokens into a document."""
+    pos = torch.arange(idx.size(1), device=idx.device).expand_as(idx)
+    is_doc = (idx == BOS_ID) | (pos == 0)
+    start = is_doc
+    if max_len > 0:
+        doc_start = torch.cummax(torch.where(is_doc, pos, 0), dim=1).values
+        start = is_doc | ((pos - doc_start) % max_len == 0)
+    return torch.cumsum(start.to(torch.int32), dim=1) - 1
+
+
+def segment_attention(q: Tensor, k: Tensor, v: Tensor, seg: Tensor, max_len: int) -> Tensor:
+    """Causal attention within segments (q [b, h, t, d], k/v [b, kv, t, d], seg [b, t]) with SDPA and a mask.
+    When segments are at most `max_len` long and t is longer than 2 * max_len, queries go in blocks of
+    max_len that see only their own and the previous block's keys: memory ~2x causal attention, not t^2."""
+    b, h, t, d = q.shape
+    gqa = k.size(1) != h
+    if not max_len or t <= 2 * max_len:
+        pos = torch.arange(t, device=q.device)
+        mask = (seg[:, None, :, None] == seg[:, None, None, :]) & (pos[:, None] >= pos[None, :])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    c, n = max_len, -(-t // max_len)
+    pad = n * c - t
+    if pad:  # padded keys get segment -1 (no query attends to them); padded queries are dropped
+        q, k, v = (F.pad(z, (0, 0, 0, pad)) for z in (q, k, v))
+        seg = F.pad(seg, (0, pad), value=-1)
+
+    def blocks(z: Tensor) -> Tensor:  # [b, heads, n*c, d] -> [b*n, heads, c, d]
+        return z.reshape(b, z.size(1), n, c, d).transpose(1, 2).reshape(b * n, z.size(1), c, d)
+
+    def with_prev(z: Tensor) -> Tensor:  # [b, n, heads, c, d]: each block's keys, the previous block's then its own
+        return torch.cat((torch.cat((torch.zeros_like(z[:, :1]), z[:, :-1]), 1), z), 3)
+
+    kb = with_prev(k.reshape(b, k.size(1), n, c, d).transpose(1, 2)).reshape(b * n, k.size(1), 2 * c, d)
+    vb = with_prev(v.reshape(b, v.size(1), n, c, d).transpose(1, 2)).reshape(b * n, v.size(1), 2 * c, d)
+    sq = seg.reshape(b, n, c)
+    sk = torch.cat((torch.cat((torch.full_like(sq[:, :1], -2), sq[:, :-1]), 1), sq), 2)
+    qpos = torch.arange(c, device=q.device) + c
+    mask = (sq[..., :, None] == sk[..., None, :]) & (qpos[:, None] >= torch.arange(2 * c, device=q.device))
+    y = F.scaled_dot_product_attention(blocks(q), kb, vb, attn_mask=mask.reshape(b * n, 1, c, 2 * c), enable_gqa=gqa)
+    return y.reshape(b, n, h, c, d).transpose(1, 2).reshape(b, h, n * c, d)[:, :, :t]
+
+
 def adapt(lora: dict | None, kind: str, x: Tensor, out: Tensor) -> Tensor:
     """`out` plus the test-time LoRA adapter `kind` of this site applied to `x` (cuda_train/lora.py), if any."""
     return out if lora is None or kind not in lora else out + lora[kind](x)
@@ -110,14 +155,24 @@ class CausalSelfAttention(nn.Module):
         self.gate = nn.Parameter(torch.empty(m.num_heads, m.gate_dims)) if m.attn_gate else None
         self.rotary = Rotary(m.rotary_dims, m.rope_base)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, docs: tuple[Tensor, int] | None) -> Tensor:
+        if docs is not None:
+            seg, cap = docs
+            if _fa3_varlen is not None and q.size(0) == 1 and attention_kernel(q.device, q.dtype) == "fa3":
+                # FA3 varlen (#1855): cumulative segment starts; nonzero() costs one host sync
+                cu = torch.nonzero(F.pad(seg[0, 1:] != seg[0, :-1], (1, 0), value=True)).flatten()
+                cu = F.pad(cu, (0, 1), value=seg.size(1)).to(torch.int32)
+                out = _fa3_varlen(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu,
+                                  cap or seg.size(1), cap or seg.size(1), causal=True)
+                return (out[0] if isinstance(out, tuple) else out).transpose(0, 1)[None]
+            return segment_attention(q, k, v, seg, cap)
         if _fa3 is not None and attention_kernel(q.device, q.dtype) == "fa3":
             out = _fa3(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
             return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
         # GQA without repeating K/V: SDPA broadcasts the KV heads (flash kernel on CUDA).
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
 
-    def forward(self, x: Tensor, lora: dict | None = None) -> Tensor:
+    def forward(self, x: Tensor, docs: tuple[Tensor, int] | None = None, lora: dict | None = None) -> Tensor:
         b, t, d = x.shape
         q = adapt(lora, "q", x, self.c_q(x)).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = adapt(lora, "k", x, self.c_k(x)).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -126,7 +181,7 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(t, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        y = self._attend(q, k, v)
+        y = self._attend(q, k, v, docs)
         if self.use_xsa:
             y = xsa(y, v)
         if self.gate is not None:  # sparse attention output gate (#1855): per head, from the first residual dims
@@ -166,19 +221,20 @@ class Block(nn.Module):
     def norm(self, x: Tensor) -> Tensor:
         return rms_norm(x) * self.ln if self.ln != 1.0 else rms_norm(x)
 
-    def forward(self, x: Tensor, x0: Tensor, lora: dict | None = None) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, docs: tuple[Tensor, int] | None = None, lora: dict | None = None
+                ) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(self.norm(x), lora)
+        x = x + self.attn_scale.to(x.dtype) * self.attn(self.norm(x), docs, lora)
         return x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x), lora)
 
     def parallel(self, lanes: tuple[Tensor, Tensor], x0: Tensor, route: Tensor, scale: Tensor,
-                 lora: dict | None = None) -> tuple[Tensor, Tensor]:
+                 docs: tuple[Tensor, int] | None = None, lora: dict | None = None) -> tuple[Tensor, Tensor]:
         """Parallel residual lanes (#1855): attention reads lane 0 (mixed with x0), the MLP lane 1;
         both outputs are routed into both lanes by `route` [2 sources, 2 lanes], lanes scaled by `scale`."""
         lane0, lane1 = lanes
         mix, route, scale = self.resid_mix.to(lane0.dtype), route.to(lane0.dtype), scale.to(lane0.dtype)
-        a = self.attn_scale.to(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0), lora)
+        a = self.attn_scale.to(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0), docs, lora)
         f = self.mlp_scale.to(lane0.dtype) * self.mlp(self.norm(lane1), lora)
         return (scale[0] * lane0 + route[0, 0] * a + route[1, 0] * f,
                 scale[1] * lane1 + route[0, 1] * a + route[1, 1] * f)
@@ -192,10 +248,13 @@ class Smear(nn.Module):
         self.gate_dims = m.gate_dims
         self.weight = nn.Parameter(torch.empty(1, m.gate_dims))
         self.lam = nn.Parameter(torch.empty(1))
+        self.bos_mask = m.smear_bos_mask
 
     def forward(self, x: Tensor, idx: Tensor) -> Tensor:
         g = self.lam.to(x.dtype) * torch.sigmoid(F.linear(x[..., : self.gate_dims], self.weight.to(x.dtype)))
         prev = torch.cat((torch.zeros_like(x[:, :1]), x[:, :-1]), dim=1)
+        if not self.bos_mask:  # #2135 ran with the smear crossing BOS (SMEAR_GATE_BOS_FIX=0)
+            return x + g * prev
         keep = (idx != BOS_ID)[..., None].to(x.dtype)  # a document never reads the previous one
         return x + keep * g * prev
 
@@ -219,11 +278,15 @@ class GPT(nn.Module):
         if m.parallel_from >= 0:
             self.lane_route = nn.Parameter(torch.empty(m.num_layers, 2, 2))
             self.lane_scale = nn.Parameter(torch.empty(m.num_layers, 2))
+        if m.asym_logit:
+            self.softcap_pos = nn.Parameter(torch.empty(1))
+            self.softcap_neg = nn.Parameter(torch.empty(1))
         self.smear = Smear(m) if m.smear_gate else None
         self.blocks = nn.ModuleList(Block(m, i) for i in range(m.num_layers))
 
-    def hidden(self, idx: Tensor, looped: bool | None = None, lora=None) -> Tensor:
-        """Final normalised hidden states [batch, seq, dim]; `looped` picks the depth-recurrence order;
+    def hidden(self, idx: Tensor, looped: bool | None = None, seg_len: int = 0, lora=None) -> Tensor:
+        """Final normalised hidden states [batch, seq, dim]; `looped` picks the depth-recurrence order,
+        `seg_len` the document segment cap (default model.doc_max_len; train.seq_schedule grows it);
         `lora` (cuda_train/lora.py `Adapters`) gives test-time adapters per layer or per slot of the order."""
         m = self.cfg
         x = self.tok_emb(idx)
@@ -233,6 +296,8 @@ class GPT(nn.Module):
             x = self.smear(x, idx)
         x = rms_norm(x)
         x0 = x
+        cap = seg_len or m.doc_max_len
+        docs = (doc_segments(idx, cap), cap) if m.doc_attention else None
         order = m.layer_order(looped)
         n_enc = len(order) // 2
         skips: list[Tensor] = []
@@ -249,30 +314,38 @@ class GPT(nn.Module):
                     lanes = (skip_merge(lanes[0], skips.pop(), self.skip_weights[k], g), lanes[1])
             site = None if lora is None else lora.site(i, j)
             if lanes is None:
-                x = self.blocks[i](x, x0, site)
+                x = self.blocks[i](x, x0, docs, site)
             else:
-                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i], site)
+                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i], docs, site)
             if j < n_enc:
                 skips.append(x)
         if lanes is not None:
             x = 0.5 * (lanes[0] + lanes[1])
         return rms_norm(x)
 
-    def logits(self, idx: Tensor, looped: bool | None = None, lora=None) -> Tensor:
-        return self.head(self.hidden(idx, looped, lora), lora)
+    def logits(self, idx: Tensor, looped: bool | None = None, seg_len: int = 0, lora=None) -> Tensor:
+        return self.head(self.hidden(idx, looped, seg_len, lora), lora)
 
     def head(self, h: Tensor, lora=None) -> Tensor:
         """Softcapped logits of final hidden states h [batch, positions, dim] (any subset of positions)."""
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        cap = self.cfg.logit_softcap
         z = F.linear(h, w.to(h.dtype))
         if lora is not None:
             z = adapt(lora.sites.get("head"), "head", h, z)
-        return cap * torch.tanh(z / cap)
+        return self.softcap(z)
 
-    def forward(self, idx: Tensor, targets: Tensor, reduction: str = "mean", looped: bool | None = None) -> Tensor:
+    def softcap(self, z: Tensor) -> Tensor:
+        """cap * tanh(z / cap); with AsymLogit (#1923) a learned cap for each sign."""
+        if not self.cfg.asym_logit:
+            cap = self.cfg.logit_softcap
+            return cap * torch.tanh(z / cap)
+        pos, neg = self.softcap_pos.to(z.dtype), self.softcap_neg.to(z.dtype)
+        return torch.where(z >= 0, pos * torch.tanh(z / pos), neg * torch.tanh(z / neg))
+
+    def forward(self, idx: Tensor, targets: Tensor, reduction: str = "mean", looped: bool | None = None,
+                seg_len: int = 0) -> Tensor:
         """Cross-entropy in nats (`mean` over tokens, or their `sum`), computed in float32."""
-        logits = self.logits(idx, looped)
+        logits = self.logits(idx, looped, seg_len)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
 
 

@@ -19,6 +19,11 @@ SUM gives every rank every update. Unlike the reference, every rank keeps the
 momentum buffer of every matrix (an elementwise update, cheap next to
 Newton-Schulz), so rank 0 alone holds the whole optimizer state and can save
 a checkpoint without a collective, and a run can resume on another world size.
+
+The record's exact numerics, each a key (#1855; docs/REFERENCE.md "Fidelity: optimizer"):
+`optim.muon_row_norm_eps = "max"` (row norms as max(norm, eps)), `muon_momentum_dtype =
+"bfloat16"` (bf16 gradient, momentum and Newton-Schulz), `muon_ns_form = "record"` (its order
+of operations) and `grad_clip_banks` (the clip's norm taken per stacked bank, in its order).
 """
 
 from __future__ import annotations
@@ -29,18 +34,28 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from shared.core.config import OptimConfig
-from shared.core.spec import NS_EPS, ns_coefficients, param_table
+from shared.core.spec import NS_EPS, ns_coefficients, param_table, record_clip_order
 
 
-def newton_schulz(g: Tensor, steps: int, dtype: torch.dtype, kind: str = "quintic") -> Tensor:
+def newton_schulz(g: Tensor, steps: int, dtype: torch.dtype, kind: str = "quintic", form: str = "baseline") -> Tensor:
     """An approximately orthogonal matrix with g's row/column space (quintic Newton-Schulz).
 
     Run in bf16 on CUDA (the reference's choice: fast and accurate enough for an
     update direction) and in fp32 for parity (`dtype` follows train.compute_dtype).
+    `form="record"` orders the operations as #1855 does (`optim.muon_ns_form`): transpose
+    to the wide side before the norm, and B = b A + c (A A) rather than (c A) A.
     """
     x = g.to(dtype)
-    x = x / (x.norm() + NS_EPS)
     transposed = g.size(0) > g.size(1)
+    if form == "record":
+        if transposed:
+            x = x.mT
+        x = x / (x.norm(dim=(-2, -1), keepdim=True) + NS_EPS)
+        for a, b, c in ns_coefficients(kind, steps):
+            gram = x @ x.mT
+            x = a * x + (b * gram + c * (gram @ gram)) @ x
+        return x.mT if transposed else x
+    x = x / (x.norm() + NS_EPS)
     if transposed:  # iterate on the wide orientation: the Gram matrix x @ x.T is the smaller one
         x = x.T
     for a, b, c in ns_coefficients(kind, steps):
@@ -49,20 +64,32 @@ def newton_schulz(g: Tensor, steps: int, dtype: torch.dtype, kind: str = "quinti
     return x.T if transposed else x
 
 
-def row_normalize(u: Tensor) -> Tensor:
-    """MuonEq-R (#1855): each row of the update divided by its L2 norm."""
+def row_normalize(u: Tensor, eps_mode: str = "add") -> Tensor:
+    """MuonEq-R (#1855): each row of the update divided by its L2 norm. `eps_mode="max"`
+    (`optim.muon_row_norm_eps`) is the record's: max(norm, eps), the norm taken in fp32 and
+    rounded to the update's dtype before the division."""
+    if eps_mode == "max":
+        return u / u.float().norm(dim=-1, keepdim=True).clamp_min(NS_EPS).to(u.dtype)
     return u / (u.norm(dim=1, keepdim=True) + NS_EPS)
 
 
 class Muon(torch.optim.Optimizer):
-    """Momentum + orthogonalised update for 2-D matrices; the work split over `world_size` ranks."""
+    """Momentum + orthogonalised update for 2-D matrices; the work split over `world_size` ranks.
+
+    `momentum_dtype=torch.bfloat16` (`optim.muon_momentum_dtype`) is #1855's precision: the
+    gradient rounded to bf16, the momentum buffer, look-ahead and row norm in bf16, and
+    Newton-Schulz in bf16 whatever `ns_dtype` says."""
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, ns_dtype: torch.dtype,
                  rank: int = 0, world_size: int = 1, nesterov: bool = True, weight_decay: float = 0.0,
-                 row_norm: bool = False, ns: str = "quintic"):
+                 row_norm: bool = False, ns: str = "quintic", row_norm_eps: str = "add",
+                 momentum_dtype: torch.dtype | None = None, ns_form: str = "baseline"):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov,
-                                      weight_decay=weight_decay, row_norm=row_norm, ns=ns))
-        self.ns_dtype, self.rank, self.world_size = ns_dtype, rank, world_size
+                                      weight_decay=weight_decay, row_norm=row_norm, ns=ns, row_norm_eps=row_norm_eps,
+                                      ns_form=ns_form))
+        self.momentum_dtype = momentum_dtype
+        self.ns_dtype = torch.bfloat16 if momentum_dtype == torch.bfloat16 else ns_dtype
+        self.rank, self.world_size = rank, world_size
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -71,19 +98,24 @@ class Muon(torch.optim.Optimizer):
             if not params:
                 continue
             lr, mom = group["lr"], group["momentum"]
+            # record form: the shape scale joins the step size (p -= lr * scale * u), as #1855
+            folded = group["ns_form"] == "record"
             flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=self.ns_dtype)
             offset = 0
             for i, p in enumerate(params):
                 n = p.numel()
                 g = p.grad if p.grad is not None else torch.zeros_like(p)
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                if self.momentum_dtype is not None:
+                    g = g.to(self.momentum_dtype)
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(g))
                 buf.mul_(mom).add_(g)
                 if i % self.world_size == self.rank:
                     u = g.add(buf, alpha=mom) if group["nesterov"] else buf
                     if group["row_norm"]:
-                        u = row_normalize(u)
-                    u = newton_schulz(u, group["backend_steps"], self.ns_dtype, group["ns"])
-                    u = u * max(1.0, p.size(0) / p.size(1)) ** 0.5
+                        u = row_normalize(u, group["row_norm_eps"])
+                    u = newton_schulz(u, group["backend_steps"], self.ns_dtype, group["ns"], group["ns_form"])
+                    if not folded:
+                        u = u * _shape_scale(p)
                     flat[offset : offset + n] = u.reshape(-1)
                 offset += n
             if self.world_size > 1:
@@ -92,8 +124,13 @@ class Muon(torch.optim.Optimizer):
             for p in params:
                 if group["weight_decay"]:
                     p.mul_(1.0 - lr * group["weight_decay"])  # decoupled weight decay
-                p.add_(flat[offset : offset + p.numel()].view_as(p).to(p.dtype), alpha=-lr)
+                step = -lr * _shape_scale(p) if folded else -lr
+                p.add_(flat[offset : offset + p.numel()].view_as(p).to(p.dtype), alpha=step)
                 offset += p.numel()
+
+
+def _shape_scale(p: Tensor) -> float:
+    return max(1.0, p.size(0) / p.size(1)) ** 0.5
 
 
 class Optimizers:
@@ -119,12 +156,17 @@ class Optimizers:
         self.adam = torch.optim.AdamW(adam_groups, **adam_kwargs)
         self.muon = Muon(groups["matrix"], lr=o.matrix_lr, momentum=o.muon_momentum,
                          backend_steps=o.muon_backend_steps, ns_dtype=ns_dtype, rank=rank, world_size=world_size,
-                         weight_decay=o.muon_wd, row_norm=o.muon_row_norm, ns=o.muon_ns)
+                         weight_decay=o.muon_wd, row_norm=o.muon_row_norm, ns=o.muon_ns,
+                         row_norm_eps=o.muon_row_norm_eps, ns_form=o.muon_ns_form,
+                         momentum_dtype=torch.bfloat16 if o.muon_momentum_dtype == "bfloat16" else None)
         for g in self.muon.param_groups:
             g["base_lr"] = o.matrix_lr
         self.all = (self.adam, self.muon)
         self.params = list(named.values())
         self.grad_clip_norm = o.grad_clip_norm
+        # optim.grad_clip_banks: the norms #1855's clip takes, in its order (a bank: its matrices stacked)
+        self.clip_order = ([[named[n] for n in entry] for entry in record_clip_order(model.cfg)]
+                           if o.grad_clip_banks else None)
 
     def set_schedule(self, lr_scale: float, momentum: float) -> None:
         for opt in self.all:
@@ -133,9 +175,25 @@ class Optimizers:
         for g in self.muon.param_groups:
             g["momentum"] = momentum
 
-    def step(self) -> None:
-        if self.grad_clip_norm > 0:
+    @torch.no_grad()
+    def clip(self) -> None:
+        """Scale every gradient by min(1, max_norm / (global norm + 1e-6)) (torch's clip_grad_norm_)."""
+        if self.grad_clip_norm <= 0:
+            return
+        if self.clip_order is None:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip_norm)
+            return
+        tensors = []
+        for entry in self.clip_order:
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in entry]
+            tensors.append(grads[0] if len(grads) == 1 else torch.stack(grads))
+        total = torch.nn.utils.get_total_norm(tensors)
+        torch.nn.utils.clip_grads_with_norm_(self.params, self.grad_clip_norm, total)
+
+    def step(self, clip: bool = True) -> None:
+        """Clip (unless the caller already has: `clip=False`), then step Adam and Muon."""
+        if clip:
+            self.clip()
         for opt in self.all:
             opt.step()
 
@@ -160,7 +218,9 @@ class Optimizers:
         for p, name in self.names.items():
             dev = p.device
             if f"muon.momentum/{name}" in tensors:
-                self.muon.state[p]["momentum_buffer"] = torch.from_numpy(tensors[f"muon.momentum/{name}"]).to(dev)
+                dtype = self.muon.momentum_dtype or p.dtype
+                self.muon.state[p]["momentum_buffer"] = torch.from_numpy(
+                    tensors[f"muon.momentum/{name}"]).to(dev, dtype)
             if f"adam.m/{name}" in tensors:
                 step = float(tensors[f"adam.step/{name}"][0])
                 # fused/capturable Adam keeps `step` on the parameter's device; plain Adam on the CPU.
@@ -175,9 +235,19 @@ class Optimizers:
         """Deep copies of the optimizer states (to undo the warm-up steps)."""
         return [_clone(opt.state_dict()) for opt in self.all]
 
-    def restore(self, snap: list[dict]) -> None:
+    def restore(self, snap: list[dict], keep_muon_momentum: bool = False) -> None:
+        """Back to `snap`; with `keep_muon_momentum` (optim.warmup_muon_momentum = keep) Muon's momentum
+        buffers stay as they are now when `snap` held none (a fresh start: a resumed run keeps its own)."""
+        fresh = not snap[1]["state"]
+        kept = ({p: st["momentum_buffer"] for p, st in self.muon.state.items()}
+                if keep_muon_momentum and fresh else {})
         for opt, sd in zip(self.all, snap, strict=True):
             opt.load_state_dict(_clone(sd))
+        if self.muon.momentum_dtype is not None:  # load_state_dict casts state to the parameter's dtype
+            for st in self.muon.state.values():
+                st["momentum_buffer"] = st["momentum_buffer"].to(self.muon.momentum_dtype)
+        for p, buf in kept.items():
+            self.muon.state[p]["momentum_buffer"] = buf
 
 
 def _np(t: Tensor) -> np.ndarray:

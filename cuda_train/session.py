@@ -100,30 +100,41 @@ class TorchSession:
         return self.opt
 
     # -- the step
-    def _micro_step(self, x: Tensor, y: Tensor, weight: float, sync: bool, looped: bool) -> Tensor:
+    def _micro_step(self, x: Tensor, y: Tensor, weight: float, sync: bool, looped: bool, seg_len: int = 0) -> Tensor:
         """Forward + backward of one micro-batch in equal chunks, loss scaled by `weight`; its mean loss."""
         n = chunk_count(x.size(0), x.size(1), self.cfg.train.max_microbatch_tokens)
         total = torch.zeros((), device=self.rt.device)
         for j, (cx, cy) in enumerate(zip(x.chunk(n), y.chunk(n), strict=True)):
+            if self.cfg.model.doc_attention:  # #1855's packing: a chunk's rows (one stream) as one row
+                cx, cy = cx.reshape(1, -1), cy.reshape(1, -1)
             last = j == n - 1
             ctx = self.net.no_sync() if isinstance(self.net, DDP) and not (sync and last) else contextlib.nullcontext()
             with ctx:
                 with autocast(self.rt.device, self.dtype):
-                    loss = self.net(cx, cy, looped=looped)
+                    loss = self.net(cx, cy, looped=looped, seg_len=seg_len)
                 (loss * (weight / n)).backward()
             total += loss.detach().float() / n
         return total
 
     def step(self, batches: list[tuple[np.ndarray, np.ndarray]], lr_scale: float, momentum: float,
-             looped: bool = False) -> float:
+             looped: bool = False, seg_len: int = 0) -> float:
         opt = self._optimizers()
         opt.set_schedule(lr_scale, momentum)
         looped = looped and self.cfg.model.looping
+        # optim.grad_clip_local (#1855's order): DDP stays silent, each rank clips its own gradient, then
+        # the ranks average; otherwise DDP averages during the last backward and the average is clipped.
+        local_clip = self.cfg.optim.grad_clip_local and isinstance(self.net, DDP)
         total = torch.zeros((), device=self.rt.device)
         for k, batch in enumerate(batches):
             x, y = to_device(batch, self.rt.device)
-            total += self._micro_step(x, y, 1.0 / len(batches), sync=k == len(batches) - 1, looped=looped)
-        opt.step()
+            sync = k == len(batches) - 1 and not local_clip
+            total += self._micro_step(x, y, 1.0 / len(batches), sync=sync, looped=looped, seg_len=seg_len)
+        if local_clip:
+            opt.clip()
+            self._average_grads()
+            opt.step(clip=False)
+        else:
+            opt.step()
         opt.zero_grad()
         if self.ema is not None:
             with torch.no_grad():
@@ -131,6 +142,15 @@ class TorchSession:
                                      1.0 - self.cfg.train.ema_decay)
         loss = self.rt.all_reduce(total / len(batches), "sum")  # global mean loss, the same on every rank
         return loss.item() / self.world_size  # .item() waits for the GPU, so the loop's clock is true
+
+    @torch.no_grad()
+    def _average_grads(self) -> None:
+        """The mean over ranks of every parameter's gradient, in one flat all-reduce (what DDP would do)."""
+        params = list(self.model.parameters())
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        flat = self.rt.all_reduce(torch.cat([g.reshape(-1).float() for g in grads]), "sum").div_(self.world_size)
+        for p, g in zip(params, torch.split(flat, [g.numel() for g in grads]), strict=True):
+            p.grad = g.view_as(p).to(p.dtype)
 
     @torch.no_grad()
     def loss(self, x: np.ndarray, y: np.ndarray) -> float:
@@ -402,7 +422,9 @@ class TorchSession:
             torch.cuda.synchronize(self.rt.device)
         weights, opt_state, rng, ema = snap
         self.model.load_state_dict(weights)
-        self._optimizers().restore(opt_state)
+        mode = self.cfg.optim.warmup_muon_momentum
+        keep = mode == "keep" or (mode == "keep_multi_rank" and self.world_size > 1)
+        self._optimizers().restore(opt_state, keep_muon_momentum=keep)
         torch.set_rng_state(rng)
         self.ema = ema
 

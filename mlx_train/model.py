@@ -57,6 +57,50 @@ class CastedLinear(nn.Module):
         return x @ self.weight.astype(x.dtype).T
 
 
+def doc_segments(idx: mx.array, max_len: int = 0) -> mx.array:
+    """Segment ids [b, t] of document-isolated attention, as shared.core.spec.doc_segments: a new segment
+    at each row start, at every BOS and every `max_len` tokens into a document."""
+    pos = mx.broadcast_to(mx.arange(idx.shape[1]), idx.shape)
+    is_doc = (idx == BOS_ID) | (pos == 0)
+    start = is_doc
+    if max_len > 0:
+        doc_start = mx.cummax(mx.where(is_doc, pos, 0), axis=1)
+        start = is_doc | ((pos - doc_start) % max_len == 0)
+    return mx.cumsum(start.astype(mx.int32), axis=1) - 1
+
+
+def segment_attention(q: mx.array, k: mx.array, v: mx.array, seg: mx.array, max_len: int, scale: float) -> mx.array:
+    """Causal attention within segments (q [b, h, t, d], k/v [b, kv, t, d], seg [b, t]) with a mask.
+    When segments are at most `max_len` long and t is longer than 2 * max_len, queries go in blocks of
+    max_len that see only their own and the previous block's keys: memory ~2x causal attention, not t^2."""
+    b, h, t, d = q.shape
+    if not max_len or t <= 2 * max_len:
+        pos = mx.arange(t)
+        mask = (seg[:, None, :, None] == seg[:, None, None, :]) & (pos[:, None] >= pos[None, :])
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    c, n = max_len, -(-t // max_len)
+    pad = n * c - t
+    if pad:  # padded keys get segment -1 (no query attends to them); padded queries are dropped
+        q, k, v = (mx.pad(z, [(0, 0), (0, 0), (0, pad), (0, 0)]) for z in (q, k, v))
+        seg = mx.pad(seg, [(0, 0), (0, pad)], constant_values=-1)
+
+    def blocks(z: mx.array) -> mx.array:  # [b, heads, n*c, d] -> [b, n, heads, c, d]
+        return z.reshape(b, z.shape[1], n, c, d).transpose(0, 2, 1, 3, 4)
+
+    def with_prev(z: mx.array) -> mx.array:  # [b, n, heads, c, d]: each block's keys, the previous block's then its own
+        kv = blocks(z)
+        prev = mx.concatenate([mx.zeros_like(kv[:, :1]), kv[:, :-1]], axis=1)
+        return mx.concatenate([prev, kv], axis=3).reshape(b * n, z.shape[1], 2 * c, d)
+
+    sq = seg.reshape(b, n, c)
+    sk = mx.concatenate([mx.concatenate([mx.full(sq[:, :1].shape, -2, sq.dtype), sq[:, :-1]], axis=1), sq], axis=2)
+    qpos = mx.arange(c) + c
+    mask = (sq[..., :, None] == sk[..., None, :]) & (qpos[:, None] >= mx.arange(2 * c)[None, :])
+    y = mx.fast.scaled_dot_product_attention(blocks(q).reshape(b * n, h, c, d), with_prev(k), with_prev(v),
+                                             scale=scale, mask=mask.reshape(b * n, 1, c, 2 * c))
+    return y.reshape(b, n, h, c, d).transpose(0, 2, 1, 3, 4).reshape(b, h, n * c, d)[:, :, :t]
+
+
 def adapt(lora: dict | None, kind: str, x: mx.array, out: mx.array) -> mx.array:
     """`out` plus the test-time LoRA adapter `kind` of this site applied to `x` (mlx_train/lora.py), if any."""
     return out if lora is None or kind not in lora else out + lora[kind](x)
@@ -94,7 +138,7 @@ class CausalSelfAttention(nn.Module):
         # y2 = x2 cos - x1 sin); a position scale of -1 makes mx.fast.rope compute exactly that.
         return mx.fast.rope(x, self.rope_dims, traditional=False, base=self.rope_base, scale=-1.0, offset=0)
 
-    def __call__(self, x: mx.array, lora: dict | None = None) -> mx.array:
+    def __call__(self, x: mx.array, docs: tuple[mx.array, int] | None = None, lora: dict | None = None) -> mx.array:
         b, t, d = x.shape
         q = adapt(lora, "q", x, self.c_q(x)).reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
         k = adapt(lora, "k", x, self.c_k(x)).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
@@ -102,7 +146,10 @@ class CausalSelfAttention(nn.Module):
         q, k = self._rope(rms_norm(q)), self._rope(rms_norm(k))
         q = q * self.q_gain.astype(q.dtype)[None, :, None, None]
         # The fused kernel handles GQA (fewer KV heads) without repeating k and v.
-        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim), mask="causal")
+        if docs is None:
+            y = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim), mask="causal")
+        else:
+            y = segment_attention(q, k, v, docs[0], docs[1], 1.0 / math.sqrt(self.head_dim))
         if self.use_xsa:
             y = xsa(y, v)
         if "gate" in self:  # sparse attention output gate (#1855): per head, from the first residual dims
@@ -141,19 +188,20 @@ class Block(nn.Module):
     def norm(self, x: mx.array) -> mx.array:
         return rms_norm(x) * self.ln if self.ln != 1.0 else rms_norm(x)
 
-    def __call__(self, x: mx.array, x0: mx.array, lora: dict | None = None) -> mx.array:
+    def __call__(self, x: mx.array, x0: mx.array, docs: tuple[mx.array, int] | None = None,
+                 lora: dict | None = None) -> mx.array:
         mix = self.resid_mix.astype(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.astype(x.dtype) * self.attn(self.norm(x), lora)
+        x = x + self.attn_scale.astype(x.dtype) * self.attn(self.norm(x), docs, lora)
         return x + self.mlp_scale.astype(x.dtype) * self.mlp(self.norm(x), lora)
 
     def parallel(self, lanes: tuple[mx.array, mx.array], x0: mx.array, route: mx.array, scale: mx.array,
-                 lora: dict | None = None) -> tuple[mx.array, mx.array]:
+                 docs: tuple[mx.array, int] | None = None, lora: dict | None = None) -> tuple[mx.array, mx.array]:
         """Parallel residual lanes (#1855): attention reads lane 0 (mixed with x0), the MLP lane 1;
         both outputs are routed into both lanes by `route` [2 sources, 2 lanes], lanes scaled by `scale`."""
         lane0, lane1 = lanes
         mix, route, scale = self.resid_mix.astype(lane0.dtype), route.astype(lane0.dtype), scale.astype(lane0.dtype)
-        a = self.attn_scale.astype(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0), lora)
+        a = self.attn_scale.astype(lane0.dtype) * self.attn(self.norm(mix[0] * lane0 + mix[1] * x0), docs, lora)
         f = self.mlp_scale.astype(lane0.dtype) * self.mlp(self.norm(lane1), lora)
         return (scale[0] * lane0 + route[0, 0] * a + route[1, 0] * f,
                 scale[1] * lane1 + route[0, 1] * a + route[1, 1] * f)
@@ -167,10 +215,13 @@ class Smear(nn.Module):
         self.gate_dims = m.gate_dims
         self.weight = mx.zeros((1, m.gate_dims))
         self.lam = mx.zeros((1,))
+        self.bos_mask = m.smear_bos_mask
 
     def __call__(self, x: mx.array, idx: mx.array) -> mx.array:
         g = self.lam.astype(x.dtype) * mx.sigmoid(x[..., : self.gate_dims] @ self.weight.astype(x.dtype).T)
         prev = mx.concatenate([mx.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
+        if not self.bos_mask:  # #2135 ran with the smear crossing BOS (SMEAR_GATE_BOS_FIX=0)
+            return x + g * prev
         keep = (idx != BOS_ID)[..., None].astype(x.dtype)  # a document never reads the previous one
         return x + keep * g * prev
 
@@ -196,12 +247,16 @@ class GPT(nn.Module):
         if m.parallel_from >= 0:
             self.lane_route = mx.ones((m.num_layers, 2, 2))
             self.lane_scale = mx.full((m.num_layers, 2), LANE_SCALE_INIT)
+        if m.asym_logit:
+            self.softcap_pos = mx.full((1,), m.logit_softcap)
+            self.softcap_neg = mx.full((1,), m.logit_softcap)
         if m.smear_gate:
             self.smear = Smear(m)
         self.blocks = [Block(m, i) for i in range(m.num_layers)]
 
-    def hidden(self, idx: mx.array, looped: bool | None = None, lora=None) -> mx.array:
-        """Final normalised hidden states; `looped` picks the depth-recurrence order (default: on if configured);
+    def hidden(self, idx: mx.array, looped: bool | None = None, seg_len: int = 0, lora=None) -> mx.array:
+        """Final normalised hidden states; `looped` picks the depth-recurrence order (default: on if configured),
+        `seg_len` the document segment cap (default model.doc_max_len; train.seq_schedule grows it);
         `lora` (mlx_train/lora.py `Adapters`) gives test-time adapters per layer or per slot of the order."""
         m = self.cfg
         x = self.tok_emb(idx).astype(self.compute_dtype)
@@ -209,6 +264,8 @@ class GPT(nn.Module):
             x = self.smear(x, idx)
         x = rms_norm(x)
         x0 = x
+        cap = seg_len or m.doc_max_len
+        docs = (doc_segments(idx, cap), cap) if m.doc_attention else None
         order = m.layer_order(looped)
         n_enc = len(order) // 2
         skips: list[mx.array] = []
@@ -226,17 +283,17 @@ class GPT(nn.Module):
                     lanes = (skip_merge(lanes[0], skips.pop(), self.skip_weights[k], g), lanes[1])
             site = None if lora is None else lora.site(i, j)
             if lanes is None:
-                x = self.blocks[i](x, x0, site)
+                x = self.blocks[i](x, x0, docs, site)
             else:
-                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i], site)
+                lanes = self.blocks[i].parallel(lanes, x0, self.lane_route[i], self.lane_scale[i], docs, site)
             if j < n_enc:
                 skips.append(x)
         if lanes is not None:
             x = 0.5 * (lanes[0] + lanes[1])
         return rms_norm(x)
 
-    def logits(self, idx: mx.array, looped: bool | None = None, lora=None) -> mx.array:
-        return self.head(self.hidden(idx, looped, lora), lora)
+    def logits(self, idx: mx.array, looped: bool | None = None, seg_len: int = 0, lora=None) -> mx.array:
+        return self.head(self.hidden(idx, looped, seg_len, lora), lora)
 
     def head(self, x: mx.array, lora=None) -> mx.array:
         """Softcapped float32 logits of final hidden states x [batch, positions, dim] (any subset of positions)."""
@@ -246,13 +303,20 @@ class GPT(nn.Module):
             logits = self.lm_head(x)
         if lora is not None:
             logits = adapt(lora.sites.get("head"), "head", x, logits)
-        cap = self.cfg.logit_softcap
-        return cap * mx.tanh(logits.astype(mx.float32) / cap)
+        return self.softcap(logits.astype(mx.float32))
 
-    def __call__(self, idx: mx.array, targets: mx.array, reduction: str = "mean", looped: bool | None = None
-                 ) -> mx.array:
+    def softcap(self, z: mx.array) -> mx.array:
+        """cap * tanh(z / cap); with AsymLogit (#1923) a learned cap for each sign."""
+        if not self.cfg.asym_logit:
+            cap = self.cfg.logit_softcap
+            return cap * mx.tanh(z / cap)
+        pos, neg = self.softcap_pos.astype(z.dtype), self.softcap_neg.astype(z.dtype)
+        return mx.where(z >= 0, pos * mx.tanh(z / pos), neg * mx.tanh(z / neg))
+
+    def __call__(self, idx: mx.array, targets: mx.array, reduction: str = "mean", looped: bool | None = None,
+                 seg_len: int = 0) -> mx.array:
         """Cross-entropy in float32 nats: the mean (training) or the sum (evaluation)."""
-        return nn.losses.cross_entropy(self.logits(idx, looped), targets, reduction=reduction)
+        return nn.losses.cross_entropy(self.logits(idx, looped, seg_len), targets, reduction=reduction)
 
 
 def to_mx(params: dict[str, np.ndarray]) -> dict[str, mx.array]:

@@ -30,7 +30,7 @@ from mlx.utils import tree_unflatten
 
 from mlx_train import lora
 from mlx_train.model import GPT, flat_params, load_params, to_numpy
-from mlx_train.optim import MuonAdam, init_state
+from mlx_train.optim import MuonAdam, init_state, momentum_dtype
 from shared.core.config import Config
 from shared.data.bpb import ByteTables, EvalResult
 from shared.data.shards import chunk_count, val_batches
@@ -63,18 +63,18 @@ class MLXSession:
         self.model = GPT(cfg.model, self.dtype)
         self.params = flat_params(self.model)
         self.opt = MuonAdam(cfg.optim, cfg.model, ns_dtype=self.dtype)
-        self.state = init_state(self.params, cfg.model)
+        self.state = init_state(self.params, cfg.model, momentum_dtype(cfg.optim))
         self._lora: lora.Adapters | None = None  # test-time adapters while a LoRA evaluation runs
 
         self.ema: dict[str, mx.array] | None = None
         decay = cfg.train.ema_decay
         wrap = mx.compile if cfg.train.compile else (lambda f: f)
 
-        def compiled_step(looped: bool):
-            """(fused, accumulate) for one layer order: depth recurrence changes the graph."""
+        def compiled_step(looped: bool, seg_len: int = 0):
+            """(fused, accumulate) for one layer order and segment cap: each changes the graph."""
             def loss_fn(params, x, y):
                 self.model.update(tree_unflatten(list(params.items())))
-                return self.model(x, y, looped=looped)
+                return self.model(x, y, looped=looped, seg_len=seg_len)
 
             value_and_grad = mx.value_and_grad(loss_fn)
 
@@ -100,23 +100,30 @@ class MLXSession:
         def ema_update(ema, params):  # the same formula as torch's lerp: e + (1 - d) (p - e)
             return {k: e + (1.0 - decay) * (params[k] - e) for k, e in ema.items()}
 
-        self._steps = {looped: compiled_step(looped) for looped in ((False, True) if cfg.model.looping else (False,))}
+        self._compiled_step = compiled_step
+        self._steps = {(looped, 0): compiled_step(looped) for looped in ((False, True) if cfg.model.looping else (False,))}
         self._loss = wrap(loss_fn)
         self._nats = wrap(nats_fn)
         self._apply = wrap(self.opt.update)
         self._ema = wrap(ema_update)
 
     # -- the step
-    def _chunks(self, x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _chunks(self, x: np.ndarray, y: np.ndarray, pack: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
         n = chunk_count(x.shape[0], x.shape[1], self.cfg.train.max_microbatch_tokens)
-        return list(zip(split_rows(x, n), split_rows(y, n), strict=True))
+        chunks = list(zip(split_rows(x, n), split_rows(y, n), strict=True))
+        if pack and self.cfg.model.doc_attention:  # #1855's training packing: a chunk's rows (one stream) as one row
+            chunks = [(cx.reshape(1, -1), cy.reshape(1, -1)) for cx, cy in chunks]
+        return chunks
 
     def step(self, batches: list[tuple[np.ndarray, np.ndarray]], lr_scale: float, momentum: float,
-             looped: bool = False) -> float:
+             looped: bool = False, seg_len: int = 0) -> float:
         """One optimizer step over the given micro-batches; returns the mean training loss."""
         scale_a, mom_a = mx.array(lr_scale, dtype=mx.float32), mx.array(momentum, dtype=mx.float32)
-        fused, accumulate = self._steps[looped and self.cfg.model.looping]
-        chunks = [c for x, y in batches for c in self._chunks(x, y)]
+        key = (looped and self.cfg.model.looping, seg_len)
+        if key not in self._steps:  # a segment cap of train.seq_schedule: its own graph
+            self._steps[key] = self._compiled_step(*key)
+        fused, accumulate = self._steps[key]
+        chunks = [c for x, y in batches for c in self._chunks(x, y, pack=True)]
         if len(chunks) == 1:
             x, y = chunks[0]
             loss, self.params, self.state = fused(self.params, self.state, mx.array(x), mx.array(y), scale_a, mom_a)
@@ -308,18 +315,19 @@ class MLXSession:
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         mx.eval(self.state, self.ema)
-        out = {k: np.array(v).reshape(-1) if k == STEP_KEY else np.array(v) for k, v in self.state.items()}
+        out = {k: np.array(v).reshape(-1) if k == STEP_KEY else np.array(v.astype(mx.float32))
+               for k, v in self.state.items()}
         out.update({EMA_PREFIX + k: np.array(v) for k, v in (self.ema or {}).items()})
         return out
 
     def load_optimizer_state(self, tensors: dict[str, np.ndarray]) -> None:
-        fresh = init_state(self.params, self.cfg.model)
+        fresh = init_state(self.params, self.cfg.model, momentum_dtype(self.cfg.optim))
         need = list(fresh) + ([EMA_PREFIX + k for k in self.params] if self.ema is not None else [])
         missing = [k for k in need if k not in tensors]
         if missing:
             raise PgolfError(f"optimizer state lacks {missing[:2]}; was it written by the MLX trainer with this config?")
-        self.state = {k: (mx.array(int(tensors[k][0]), dtype=mx.int32) if k == STEP_KEY else mx.array(tensors[k]))
-                      for k in fresh}
+        self.state = {k: (mx.array(int(tensors[k][0]), dtype=mx.int32) if k == STEP_KEY
+                          else mx.array(tensors[k]).astype(fresh[k].dtype)) for k in fresh}
         if self.ema is not None:
             self.ema = {k: mx.array(tensors[EMA_PREFIX + k]) for k in self.params}
 
@@ -327,7 +335,13 @@ class MLXSession:
         return self.params, self.state, self.ema
 
     def rollback(self, snap: Any) -> None:
+        """Back to `snap`; `optim.warmup_muon_momentum = keep` keeps Muon's momentum buffers as they are
+        when `snap` is a fresh start (a resumed run keeps its own; keep_multi_rank resets: one process)."""
+        kept = {k: v for k, v in self.state.items() if k.endswith(".momentum_buffer")}
+        fresh = int(snap[1]["step"]) == 0
         self.params, self.state, self.ema = snap
+        if self.cfg.optim.warmup_muon_momentum == "keep" and fresh:
+            self.state = {**self.state, **kept}
 
     # -- one process: nothing to agree on
     def agree(self, flags: list[bool]) -> list[bool]:

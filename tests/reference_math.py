@@ -131,3 +131,126 @@ def reference_weights(m: ModelConfig, seed: int, embed_std: float = 0.05) -> dic
         w[pre + "mlp_scale"] = vec((d,), 1.0, 0.2)
         w[pre + "resid_mix"] = np.stack((vec((d,), 1.0, 0.2), vec((d,), 0.0, 0.2)))
     return {k: v.astype(np.float32) for k, v in w.items()}
+
+
+# -- the record architecture (#1855), written from its definitions, not from any implementation ----------
+
+def _segments(x: np.ndarray, max_len: int) -> np.ndarray:
+    """Document segments, one loop per row: a segment starts at the row's first token, at every BOS
+    (id 1) and every max_len tokens into a document."""
+    seg = np.zeros(x.shape, dtype=np.int64)
+    for r in range(x.shape[0]):
+        s, doc_start = -1, 0
+        for t in range(x.shape[1]):
+            if t == 0 or x[r, t] == 1:
+                doc_start = t
+            if t == doc_start or (max_len and (t - doc_start) % max_len == 0):
+                s += 1
+            seg[r, t] = s
+    return seg
+
+
+def record_logits(params: dict[str, np.ndarray], m: ModelConfig, x: np.ndarray, looped: bool) -> np.ndarray:
+    """Softcapped logits [batch, seq, vocab] (float64) of the record stack with every option of `m`:
+    SmearGate (masked at BOS), partial RoPE, q gain, QK-norm, XSA, the sparse attention output gate,
+    LeakyReLU(0.5)^2, layer-norm scale 1/sqrt(layer+1), depth recurrence, gated U-Net skips, parallel
+    residual lanes from `parallel_from` in the decoder (both lanes start from x; the skip joins lane 0;
+    the output is the mean of the lanes) and document-isolated attention."""
+    eps = float(np.finfo(np.float32).eps)
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    bsz, t = x.shape
+    hd, nh, nkv, d = m.head_dim, m.num_heads, m.num_kv_heads, m.model_dim
+    rd = m.rope_dims or hd
+    inv = 1.0 / (m.rope_base ** (np.arange(0, rd, 2, dtype=np.float64) / rd))
+    ang = np.outer(np.arange(t, dtype=np.float64), inv.astype(np.float32).astype(np.float64))
+    cos, sin = np.cos(ang), np.sin(ang)
+    allowed = np.tril(np.ones((t, t), dtype=bool))[None]
+    if m.doc_attention:
+        seg = _segments(x, m.doc_max_len)
+        allowed = allowed & (seg[:, :, None] == seg[:, None, :])
+
+    def rope(z: np.ndarray) -> np.ndarray:  # z [b, heads, t, hd]; rotate the first rd dims (half split)
+        h = rd // 2
+        z1, z2, rest = z[..., :h], z[..., h:rd], z[..., rd:]
+        return np.concatenate((z1 * cos + z2 * sin, z2 * cos - z1 * sin, rest), axis=-1)
+
+    def attn(h: np.ndarray, i: int) -> np.ndarray:
+        pre = f"blocks.{i}.attn."
+        q = (h @ p[pre + "c_q.weight"].T).reshape(bsz, t, nh, hd).transpose(0, 2, 1, 3)
+        k = (h @ p[pre + "c_k.weight"].T).reshape(bsz, t, nkv, hd).transpose(0, 2, 1, 3)
+        v = (h @ p[pre + "c_v.weight"].T).reshape(bsz, t, nkv, hd).transpose(0, 2, 1, 3)
+        q, k = rope(rms(q, eps)), rope(rms(k, eps))
+        q = q * p[pre + "q_gain"][None, :, None, None]
+        rep = nh // nkv
+        kr, vr = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+        s = np.where(allowed[:, None], q @ kr.transpose(0, 1, 3, 2) / np.sqrt(hd), -np.inf)
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        y = (s / s.sum(axis=-1, keepdims=True)) @ vr
+        if i >= m.num_layers - m.xsa_last_n:  # remove the component along the head's own unit value vector
+            vn = vr / np.linalg.norm(vr, axis=-1, keepdims=True)
+            y = y - (y * vn).sum(-1, keepdims=True) * vn
+        if m.attn_gate:
+            g = 1.0 / (1.0 + np.exp(-m.attn_gate_scale * (h[..., : m.gate_dims] @ p[pre + "gate"].T)))
+            y = y * g.transpose(0, 2, 1)[..., None]
+        return y.transpose(0, 2, 1, 3).reshape(bsz, t, d) @ p[pre + "proj.weight"].T
+
+    def mlp(h: np.ndarray, i: int) -> np.ndarray:
+        u = h @ p[f"blocks.{i}.mlp.fc.weight"].T
+        u = np.where(u > 0, u, 0.5 * u) if m.activation == "leaky_relu2" else np.maximum(u, 0.0)
+        return (u * u) @ p[f"blocks.{i}.mlp.proj.weight"].T
+
+    def norm(h: np.ndarray, i: int) -> np.ndarray:
+        return rms(h, eps) * (1.0 / np.sqrt(i + 1) if m.ln_scale else 1.0)
+
+    def block(h: np.ndarray, h0: np.ndarray, i: int) -> np.ndarray:
+        pre = f"blocks.{i}."
+        mix = p[pre + "resid_mix"]
+        h = mix[0] * h + mix[1] * h0
+        h = h + p[pre + "attn_scale"] * attn(norm(h, i), i)
+        return h + p[pre + "mlp_scale"] * mlp(norm(h, i), i)
+
+    def parallel(lanes: tuple, h0: np.ndarray, i: int) -> tuple:
+        pre, (l0, l1) = f"blocks.{i}.", lanes
+        mix, route, scale = p[pre + "resid_mix"], p["lane_route"][i], p["lane_scale"][i]
+        a = p[pre + "attn_scale"] * attn(norm(mix[0] * l0 + mix[1] * h0, i), i)
+        f = p[pre + "mlp_scale"] * mlp(norm(l1, i), i)
+        return (scale[0] * l0 + route[0, 0] * a + route[1, 0] * f, scale[1] * l1 + route[0, 1] * a + route[1, 1] * f)
+
+    def merge(h: np.ndarray, skip: np.ndarray, k: int) -> np.ndarray:
+        s = p["skip_weights"][k] * skip
+        if not m.skip_gates:
+            return h + s
+        return s + (h - s) / (1.0 + np.exp(-p["skip_gates"][k]))  # lerp(s, h, sigmoid(g))
+
+    h = p["tok_emb.weight"][x]
+    if m.smear_gate:
+        g = p["smear.lam"] / (1.0 + np.exp(-(h[..., : m.gate_dims] @ p["smear.weight"].T)))
+        prev = np.concatenate((np.zeros_like(h[:, :1]), h[:, :-1]), axis=1)
+        h = h + ((x != 1) if m.smear_bos_mask else np.ones(x.shape, bool))[..., None] * g * prev
+    h = rms(h, eps)
+    h0 = h
+    order = m.layer_order(looped)
+    n_enc = len(order) // 2
+    skips, lanes = [], None
+    for j, i in enumerate(order):
+        if j < n_enc:
+            h = block(h, h0, i)
+            skips.append(h)
+            continue
+        if lanes is None and 0 <= m.parallel_from <= i:
+            lanes = (h, h)
+        if skips:
+            k = j - n_enc
+            if lanes is None:
+                h = merge(h, skips.pop(), k)
+            else:
+                lanes = (merge(lanes[0], skips.pop(), k), lanes[1])
+        if lanes is None:
+            h = block(h, h0, i)
+        else:
+            lanes = parallel(lanes, h0, i)
+    if lanes is not None:
+        h = 0.5 * (lanes[0] + lanes[1])
+    h = rms(h, eps)
+    head = p["tok_emb.weight"] if m.tie_embeddings else p["lm_head.weight"]
+    return m.logit_softcap * np.tanh((h @ head.T) / m.logit_softcap)

@@ -51,7 +51,7 @@ def test_round_trip_of_every_value_type(tmp_path):
 
 
 def test_unknown_key_names_the_nearest(tmp_path):
-    with pytest.raises(PgolfError, match=r"unknown config key 'quant.foo' \(valid: attn, attn_clip_k, budget_measure, budget_tokens, "):
+    with pytest.raises(PgolfError, match=r"unknown config key 'quant.foo' \(valid: attn, attn_clip_k, awq_bits, awq_group_size, awq_groups, budget_measure, "):
         apply_overrides(Config(), ["quant.foo=1"])
     with pytest.raises(PgolfError, match=r"unknown config key 'model.num_layer' \(did you mean 'num_layers'\?\)"):
         load_config(_write(tmp_path, "[model]\nnum_layer = 3\n"))

@@ -601,7 +601,7 @@ def test_overwrite_replaces_the_run_and_a_failed_resume_keeps_config_toml(capsys
     config = (run / CONFIG).read_bytes()
     state = (run / TRAIN_STATE).read_bytes()
     line = one_error_line(capsys, "train", "--backend", "mlx", "--resume", str(run), "--set", "train.iterations=6",
-                          "--set", "optim.scalar_lr=inf")
+                          "--set", "optim.scalar_lr=1e30")  # finite, diverges
     assert "diverged" in line
     assert (run / CONFIG).read_bytes() == config and (run / TRAIN_STATE).read_bytes() == state
 
@@ -619,7 +619,12 @@ def test_torchrun_workers_run_under_the_launchers_claim_and_a_failed_resume_keep
     assert json.loads((run / SUMMARY).read_text())["world_size"] == 2
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no lock, no launch config left
     config = (run / CONFIG).read_bytes()
+    # A finished run: the launcher itself refuses the change, before starting any worker.
     line = one_error_line(capsys, *base, "--resume", str(run), "--set", "train.seq_len=32")
+    assert "train.seq_len was 64, now 32" in line
+    # With a new cap the workers run the resume and refuse it; config.toml stays.
+    line = one_error_line(capsys, *base, "--resume", str(run), "--set", "train.seq_len=32",
+                          "--set", "train.iterations=4")
     assert "torchrun with 2 ranks failed" in line
     assert (run / CONFIG).read_bytes() == config
 

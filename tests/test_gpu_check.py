@@ -70,6 +70,10 @@ def test_dry_run_checks_everything_on_tiny_shapes(tiny_data, tmp_path, capsys):
     assert sp["ms_per_step_median"] > 0 and sp["tokens_per_second"] > 0 and sp["mfu"] is None
     assert sp["micro_batches"] == 2 and sp["tokens_per_step"] == 256
     assert e["size"]["total_bytes"] == e["size"]["artifact_bytes"] + e["size"]["code_bytes"]
+    plan = e["plan"]   # the planner's figures beside the measured ones (docs/PLAN.md)
+    assert plan["hardware"] == "cpu" and set(plan["orders"]) == {"plain", "looped"}
+    assert plan["orders"]["looped"]["ms_per_step_measured"] == sp["orders"]["looped"]["ms_per_step_median"]
+    assert plan["orders"]["looped"]["ms_per_step_predicted"] > plan["orders"]["plain"]["ms_per_step_predicted"] > 0
     assert e["reference"] == {"skipped": "dry run: train_gpt.py needs CUDA"}
     assert rep["resume"]["steps"] == [4, 4] and rep["resume"]["ok"]
     assert rep["resume"]["bitwise_identical"] and rep["resume"]["run_to_run_rel_diff"] == 0.0  # the CPU is deterministic
@@ -174,7 +178,7 @@ def test_shrink_keeps_every_option():
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--config", "nope.toml"], "--config nope.toml: no such file"),
-    (["--seconds", "0"], "--seconds must be positive"),
+    (["--seconds", "0"], "--seconds must be in (0, 3600]"),
     (["--reference", "missing_train_gpt.py"], "--reference missing_train_gpt.py: no such file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):

@@ -55,16 +55,24 @@ CASES = {
                              iterations=6),
     "parallel_lanes": _cfg(model={"num_layers": 3, "parallel_from": 1}),
     "smear_gate": _cfg(model={"smear_gate": True, "gate_dims": 6}),
+    "smear_across_bos": _cfg(model={"smear_gate": True, "gate_dims": 6, "smear_bos_mask": False}),
     "attn_gate": _cfg(model={"attn_gate": True, "gate_dims": 6, "attn_gate_scale": 0.7}),
     "ortho_init": _cfg(model={"ortho_init": True}),
+    "doc_attention": _cfg(model={"doc_attention": True, "doc_max_len": 12}),
+    "asym_logit": _cfg(model={"asym_logit": True, "logit_softcap": 4.0}),
     "weight_decay": _cfg(optim={"muon_wd": 0.5, "embed_wd": 0.3, "scalar_wd": 0.2}),
     "muon_eq_r_polar_express": _cfg(optim={"muon_row_norm": True, "muon_ns": "polar_express"}),
+    # The record's Muon numerics (#1855; benchmarks/fidelity_optim.py), then its bf16 momentum and Newton-Schulz.
+    "record_muon_numerics": _cfg(optim={"muon_row_norm": True, "muon_ns": "polar_express", "muon_row_norm_eps": "max",
+                                        "muon_ns_form": "record", "grad_clip_norm": 0.05, "grad_clip_banks": True,
+                                        "grad_clip_local": True}),
     "warmdown_frac_min_lr": _cfg(iterations=6, warmdown_frac=0.5, min_lr=0.2),
     "ema": _cfg(ema_decay=0.8),
     "record_stack": _cfg(model={"num_layers": 4, "mlp_mult": 4.0, "activation": "leaky_relu2", "rope_dims": 8,
                                 "qk_gain_init": 5.0, "ln_scale": True, "xsa_last_n": 4, "skip_gates": True,
                                 "loop_start": 1, "loop_end": 2, "num_loops": 1, "loop_at": 0.35, "parallel_from": 3,
-                                "smear_gate": True, "attn_gate": True, "gate_dims": 6, "ortho_init": True},
+                                "smear_gate": True, "attn_gate": True, "gate_dims": 6, "ortho_init": True,
+                                "doc_attention": True, "doc_max_len": 16},
                          optim={"muon_wd": 0.095, "embed_wd": 0.085, "scalar_wd": 0.02, "muon_row_norm": True,
                                 "muon_ns": "polar_express", "grad_clip_norm": 0.3, "beta2": 0.99},
                          iterations=6, warmdown_frac=0.85, min_lr=0.1, ema_decay=0.9),
@@ -106,6 +114,31 @@ def test_backends_agree(tiny_data, case):
     assert f["bpb_abs_diff"] <= 1e-4 and f["max_loss_rel_diff"] <= 1e-4
     # The training steps moved the model: the check compared something.
     assert f["train_losses_mlx"][-1] != f["train_losses_mlx"][0]
+
+
+def test_bf16_momentum_agrees_within_its_rounding_noise(tiny_data):
+    """optim.muon_momentum_dtype = bfloat16 rounds each gradient to bf16, so an fp32-level difference between
+    the backends' gradients can flip a rounding; the backends round alike otherwise (tests/test_optim_record.py).
+    Every check passes, the training losses within the spread torch shows against itself from weights
+    nudged by NOISE_REL (the weights check's noise floor, applied to the losses)."""
+    from shared.core.backends import get_backend
+    from shared.tools.parity import NOISE_FACTOR, NOISE_REL, TRAIN_TOL, train_batches, train_steps
+
+    cfg = _cfg(optim={"muon_row_norm": True, "muon_momentum_dtype": "bfloat16", "muon_ns_form": "record"})
+    cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)))
+    ds = open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size)
+    params = live_params(cfg, seed=7)
+    rep = run_parity(params, cfg, ds, steps=6)
+    assert all(c.ok for c in rep.checks if c.name != "train"), rep.failures()
+    pcfg = parity_config(cfg)
+    batches = train_batches(ds, pcfg, 6)
+    rng = np.random.default_rng(0)
+    nudged = {k: (v * (1.0 + NOISE_REL * rng.standard_normal(v.shape))).astype(np.float32) for k, v in params.items()}
+    torch_backend = get_backend("torch")
+    base, _ = train_steps(torch_backend, params, pcfg, batches)
+    moved, _ = train_steps(torch_backend, nudged, pcfg, batches)
+    floor = max(rel_diff(a, b) for a, b in zip(base, moved, strict=True))
+    assert rep.figures["max_loss_rel_diff"] <= max(TRAIN_TOL, NOISE_FACTOR * floor), (rep.figures, floor)
 
 
 def test_parity_names_a_divergence(tiny_data, monkeypatch):
@@ -153,6 +186,8 @@ def trained_runs(tiny_data, tmp_path_factory):
     from shared.core.backends import get_backend
 
     cfg = tiny_config(iterations=6, grad_accum=2, max_microbatch_tokens=256, warmup_steps=2, warmdown_iters=3)
+    # the warm-up undone except Muon's momentum (optim.warmup_muon_momentum; reset is the snapshot restored)
+    cfg = replace(cfg, optim=replace(cfg.optim, warmup_muon_momentum="keep"))
     cfg = replace(parity_config(cfg), data=replace(cfg.data, dir=str(tiny_data.data_dir),
                                                    tokenizer=str(tiny_data.tokenizer)))
     root = tmp_path_factory.mktemp("parity_runs")

@@ -249,3 +249,53 @@ def test_finish_run_times_gptq_and_says_when_the_reserve_was_too_small(tiny_data
     cfg = replace(cfg, train=replace(cfg.train, calib_reserve_s=25.0))
     finish_run(_FakeSession(), _params(cfg), cfg, RunDir(tmp_path / "b"), ds, dict(stats))
     assert "too small" not in (tmp_path / "b" / "train.log").read_text()
+
+
+def _awq_setup(groups=1):
+    cfg = _cfg(model={"model_dim": 256, "num_heads": 4, "num_kv_heads": 2, "mlp_mult": 2.0, "num_layers": 2},
+               gptq=True, awq_groups=groups)
+    params = _params(cfg)
+    rng = np.random.default_rng(5)
+    hessians = {}
+    for name, w in params.items():
+        if w.ndim == 2 and name.startswith("blocks."):
+            x = rng.normal(size=(512, w.shape[1])) * np.linspace(0.5, 1.5, w.shape[1])
+            if name == "blocks.1.mlp.fc.weight":
+                x[:, 128:192] *= 6.0   # one hot group of inputs
+            hessians[name] = x.T @ x
+    return cfg, params, hessians
+
+
+def test_awq_keeps_the_most_salient_column_group_at_more_bits():
+    """AWQ-lite (#1908): the group with the largest activation-RMS x |weight| salience is coded at
+    quant.awq_bits inside GPTQ, stored with its own scales, and read back as it was written."""
+    from shared.artifact.awq import select_groups
+
+    cfg, params, hessians = _awq_setup()
+    chosen = artifact.choose_schemes(params, cfg)
+    assert select_groups(params, chosen, hessians, cfg) == {"blocks.1.mlp.fc.weight": (128, 64, 8)}
+    two = replace(cfg, quant=replace(cfg.quant, awq_groups=2))
+    assert len(select_groups(params, chosen, hessians, two)) == 2
+    qts = artifact.quantize_plain(params, cfg, hessians)
+    t = qts["blocks.1.mlp.fc.weight"]
+    assert t.awq is not None and np.abs(t.q[:, 128:192]).max() > 31 >= np.abs(np.delete(t.q, np.s_[128:192], 1)).max()
+    off = artifact.quantize_plain(params, replace(cfg, quant=replace(cfg.quant, awq_groups=0)), hessians)
+    w = params["blocks.1.mlp.fc.weight"]
+    err = lambda q: ((dequantize(q)[:, 128:192] - w[:, 128:192]) ** 2).sum()  # noqa: E731
+    assert err(t) < err(off["blocks.1.mlp.fc.weight"]) / 10
+    _, back = artifact.read_quantized(artifact.pack(params, cfg, hessians))
+    np.testing.assert_array_equal(dequantize(back["blocks.1.mlp.fc.weight"]), dequantize(t))
+    assert back["blocks.1.mlp.fc.weight"].awq.start == 128
+
+
+def test_awq_counts_a_looped_blocks_inputs_once_per_pass():
+    from shared.artifact.awq import applications
+
+    cfg = _cfg(model={"num_layers": 4, "loop_start": 1, "loop_end": 2, "num_loops": 2})
+    assert [applications(f"blocks.{i}.mlp.fc.weight", cfg) for i in range(4)] == [1, 3, 3, 1]
+    assert applications("tok_emb.weight", cfg) == 1
+
+
+def test_awq_needs_gptq():
+    with pytest.raises(PgolfError, match="awq_groups"):
+        _cfg(awq_groups=1, gptq=False)

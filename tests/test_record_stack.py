@@ -47,6 +47,7 @@ OPTIONS = {
     "parallel_from": {"parallel_from": 1},
     "smear_gate": {"smear_gate": True},
     "attn_gate": {"attn_gate": True},
+    "doc_attention": {"doc_attention": True, "doc_max_len": 8},
 }
 
 
@@ -142,3 +143,30 @@ def test_torch_compile_has_no_graph_breaks_with_every_option():
     for looped in (False, True):
         explained = torch._dynamo.explain(model)(x, y, looped=looped)
         assert explained.graph_break_count == 0, explained.break_reasons
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_asym_logit_caps_each_sign_with_its_own_learned_softcap(backend):
+    """AsymLogit (#1923): equal to the symmetric softcap at init; then z >= 0 is capped by softcap_pos,
+    z < 0 by softcap_neg."""
+    base = replace(tiny_config().model, num_layers=2)
+    on = replace(base, asym_logit=True)
+    params = _live(on)
+    sym = {k: v for k, v in params.items() if k in param_table(base)}
+    if backend == "torch":
+        from cuda_train.model import build_model as build
+
+        def logits(m, p):
+            with torch.no_grad():
+                return build(m, p).logits(torch.from_numpy(X)).numpy()
+    else:
+        mx = pytest.importorskip("mlx.core")
+        from mlx_train.model import build_model as build
+
+        def logits(m, p):
+            return np.array(build(m, p).logits(mx.array(X)))
+    np.testing.assert_allclose(logits(on, params), logits(base, sym), rtol=1e-6, atol=1e-6)
+    params["softcap_pos"][:], params["softcap_neg"][:] = 2.0, 8.0
+    raw = np.arctanh(np.clip(logits(base, sym) / base.logit_softcap, -1 + 1e-7, 1 - 1e-7)) * base.logit_softcap
+    want = np.where(raw >= 0, 2.0 * np.tanh(raw / 2.0), 8.0 * np.tanh(raw / 8.0))
+    np.testing.assert_allclose(logits(on, params), want, rtol=1e-4, atol=1e-4)

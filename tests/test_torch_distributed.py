@@ -82,7 +82,7 @@ def test_wallclock_stop_lands_on_the_same_step_on_every_rank(tiny_data, tmp_path
 
 def test_nan_loss_stops_every_rank_with_one_line(tiny_data, tmp_path):
     cfg = with_data(tiny_config(iterations=8), tiny_data)
-    res = torchrun(cfg, tmp_path / "run", tmp_path, sets=["optim.scalar_lr=inf"])
+    res = torchrun(cfg, tmp_path / "run", tmp_path, sets=["optim.scalar_lr=1e30"])  # finite, diverges
     assert res.returncode != 0
     # Both ranks see the same reduced loss and raise at the same step; torchrun may stop the
     # slower one before it prints, so at least one rank's line is there; no traceback from our code
@@ -149,3 +149,22 @@ def test_record_evaluation_is_the_same_on_two_ranks(tiny_data, tmp_path):
         assert 0 < r["rank0_scored"] < r["tokens"]   # rank 0 scored only its share
         tol = 1e-9 if m["mode"] == "sliding" else 1e-6
         assert abs(r["bpb"] - one.result.val_bpb) < tol, (m, r["bpb"], one.result.val_bpb)
+
+
+def test_grad_clip_local_and_warmup_momentum_on_two_ranks(tmp_path):
+    """optim.grad_clip_local: with no clip acting, the hand-made average equals DDP's; with the clip acting,
+    clipping each rank's own gradient first (#1855's order) moves the weights elsewhere. optim.
+    warmup_muon_momentum = keep_multi_rank keeps Muon's momentum through the rollback on two ranks."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PGOLF_PG_TIMEOUT_S": "60"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "tests.clip_entry", str(tmp_path)]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert res.returncode == 0, res.stderr[-3000:]
+    w = {n: dict(np.load(tmp_path / f"{n}.npz")) for n in ("ddp", "local", "clip_avg", "clip_local")}
+
+    def same(a, b):
+        return all(np.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
+
+    assert same(w["ddp"], w["local"])
+    assert not same(w["clip_avg"], w["clip_local"])
+    assert json.loads((tmp_path / "kept.json").read_text()) == {"kept": True, "adam_reset": True}

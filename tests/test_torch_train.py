@@ -114,3 +114,17 @@ def test_resume_without_a_checkpoint_names_the_file(tiny_data, tmp_path):
     cfg = with_data(tiny_config(iterations=2), tiny_data)
     with pytest.raises(PgolfError, match="train_state.safetensors not found: nothing to resume"):
         backend.train(cfg, tmp_path, resume=True)
+
+
+def test_seq_schedule_grows_the_context_during_a_run(tiny_data, tmp_path):
+    """train.seq_schedule (#2014): the loop switches the segment cap at its fractions, logs each change,
+    and re-warms the LR after it (the logged lr_scale starts low again)."""
+    cfg = with_data(tiny_config(iterations=8, warmup_steps=0, log_every=1), tiny_data)
+    cfg = replace(cfg, model=replace(cfg.model, doc_attention=True, doc_max_len=32),
+                  train=replace(cfg.train, seq_schedule="8@0.25,16@1.0", seq_rewarm_steps=4)).validate()
+    backend.train(cfg, tmp_path)
+    log = (tmp_path / "train.log").read_text()
+    assert "context: document segments of at most 8 tokens" in log
+    assert "context: segments of at most 16 tokens from step 4" in log
+    scales = {r["step"]: r["lr_scale"] for r in records(tmp_path) if "lr_scale" in r}
+    assert (scales[3], scales[4], scales[5]) == pytest.approx((1.0, 0.25, 0.5))

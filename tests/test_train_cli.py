@@ -40,6 +40,7 @@ def test_train_then_eval_artifact_and_checkpoint(tiny_data, tiny_toml, tmp_path,
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["backend"] == "mlx"
     assert "done: val_bpb" in out
+    assert "plan (cpu, pgolf profile): ~" in out   # the plan's one-line summary before training
 
     code, out, err = run_cli(["eval", "--backend", "mlx", str(run / "model.pgz"), *data, "--json"], capsys)
     assert code == 0, err

@@ -39,11 +39,13 @@ import numpy as np
 import zstandard
 
 from shared.artifact import compress as pipelines
+from shared.artifact.awq import select_groups
 from shared.artifact.lqer import Lqer, error_score, fit
 from shared.artifact.prune import prune
 from shared.artifact.quant import (
     FLOAT_SCHEMES,
     INT_BITS,
+    Awq,
     QTensor,
     dequantize,
     quantize,
@@ -188,7 +190,13 @@ def quantize_plain(params: dict[str, np.ndarray], cfg: Config, hessians: dict | 
                          "(calibration tokens from the training split) or set quant.gptq=false")
     out: dict[str, QTensor] = {}
     table = param_table(cfg.model)
+    protect = select_groups(params, chosen, hessians or {}, cfg) if q.gptq else {}
+    from shared.core.progress import active
+
+    bar = active()  # a pack's progress (finish_run, `pgolf pack`), not the budget search's many trial packs
     for name in sorted(params):
+        if bar is not None and out:
+            bar.update(1)
         w = np.asarray(params[name], dtype=np.float32)
         scheme = chosen[name]
         scheme_bits(scheme)
@@ -207,7 +215,10 @@ def quantize_plain(params: dict[str, np.ndarray], cfg: Config, hessians: dict | 
                                      "calibration tokens with shared.artifact.budget.calibration_counts(x, y, vocab_size)")
                 row_weights = token_weights(token_counts, q.embed_freq_floor)
         out[name] = quantize(w, scheme, percentile=q.clip_percentile, clip_k=clip_k, min_scale=q.min_scale, hessian=h,
-                             gptq_block=q.gptq_block, gptq_damp=q.gptq_damp, row_weights=row_weights, name=name)
+                             gptq_block=q.gptq_block, gptq_damp=q.gptq_damp, row_weights=row_weights, name=name,
+                             protect=protect.get(name))
+    if bar is not None:
+        bar.update(1)
     return out
 
 
@@ -239,7 +250,7 @@ def finish_quantized(params: dict[str, np.ndarray], qts: dict[str, QTensor], cfg
             w = np.asarray(params[name], dtype=np.float32).reshape(t.q.shape)
             err = w.astype(np.float64) - dequantize(t).reshape(t.q.shape).astype(np.float64)
             f = fit(err, q.lqer_rank, q.lqer_a_bits, q.lqer_b_bits, q.lqer_group)
-            out[name] = QTensor(t.scheme, t.shape, q=t.q, scale=t.scale, lqer=f)
+            out[name] = replace(t, lqer=f)
     return out
 
 
@@ -253,6 +264,10 @@ def build_sections(qts: dict[str, QTensor], cfg: Config) -> list[bytes]:
         if t.q is not None:
             entry["q"] = codes.add(np.ascontiguousarray(t.q, dtype=np.int8).tobytes())
             entry["s"] = scales.add(shuffle_bytes(t.scale.astype("<f2")))
+            if t.awq is not None:
+                a = t.awq
+                entry["awq"] = {"start": a.start, "size": a.size, "bits": a.bits,
+                                "s": scales.add(shuffle_bytes(a.scale.astype("<f2")))}
             if t.lqer is not None:
                 f = t.lqer
                 entry["lqer"] = {"rank": f.rank, "a_bits": f.a_bits, "b_bits": f.b_bits, "group": f.group,
@@ -278,6 +293,8 @@ def tensor_payload(t: QTensor) -> bytes:
     """A tensor's stored bytes (codes + shuffled scales (+ LQER factors), or shuffled floats), as in the body."""
     if t.q is not None:
         raw = np.ascontiguousarray(t.q, dtype=np.int8).tobytes() + shuffle_bytes(t.scale.astype("<f2"))
+        if t.awq is not None:
+            raw += shuffle_bytes(t.awq.scale.astype("<f2"))
         if t.lqer is not None:
             f = t.lqer
             raw += (f.a.astype(np.int8).tobytes() + f.b.astype(np.int8).tobytes()
@@ -418,12 +435,23 @@ def _read_table(meta: dict, data: memoryview, source: str) -> tuple[Config, dict
                 rows = shape[0]
                 q = np.frombuffer(part("q", e["q"]), dtype=np.int8).reshape(rows, numel // rows)
                 scale = unshuffle_bytes(part("s", e["s"]), np.dtype("<f2"), rows)
-                out[e["name"]] = QTensor(scheme, shape, q=q, scale=scale, lqer=_read_lqer(e, q.shape, part))
+                out[e["name"]] = QTensor(scheme, shape, q=q, scale=scale, lqer=_read_lqer(e, q.shape, part),
+                                         awq=_read_awq(e, q.shape, part))
             else:
                 raise PgolfError(f"{source}: tensor {e['name']} has unknown scheme {scheme!r}")
         except ValueError as err:
             raise PgolfError(f"{source}: tensor {e['name']} does not match its table entry ({err})") from None
     return cfg, out
+
+
+def _read_awq(e: dict, shape: tuple[int, int], part) -> Awq | None:
+    a = e.get("awq")
+    if a is None:
+        return None
+    start, size, bits = int(a["start"]), int(a["size"]), int(a["bits"])
+    if not (0 <= start and start + size <= shape[1] and 2 <= bits <= 8):
+        raise ValueError("its AWQ column group is out of range")
+    return Awq(start, size, bits, unshuffle_bytes(part("s", a["s"]), np.dtype("<f2"), shape[0]))
 
 
 def _read_lqer(e: dict, shape: tuple[int, int], part) -> Lqer | None:

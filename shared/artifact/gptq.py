@@ -85,8 +85,9 @@ def factor(h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def gptq_codes(rows: np.ndarray, hessian: np.ndarray, scale: np.ndarray, bits: int,
-               block: int = 128, damp: float = 0.01) -> np.ndarray:
-    """Int8 codes [out, in] for `rows` with fixed per-row `scale` (fp16) and `bits`.
+               block: int = 128, damp: float = 0.01, cols: tuple | None = None) -> np.ndarray:
+    """Int8 codes [out, in] for `rows` with fixed per-row `scale` (fp16) and `bits`; `cols` =
+    (start, size, scale, qmax) codes those columns with their own per-row scale and range (AWQ-lite).
 
     `block` is accepted for config compatibility: the column-by-column update
     here is exact, so there is nothing to batch."""
@@ -105,11 +106,13 @@ def gptq_codes(rows: np.ndarray, hessian: np.ndarray, scale: np.ndarray, bits: i
     wt = w0.copy()                                  # targets, nudged by the errors of fixed columns
     codes = np.empty((in_f, out_f), dtype=np.int8)
     coef = L / np.diagonal(L)[None, :]              # coef[k, j] = L[k, j] / L[j, j]
+    hi = None if cols is None else (cols[0], cols[0] + cols[1], cols[2].astype(np.float64), cols[3])
     for k in range(in_f - 1, -1, -1):
-        q = np.clip(np.rint(wt[k] / s), -m, m)
+        sk, mk = (hi[2], hi[3]) if hi is not None and hi[0] <= proc[k] < hi[1] else (s, m)
+        q = np.clip(np.rint(wt[k] / sk), -mk, mk)
         codes[k] = q.astype(np.int8)
         if k:
-            err = w0[k] - q * s                     # the true error of column k, not of its nudged target
+            err = w0[k] - q * sk                    # the true error of column k, not of its nudged target
             wt[:k] += coef[k, :k, None] * err[None, :]
     out = np.empty((out_f, in_f), dtype=np.int8)
     out[:, proc] = codes.T

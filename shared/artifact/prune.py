@@ -23,6 +23,8 @@ record model; BENCHMARKS.md counts their +-1 codes): nothing worth trading. Budg
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from shared.artifact.quant import QTensor, as_rows
@@ -43,9 +45,9 @@ def prune_costs(w: np.ndarray, t: QTensor, hessian: np.ndarray | None) -> tuple[
 
 
 def candidates(qts: dict[str, QTensor], hessians: dict | None = None) -> list[str]:
-    """The tensors whose +-1 codes may be pruned, in sorted-name order: integer-coded, no LQER, and, when
+    """The tensors whose +-1 codes may be pruned, in sorted-name order: integer-coded, no LQER or AWQ group, and, when
     any of those has a Hessian, only those with one (module docstring: one currency)."""
-    names = [k for k in sorted(qts) if qts[k].q is not None and qts[k].lqer is None]
+    names = [k for k in sorted(qts) if qts[k].q is not None and qts[k].lqer is None and qts[k].awq is None]
     with_h = [k for k in names if k in (hessians or {})]
     return with_h if with_h else names
 
@@ -70,7 +72,7 @@ def prune(params: dict[str, np.ndarray], qts: dict[str, QTensor], n: int,
             t = qts[name]
             q = t.q.copy()
             q.reshape(-1)[sel] = 0
-            out[name] = QTensor(t.scheme, t.shape, q=q, scale=t.scale)
+            out[name] = replace(t, q=q)
     return out
 
 

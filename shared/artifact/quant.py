@@ -41,6 +41,16 @@ from shared.errors import PgolfError
 
 
 @dataclass(frozen=True)
+class Awq:
+    """Columns start..start+size of a matrix coded at `bits` with their own per-row scales (AWQ-lite, #1908)."""
+
+    start: int
+    size: int
+    bits: int
+    scale: np.ndarray                  # float16 [rows]
+
+
+@dataclass(frozen=True)
 class QTensor:
     """One packed tensor: integer codes plus per-row fp16 scales, or plain floats."""
 
@@ -50,6 +60,7 @@ class QTensor:
     scale: np.ndarray | None = None    # float16 [rows]
     data: np.ndarray | None = None     # float16/float32 values (float schemes)
     lqer: Lqer | None = None           # low-rank correction added when dequantising (shared/artifact/lqer.py)
+    awq: Awq | None = None             # a column group coded at more bits (AWQ-lite, #1908)
 
     @property
     def bits(self) -> int:
@@ -147,9 +158,11 @@ def round_to_codes(rows: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray
 
 def quantize(w: np.ndarray, scheme: str, *, percentile: float = 99.99984, clip_k: float = 12.0,
              hessian: np.ndarray | None = None, gptq_block: int = 128, gptq_damp: float = 0.01,
-             min_scale: float = 0.0, row_weights: np.ndarray | None = None, name: str = "tensor") -> QTensor:
+             min_scale: float = 0.0, row_weights: np.ndarray | None = None, name: str = "tensor",
+             protect: tuple[int, int, int] | None = None) -> QTensor:
     """Quantise one tensor with `scheme`; a Hessian [in, in] switches int schemes to GPTQ;
-    `row_weights` (one per row, > 0) switches the clip to "frequency" steps. `name` labels errors:
+    `row_weights` (one per row, > 0) switches the clip to "frequency" steps; `protect` = (start, size, bits)
+    codes those columns at `bits` with the same clip (AWQ-lite, #1908). `name` labels errors:
     a value or scale that overflows its storage type (fp16) is refused, never stored as infinity."""
     w = np.asarray(w, dtype=np.float32)
     bits = scheme_bits(scheme)
@@ -165,11 +178,20 @@ def quantize(w: np.ndarray, scheme: str, *, percentile: float = 99.99984, clip_k
         return QTensor(scheme if scheme in FLOAT_SCHEMES else "fp16", shape, data=data)
     rows = as_rows(w)
     scale = row_scales(rows, scheme, percentile, clip_k, min_scale, row_weights, name)
+    awq = None
+    if protect is not None:
+        start, size, hi = protect
+        # the same clip as the row's other columns, cut into 2^(hi-1)-1 steps instead of 2^(bits-1)-1
+        awq = Awq(start, size, hi, fp16_scale(scale.astype(np.float64) * qmax(bits), hi, name))
+    col_scale = None if awq is None else (awq.start, awq.size, awq.scale, qmax(awq.bits))
     if hessian is not None:
-        q = gptq_codes(rows, hessian, scale, bits, block=gptq_block, damp=gptq_damp)
+        q = gptq_codes(rows, hessian, scale, bits, block=gptq_block, damp=gptq_damp, cols=col_scale)
     else:
         q = round_to_codes(rows, scale, bits)
-    return QTensor(scheme, shape, q=q, scale=scale)
+        if awq is not None:
+            q[:, awq.start:awq.start + awq.size] = round_to_codes(rows[:, awq.start:awq.start + awq.size], awq.scale,
+                                                                  awq.bits)
+    return QTensor(scheme, shape, q=q, scale=scale, awq=awq)
 
 
 def dequantize(t: QTensor) -> np.ndarray:
@@ -178,6 +200,9 @@ def dequantize(t: QTensor) -> np.ndarray:
         return t.data.astype(np.float32).reshape(t.shape)
     assert t.q is not None and t.scale is not None
     w = t.q.astype(np.float32) * t.scale.astype(np.float32)[:, None]
+    if t.awq is not None:
+        a = t.awq
+        w[:, a.start:a.start + a.size] = t.q[:, a.start:a.start + a.size].astype(np.float32) * a.scale.astype(np.float32)[:, None]
     if t.lqer is not None:
         w = w + correction(t.lqer)
     return w.reshape(t.shape)

@@ -5,6 +5,7 @@
     pgolf eval --backend mlx|torch           BPB of an artifact or checkpoint
     pgolf pack / inspect                     the 16 MB artifact        (shared/cli/pack.py)
     pgolf parity                             prove both backends agree (shared/cli/parity.py)
+    pgolf plan                               time, memory, bytes before a run (shared/cli/plan.py)
     pgolf import --from torch-ref|mlx-ref    the reference scripts' weights (shared/cli/interop.py)
     pgolf record export|check / seeds        a record submission       (shared/cli/record.py)
 
@@ -33,6 +34,7 @@ COMMANDS = {
     "inspect": ("shared.cli.pack", "inspect", "Per-tensor bytes of an artifact and its headroom under the cap."),
     "parity": ("shared.cli.parity", "parity", "Check that both backends export, evaluate and train a checkpoint identically."),
     "import": ("shared.cli.interop", "import_cmd", "Import train_gpt.py / train_gpt_mlx.py weights as a pgolf checkpoint."),
+    "plan": ("shared.cli.plan", "plan", "Steps, time, memory and bytes of a config on some hardware, before paying for it."),
     "gpu-check": ("shared.cli.gpu", "gpu_check", "First command on a GPU pod: environment, correctness, speed and MFU."),
     "record": ("shared.cli.record", "record", "Records: export runs as a submission folder, check one as a reviewer would."),
     "seeds": ("shared.cli.record", "seeds", "Train one config for several seeds, then mean, std and significance."),
@@ -89,6 +91,10 @@ def run(command: click.Command, argv: list[str] | None, prog_name: str = "pgolf"
         where = f"{e.filename}: " if e.filename else ""
         click.echo(f"error: {where}{e.strerror or e}", err=True)
         sys.exit(2)
+    finally:  # a `--json` command silenced progress for itself only (tests run many commands in one process)
+        from shared.core.progress import set_quiet
+
+        set_quiet(False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,8 +41,8 @@ def gpu_check(configs, seconds, reference, json_out, sample_dir) -> None:
     from shared.core.config import load_config
     from shared.core.rundir import atomic_write_bytes, strict_json
 
-    if not seconds > 0:
-        raise PgolfError(f"--seconds must be positive, got {seconds}")
+    if not 0 < seconds <= 3600:  # inf or a typo would run until killed
+        raise PgolfError(f"--seconds must be in (0, 3600] (timed training per config), got {seconds}")
     paths = list(configs) or [Path(p) for p in DEFAULT_CONFIGS]
     for p in paths:
         if not p.is_file():

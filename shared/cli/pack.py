@@ -22,6 +22,11 @@ in `quant.tensor_schemes`, `quant.lqer_rank` and `quant.prune_values`):
 `--config FILE` takes the `[quant]` section of FILE (its `[model]` must be
 the checkpoint's); `--set quant.*` applies after it.
 
+`-o RUN/model.pgz` onto a finished run's artifact (the folder holds summary.json) is refused
+unless `--overwrite`, which also updates summary.json (artifact size and sha256; the packed
+scores, which measured the old artifact, become null until `pgolf eval` measures the new one).
+Both targets' folders are checked for writing before any packing.
+
 `inspect` prints one row per tensor (scheme, bits, parameters and the bytes
 of its payload compressed alone: the parts do not add up exactly to the
 whole), the totals, bytes per parameter, the counted code bytes and the
@@ -66,7 +71,8 @@ def _quant_overrides(cfg: Config, overrides: tuple[str, ...]) -> Config:
               help="Take [quant] from this TOML (e.g. one --write-config wrote); its [model] must match.")
 @click.option("--write-config", "write_config", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --budget: write the fitted config here (atomic).")
-@click.option("--overwrite", is_flag=True, help="Let --write-config replace an existing file.")
+@click.option("--overwrite", is_flag=True, help="Let --write-config replace an existing file, and -o replace a finished "
+              "run's model.pgz (its summary.json is updated, the packed scores cleared).")
 def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ...], budget: int | None,
              data_dir: Path | None, tokenizer: Path | None, config_path: Path | None, write_config: Path | None,
              overwrite: bool) -> None:
@@ -81,6 +87,15 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
             raise PgolfError("--write-config writes what --budget fits: add --budget BYTES")
         if write_config.exists() and not overwrite:
             raise PgolfError(f"{write_config} exists: pass --overwrite to replace it, or choose another file")
+    for target, flag in ((out, "-o"), (write_config, "--write-config")):
+        if target is not None:
+            _check_writable(target, flag)
+    run_summary = out.parent / "summary.json"
+    replaces_run = out.exists() and run_summary.is_file()
+    if replaces_run and not overwrite:
+        raise PgolfError(f"{out} is the artifact of the run in {out.parent} (its summary.json describes it): pass "
+                         "--overwrite to replace it (the summary's packed scores are then cleared until `pgolf eval` "
+                         "measures the new artifact), or write elsewhere with -o")
     params, cfg, step = load_checkpoint(checkpoint)
     if cfg is None:
         raise PgolfError(f"{checkpoint} has no embedded config: pack a checkpoint written by `pgolf train`")
@@ -119,12 +134,24 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
             cfg = fit_budget(params, cfg, budget, lambda p: be.batch_loss(p, base, sx, sy), hessians=hessians,
                              log=click.echo, token_counts=counts, code_size=counted)
             click.echo(_fit_summary(cfg))
-    blob = pack(params, cfg, hessians, token_counts=counts)
+    from shared.core.progress import Progress, activate
+
+    with Progress("pack: quantise", total=len(params), unit="tensors", min_s=5.0) as bar, activate(bar):
+        blob = pack(params, cfg, hessians, token_counts=counts)
     unpack(blob, source=str(out))  # the reader must accept what we wrote
     if budget is not None and len(blob) + counted(cfg) > budget:   # fit_budget measured exactly this: a bug if so
         raise PgolfError(f"internal: the fitted artifact ({len(blob):,}) + code ({counted(cfg):,}) exceeds {budget:,}")
     code = code_bytes(backend, cfg)   # of the config packed (the fit changes the script it bakes)
-    write_artifact(out, blob)
+    if replaces_run:
+        from shared.core.rundir import claim_run_dir
+
+        with claim_run_dir(out.parent, resume=True):  # not while a run trains into the folder
+            write_artifact(out, blob)
+            _repacked_summary(run_summary, blob, code, step)
+        click.echo(f"{run_summary}: artifact fields updated, q_val_loss/q_val_bpb cleared (they scored the "
+                   f"replaced artifact); measure the new one with `pgolf eval {out}`")
+    else:
+        write_artifact(out, blob)
     if write_config is not None:
         from shared.core.config import to_toml
         from shared.core.rundir import atomic_write_bytes
@@ -151,6 +178,35 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
                f"LQER on {sum(1 for t in read_quantized_lqer(blob))} tensors; {cfg.quant.prune_values:,} +-1 codes pruned")
     click.echo(f"wrote {out}: {len(blob):,} artifact bytes + {code:,} code bytes ({backend}) = {total:,} "
                f"of {SIZE_CAP:,} ({'within' if total <= SIZE_CAP else 'OVER'} the cap), checkpoint step {step}")
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """A target in a folder this process cannot write is refused before any packing or fitting."""
+    import os
+
+    folder = path.parent if str(path.parent) else Path(".")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise PgolfError(f"{flag} {path}: the folder {folder} cannot be written; choose a writable location")
+
+
+def _repacked_summary(path: Path, blob: bytes, code: int, step: int) -> None:
+    """A run's summary.json after `pack --overwrite` replaced its model.pgz: the artifact's figures are the new
+    file's; the packed scores belonged to the old one, so they are cleared (null), never left stale."""
+    import hashlib
+
+    from shared.artifact.format import SIZE_CAP
+    from shared.core.rundir import atomic_write_bytes, strict_json
+
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PgolfError(f"{path}: unreadable JSON ({e}); the new artifact was written") from None
+    summary.update(artifact_bytes=len(blob), code_bytes=code, total_bytes=len(blob) + code,
+                   artifact_sha256=hashlib.sha256(blob).hexdigest(), within_cap=len(blob) + code <= SIZE_CAP,
+                   q_val_loss=None, q_val_bpb=None, repacked_from_step=step)
+    atomic_write_bytes(path, (strict_json(summary, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _quant_from_file(cfg: Config, path: Path, checkpoint: Path) -> Config:

@@ -35,6 +35,10 @@ def parity(checkpoint, data, tokenizer, sets, steps, modes, as_json) -> None:
 
     if steps < 1:
         raise PgolfError(f"--steps must be at least 1, got {steps}")
+    if as_json:  # stdout is one JSON object and stderr stays quiet
+        from shared.core.progress import set_quiet
+
+        set_quiet()
     cfg, params = load_weights(checkpoint)
     if cfg is None:
         raise PgolfError(f"{checkpoint} has no embedded config: pass a checkpoint written by `pgolf train`")

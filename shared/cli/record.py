@@ -6,8 +6,9 @@
     pgolf record check records/track_10min_16mb/2026-12-02_MyRecord [--against 1.0810 | --against OTHER_DIR]
 
 `export` writes the folder a pull request adds (shared/record/export.py);
-`check` reviews one (shared/record/check.py): exit 0 when it passes, 1 with
-the failed checks, 2 on unreadable input. `seeds` trains one config for each
+`check` reviews one (shared/record/check.py): exit 0 for a record (or a
+structurally valid non_record_16mb folder), 1 with the failed checks or the
+reasons it is not a record, 2 on unreadable input. `seeds` trains one config for each
 seed in turn (`pgolf train` per seed, into OUT/seed<S>), then prints the mean,
 std and, with --against, the significance report (shared/record/stats.py).
 """
@@ -66,14 +67,24 @@ def export_cmd(runs, name, author, github_id, track, out, blurb, date, overwrite
 @record.command("check")
 @click.argument("folder", type=click.Path(path_type=Path), metavar="DIR")
 @click.option("--against", default=None, metavar="BPB_OR_DIR", help=AGAINST_HELP)
-def check_cmd(folder: Path, against: str | None) -> None:
-    """Validate a records folder: files, sizes, logs vs submission.json, time caps, significance (exit 0/1)."""
+@click.option("--profile", "profile_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE", help="the official profile as JSON (val_tokens, tokenizer_sha256, val_sha256, hardware, "
+                                   "min_seeds, train_seconds, eval_seconds); default: the challenge's rules, data "
+                                   "checksums unknown")
+def check_cmd(folder: Path, against: str | None, profile_path: Path | None) -> None:
+    """Review a records folder: structure (files, sizes, logs vs submission.json), then whether it is a record
+    (whole validation, official data, seeds and significance, time caps, hardware, legality evidence).
+    Exit 0: a record (or a structurally valid non_record_16mb submission); 1: not; 2: unreadable input."""
     from shared.record.check import check_folder
+    from shared.record.profile import OFFICIAL, load_profile
 
-    rep = check_folder(folder, against)
+    profile = load_profile(profile_path) if profile_path is not None else OFFICIAL
+    if against is not None:
+        check_against(against)
+    rep = check_folder(folder, against, profile=profile)
     for line in rep.lines():
         click.echo(line)
-    if not rep.ok:
+    if not rep.passes:
         sys.exit(1)
 
 
@@ -91,17 +102,29 @@ def check_cmd(folder: Path, against: str | None) -> None:
 def seeds(backend, config_path, seeds, out, sets, data, tokenizer, nproc, overwrite, against) -> None:
     """Train one config for several seeds in turn, then report mean, std and significance."""
     from shared.cli.train import train
+    from shared.core.config import apply_overrides, load_config
+    from shared.core.rundir import existing_run_files
     from shared.record.check import significance_against
     from shared.record.stats import mean_std
 
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise PgolfError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 42,0,1234") from None
-    if not seed_list or len(set(seed_list)) != len(seed_list):
-        raise PgolfError(f"--seeds {seeds!r}: give distinct integers, e.g. 42,0,1234")
+    seed_list = parse_seeds(seeds)
     if any(s.split("=", 1)[0].strip() == "train.seed" for s in sets):
         raise PgolfError("--set train.seed=... contradicts --seeds: pass the seeds with --seeds")
+    if nproc < 1:
+        raise PgolfError(f"--nproc must be at least 1, got {nproc}")
+    # Everything that can be checked is checked before the first seed trains: the config with each seed,
+    # --against, and the seed folders.
+    base = load_config(config_path, sets)
+    for seed in seed_list:
+        apply_overrides(base, [f"train.seed={seed}"], source="--seeds")
+    if against is not None:
+        check_against(against)
+    if not overwrite:
+        for seed in seed_list:
+            if found := existing_run_files(out / f"seed{seed}"):
+                raise PgolfError(f"{out / f'seed{seed}'} already holds a run ({', '.join(found)}): pass --overwrite "
+                                 "to train every seed again, or choose another --out (a single seed's run continues "
+                                 f"with `pgolf train --resume {out / f'seed{seed}'}`)")
     bpb, loss = [], []
     for seed in seed_list:
         run = out / f"seed{seed}"
@@ -126,6 +149,37 @@ def seeds(backend, config_path, seeds, out, sets, data, tokenizer, nproc, overwr
             click.echo(line)
     click.echo("next: pgolf record export " + " ".join(str(out / f"seed{s}") for s in seed_list)
                + " --name NAME --author A --github-id G")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 42,0,1234`: distinct integers that fit train.seed, no empty items."""
+    items = [s.strip() for s in text.split(",")]
+    if not text.strip() or any(not s for s in items):
+        raise PgolfError(f"--seeds {text!r}: expected comma-separated integers without empty items, e.g. 42,0,1234")
+    try:
+        seed_list = [int(s) for s in items]
+    except ValueError:
+        raise PgolfError(f"--seeds {text!r}: expected comma-separated integers, e.g. 42,0,1234") from None
+    if len(set(seed_list)) != len(seed_list):
+        raise PgolfError(f"--seeds {text!r}: give distinct integers, e.g. 42,0,1234")
+    for s in seed_list:
+        if not 0 <= s < 2**63:
+            raise PgolfError(f"--seeds: {s} is out of range (a seed is an integer in 0..2**63-1)")
+    return seed_list
+
+
+def check_against(against: str) -> None:
+    """`--against`: a finite, positive BPB or an existing records folder (checked before any training)."""
+    import math
+
+    try:
+        value = float(against)
+    except ValueError:
+        if not Path(against).is_dir():
+            raise PgolfError(f"--against {against}: neither a BPB number nor a records folder") from None
+        return
+    if not math.isfinite(value) or value <= 0:
+        raise PgolfError(f"--against {against}: the best score must be a positive, finite BPB")
 
 
 __all__ = ["record", "seeds"]

@@ -24,7 +24,9 @@ eval_mode, eval_seconds).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
+import math
 import os
 import time
 from dataclasses import replace
@@ -58,7 +60,13 @@ def with_data(cfg: Config, data: str | None, tokenizer: str | None) -> Config:
 def train(backend, config_path, sets, data, tokenizer, out, resume, nproc, overwrite) -> None:
     """Train a model, pack it into RUN_DIR/model.pgz and evaluate it."""
     from shared.core.backends import get_backend
-    from shared.core.rundir import claim_run_dir, config_restored_on_failure, inherited_claim
+    from shared.core.rundir import (
+        claim_run_dir,
+        config_restored_on_failure,
+        finished_run_message,
+        inherited_claim,
+        terminate_as_exit,
+    )
     from shared.data.dataset import open_dataset
 
     if resume:
@@ -82,6 +90,10 @@ def train(backend, config_path, sets, data, tokenizer, out, resume, nproc, overw
                          "folder, --overwrite starts a new one over it; pass one of them")
     # Every input check before the folder is touched: shards, tokenizer, at least one validation sequence.
     open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size, seq_len=cfg.train.seq_len)
+    # `pgolf train` (a subcommand of the group), not a backend's `python -m` entry: a run loads only counted code.
+    if click.get_current_context().parent is not None and int(os.environ.get("RANK", "0") or 0) == 0 \
+            and not inherited_claim(run_dir):
+        click.echo(plan_summary(cfg, backend, nproc))
     # One owner per run folder. Under torchrun only rank 0 writes; the workers that
     # `--nproc N` starts run under their launcher's claim.
     if inherited_claim(run_dir) or int(os.environ.get("RANK", "0") or 0) > 0:
@@ -89,13 +101,28 @@ def train(backend, config_path, sets, data, tokenizer, out, resume, nproc, overw
     else:
         claim = claim_run_dir(run_dir, resume=bool(resume), overwrite=overwrite)
     guard = config_restored_on_failure(run_dir) if resume else contextlib.nullcontext()
-    with claim, guard:
+    with terminate_as_exit(), claim, guard:
+        if resume and (finished := finished_run_message(run_dir, cfg, backend)):
+            click.echo(finished)  # a finished run stays as it is: no extra step, no second packing
+            return
         summary = get_backend(backend).train(cfg, run_dir, resume=bool(resume), nproc=nproc)
     if summary:
         click.echo(
             f"done: val_bpb {summary['val_bpb']:.4f} (packed {summary['q_val_bpb']:.4f}), "
             f"{summary['total_bytes']:,} bytes of 16,000,000; {run_dir / 'summary.json'}"
         )
+
+
+def plan_summary(cfg: Config, backend: str, nproc: int) -> str:
+    """The plan's one-line summary for this run (`pgolf plan`). Loaded by name, so the planner is no part of
+    the counted code; it never stops a run: any failure becomes a line saying so."""
+    try:
+        plan = importlib.import_module("shared.plan")
+        hw = plan.get_hardware(importlib.import_module("shared.plan.hardware").detect(backend, nproc))
+        line = plan.summary_line(plan.make_plan(cfg, hw, "pgolf"))
+        return line + (" (torch's CPU figures: MLX on a CPU is slower)" if hw.kind == "cpu" and backend == "mlx" else "")
+    except Exception as e:  # noqa: BLE001 - a forecast must never fail the run it forecasts
+        return f"plan: unavailable ({type(e).__name__}: {e})"
 
 
 def load_weights(path: Path) -> tuple[Config | None, dict]:
@@ -141,6 +168,10 @@ def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> N
     from shared.data.dataset import open_dataset
     from shared.eval.driver import EVAL_BUDGET_S, mode_name
 
+    if as_json:  # stdout is one JSON object and stderr stays quiet
+        from shared.core.progress import set_quiet
+
+        set_quiet()
     embedded, params = load_weights(weights)
     if config_path is not None:
         cfg = load_config(config_path)
@@ -151,6 +182,10 @@ def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> N
     else:
         raise PgolfError(f"{weights} has no embedded config: pass --config with the [model] it was trained with")
     cfg = apply_overrides(with_data(cfg, data, tokenizer), sets)
+    if embedded is not None and cfg.model != embedded.model:
+        changed = [k for k in vars(cfg.model) if getattr(cfg.model, k) != getattr(embedded.model, k)]
+        raise PgolfError(f"--set {', '.join('model.' + k for k in changed)}: the [model] section comes from "
+                         f"{weights} and cannot be changed when evaluating it; drop the model override")
     if data is None and tokenizer is None:
         cfg = _run_dir_data(cfg, Path(weights))
         if not Path(cfg.data.dir).is_dir():
@@ -160,6 +195,8 @@ def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> N
     clock = time.perf_counter()
     res = get_backend(backend).evaluate(params, cfg, ds.val_tokens, ds.tables)
     seconds = time.perf_counter() - clock
+    if not math.isfinite(res.nats):  # never print a non-finite loss (or a BPB made from one) as a score
+        raise PgolfError(f"{weights}: the evaluation diverged (summed loss {res.nats}); no score is reported")
     out = {**res.to_json(), "eval_mode": mode_name(cfg.eval), "eval_seconds": seconds}
     if as_json:
         click.echo(json.dumps(out, sort_keys=True))

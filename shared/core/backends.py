@@ -33,9 +33,11 @@ class Session(Protocol):
     world_size: int
     is_main: bool
 
-    def step(self, batches: list[Batch], lr_scale: float, momentum: float, looped: bool = False) -> float:
-        """One optimizer step on this rank's micro-batches (in the depth-recurrence order when `looped`);
-        returns the global mean loss (the same on every rank); updates the EMA when on."""
+    def step(self, batches: list[Batch], lr_scale: float, momentum: float, looped: bool = False,
+             seg_len: int = 0) -> float:
+        """One optimizer step on this rank's micro-batches (in the depth-recurrence order when `looped`, with
+        document segments of at most `seg_len` tokens when given); returns the global mean loss (the same on
+        every rank); updates the EMA when on."""
     def evaluate(self, val_tokens: np.ndarray, tables: ByteTables) -> EvalResult:
         """Validation totals of the weights that get packed (the EMA when on), summed over ranks."""
     def evaluate_params(self, params: dict[str, np.ndarray], val_tokens: np.ndarray, tables: ByteTables) -> EvalResult:

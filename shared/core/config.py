@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -67,10 +68,14 @@ class ModelConfig(_Section):
     loop_at: float = 0.0             # ... from this fraction of training on (before: the plain order)
     parallel_from: int = -1          # parallel attention/MLP residual lanes from this layer on (-1 = off)
     smear_gate: bool = False         # previous-token mixing of the embeddings, gated, zeroed at BOS
+    smear_bos_mask: bool = True      # ... zeroed at BOS (#1855's fix); false: it crosses BOS, as #2135 ran
     attn_gate: bool = False          # per-head sigmoid gate on the attention output
     attn_gate_scale: float = 0.5     # s in sigmoid(s * W x[:gate_dims])
     gate_dims: int = 12              # residual dims the smear and attention gates read
     ortho_init: bool = False         # orthogonal init of the input-side block matrices (outputs stay zero)
+    asym_logit: bool = False         # learned softcaps for positive and negative logits (#1923), init logit_softcap
+    doc_attention: bool = False      # attention never crosses a BOS; training packs each micro-batch as one row
+    doc_max_len: int = 0             # ... and cuts documents into segments of at most this many tokens (0 = no cut)
 
     @property
     def head_dim(self) -> int:
@@ -140,6 +145,9 @@ class ModelConfig(_Section):
         if not -1 <= self.parallel_from < self.num_layers:
             raise PgolfError(f"model.parallel_from must be -1 (off) or a layer index < {self.num_layers}, "
                              f"got {self.parallel_from}")
+        if self.doc_max_len < 0 or (self.doc_max_len and not self.doc_attention):
+            raise PgolfError(f"model.doc_max_len must be >= 0 and needs model.doc_attention = true, "
+                             f"got {self.doc_max_len}")
         for looped in (False, True):  # once the lanes start (in the decoder), every later step must run in them
             dec = self.layer_order(looped)[len(self.layer_order(looped)) // 2:]
             on = [self.lanes_from(i) for i in dec]
@@ -179,13 +187,34 @@ class TrainConfig(_Section):
     warmdown_iters: int = 1200       # linear LR warmdown over the last N steps (in wallclock when max_seconds > 0)
     warmdown_frac: float = 0.0       # instead: warm down over this fraction of training (time, or steps) (0 = use warmdown_iters)
     min_lr: float = 0.0              # the warmdown's floor, a fraction of each group's peak LR
-    calib_reserve_s: float = 0.0     # seconds of train.max_seconds kept for GPTQ calibration (training stops earlier)
+    calib_reserve_s: float = 0.0     # seconds of train.max_seconds kept for GPTQ calibration, which reads training
+                                     # data and so counts; quantising and packing do not (docs/TIME-BUDGET.md)
     ema_decay: float = 0.0           # EMA of the weights after every step (0 = off); the EMA is checkpointed, evaluated, packed
+    seq_schedule: str = ""           # growing context (#2014): "1024@0.1,2048@0.7,3072@1.0" = the document segment cap
+                                     # (model.doc_attention) up to each fraction of training; "" = model.doc_max_len
+    seq_rewarm_steps: int = 0        # after each change of the cap, the LR ramps back up over this many steps (#2014: 32)
     val_every: int = 1000            # validate every N steps (0 = only at the end)
     log_every: int = 200
     checkpoint_every: int = 0        # save a checkpoint every N steps (0 = only at the end and on Ctrl-C)
     compute_dtype: str = "auto"      # auto | float32 | bfloat16 (auto: bf16 on GPU, fp32 on CPU)
     compile: bool = True
+
+    def seq_stages(self) -> list[tuple[float, int]]:
+        """train.seq_schedule as (fraction, segment cap) stages, by fraction; the last reaches 1.0."""
+        stages = []
+        for raw in filter(None, (p.strip() for p in self.seq_schedule.split(","))):
+            try:
+                cap, frac = raw.split("@")
+                stage = (float(frac), int(cap))
+            except ValueError:
+                raise PgolfError(f"train.seq_schedule stage {raw!r}: write LEN@FRACTION, e.g. 1024@0.1") from None
+            if stage[1] < 1 or not 0.0 < stage[0] <= 1.0:
+                raise PgolfError(f"train.seq_schedule stage {raw!r}: the length must be >= 1 and the fraction in (0, 1]")
+            stages.append(stage)
+        stages.sort()
+        if stages and stages[-1][0] < 1.0:
+            stages.append((1.0, stages[-1][1]))
+        return stages
 
     def validate(self) -> None:
         for key in ("iterations", "batch_tokens", "seq_len", "grad_accum"):
@@ -210,6 +239,9 @@ class TrainConfig(_Section):
         if self.max_seconds > 0 and self.calib_reserve_s >= self.max_seconds:
             raise PgolfError(f"train.calib_reserve_s={self.calib_reserve_s:g} leaves no training time of "
                              f"train.max_seconds={self.max_seconds:g}")
+        if self.seq_rewarm_steps < 0:
+            raise PgolfError(f"train.seq_rewarm_steps must be >= 0, got {self.seq_rewarm_steps}")
+        self.seq_stages()  # parses, or one line naming the stage
         if self.max_microbatch_tokens and self.max_microbatch_tokens % self.seq_len:
             raise PgolfError(f"train.max_microbatch_tokens must be a multiple of train.seq_len={self.seq_len}")
 
@@ -236,10 +268,32 @@ class OptimConfig(_Section):
     scalar_wd: float = 0.0           # ... of the vectors, scalars and gates (Adam)
     muon_row_norm: bool = False      # MuonEq-R: divide each row of the update by its L2 norm before Newton-Schulz
     muon_ns: str = "quintic"         # Newton-Schulz coefficients: quintic (fixed) | polar_express (per iteration)
+    # The record's Muon numerics (#1855), each a choice of its own (docs/REFERENCE.md "Fidelity: optimizer"):
+    muon_row_norm_eps: str = "add"   # MuonEq-R divides by: add = norm + eps | max = max(norm, eps), norm in fp32 (#1855)
+    muon_momentum_dtype: str = "float32"  # float32 | bfloat16: gradient rounded to bf16, momentum, Nesterov and
+                                     # row norm in bf16, Newton-Schulz always in bf16 (#1855)
+    muon_ns_form: str = "baseline"   # baseline: normalise, then iterate on the wide side, B = b A + (c A) A, update
+                                     # scaled before the step | record: transpose first, then normalise, B = b A + c (A A),
+                                     # the scale folded into the step size (#1855)
+    grad_clip_banks: bool = False    # the clip's global norm takes one norm per bank (q+o, k+v, MLP up, MLP down
+                                     # stacked over layers) in the record's order, as #1855's clip_grad_norm_
+    grad_clip_local: bool = False    # several ranks: clip each rank's own gradient, then average (#1855's order);
+                                     # off: clip the averaged gradient
+    warmup_muon_momentum: str = "reset"  # after the undone warm-up: reset | keep | keep_multi_rank (keep on more than
+                                     # one rank, reset on one: #1855's sharded momentum survives its reset);
+                                     # a resumed run always continues from its saved momentum
 
     def validate(self) -> None:
         if self.muon_ns not in ("quintic", "polar_express"):
             raise PgolfError(f"optim.muon_ns = {self.muon_ns!r}: choose quintic or polar_express")
+        for key, allowed in (("muon_row_norm_eps", ("add", "max")), ("muon_momentum_dtype", ("float32", "bfloat16")),
+                             ("muon_ns_form", ("baseline", "record")),
+                             ("warmup_muon_momentum", ("reset", "keep", "keep_multi_rank"))):
+            if getattr(self, key) not in allowed:
+                raise PgolfError(f"optim.{key} = {getattr(self, key)!r}: choose {' or '.join(allowed)}")
+        if self.muon_momentum_dtype == "bfloat16" and self.muon_ns_form != "record":
+            raise PgolfError("optim.muon_momentum_dtype = bfloat16 is the record's precision and needs its order of "
+                             "operations: set optim.muon_ns_form = \"record\" (the backends then round alike)")
         if self.muon_ns == "polar_express" and self.muon_backend_steps > 5:
             raise PgolfError("optim.muon_ns = polar_express has coefficients for at most 5 iterations: "
                              f"set optim.muon_backend_steps <= 5, got {self.muon_backend_steps}")
@@ -297,6 +351,9 @@ class QuantConfig(_Section):
     lqer_a_bits: int = 2             # bits of A [out, rank] (one scale for the whole factor)
     lqer_b_bits: int = 4             # bits of B [rank, in] (one scale per group of lqer_group values)
     lqer_group: int = 64
+    awq_groups: int = 0              # AWQ-lite (#1908): the N most salient column groups, model-wide, coded at awq_bits
+    awq_group_size: int = 64         # columns per group (salience: activation RMS x mean |weight| of each column)
+    awq_bits: int = 8
     prune_values: int = 0            # +-1 codes set to 0, least Hessian-weighted cost first (budget mode sets it)
     compressor: str = "zstd"         # "zstd" (v1's), "brotli" (shuffled, brotli-11), "group" (by role), "auto"
     group_sort: bool = False         # "group": reorder rows by similarity, permutation stored (measured larger: BENCHMARKS.md)
@@ -358,6 +415,11 @@ class QuantConfig(_Section):
             raise PgolfError(f"quant.gate = {self.gate!r} is not a scheme: choose one of {', '.join(schemes)}")
         if self.attn_clip_k < 0.0 or self.mlp_clip_k < 0.0:
             raise PgolfError("quant.attn_clip_k and quant.mlp_clip_k must be >= 0 (0: use quant.clip_k)")
+        if self.awq_groups < 0 or self.awq_group_size < 1 or not 2 <= self.awq_bits <= 8:
+            raise PgolfError(f"quant.awq_groups must be >= 0, awq_group_size >= 1 and awq_bits in 2..8, got "
+                             f"{self.awq_groups}, {self.awq_group_size}, {self.awq_bits}")
+        if self.awq_groups and not self.gptq:
+            raise PgolfError("quant.awq_groups ranks columns by their calibration activations: it needs quant.gptq = true")
         if self.lqer_tensors < 0 or self.lqer_rank < 0 or self.prune_values < 0:
             raise PgolfError("quant.lqer_tensors, quant.lqer_rank and quant.prune_values must be >= 0")
         for key in ("lqer_a_bits", "lqer_b_bits"):
@@ -489,13 +551,42 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> Config:
+        self._check_finite()
         self.model.validate()
         self.train.validate()
+        if self.train.seq_schedule and not self.model.doc_attention:
+            raise PgolfError(f"train.seq_schedule = {self.train.seq_schedule!r} grows the document segment cap: it "
+                             "needs model.doc_attention = true")
         self.optim.validate()
         self.quant.validate()
         self.eval.validate()
+        self._check_eval_windows()
         self._check_tensor_schemes()
         return self
+
+    def _check_eval_windows(self) -> None:
+        """The sliding/TTT window (eval.context, 0 = train.seq_len) must hold eval.stride: checked with the config,
+        not at the final evaluation after the whole training."""
+        e = self.eval
+        context = e.context or self.train.seq_len
+        if (e.mode == "sliding" or (e.mode == "ttt" and e.ttt == "sgd")) and e.stride > context:
+            where = "eval.context" if e.context else "train.seq_len (eval.context = 0)"
+            raise PgolfError(f"eval.stride={e.stride} must not exceed the evaluation window {where} = {context}")
+
+    def _check_finite(self) -> None:
+        """Every float key is a finite number and every int fits int64, however the config was built
+        (a dataclass made in Python skips `_check_type`)."""
+        for f in fields(self):
+            sub = getattr(self, f.name)
+            for g in fields(sub):
+                v, where = getattr(sub, g.name), f"{f.name}.{g.name}"
+                if isinstance(v, float) and not math.isfinite(v) and where not in ALLOW_INFINITY:
+                    raise PgolfError(f"{where} must be a finite number, got {v}")
+                if isinstance(v, float) and math.isfinite(v) and abs(v) > FLOAT32_MAX:
+                    raise PgolfError(f"{where} = {v:g} is out of range: the trainers compute in float32 "
+                                     f"(at most {FLOAT32_MAX:.4g})")
+                if isinstance(v, int) and not isinstance(v, bool) and not -INT_LIMIT <= v < INT_LIMIT:
+                    raise PgolfError(f"{where} = {v} is out of range: it must fit a signed 64-bit integer")
 
     def _check_tensor_schemes(self) -> None:
         """quant.tensor_schemes may only name parameters of this model, and integer schemes only matrices
@@ -523,6 +614,12 @@ def _nearest(name: str, options: list[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else f" (valid: {', '.join(sorted(options))})"
 
 
+INT_LIMIT = 2**63
+FLOAT32_MAX = 3.4028234663852886e38  # a float key beyond it overflows where a backend casts it
+# Float keys where infinity means something (none so far: every limit has its own "off" value, like 0).
+ALLOW_INFINITY: frozenset[str] = frozenset()
+
+
 def _check_type(where: str, value: Any, default: Any) -> Any:
     """Coerce `value` to the type of `default`, or raise naming `where`."""
     if isinstance(default, bool):
@@ -530,11 +627,18 @@ def _check_type(where: str, value: Any, default: Any) -> Any:
             return value
     elif isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -INT_LIMIT <= value < INT_LIMIT:  # beyond int64 every library downstream overflows
+                raise PgolfError(f"{where} = {value} is out of range: it must fit a signed 64-bit integer")
             return value
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if value != value:  # NaN passes every `<`/`>` range check below; no knob means it
                 raise PgolfError(f"{where} must be a number, got nan")
+            if isinstance(value, int) and not -INT_LIMIT <= value < INT_LIMIT:
+                raise PgolfError(f"{where} = {value} is out of range")
+            if value in (float("inf"), float("-inf")) and where.rsplit(": ", 1)[-1] not in ALLOW_INFINITY:
+                # infinity passes most one-sided checks and then fails far from its cause (an LR, a scale)
+                raise PgolfError(f"{where} must be a finite number, got {value}")
             return float(value)
     elif isinstance(default, str):
         if isinstance(value, str):

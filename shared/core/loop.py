@@ -53,7 +53,7 @@ from shared.core.rundir import (
     save_checkpoint,
     save_resume_state,
 )
-from shared.core.schedule import looped, lr_scale, muon_momentum, train_seconds
+from shared.core.schedule import looped, lr_scale, muon_momentum, rewarm, seq_cap, train_seconds
 from shared.core.spec import count_params, init_params
 from shared.data.bpb import EvalResult
 from shared.data.shards import BatchLoader, val_token_count
@@ -154,9 +154,12 @@ def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool
     loader = BatchLoader(stream, session.rank, session.world_size)
     micro_tokens = t.batch_tokens // t.grad_accum
 
-    def run_step(at: int, seconds: float, loop_on: bool) -> float:
+    def run_step(at: int, seconds: float, loop_on: bool, scale: float | None = None) -> float:
         batches = [loader.next_batch(micro_tokens, t.seq_len) for _ in range(accum)]
-        return session.step(batches, lr_scale(at, seconds, t), muon_momentum(at, o), looped=loop_on)
+        scale = lr_scale(at, seconds, t) if scale is None else scale
+        cap = seq_cap(at, seconds, t)
+        kw = {"seg_len": cap} if cap else {}  # growing context (#2014): the document segment cap of this step
+        return session.step(batches, scale, muon_momentum(at, o), looped=loop_on, **kw)
 
     if t.warmup_steps > 0:  # compile and warm up (both layer orders with depth recurrence), then undo every effect
         saved, data_pos = session.snapshot(), stream.state()
@@ -193,15 +196,26 @@ def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool
     def validate() -> EvalResult:
         return session.evaluate(dataset.val_tokens, dataset.tables)
 
+    if run.is_main:  # the data a record claims to use, checked by `pgolf record check` against the official sums
+        from shared.data.manifest import data_checksums
+
+        sums = data_checksums(dataset.data_dir, dataset.tokenizer)
+        run.log(f"data_checksums: val_tokens:{dataset.val_tokens.size - 1} val_sha256:{sums['val_sha256']} "
+                f"tokenizer_sha256:{sums['tokenizer_sha256']}", console=False)
     eval_tokens = val_token_count(dataset.val_tokens, t.seq_len, cfg.eval.max_tokens)
     run.log(f"validation: {eval_tokens:,} target tokens" + (" (eval.max_tokens)" if cfg.eval.max_tokens else " (whole split)"))
     progress = TrainProgress(t.iterations, t.max_seconds, t.batch_tokens, start_step=step, start_elapsed=elapsed)
     progress = progress if run.is_main else None
     last_val: EvalResult | None = None
     log_t, log_tokens = elapsed, tokens
-    out_of_time = interrupted = False
+    interrupted = False
     budget_s = train_seconds(t)  # train.max_seconds less the calibration reserve
+    # A resume whose clock is already spent trains no step past the cap: it only finishes the run.
+    out_of_time = budget_s > 0 and elapsed >= budget_s  # the saved clock: the same on every rank
     loop_was = looped(step, elapsed, cfg.model, t)
+    cap_was, stage_step = seq_cap(step, elapsed, t), None
+    if cap_was:
+        run.log(f"context: document segments of at most {cap_was} tokens (train.seq_schedule {t.seq_schedule})")
 
     def close_progress() -> None:
         if progress:
@@ -216,7 +230,13 @@ def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool
             if loop_on != loop_was:
                 run.log(f"depth recurrence on from step {step + 1} ({elapsed:.1f}s)")
                 loop_was = loop_on
-            loss = run_step(step, elapsed, loop_on)  # the global mean loss; reading it waits for the device
+            cap = seq_cap(step, elapsed, t)
+            if cap != cap_was:
+                run.log(f"context: segments of at most {cap} tokens from step {step + 1} ({elapsed:.1f}s)"
+                        + (f", LR re-warmed over {t.seq_rewarm_steps} steps" if t.seq_rewarm_steps else ""))
+                cap_was, stage_step = cap, step
+            scale *= rewarm(step, stage_step, t)
+            loss = run_step(step, elapsed, loop_on, scale)  # the global mean loss; reading it waits for the device
             now = time.perf_counter()
             elapsed, clock = elapsed + now - clock, now
             step += 1
@@ -255,7 +275,7 @@ def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool
     close_progress()
     stop_reason = "wallclock" if out_of_time else "iterations"
     if out_of_time:
-        reserve = f" less train.calib_reserve_s={t.calib_reserve_s:g}" if t.calib_reserve_s else ""
+        reserve = f" less train.calib_reserve_s={t.calib_reserve_s:g} (calibration)" if t.calib_reserve_s else ""
         run.log(f"stopped at step {step}: train.max_seconds={t.max_seconds:g}{reserve} reached")
     if hooks.on_stop:
         hooks.on_stop(step, stop_reason, session)

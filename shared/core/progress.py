@@ -1,27 +1,61 @@
-"""Progress display for long data work (build, download).
+"""Progress of every long phase, the one module every command prints it through.
 
-A tqdm bar when stderr is a terminal (and tqdm is installed); otherwise plain lines on stderr at most
-every few seconds (and at the end), so logs and CI output stay readable.
+`Progress`: data build and download, calibration, budget search, packing, evaluation (sliding/TTT
+through the score ledger, flat through `val_batches` while `active` holds the bar). A tqdm bar when
+stderr is a terminal (and tqdm is installed); otherwise plain lines on stderr at most every few
+seconds, each with the rate and ETA, and a final line (once). `Phases`: one line per step of a
+multi-step command (`pgolf parity`). `set_quiet(True)` (`--json`) silences all of it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import sys
 import time
+
+_QUIET = False
+_ACTIVE: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("pgolf_progress", default=None)
+
+
+def set_quiet(quiet: bool = True) -> None:
+    """Silence every progress line and bar (a command printing machine-readable output)."""
+    global _QUIET
+    _QUIET = quiet
+
+
+def active() -> Progress | None:
+    """The bar a deep loop (`val_batches`) should advance, if a caller opened one with `activate`."""
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def activate(bar: Progress):
+    token = _ACTIVE.set(bar)
+    try:
+        yield bar
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.0f}s" if s < 600 else f"{s / 60:.1f}min"
 
 
 class Progress:
     """`with Progress("encode train", total=n, unit="docs") as p: p.update(k)`."""
 
     def __init__(self, desc: str, total: int | None = None, unit: str = "it", every_s: float = 5.0,
-                 unit_scale: bool = False, stream=None, enabled: bool = True):
+                 unit_scale: bool = False, stream=None, enabled: bool = True, min_s: float = 0.0):
         self.desc, self.total, self.unit, self.every_s = desc, total, unit, every_s
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled    # False: count silently (e.g. every rank but the first)
+        self.enabled = enabled and not _QUIET  # False: count silently (e.g. every rank but the first)
+        self.min_s = min_s        # a phase shorter than this prints nothing at all (periodic, fast phases)
         self.n = 0
+        self._shown: int | None = None  # the count the last plain line showed
         self._bar = None
         self._t0 = self._last = time.monotonic()
-        if enabled and getattr(self.stream, "isatty", lambda: False)():
+        if self.enabled and getattr(self.stream, "isatty", lambda: False)():
             try:
                 from tqdm import tqdm
             except ImportError:  # a record's train_gpt.py runs without tqdm: plain lines
@@ -40,24 +74,53 @@ class Progress:
             self._last = now
             self._line()
 
-    def _line(self) -> None:
+    def line(self) -> str:
         elapsed = time.monotonic() - self._t0
         of = f"/{self.total:,}" if self.total else ""
         pct = f" ({100.0 * self.n / self.total:.0f}%)" if self.total else ""
-        print(f"{self.desc}: {self.n:,}{of} {self.unit}{pct}, {elapsed:.1f}s", file=self.stream, flush=True)
+        text = f"{self.desc}: {self.n:,}{of} {self.unit}{pct}, {elapsed:.1f}s"
+        if elapsed > 0 and self.n:
+            rate = self.n / elapsed
+            text += f", {rate:,.0f} {self.unit}/s"
+            if self.total and self.n < self.total:
+                text += f", ETA {_seconds((self.total - self.n) / rate)}"
+        return text
+
+    def _line(self) -> None:
+        self._shown = self.n
+        print(self.line(), file=self.stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elif self.enabled:
-            self._line()
+        elif self.enabled and self._shown != self.n:  # the final line, once (not again after the last update's)
+            if self._shown is not None or time.monotonic() - self._t0 >= self.min_s:
+                self._line()
+        self.enabled = False  # a second close prints nothing
 
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Phases:
+    """One line per step of a command made of several long steps: `phases.start("validation BPB")` prints
+    `parity [2/6]: validation BPB (12.3s so far)` on stderr."""
+
+    def __init__(self, desc: str, total: int, stream=None, enabled: bool = True):
+        self.desc, self.total, self.k = desc, total, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled and not _QUIET
+        self._t0 = time.monotonic()
+
+    def start(self, what: str) -> None:
+        self.k += 1
+        if self.enabled:
+            print(f"{self.desc} [{self.k}/{self.total}]: {what} ({time.monotonic() - self._t0:.1f}s so far)",
+                  file=self.stream, flush=True)
 
 
 class TrainProgress:

@@ -197,8 +197,17 @@ def load_resume_state(run_dir: Path, cfg: Config, backend: str
     where = run_dir / TRAIN_STATE
     if not where.is_file():
         raise PgolfError(f"{where} not found: nothing to resume in {run_dir} (no checkpoint was saved yet?); "
-                         "start a new run with --out")
+                         f"start over with `pgolf train --out {run_dir} --overwrite` (or set train.checkpoint_every)")
     tensors, st = load_train_state(run_dir)
+    check_resume_state(run_dir, st, cfg, backend)
+    weights = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    opt = {k: v for k, v in tensors.items() if not k.startswith(MODEL_PREFIX)}
+    return weights, opt, st
+
+
+def check_resume_state(run_dir: Path, st: dict[str, Any], cfg: Config, backend: str) -> None:
+    """The saved state `st` can be continued by `cfg` on `backend` (or a one-line error saying why not)."""
+    where = run_dir / TRAIN_STATE
     if missing := [k for k in STATE_KEYS if k not in st]:
         raise PgolfError(f"{where} lacks {', '.join(missing)} in its resume state: it was not written by "
                          "`pgolf train`; start a new run with --out")
@@ -214,9 +223,19 @@ def load_resume_state(run_dir: Path, cfg: Config, backend: str
                              "a resumed run must keep it (start a new run to change it)")
     if Path(saved.data.dir).resolve() != Path(cfg.data.dir).resolve():
         raise PgolfError(f"{where}: data.dir was {saved.data.dir}, now {cfg.data.dir}; resume on the same data")
-    weights = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
-    opt = {k: v for k, v in tensors.items() if not k.startswith(MODEL_PREFIX)}
-    return weights, opt, st
+
+
+def resume_state_meta(run_dir: Path) -> dict[str, Any] | None:
+    """The resume state's JSON (step, clock, config, backend) without reading its tensors; None if unreadable."""
+    path = Path(run_dir) / TRAIN_STATE
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            state = json.loads((f.metadata() or {})["state"])
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def git_sha() -> str:
@@ -315,6 +334,134 @@ def strict_json(obj: Any, **kwargs: Any) -> str:
     return json.dumps(_finite_or_null(obj), allow_nan=False, **kwargs)
 
 
+# ----------------------------------------------------------------------------- do the run's files agree?
+
+SEGMENT_START = " | git_sha="   # in the first line of each training segment ("training RUN | ..." / "resuming ...")
+FINISHED_LINE = "final_pgz_roundtrip_exact "  # the last score line finish_run writes
+
+
+def saved_step(path: Path) -> int | None:
+    """The step recorded in a checkpoint's or resume state's metadata (None when absent or unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            meta = dict(f.metadata() or {})
+        if "step" in meta:
+            return int(meta["step"])
+        return int(json.loads(meta["state"])["step"])
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+
+
+def read_summary(path: Path) -> dict | None:
+    try:
+        data = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def last_segment(log_text: str) -> list[str]:
+    """The lines of the log's last training segment (from its last start line on)."""
+    lines = log_text.splitlines()
+    starts = [i for i, line in enumerate(lines) if SEGMENT_START in line]
+    return lines[starts[-1]:] if starts else lines
+
+
+def run_disagreements(path: str | Path) -> list[str]:
+    """What keeps `path` from being a finished run whose files describe the same step and artifact:
+    summary.json present and scored, model.pgz its artifact (sha256), the checkpoint and resume state at
+    its step, and the log's last segment finished with that artifact. Empty: the files agree."""
+    import hashlib
+
+    path = Path(path)
+    summary = read_summary(path)
+    if summary is None:
+        return [f"{path / SUMMARY} is missing or unreadable: the run did not finish"]
+    problems = []
+    steps = summary.get("steps")
+    artifact = path / ARTIFACT
+    if not artifact.is_file():
+        problems.append(f"{artifact} is missing")
+    elif hashlib.sha256(artifact.read_bytes()).hexdigest() != summary.get("artifact_sha256"):
+        problems.append(f"{artifact} is not the artifact {SUMMARY} describes (its sha256 differs)")
+    for name in (CHECKPOINT, TRAIN_STATE):
+        at = saved_step(path / name)
+        if (path / name).is_file() and at != steps:
+            problems.append(f"{path / name} is at step {at}, {SUMMARY} says {steps}")
+    try:
+        segment = last_segment((path / LOG).read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        segment = None
+    if segment is None:
+        problems.append(f"{path / LOG} is missing")
+    elif not any(line.startswith(FINISHED_LINE.strip()) for line in segment):
+        problems.append(f"{path / LOG}: its last segment did not finish (no final score after its last start line)")
+    else:
+        sizes = [line for line in segment if line.startswith("Serialized model pgz:")]
+        if sizes and sizes[-1].split(":", 1)[1].split()[0] != str(summary.get("artifact_bytes")):
+            problems.append(f"{path / LOG}: its artifact size ({sizes[-1].split(':', 1)[1].strip()}) is not "
+                            f"{SUMMARY}'s {summary.get('artifact_bytes')} bytes")
+    return problems
+
+
+def finished_run_message(path: str | Path, cfg: Config, backend: str) -> str | None:
+    """For `--resume` of a finished run whose files agree: what `cfg`'s caps leave to do. A message when
+    nothing (the caps it stopped at are unchanged); None when a larger cap lets it train on, or when
+    the run is not finished (a resume then completes it)."""
+    from shared.core.schedule import train_seconds
+
+    path = Path(path)
+    if run_disagreements(path):
+        return None
+    state = resume_state_meta(path)
+    try:
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    t = cfg.train
+    budget = train_seconds(t)
+    by_steps, by_clock = step >= t.iterations, budget > 0 and elapsed >= budget
+    if not (by_steps or by_clock):
+        return None  # it trains on: the trainer checks the state (on every rank)
+    check_resume_state(path, state, cfg, backend)  # "nothing to do" only for a resume that could run
+    raise_ = []
+    if by_steps:
+        raise_.append(f"--set train.iterations={max(2 * step, step + 1)}")
+    if by_clock:
+        raise_.append(f"--set train.max_seconds={t.max_seconds + max(budget, 1.0):g}")
+    cap = " and ".join(([f"train.iterations={t.iterations}"] if by_steps else [])
+                       + ([f"train.max_seconds={t.max_seconds:g} ({elapsed:.1f}s trained)"] if by_clock else []))
+    return (f"{path} is a finished run: step {step}, stopped by {cap}; its checkpoint, model.pgz, summary.json and "
+            f"log agree. Nothing to do. To train on, resume with a larger cap: {' '.join(raise_)}")
+
+
+@contextlib.contextmanager
+def terminate_as_exit():
+    """SIGTERM (and SIGHUP) end the process through Python's exit path, so `with` blocks (the run lock)
+    are left properly; the training loop installs its own save-then-exit handler while it trains."""
+    import signal
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = {}
+    try:
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
+                previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
 # ----------------------------------------------------------------------------- run ownership
 
 def existing_run_files(path: str | Path) -> list[str]:
@@ -410,6 +557,10 @@ def _acquire_lock(path: Path) -> int | None:
             if not same:  # the previous owner removed the file between our open and our lock: retry
                 os.close(fd)
                 continue
+            previous = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            if previous.isdigit() and int(previous) != os.getpid():  # its owner died without removing it
+                print(f"note: {lock}: taking over the lock left by process {previous}, which is no longer running",
+                      file=sys.stderr, flush=True)
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             return fd
@@ -491,6 +642,9 @@ def _pid_lock(lock: Path) -> int:
     if text.isdigit() and int(text) != os.getpid() and _pid_alive(int(text)):
         raise PgolfError(f"{lock.parent} is in use: process {text} is training into it (lock {lock}); wait for it "
                          "to finish or stop it, or choose another --out")
+    if text.isdigit() and int(text) != os.getpid():
+        print(f"note: {lock}: taking over the lock left by process {text}, which is no longer running",
+              file=sys.stderr, flush=True)
     atomic_write_bytes(lock, f"{os.getpid()}\n".encode())
     return -1
 

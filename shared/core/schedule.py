@@ -3,8 +3,9 @@
 Pure functions of (step, elapsed seconds, config) so that the two trainers
 compute the same numbers and a resumed run continues on the same curve.
 "Training time" is `train.max_seconds` minus `train.calib_reserve_s` (GPTQ
-calibration counts as training in the challenge, so it is kept out of the
-steps' budget), or the step budget `train.iterations` when uncapped.
+calibration reads training data, so the challenge counts it in the 600 s; it
+is kept out of the steps' budget: docs/TIME-BUDGET.md), or the step budget
+`train.iterations` when uncapped.
 """
 
 from __future__ import annotations
@@ -65,3 +66,20 @@ def muon_momentum(step: int, o: OptimConfig) -> float:
 def looped(step: int, elapsed_s: float, m: ModelConfig, t: TrainConfig) -> bool:
     """Whether depth recurrence is on for this step (from `model.loop_at` of training on, #1855)."""
     return m.looping and progress(step, elapsed_s, t) >= m.loop_at
+
+
+def seq_cap(step: int, elapsed_s: float, t: TrainConfig) -> int:
+    """The document segment cap of this step under `train.seq_schedule` (#2014: the first stage whose
+    fraction has not been passed), or 0 (the model's own `doc_max_len`) without a schedule."""
+    at = progress(step, elapsed_s, t)
+    for frac, cap in t.seq_stages():
+        if at <= frac:
+            return cap
+    return 0
+
+
+def rewarm(step: int, stage_step: int | None, t: TrainConfig) -> float:
+    """The LR ramp after a change of the segment cap: (steps since + 1) / seq_rewarm_steps, up to 1 (#2014)."""
+    if stage_step is None or t.seq_rewarm_steps <= 0:
+        return 1.0
+    return min((step - stage_step + 1) / t.seq_rewarm_steps, 1.0)

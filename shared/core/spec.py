@@ -119,6 +119,9 @@ def param_table(m: ModelConfig) -> dict[str, Param]:
     if m.parallel_from >= 0:
         add("lane_route", (m.num_layers, 2, 2), ("ones",), "scalar", "other")
         add("lane_scale", (m.num_layers, 2), ("full", LANE_SCALE_INIT), "scalar", "other")
+    if m.asym_logit:  # AsymLogit (#1923): softcaps of positive and negative logits, learned from logit_softcap
+        add("softcap_pos", (1,), ("full", m.logit_softcap), "scalar", "other")
+        add("softcap_neg", (1,), ("full", m.logit_softcap), "scalar", "other")
     if m.smear_gate:
         add("smear.weight", (1, m.gate_dims), ("zeros",), "scalar", "gate")
         add("smear.lam", (1,), ("zeros",), "scalar", "other")
@@ -140,6 +143,19 @@ def param_table(m: ModelConfig) -> dict[str, Param]:
     table = {r.name: r for r in rows}
     assert len(table) == len(rows), "duplicate parameter name"
     return table
+
+
+def doc_segments(idx: np.ndarray, max_len: int = 0) -> np.ndarray:
+    """Segment ids [rows, seq] of document-isolated attention (`model.doc_attention`, #1855's varlen
+    packing): a segment starts at each row's first token, at every BOS, and (max_len > 0) every
+    `max_len` tokens after its document's start; a token attends only to earlier tokens of its segment.
+    Both model.py files compute the same ids on the device (`doc_segments` there)."""
+    idx = np.atleast_2d(idx)
+    pos = np.broadcast_to(np.arange(idx.shape[1]), idx.shape)
+    is_doc = (idx == BOS_ID) | (pos == 0)
+    doc_start = np.maximum.accumulate(np.where(is_doc, pos, 0), axis=1)
+    start = is_doc | ((pos - doc_start) % max_len == 0) if max_len > 0 else is_doc
+    return np.cumsum(start, axis=1) - 1
 
 
 def param_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -182,6 +198,35 @@ def init_params(m: ModelConfig, seed: int) -> dict[str, np.ndarray]:
 def names_in_group(m: ModelConfig, group: str) -> list[str]:
     """The parameters one optimizer group owns, in table order."""
     return [n for n, p in param_table(m).items() if p.group == group]
+
+
+def record_banks(m: ModelConfig) -> dict[str, list[str]]:
+    """#1855 holds each kind of block matrix as one tensor stacked over layers (a "bank"); the names it stacks,
+    in its order: q then o of every layer, k then v, the MLP up, the MLP down."""
+    def each(s: str) -> list[str]:
+        return [f"blocks.{i}.{s}" for i in range(m.num_layers)]
+
+    return {"qo_bank": each("attn.c_q.weight") + each("attn.proj.weight"),
+            "kv_bank": each("attn.c_k.weight") + each("attn.c_v.weight"),
+            "mlp_up_bank": each("mlp.fc.weight"), "mlp_down_bank": each("mlp.proj.weight")}
+
+
+def record_clip_order(m: ModelConfig) -> list[list[str]]:
+    """The tensors #1855's gradient clip takes norms of, in its `named_parameters()` order (the model's own
+    tensors, then its modules': the embedding, each block's vectors then its attention's, the untied head,
+    the smear gate). One entry per norm: a bank's names are stacked into one tensor."""
+    table = param_table(m)
+    vectors = [n for n, p in table.items() if p.group == "scalar"]
+    top = [n for n in vectors if not n.startswith("blocks.") and n != "smear.weight"]
+    block_first = ("attn_scale", "mlp_scale", "resid_mix")
+    blocks = []
+    for i in range(m.num_layers):
+        mine = [n for n in vectors if n.startswith(f"blocks.{i}.")]
+        blocks += [n for n in mine if n.rsplit(".", 1)[-1] in block_first] + \
+                  [n for n in mine if n.rsplit(".", 1)[-1] not in block_first]
+    names = top + [n for n, p in table.items() if p.group == "embed"] + blocks + \
+        [n for n, p in table.items() if p.group == "head"] + [n for n in ("smear.weight",) if n in table]
+    return list(record_banks(m).values()) + [[n] for n in names]
 
 
 def head_weight_name(m: ModelConfig) -> str:

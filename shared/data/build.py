@@ -32,7 +32,11 @@ import io
 import json
 import os
 import re
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -296,6 +300,53 @@ def build_dataset(
     if not 1 <= val_docs < n_docs:
         raise PgolfError(f"--val-docs {val_docs}: need at least 1 validation document and 1 training document "
                          f"({n_docs} documents found)")
+    # Everything is built in a staging folder beside the datasets and swapped in at the end, so an
+    # interrupted or failed rebuild leaves the previous dataset and tokenizer whole.
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
+    except OSError as e:
+        raise PgolfError(f"{out}: cannot create the dataset folder ({e.strerror or e}); choose a writable --out") from None
+    try:
+        staged = _build(docs, stage, vocab, val_docs, name, shard_tokens, source, transform, kind, workers, max_chars,
+                        tokenizer, n_docs, train_chars)
+        return _swap_in(stage, out, *staged)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _swap_in(stage: Path, out: Path, data_dir: Path, tok_path: Path) -> tuple[Path, Path]:
+    """Move the staged dataset folder and tokenizer files to their places under `out` (signals held off)."""
+    final_data, final_tok = out / data_dir.relative_to(stage), out / tok_path.relative_to(stage)
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    held = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
+    if held:
+        signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        final_data.parent.mkdir(parents=True, exist_ok=True)
+        final_tok.parent.mkdir(parents=True, exist_ok=True)
+        old = None
+        if final_data.exists():
+            old = final_data.with_name(f".{final_data.name}.old-{os.getpid()}")
+            os.replace(final_data, old)
+        os.replace(data_dir, final_data)
+        for src in (tok_path, tok_path.with_suffix(".vocab")):
+            if src.is_file():
+                os.replace(src, final_tok.parent / src.name)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise PgolfError(f"{final_data}: could not move the rebuilt dataset into place ({e.strerror or e})") from None
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+    return final_data, final_tok
+
+
+def _build(docs, out: Path, vocab: int, val_docs: int, name: str, shard_tokens: int, source: str, transform: str,
+           kind: str, workers: int, max_chars: int, tokenizer, n_docs: int, train_chars: int) -> tuple[Path, Path]:
+    """`build_dataset`'s work, under the staging root `out`."""
     data_dir, tok_path = dataset_paths(out, name, vocab, transform, kind)
 
     if kind == "byte":
@@ -313,10 +364,7 @@ def build_dataset(
                         total_chars=train_chars)
         settings = tokenizer_settings(transform)
 
-    # A rebuild with fewer shards must not leave old ones (or old sidecars) behind.
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for stale in data_dir.glob("fineweb_*.bin"):
-        stale.unlink()
+    data_dir.mkdir(parents=True, exist_ok=True)  # a fresh folder: no shard of an earlier build mixes in
     writers = {split: _SplitWriter(data_dir, split, shard_tokens) for split in ("val", "train")}
     if n_docs <= 4 * CHUNK_DOCS:
         workers = 1  # starting processes costs more than it saves

@@ -33,6 +33,17 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def data_checksums(data_dir: str | Path, tokenizer: str | Path) -> dict[str, str]:
+    """What a record's log states about its data (`pgolf record check` compares it with the official
+    profile): the tokenizer file's sha256, and one sha256 over the validation shards' bytes in name order."""
+    h = hashlib.sha256()
+    for f in find_shards(data_dir, "val"):
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 22):
+                h.update(block)
+    return {"tokenizer_sha256": sha256_file(tokenizer), "val_sha256": h.hexdigest()}
+
+
 def write_manifest(data_dir: Path, tok_path: Path, name: str, vocab: int, docs: dict | None = None,
                    source: str = "", transform: str = "none", settings: dict | None = None) -> Path:
     """manifest.json in the dataset folder: every shard's tokens/bytes/sha256 and the tokenizer's sha256.
@@ -89,4 +100,39 @@ def read_manifest(data_dir: str | Path) -> dict | None:
         raise PgolfError(f"{path} is not valid JSON ({e}); rebuild the dataset or delete the file") from None
     if not isinstance(manifest, dict):
         raise PgolfError(f"{path} is not a pgolf dataset manifest (expected a JSON object)")
+    check_shape(manifest, path)
     return manifest
+
+
+def check_shape(manifest: dict, path: Path) -> None:
+    """The fields readers use have the types `write_manifest` gives them (a hand-edited or foreign file
+    would otherwise fail deep inside a reader)."""
+    def wrong(field: str, expected: str, found) -> PgolfError:
+        return PgolfError(f"{path} has the wrong shape: expected {field} to be {expected}, found "
+                          f"{type(found).__name__} {json.dumps(found)[:60]}; rebuild the dataset or delete the file")
+
+    files = manifest.get("files", [])
+    if files is not None and not isinstance(files, list):
+        raise wrong("files", "a list", files)
+    for i, entry in enumerate(files or []):
+        if not isinstance(entry, dict):
+            raise wrong(f"files[{i}]", "an object", entry)
+        if not isinstance(entry.get("name"), str):
+            raise wrong(f"files[{i}].name", "a string", entry.get("name"))
+        tokens = entry.get("tokens", 0)
+        if isinstance(tokens, bool) or not isinstance(tokens, int):
+            raise wrong(f"files[{i}].tokens", "an integer", tokens)
+    for key in ("tokens", "docs"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise wrong(key, "an object", manifest[key])
+    for split, n in (manifest.get("tokens") or {}).items():
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise wrong(f"tokens.{split}", "an integer", n)
+    tok = manifest.get("tokenizer")
+    if tok is not None and not isinstance(tok, dict):
+        raise wrong("tokenizer", "an object", tok)
+    if isinstance(tok, dict) and tok.get("sha256") is not None and not isinstance(tok["sha256"], str):
+        raise wrong("tokenizer.sha256", "a string", tok["sha256"])
+    for key in ("transform", "name"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], str):
+            raise wrong(key, "a string", manifest[key])

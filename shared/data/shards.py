@@ -262,11 +262,16 @@ def val_batches(
         raise PgolfError(f"validation split has {tokens.size} tokens, fewer than one sequence of {seq_len}")
     start, end = total_seqs * rank // world_size, total_seqs * (rank + 1) // world_size
     per_batch = max(1, batch_tokens // (world_size * seq_len))
+    from shared.core.progress import active
+
+    bar = active()  # an evaluation's progress (shared/eval/driver.py run_eval), not periodic validation
     for s in range(start, end, per_batch):
         e = min(s + per_batch, end)
         local = np.asarray(tokens[s * seq_len : e * seq_len + 1]).astype(np.int64)
         nbytes = tables.target_bytes(tokens, s * seq_len + 1, e * seq_len + 1)
         yield local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len), nbytes
+        if bar is not None:
+            bar.update((e - s) * seq_len * world_size)
 
 
 def val_token_count(tokens: np.ndarray, seq_len: int, max_tokens: int = 0) -> int:

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from shared.core.config import Config, EvalConfig, ModelConfig
-from shared.core.progress import Progress
 from shared.core.spec import BOS_ID
 from shared.data.bpb import EvalResult
+from shared.errors import PgolfError
 from shared.eval.ledger import IllegalOrder, Ledger
 from shared.eval.windows import Window, documents, plan_windows, target_span
 
@@ -59,21 +59,34 @@ def mode_name(e: EvalConfig) -> str:
 
 def run_eval(session: Any, cfg: Config, tokens: np.ndarray, tables, bos: int = BOS_ID) -> Evaluation:
     """Evaluate the weights `session` holds as `cfg.eval` says; totals over all ranks."""
+    from shared.core.progress import Progress, activate
+    from shared.data.shards import val_token_count
+
     e = cfg.eval
     t0 = time.perf_counter()
+    main = getattr(session, "rank", 0) == 0
     if e.mode == "flat":
-        return Evaluation(session.evaluate(tokens, tables), "flat", time.perf_counter() - t0)
+        total = val_token_count(tokens, cfg.train.seq_len, e.max_tokens) if hasattr(tokens, "size") else None
+        with Progress("eval flat", total=total, unit="tokens", enabled=main, min_s=5.0) as bar, activate(bar):
+            flat = session.evaluate(tokens, tables)
+        if not math.isfinite(flat.nats):  # the ledger refuses a non-finite total; so does the flat pass
+            raise PgolfError(f"the evaluation diverged: the summed loss is {flat.nats} (the weights produce NaN or "
+                             "infinite logits); no score is reported")
+        return Evaluation(flat, "flat", time.perf_counter() - t0)
     lo, hi = target_span(tokens, cfg.train.seq_len, e.max_tokens)
     reduce = session.all_reduce_sum if session.world_size > 1 else None
     ledger = Ledger(tokens, lo, hi, tables, reduce)
     context = e.context or cfg.train.seq_len
     rows = max(1, e.batch_tokens // (context * session.world_size))
-    if e.mode == "sliding":
-        score(session, ledger, share(plan_windows(lo, hi, context, e.stride), session), rows)
-    elif e.ttt == "sgd":
-        ttt_sgd(session, ledger, e, context, rows, max(1, e.batch_tokens // context))
-    else:
-        ttt_lora(session, ledger, e, cfg.model, context, bos)
+    with Progress(f"eval {mode_name(e)}", total=hi - lo, unit="tokens", enabled=main, min_s=5.0) as bar:
+        ledger.on_record = lambda n: bar.update(n * session.world_size)  # rank 0's share, scaled to all ranks
+        if e.mode == "sliding":
+            score(session, ledger, share(plan_windows(lo, hi, context, e.stride), session), rows)
+        elif e.ttt == "sgd":
+            ttt_sgd(session, ledger, e, context, rows, max(1, e.batch_tokens // context))
+        else:
+            ttt_lora(session, ledger, e, cfg.model, context, bos)
+        ledger.on_record = None
     result = ledger.result()
     return Evaluation(result, mode_name(e), time.perf_counter() - t0, ledger)
 
@@ -262,12 +275,10 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
     session.lora_begin(lora_init(m, e), scale, out_dims)
     draws = 0
     start = 0
-    progress = Progress("ttt-lora (rank 0)", total=len(queue), unit="batches", enabled=session.rank == 0)
     for phase in [*phases, None]:
         stop = len(queue) if phase is None else phase.after + 1
         owner = partition([lora_work(b, e.lora_chunk, context) for b in queue[start:stop]], session.world_size)
         for i in range(start, stop):
-            progress.update(1)   # every batch of the queue, this rank's or not: the line counts the whole queue
             if owner[i - start] != session.rank:   # documents are independent: each batch on one rank
                 continue
             batch = queue[i]
@@ -285,9 +296,6 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
         start = stop
         if phase is None:
             break
-        if progress.enabled:
-            print(f"ttt-lora: phase {phases.index(phase) + 1}/{len(phases)} on {len(phase.docs)} scored documents",
-                  file=progress.stream, flush=True)
         session.lora_end()   # the base model trains without adapters
         ledger.settle(ledger.lo, ledger.hi)   # every rank's scores final everywhere
         seq = np.concatenate([ledger.scored_tokens(s, t) for s, t in phase.docs])
@@ -302,7 +310,6 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
             session.sgd_end()
             session.lora_begin(lora_init(m, e), scale, out_dims)
     session.lora_end()
-    progress.close()
 
 
 def phase_sgd(session: Any, seq: np.ndarray, e: EvalConfig, context: int) -> None:

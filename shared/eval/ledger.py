@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from shared.data.bpb import ByteTables, EvalResult, SidecarBytes
+from shared.errors import PgolfError
 
 
 class IllegalOrder(RuntimeError):
@@ -33,6 +34,7 @@ class Ledger:
         self.mine = np.zeros(hi - lo, dtype=np.int64)    # how often this rank scored each target
         self.final = np.zeros(hi - lo, dtype=bool)       # scored by some rank and merged (`settle`)
         self.bytes = 0
+        self.on_record: Callable[[int], None] | None = None  # progress: called with each record's target count
 
     def record(self, first: int, nats: np.ndarray) -> None:
         """Scores of the targets [first, first + len(nats)), final once written."""
@@ -45,6 +47,8 @@ class Ledger:
         self.nats[i:j] = nats
         self.mine[i:j] = 1
         self.bytes += self.tables.target_bytes(self.tokens, first, first + len(nats))
+        if self.on_record is not None:
+            self.on_record(len(nats))
 
     def settle(self, lo: int, hi: int, local: bool = False) -> None:
         """Merge the ranks' records of [lo, hi) (a collective: every rank calls it for the same range),
@@ -71,6 +75,13 @@ class Ledger:
         if not self.final.all():
             missing = int((~self.final).sum())
             raise IllegalOrder(f"{missing} of {self.hi - self.lo} targets were never scored")
-        local = np.array([np.nansum(self.nats), float(self.mine.sum()), float(self.bytes)])
+        # Only this rank's own scores (NaN marks "scored elsewhere"); a NaN or infinite score among them
+        # stays in the sum, so every rank sees the same non-finite total and refuses it together.
+        local = np.array([float(np.sum(self.nats[self.mine > 0])), float(self.mine.sum()), float(self.bytes)])
         total = local if self.reduce is None else self.reduce(local)
+        if not np.isfinite(total[0]):
+            raise PgolfError(f"the evaluation diverged: the summed loss of {self.hi - self.lo:,} targets is "
+                             f"{total[0]} (a target scored NaN or infinity); no score is reported. Lower the "
+                             "test-time learning rates (eval.ttt_lr, eval.lora_lr, eval.lora_phase_lr) or check "
+                             "the weights with eval.mode = \"flat\"")
         return EvalResult(float(total[0]), int(round(total[1])), int(round(total[2])))

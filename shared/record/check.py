@@ -18,23 +18,33 @@ line formats (`parse_log`), which pgolf's logs also end with
 - the 10-minute track: train time at most 600 s (the step that crosses the cap
   finishes: one step's time of slack, as the reference script stops) and
   evaluation at most 600 s in every log;
+- integrity: train_gpt.py is the script exported (`code_sha256`), no log is given
+  twice, each log trained the seed its name says;
 - with `against` (a BPB or another records folder): the significance report of
-  shared/record/stats.py; failing the record rule is a failure.
+  shared/record/stats.py.
 
-An unreadable folder, JSON or log is a `PgolfError` (exit 2); a failed check is
-a report with failures (exit 1).
+Those are the structural checks (`Report.failures`), which a non-record submission
+must pass too. Then, on the record track, `judge_record` asks whether the folder is a
+record under a profile (shared/record/profile.py): the whole validation split, the
+official data, enough seeds significant under both rules, the time caps, the
+hardware and the legality evidence; each reason (`Report.not_record`) names the
+profile field it misses. An unreadable folder, JSON or log is a `PgolfError` (exit 2);
+a failed check, or a folder on the record track that is not a record, exits 1.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.artifact.format import SIZE_CAP
 from shared.errors import PgolfError
-from shared.record.stats import Significance, mean_std, significance
+from shared.record.profile import OFFICIAL, Profile
+from shared.record.stats import PRACTICE_P, RECORD_MARGIN_NATS, RECORD_P, Significance, mean_std, significance
 
 TRACKS = ("10min_16mb", "non_record_16mb")
 TIME_CAP_S = 600.0
@@ -50,6 +60,10 @@ _MODEL = re.compile(r"^Serialized model[^:]*:\s*(\d+) bytes")
 _CODE = re.compile(r"^Code size(?: \((compressed|uncompressed)\))?:\s*(\d+) bytes")
 _TOTAL_EVAL = re.compile(r"^total_eval_time:\s*([0-9.]+)s")
 _SEED_FILE = re.compile(r"seed_?(\d+)")
+_VAL_TOKENS = re.compile(r"^(?:data_checksums:.*\b)?val_tokens:\s*(\d+)")
+_SUM = re.compile(r"\b(val_sha256|tokenizer_sha256):([0-9a-f]{64})\b")
+_LEDGER = re.compile(r"^eval_ledger:.*\beval_mode:(\S+).*\beval_tokens:(\d+)")
+_LOG_SEED = re.compile(r"^\s*seed(?:\s*=|:)\s*(\d+)\s*$")  # pgolf's resolved config, a record's hyperparameters
 
 
 @dataclass
@@ -67,6 +81,12 @@ class LogFacts:
     model_bytes: int | None
     code_bytes: int | None
     code_compressed: bool
+    val_tokens: int | None = None        # the whole validation split's target tokens, as the log states them
+    eval_tokens: int | None = None       # the targets the final evaluation scored (pgolf's eval_ledger line)
+    eval_mode: str | None = None
+    sums: dict = field(default_factory=dict)   # val_sha256 / tokenizer_sha256 the log states
+    seed_in_log: str | None = None
+    digest: str = ""
 
 
 def parse_log(path: Path) -> LogFacts:
@@ -77,8 +97,17 @@ def parse_log(path: Path) -> LogFacts:
         raise PgolfError(f"{path}: cannot read ({e.strerror or e})") from None
     score = eval_ms = train_ms = step_avg = steps = total = model = code = total_eval = None
     compressed = False
+    val_tokens = eval_tokens = eval_mode = log_seed = None
+    sums: dict[str, str] = {}
     for line in text.splitlines():
+        if log_seed is None and (m := _LOG_SEED.match(line)):
+            log_seed = m.group(1)
         line = line.strip()
+        if m := _VAL_TOKENS.match(line):
+            val_tokens = int(m.group(1))
+        sums.update(_SUM.findall(line))
+        if m := _LEDGER.match(line):
+            eval_mode, eval_tokens = m.group(1), int(m.group(2))
         if (m := _SCORE.match(line)) and not line.startswith("step"):
             score = m
             if m.group(4):
@@ -106,7 +135,8 @@ def parse_log(path: Path) -> LogFacts:
     eval_s = total_eval if total_eval is not None else (eval_ms / 1000.0 if eval_ms is not None else None)
     return LogFacts(path, seed.group(1) if seed else None, score.group(1), float(score.group(2)),
                     float(score.group(3)), eval_s, train_ms / 1000.0 if train_ms is not None else None,
-                    step_avg, steps, total, model, code, compressed)
+                    step_avg, steps, total, model, code, compressed, val_tokens, eval_tokens, eval_mode, sums,
+                    log_seed, hashlib.sha256(text.encode("utf-8", "replace")).hexdigest())
 
 
 def _tolerance(value: float) -> float:
@@ -137,8 +167,8 @@ SEED_NUMBER_KEYS = ("val_loss", "val_bpb", "artifact_bytes", "steps", "step_avg_
 
 def check_numbers(sub: dict, path: Path) -> None:
     """Every numeric field present in submission.json is a number (not null, text or a boolean)."""
-    def bad(v) -> bool:
-        return isinstance(v, bool) or not isinstance(v, (int, float))
+    def bad(v) -> bool:  # null, text, a boolean, or NaN / infinity (Python's json reads `NaN` and `Infinity`)
+        return isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
 
     for key in NUMBER_KEYS:
         if key in sub and bad(sub[key]):
@@ -174,15 +204,32 @@ def scores(folder: Path) -> tuple[list[float], list[float]]:
 
 @dataclass
 class Report:
+    """`failures`: the structural checks (files, counted code, logs vs submission.json, sizes, caps), which a
+    non-record submission must pass too. `not_record`: why the folder is not a record under the profile
+    (each reason names the profile field it misses); empty for a record. `passes`: what the exit code says."""
+
     folder: Path
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     facts: list[LogFacts] = field(default_factory=list)
     significance: Significance | None = None
+    not_record: list[str] = field(default_factory=list)
+    profile: Profile | None = None
+    track: str | None = None
 
     @property
     def ok(self) -> bool:
+        """The structural checks pass."""
         return not self.failures
+
+    @property
+    def record(self) -> bool:
+        return self.ok and not self.not_record and self.profile is not None
+
+    @property
+    def passes(self) -> bool:
+        """A record on the record track; on the non-record track, the structural checks."""
+        return self.record if self.track != "non_record_16mb" else self.ok
 
     def lines(self) -> list[str]:
         out = [f"records folder {self.folder}"]
@@ -193,8 +240,22 @@ class Report:
         out += [f"  note: {n}" for n in self.notes]
         if self.significance:
             out += ["  " + line for line in self.significance.lines()]
+        out.append("structural checks: " + ("pass" if self.ok else f"{len(self.failures)} failed"))
         out += [f"  FAIL: {m}" for m in self.failures]
-        out.append("OK: the folder passes every check" if self.ok else f"FAILED: {len(self.failures)} check(s)")
+        if self.track == "non_record_16mb":
+            out.append("record judgement: not applied (a non-record submission by its track)")
+        elif self.profile is not None:
+            out.append(f"record judgement (profile {self.profile.name}): "
+                       + ("a record" if not self.not_record else f"NOT a record, {len(self.not_record)} reason(s)"))
+            out += [f"  NOT RECORD: {m}" for m in self.not_record]
+        if not self.ok:
+            out.append(f"FAILED: {len(self.failures)} structural check(s)")
+        elif self.passes:
+            out.append("OK: a record submission that passes every check" if self.track != "non_record_16mb"
+                       else "OK: a non-record submission that passes every structural check")
+        else:
+            out.append(f"NON-RECORD SUBMISSION: the structural checks pass, but it is not a record "
+                       f"({len(self.not_record)} reason(s) above); submit it as non_record_16mb or fix them")
         return out
 
 
@@ -206,10 +267,10 @@ def _track(folder: Path, sub: dict) -> str | None:
     return parent.removeprefix("track_") if parent.removeprefix("track_") in TRACKS else None
 
 
-def check_folder(folder: Path, against: str | None = None) -> Report:
+def check_folder(folder: Path, against: str | None = None, profile: Profile | None = OFFICIAL) -> Report:
     if not folder.is_dir():
         raise PgolfError(f"{folder} is not a folder: pass a records folder (records/<track>/<date>_<name>)")
-    rep = Report(folder)
+    rep = Report(folder, profile=profile)
     missing = [n for n in REQUIRED if not (folder / n).is_file()]
     if missing:
         rep.failures.append(f"missing file(s): {', '.join(missing)}")
@@ -298,11 +359,98 @@ def check_folder(folder: Path, against: str | None = None) -> Report:
     if totals and "bytes_total" in sub and int(sub["bytes_total"]) != max(totals):
         rep.failures.append(f"submission.json bytes_total {int(sub['bytes_total']):,} != the largest seed's "
                             f"{max(totals):,} bytes (model + code, recomputed)")
+    _check_integrity(rep, folder, sub, script)
+    rep.track = track
     if against is not None:
         rep.significance = compare(folder, against)
-        if not rep.significance.record:
-            rep.failures.append("not a significant record against " + against)
+    if profile is not None and track != "non_record_16mb":
+        rep.not_record = judge_record(rep, sub, profile, against)
     return rep
+
+
+def _check_integrity(rep: Report, folder: Path, sub: dict, script: Path) -> None:
+    """What a copied or swapped file would hide: the script's hash recorded at export, the same log under
+    two seeds, a log whose own seed is not the one in its name."""
+    want = sub.get("code_sha256")
+    if want is not None and script.is_file():
+        have = hashlib.sha256(script.read_bytes()).hexdigest()
+        if have != want:
+            rep.failures.append(f"train_gpt.py is not the script exported (sha256 {have[:12]}... but submission.json "
+                                f"code_sha256 {str(want)[:12]}...): was it replaced?")
+    elif want is None and script.is_file():
+        rep.notes.append("submission.json has no code_sha256 (written by `pgolf record export`): the script's "
+                         "identity is checked by its size only")
+    seen: dict[str, str] = {}
+    for f in rep.facts:
+        if f.digest in seen:
+            rep.failures.append(f"{f.path.name} is the same log as {seen[f.digest]}: each seed needs its own run")
+        seen.setdefault(f.digest, f.path.name)
+        if f.seed is not None and f.seed_in_log is not None and f.seed != f.seed_in_log:
+            rep.failures.append(f"{f.path.name}: its name says seed {f.seed}, the log trained seed {f.seed_in_log}")
+    scores = [(f.val_bpb, f.val_loss) for f in rep.facts]
+    if len(scores) != len(set(scores)) and len(seen) == len(rep.facts):
+        rep.notes.append("two logs report the very same score: check they are different runs")
+
+
+def judge_record(rep: Report, sub: dict, profile: Profile, against: str | None) -> list[str]:
+    """Why the folder is not a record under `profile` (empty: it is). Each reason names the profile field."""
+    why: list[str] = []
+    facts = rep.facts
+    if len(facts) < profile.min_seeds:
+        why.append(f"min_seeds: {len(facts)} seed log(s), a record needs at least {profile.min_seeds}")
+    for f in facts:
+        name = f.path.name
+        if profile.val_tokens is None:
+            why.append("val_tokens: the official validation token count of this variant is not known to the "
+                       "profile; pass --profile FILE with it")
+        elif f.val_tokens is None:
+            why.append(f"val_tokens: {name} does not state the validation split's token count")
+        elif f.val_tokens != profile.val_tokens:
+            why.append(f"val_tokens: {name} validates on a split of {f.val_tokens:,} tokens, not the official "
+                       f"{profile.val_tokens:,}")
+        scored, whole = f.eval_tokens, profile.val_tokens or f.val_tokens
+        if whole is not None and scored is not None and scored < whole - profile.val_tokens_slack:
+            why.append(f"val_tokens: {name} evaluated {scored:,} target tokens, not the whole validation split "
+                       f"({whole:,}; eval.max_tokens must be 0)")
+        for key in ("tokenizer_sha256", "val_sha256"):
+            want = getattr(profile, key)
+            have = f.sums.get(key)
+            if want is None:
+                why.append(f"{key}: the official checksum is not known to the profile; pass --profile FILE with it")
+            elif have is None:
+                why.append(f"{key}: {name} states no {key} (pgolf logs it in `data_checksums:`)")
+            elif have != want:
+                why.append(f"{key}: {name} used {have[:12]}..., not the official {want[:12]}...")
+        if f.train_time_s is None:
+            why.append(f"train_seconds: {name} has no train_time")
+        elif f.train_time_s > profile.train_seconds + (f.step_avg_ms or 0.0) / 1000.0:
+            why.append(f"train_seconds: {name} trained {f.train_time_s:.1f} s, over {profile.train_seconds:g} s")
+        if f.eval_time_s is None:
+            why.append(f"eval_seconds: {name} has no eval_time")
+        elif f.eval_time_s > profile.eval_seconds:
+            why.append(f"eval_seconds: {name} evaluated in {f.eval_time_s:.1f} s, over {profile.eval_seconds:g} s")
+        if f.eval_mode is None or f.eval_tokens is None:
+            why.append(f"legality: {name} has no eval_ledger line (the evaluation mode and the ledger's count of "
+                       "targets scored once)")
+        if f.total_bytes is not None and f.total_bytes > profile.size_cap:
+            why.append(f"size_cap: {name} totals {f.total_bytes:,} bytes, over {profile.size_cap:,}")
+    hardware = str(sub.get("hardware", ""))
+    if not re.search(profile.hardware, hardware):
+        why.append(f"hardware: submission.json says {hardware or 'nothing'!r}, the profile needs {profile.hardware!r}")
+    if against is None:
+        why.append("significance: untested; pass --against BEST (the current record's BPB or folder)")
+    elif rep.significance is not None:
+        sig = rep.significance
+        if sig.p_record is None:
+            why.append(f"significance: {sig.n} seed(s) cannot be tested (a t-test needs at least two)")
+        else:
+            if not sig.record:
+                why.append(f"significance: the README rule ({RECORD_MARGIN_NATS} nats better at p < {RECORD_P}) "
+                           f"fails, p = {sig.p_record:.3g}")
+            if not sig.p_practice < PRACTICE_P:
+                why.append(f"significance: the audited progression rule (better at p < {PRACTICE_P}) fails, "
+                           f"p = {sig.p_practice:.3g}")
+    return list(dict.fromkeys(why))
 
 
 def compare(folder: Path, against: str) -> Significance:
@@ -315,6 +463,8 @@ def significance_against(bpb: list[float], loss: list[float], against: str) -> S
     try:
         best: float | list[float] = float(against)
         best_loss = None
+        if not math.isfinite(best) or best <= 0:
+            raise PgolfError(f"--against {against}: the best score must be a positive, finite BPB")
     except ValueError:
         other = Path(against)
         if not other.is_dir():

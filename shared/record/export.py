@@ -22,7 +22,9 @@ size; otherwise the logs would describe another script).
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -30,13 +32,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from shared.core.config import Config, load_config, to_dict, to_toml
-from shared.core.rundir import CONFIG, LOG, SUMMARY
+from shared.core.rundir import CONFIG, LOG, SUMMARY, run_disagreements, write_failed
 from shared.errors import PgolfError
 from shared.record.stats import mean_std
 
 TRACKS = ("10min_16mb", "non_record_16mb")
 SUBMISSION_KEYS = ("author", "github_id", "name", "blurb", "date", "track", "val_loss", "val_bpb", "val_loss_std",
-                   "val_bpb_std", "seeds", "seed_results", "bytes_total", "bytes_code", "hardware", "pytorch_version")
+                   "val_bpb_std", "seeds", "seed_results", "bytes_total", "bytes_code", "hardware", "pytorch_version",
+                   "code_sha256")
 # Why each package is there (requirements.txt says so too).
 REQUIREMENTS = (
     ("torch", "the model, DDP and the training step"),
@@ -57,6 +60,23 @@ def _read_run(run: Path) -> tuple[Config, dict, str]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PgolfError(f"{run / SUMMARY}: unreadable JSON ({e})") from None
     return load_config(run / CONFIG), summary, (run / LOG).read_text(encoding="utf-8", errors="replace")
+
+
+# The summary.json figures an export copies; each must be a finite number (a diverged run has no score).
+EXPORTED_NUMBERS = ("q_val_loss", "q_val_bpb", "total_bytes", "code_bytes", "steps", "train_seconds")
+
+
+def check_summary(summary, path: Path) -> None:
+    if not isinstance(summary, dict):
+        raise PgolfError(f"{path}: expected a JSON object; re-run `pgolf train --resume {path.parent}` to rewrite it")
+    for key in EXPORTED_NUMBERS:
+        v = summary.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            what = "missing" if key not in summary else f"{v!r}, not a finite number"
+            raise PgolfError(f"{path}: {key} is {what}; a run whose summary has no score cannot be exported "
+                             f"(finish it with `pgolf train --resume {path.parent}`, or retrain it)")
+    if "eval_seconds" in summary and not isinstance(summary["eval_seconds"], (int, float)):
+        raise PgolfError(f"{path}: eval_seconds is {summary['eval_seconds']!r}, not a number")
 
 
 def _same_config(cfg: Config) -> Config:
@@ -91,6 +111,14 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
         raise PgolfError(f"--track {track!r}: choose one of {', '.join(TRACKS)}")
     if not runs:
         raise PgolfError("pass at least one RUN_DIR (three seeds is usual)")
+    date = date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+        raise PgolfError(f"--date {date!r}: expected YYYY-MM-DD")
+    try:
+        datetime.date.fromisoformat(date)
+    except ValueError:
+        raise PgolfError(f"--date {date!r}: not a calendar date (YYYY-MM-DD)") from None
+    folder_name(name, date)  # a --name without letters: refused before the runs are read
     loaded = [(Path(r), *_read_run(Path(r))) for r in runs]
     cfg0 = loaded[0][1]
     for run, cfg, _, _ in loaded[1:]:
@@ -100,6 +128,11 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
     seeds = [cfg.train.seed for _, cfg, _, _ in loaded]
     if len(set(seeds)) != len(seeds):
         raise PgolfError(f"the runs repeat a seed ({seeds}): each RUN_DIR must be a different seed")
+    for run, _, summary, _ in loaded:
+        check_summary(summary, run / SUMMARY)
+        if problems := run_disagreements(run):  # the files must describe one finished run
+            raise PgolfError(f"{run}: its files disagree: {'; '.join(problems)}; finish it with "
+                             f"`pgolf train --resume {run}` (or retrain it) before exporting")
     gen = generate(cfg0)
     code = len(gen.data)
     for run, _, summary, _ in loaded:
@@ -108,9 +141,6 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
                              f"train_gpt.py of this checkout is {code} bytes: export from the checkout that trained "
                              "it, or retrain")
 
-    date = date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
-        raise PgolfError(f"--date {date!r}: expected YYYY-MM-DD")
     dest = Path(out) / f"track_{track}" / folder_name(name, date)
     if dest.exists() and not overwrite:
         raise PgolfError(f"{dest} exists: pass --overwrite to replace it, or another --name")
@@ -145,6 +175,7 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
         "seeds": [int(s) for s in results], "seed_results": results,
         "bytes_total": max(r["artifact_bytes"] for r in results.values()), "bytes_code": code,
         "hardware": hardware, "pytorch_version": torch_version,
+        "code_sha256": hashlib.sha256(gen.data).hexdigest(),  # `record check` refuses a swapped script
     }
     readme = _readme(submission, cfg0, baked_config(cfg0), gen, loaded)
     needs = REQUIREMENTS + ((BROTLI,) if cfg0.quant.compressor != "zstd" else ())
@@ -165,18 +196,55 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
+    except OSError as e:  # a full disk, a read-only folder: name the records folder, not a temp file
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failed(dest, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
 
 
+def _reproduce(sub: dict, cfg: Config, baked: Config, loaded) -> str:
+    """The Reproduce section: the FineWeb commands, or, for runs on other data (the sample), how to rerun
+    them on that data as they were and how a record attempt would run on FineWeb instead."""
+    run_data, vocab = Path(cfg.data.dir).name, cfg.model.vocab_size
+    tok = Path(cfg.data.tokenizer).name
+    fetch = (f"# data, from the repository root: python3 data/cached_challenge_fineweb.py --variant sp{vocab}\n"
+             f"# (or: pgolf data download --variant sp{vocab}); then, in this folder: ln -s ../../../data data")
+    if run_data.startswith("fineweb"):
+        data_env = "" if run_data == Path(baked.data.dir).name else (  # a FineWeb variant: say where it goes
+            f"DATA_PATH=./data/datasets/{run_data} TOKENIZER_PATH=./data/tokenizers/{tok} ")
+        runs = "\n".join(f"{data_env}SEED={seed} RUN_ID=train_seed{seed} torchrun --standalone --nproc_per_node=8 "
+                         "train_gpt.py" for seed in sub["seeds"])
+        return f"```bash\npip install -r requirements.txt\n{fetch}\n{runs}\n```\n"
+    world = int(loaded[0][2].get("world_size", 1))
+    build = ("pgolf data sample --out data" if run_data.startswith("sample_")
+             else f"# build {run_data} with the pgolf command that made it (pgolf data build ...)")
+    again = "\n".join(f"DATA_PATH=./data/datasets/{run_data} TOKENIZER_PATH=./data/tokenizers/{tok} SEED={seed} "
+                       f"RUN_ID=train_seed{seed} torchrun --standalone --nproc_per_node={world} train_gpt.py"
+                       for seed in sub["seeds"])
+    record = "\n".join(f"SEED={seed} RUN_ID=train_seed{seed} torchrun --standalone --nproc_per_node=8 train_gpt.py"
+                        for seed in sub["seeds"])
+    return f"""These runs trained and were scored on `{run_data}`, not on the challenge's FineWeb data: their scores
+are not comparable with the leaderboard's. To rerun them as they were ({world} process(es), as logged):
+
+```bash
+pip install -r requirements.txt
+{build}   # in this folder: data/datasets/{run_data}, data/tokenizers/{tok}
+{again}
+```
+
+To train this config on FineWeb instead (what a record attempt runs, on 8xH100):
+
+```bash
+{fetch}
+{record}
+```
+"""
+
+
 def _readme(sub: dict, cfg: Config, baked: Config, gen, loaded) -> str:
-    data_env = ""
-    run_data = Path(cfg.data.dir).name
-    if run_data != Path(baked.data.dir).name:  # a data variant: say where it goes
-        data_env = (f"DATA_PATH=./data/datasets/{run_data} "
-                    f"TOKENIZER_PATH=./data/tokenizers/{Path(cfg.data.tokenizer).name} ")
     rows = "\n".join(f"| {seed} | {r['val_loss']:.8f} | {r['val_bpb']:.8f} | {r['artifact_bytes']:,} | {r['steps']:,} "
                      f"| {r['step_avg_ms']:.2f} | {r['eval_time_s']:.1f} |" for seed, r in sub["seed_results"].items())
     diffs = "\n".join(f"- `{d}`" for d in differences(cfg)) or "- none: pgolf's defaults (the naive baseline)"
@@ -207,14 +275,7 @@ The full resolved config is baked into `train_gpt.py`; here it is:
 
 ## Reproduce
 
-```bash
-pip install -r requirements.txt
-# data, from the repository root: python3 data/cached_challenge_fineweb.py --variant sp{cfg.model.vocab_size}
-# (or: pgolf data download --variant sp{cfg.model.vocab_size}); then, in this folder: ln -s ../../../data data
-""" + "\n".join(f"{data_env}SEED={seed} RUN_ID=train_seed{seed} torchrun --standalone --nproc_per_node=8 train_gpt.py"
-                 for seed in sub["seeds"]) + f"""
-```
-
+""" + _reproduce(sub, cfg, baked, loaded) + f"""
 Each run writes `logs/<RUN_ID>/` (train.log, model.pgz, summary.json) and ends with the
 challenge's lines (`final_pgz_roundtrip ... val_bpb:...`, `Total submission size pgz: N bytes`).
 Other environment variables, as in the reference script: ITERATIONS, MAX_WALLCLOCK_SECONDS,

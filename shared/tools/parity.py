@@ -138,12 +138,15 @@ def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int =
                backends: tuple[str, str] = ("mlx", "torch"), modes: bool = False) -> ParityReport:
     from shared.artifact.format import pack, unpack
     from shared.core.backends import get_backend
+    from shared.core.progress import Phases
 
     cfg = parity_config(cfg)
     cfg = replace(cfg, eval=replace(cfg.eval, mode="flat"))  # checks 2 and 5: the flat pass; check 6: the others
     a_name, b_name = backends
     a, b = get_backend(a_name), get_backend(b_name)
     rep = ParityReport()
+    phases = Phases("parity", 6 if modes else 5)
+    phases.start(f"export and pack in {a_name} and {b_name}")
 
     # 1. Export -> pack: byte-identical artifacts.
     blob_a = pack(a.export_params(params, cfg), cfg)
@@ -154,6 +157,7 @@ def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int =
             f"artifacts packed from the {a_name} and {b_name} exports differ")
 
     # 2. The artifact's validation BPB in both backends.
+    phases.start("validation BPB of the artifact in both backends")
     _, q_a = unpack(blob_a)
     res_a = a.evaluate(q_a, cfg, dataset.val_tokens, dataset.tables)
     res_b = b.evaluate(q_a, cfg, dataset.val_tokens, dataset.tables)
@@ -165,6 +169,7 @@ def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int =
         rep.add("bpb_counts", 1.0, 0.0, "the backends scored different token or byte counts")
 
     # 3. One forward pass.
+    phases.start("one forward pass")
     batches = train_batches(dataset, cfg, max(steps, 1))
     x, y = batches[0]
     la, lb = a.batch_loss(params, cfg, x, y), b.batch_loss(params, cfg, x, y)
@@ -172,6 +177,7 @@ def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int =
     rep.add("forward", rel_diff(la, lb), FORWARD_TOL, "forward loss on the first training batch differs")
 
     # 4. Training steps from the same weights on the same batches.
+    phases.start(f"{steps} training steps in each backend")
     if steps > 0:
         losses_a, after_a = train_steps(a, params, cfg, batches[:steps])
         losses_b, after_b = train_steps(b, params, cfg, batches[:steps])
@@ -196,6 +202,7 @@ def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int =
                 + ("" if allowed[wname] == WEIGHT_TOL else f" ({NOISE_FACTOR:g}x its noise floor allowed)"))
 
     # 5. Cross evaluation: each backend's artifact read by the other. With identical
+    phases.start("cross evaluation")
     # artifacts this is check 2 again; otherwise both artifacts are scored by both.
     cross = diff
     if blob_a != blob_b:
@@ -205,6 +212,7 @@ def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int =
     rep.figures["cross_bpb_abs_diff"] = cross
     rep.add("cross", cross, BPB_TOL, "an artifact from one backend evaluates differently in the other")
     if modes:
+        phases.start("sliding, TTT-SGD and TTT-LoRA evaluation in both backends")
         eval_parity(rep, q_a, cfg, dataset, (a, a_name), (b, b_name))
     return rep
 

@@ -109,6 +109,11 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise PgolfError(f"{path}: not a readable .npz ({e}); --from mlx-ref reads the <RUN_ID>_mlx_model.npz "
                          "that train_gpt_mlx.py saves") from None
+    odd = [k for k, v in raw.items() if not isinstance(v, np.ndarray)]
+    if odd or not raw:  # a zip that is not an .npz (torch.save writes zips too): no .npy members
+        hint = " (a torch .pt file? import it with --from torch-ref)" if any("data.pkl" in k for k in odd) else ""
+        raise PgolfError(f"{path}: not an .npz of arrays{hint}; --from mlx-ref reads the <RUN_ID>_mlx_model.npz "
+                         "that train_gpt_mlx.py saves")
     return {k: _as_f32(k, v, path) for k, v in raw.items()}
 
 
