@@ -33,7 +33,7 @@ from shared.eval import driver
 TOL = 1e-5
 SHAPE = ["model.num_layers=6", "model.xsa_last_n=6", "model.model_dim=128", "model.num_heads=2",
          "model.num_kv_heads=1", "model.vocab_size=512", "model.loop_start=2", "model.loop_end=3",
-         "model.parallel_from=4"]
+         "model.parallel_from=4", "model.doc_max_len=64"]
 # A context shorter than the longest documents, 3 documents per batch (7 documents: 2 full batches and a
 # short one), adapters large enough to move the scores (rank 8, alpha 16, LR 3e-3).
 EVAL = ["eval.context=64", "eval.lora_chunk=16", "eval.lora_docs=3", "eval.lora_rank=8", "eval.lora_alpha=16.0",
@@ -112,9 +112,8 @@ def record_hparams_for(rec, cfg: Config, run_id: str):
         global_ttt_lr=e.lora_phase_lr, global_ttt_momentum=e.ttt_momentum, global_ttt_epochs=1,
         global_ttt_chunk_tokens=e.lora_phase_chunk_tokens, global_ttt_batch_seqs=e.lora_phase_rows,
         global_ttt_grad_clip=e.ttt_grad_clip, global_ttt_warmup_chunks=0,
-        # pgolf's model attends across BOS within a row (no document-isolated attention yet): the record's
-        # phases without its varlen split compute the same thing
-        global_ttt_respect_doc_boundaries=False,
+        # the phases' rows split at BOS (varlen) when the model has document-isolated attention
+        global_ttt_respect_doc_boundaries=m.doc_attention,
         val_doc_fraction=1.0, run_id=run_id, rank=0, world_size=1, is_main_process=True, logfile=None)
 
 

@@ -95,6 +95,22 @@ def make_inputs(cfg_path: str, n_tokens: int, folder: Path, scale: float) -> tup
     return folder / "params.npz", folder / "tokens.npy"
 
 
+def imbalance(n_docs: int = 50_000, ranks: int = 8, docs: int = 64, chunk: int = 48, context: int = 2048) -> dict:
+    """Work per rank (tokens through the model: live rows x window over the chunk steps) of the LoRA queue
+    over `n_docs` FineWeb-like documents, max / mean over `ranks`: pgolf's partition and plain dealing."""
+    from shared.eval import driver
+
+    lengths = fineweb_like_lengths(n_docs, np.random.default_rng(0))
+    starts = np.concatenate([[1], 1 + np.cumsum(lengths)[:-1]])
+    queue = [b for _, b in driver.length_batches([(int(s), int(s + n)) for s, n in zip(starts, lengths, strict=True)],
+                                                 docs)]
+    works = [driver.lora_work(b, chunk, context) for b in queue]
+    load = np.bincount(driver.partition(works, ranks), weights=works, minlength=ranks)
+    dealt = np.array([sum(works[r::ranks]) for r in range(ranks)])
+    return {"docs": n_docs, "ranks": ranks, "batches": len(queue), "partition_max_over_mean": load.max() / load.mean(),
+            "round_robin_max_over_mean": dealt.max() / dealt.mean(), "largest_batch_over_mean": max(works) / load.mean()}
+
+
 def run_tree(tree: Path, cfg_path: str, params: Path, tokens: Path, out: Path, overrides: list[str]) -> dict:
     script = out.with_suffix(".py")
     script.write_text(RUNNER)
@@ -114,7 +130,12 @@ def main() -> None:
     ap.add_argument("--doc-scale", type=float, default=0.25,
                     help="document lengths x this (small configs have a short context)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--imbalance", action="store_true",
+                    help="instead: the LoRA work of 50,000 FineWeb-like documents over 8 ranks (#1855's settings)")
     args = ap.parse_args()
+    if args.imbalance:
+        print(json.dumps(imbalance()))
+        return
     base = ["eval.mode=ttt", "eval.ttt=lora", f"eval.max_tokens={args.tokens}", "train.compute_dtype=float32"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -300,7 +300,7 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
         ledger.settle(ledger.lo, ledger.hi)   # every rank's scores final everywhere
         seq = np.concatenate([ledger.scored_tokens(s, t) for s, t in phase.docs])
         if e.lora_phase_order == "scored":
-            phase_sgd(session, seq, e, context)
+            phase_sgd(session, seq, e, context, m.doc_attention)
             draws += 1   # #1855 builds new adapters after a phase: a fresh A
             session.lora_begin(lora_init(m, e, draws), scale, out_dims)
         else:
@@ -312,10 +312,12 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
     session.lora_end()
 
 
-def phase_sgd(session: Any, seq: np.ndarray, e: EvalConfig, context: int) -> None:
+def phase_sgd(session: Any, seq: np.ndarray, e: EvalConfig, context: int, one_row: bool = False) -> None:
     """#1855's global SGD phase over the scored tokens `seq`: chunks of `lora_phase_chunk_tokens`, never the
     last; each chunk's whole `context`-token rows shared out to the ranks, `lora_phase_rows` rows per rank
-    and step; LR cosine over the chunks; loss = the mean over a rank's tokens, averaged over the ranks."""
+    and step; LR cosine over the chunks; loss = the mean over a rank's tokens, averaged over the ranks.
+    `one_row` (document-isolated attention): a rank's rows go in as one row, split only at BOS (and the
+    model's doc_max_len), as the record's varlen batch."""
     total, chunk, w = seq.size - 1, e.lora_phase_chunk_tokens, session.world_size
     n = -(-total // chunk)
     session.sgd_begin(e.ttt_momentum)
@@ -334,7 +336,8 @@ def phase_sgd(session: Any, seq: np.ndarray, e: EvalConfig, context: int) -> Non
             if b1 <= b0 or t > seq.size:
                 x = y = np.zeros((0, context), dtype=np.int64)   # nothing here: join the all-reduce
             else:
-                x, y = seq[s : t - 1].reshape(-1, context), seq[s + 1 : t].reshape(-1, context)
+                shape = (1, -1) if one_row else (-1, context)
+                x, y = seq[s : t - 1].reshape(shape), seq[s + 1 : t].reshape(shape)
             session.sgd_step(x, y, lr, e.ttt_grad_clip, denom=max(1, w * y.size))
     session.sgd_end()
 
