@@ -131,19 +131,18 @@ def test_warm_a_scores_depend_only_on_tokens_scored_before_them(setup, backend):
 
 def train_first_lora_batch(session, ledger, e, context, batch):
     """A WRONG order, for the test only: each chunk's adapter step before its scoring (bypasses the ledger)."""
-    real_nats = session.token_nats
+    real_score = session.lora_score
 
-    def step_then_score(x, y):
-        mask = np.zeros(x.shape, dtype=bool)
-        mask[:, -e.lora_chunk :] = True
-        session.lora_step(x, y, mask & (y > 0), e.lora_lr, e.lora_wd, e.lora_adam_eps)
-        return real_nats(x, y)
+    def step_then_score(rows, x, y, pos, weight, max_tokens=0):
+        real_score(rows, x, y, pos, np.full(weight.shape, 1.0 / weight.shape[1], dtype=np.float32), max_tokens)
+        session.lora_train(e.lora_lr, e.lora_wd, e.lora_adam_eps)   # trained on the chunk ...
+        return real_score(rows, x, y, pos, weight, max_tokens)      # ... then scored
 
-    session.token_nats = step_then_score
+    session.lora_score = step_then_score
     try:
         REAL_LORA_BATCH(session, ledger, e, context, batch)
     finally:
-        session.token_nats = real_nats
+        session.lora_score = real_score
 
 
 REAL_LORA_BATCH = driver.lora_batch

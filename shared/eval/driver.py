@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -269,6 +269,8 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
     collective), and the base model trains on scored documents only (`Ledger.scored_tokens`); then
     the adapters start again. Adapters reset per batch (`lora_reset`; with `lora_warm_a` A carries on)."""
     docs = documents(ledger.tokens, ledger.lo, ledger.hi, bos)
+    if 0 < len(docs) < e.lora_docs:   # adapters for the documents there are, not lora_docs rows (memory)
+        e = replace(e, lora_docs=len(docs))
     queue, phases = lora_queue(docs, e)
     out_dims = {name: dout for name, (_, dout) in lora_shapes(m, e).items()}
     scale = e.lora_alpha / e.lora_rank
