@@ -183,3 +183,36 @@ def test_ablate_runs_base_and_each_key(tiny_toml, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| base |" in text and "| off-smear_gate | model.smear_gate=false |" in text and "equal steps" in text
     assert json.loads((out / "sweep.json").read_text())["kind"] == "ablate"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+@pytest.mark.slow
+def test_plot_writes_a_png_of_every_run(sweep_dir, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from shared.research.plot import class_bytes, curves
+
+    out = tmp_path / "curves.png"
+    assert _cli(["plot", str(sweep_dir), "-o", str(out)]) == 0
+    assert "(8 runs)" in capsys.readouterr().out
+    assert _png_size(out) == (1200, 680)
+    run = sweep_dir / "p00-mlp_mult=2-beta2=0.95" / "seed1337"
+    c = curves(run)
+    assert [p[0] for p in c["train_loss"]] == [1.0, 2.0, 3.0] and c["val_bpb"][-1][0] == 3.0
+    per_class = class_bytes(run)
+    assert {"embed", "attn", "mlp"} <= set(per_class) and all(v > 0 for v in per_class.values())
+    wide = class_bytes(sweep_dir / "p02-mlp_mult=3-beta2=0.95" / "seed1337")
+    assert wide["mlp"] > per_class["mlp"] and wide["embed"] == pytest.approx(per_class["embed"], rel=0.2)
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert _cli(["plot", str(tmp_path), "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "[plot]" in err and "\n" not in err
