@@ -101,7 +101,8 @@ def sweep(backend, config_path, steps, max_seconds, seeds, out, sets, data, toke
 @click.command("ablate")
 @common_options
 @click.option("--keys", default=None, help="comma-separated techniques: config keys (smear_gate, optim.muon_wd) or "
-                                           "named groups (`pgolf ablate --list`)")
+                                           "named groups of keys (weight_decay, warmdown_frac, partial_rope, ...: "
+                                           "an unknown name lists them)")
 @click.option("--all", "all_keys", is_flag=True, help="every technique key where the config differs from the baseline")
 def ablate(backend, config_path, steps, max_seconds, seeds, out, sets, data, tokenizer, as_json, keys,
            all_keys) -> None:
