@@ -139,11 +139,26 @@ def test_compare_runs_and_sweeps(sweep_dir, capsys):
     assert _cli(["compare", str(sweep_dir / "nothing")]) == 2
 
 
-def _group(label: str, scores: list[float], **cfg) -> Group:
+def _group(label: str, scores: list[float], tok_s: list[float] | None = None, **cfg) -> Group:  # cfg: train=
+    tok_s = tok_s or [1.0] * len(scores)
     runs = [Run(Path(f"{label}/{i}"), {"q_val_bpb": s, "val_bpb": s, "total_bytes": 100, "steps": 10,
-                                       "tokens_per_second": 1.0, "train_seconds": 1.0},
-                replace(Config(), train=replace(Config().train, seed=i), **cfg)) for i, s in enumerate(scores)]
+                                       "tokens_per_second": t, "train_seconds": 1.0},
+                replace(Config(), train=replace(cfg.get("train", Config().train), seed=i)))
+            for i, (s, t) in enumerate(zip(scores, tok_s, strict=True))]
     return Group(label, runs)
+
+
+def test_budget_line_says_equal_steps_or_wallclock_and_warns_of_load():
+    from shared.research.runs import budget_line
+
+    steps = replace(Config().train, max_seconds=0.0, iterations=50)
+    assert budget_line([_group("a", [2.0, 2.1], train=steps)]) == "budget: equal steps (50 steps per run, no wallclock cap)"
+    steady = budget_line([_group("a", [2.0, 2.1], [100.0, 110.0])])
+    assert steady.startswith("budget: equal wallclock (600 s") and "WARNING" not in steady
+    loaded = budget_line([_group("a", [2.0, 2.1], [100.0, 110.0]), _group("b", [2.0, 2.1], [100.0, 250.0])])
+    assert "WARNING: the seeds of b ran 2.5x apart" in loaded
+    mixed = budget_line([_group("a", [2.0]), _group("b", [2.0], train=steps)])
+    assert mixed.startswith("budget: MIXED")
 
 
 def test_verdict_follows_the_seeds():

@@ -135,10 +135,25 @@ def budget_line(groups: list[Group]) -> str:
     if caps == {0.0} and len(iters) == 1:
         return f"budget: equal steps ({iters.pop()} steps per run, no wallclock cap)"
     if len(caps) == 1 and 0.0 not in caps:
-        return (f"budget: equal wallclock ({caps.pop():g} s of training per run; steps differ with speed and the "
-                "machine's load)")
+        line = f"budget: equal wallclock ({caps.pop():g} s of training per run; steps differ with speed and the machine's load)"
+        return line + load_warning(groups)
     return ("budget: MIXED (step budgets " + ", ".join(map(str, sorted(iters))) + "; wallclock caps "
             + ", ".join(f"{c:g}s" for c in sorted(caps)) + "): the runs are not on equal terms")
+
+
+LOAD_RATIO = 1.3  # seeds of one config whose speeds differ by more than this ran under different load
+
+
+def load_warning(groups: list[Group]) -> str:
+    """Under a wallclock budget, seeds of the same config that ran at different speeds mean the machine's load
+    changed during the sweep: their steps, hence their scores, measure the load as much as the config."""
+    worst = max(((max(v) / min(v), g.label) for g in groups if len(v := g.values("tokens_per_second")) > 1
+                 and min(v) > 0), default=None)
+    if worst is None or worst[0] <= LOAD_RATIO:
+        return ""
+    return (f"\nWARNING: the seeds of {worst[1]} ran {worst[0]:.1f}x apart in tok/s: the machine's load changed, "
+            "so steps and scores at equal wallclock mix load with the config; rerun with --steps N (equal steps) "
+            "or on an idle machine")
 
 
 def _mean(xs: list[float]) -> float | None:
