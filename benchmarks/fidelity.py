@@ -26,7 +26,8 @@ import torch
 
 from benchmarks.record_shim import load_record, record_hparams
 from shared.core.config import ModelConfig
-from shared.core.spec import BOS_ID, init_params
+from shared.core.spec import BOS_ID
+from tests.reference_math import live_params
 
 SHAPE = dict(num_layers=6, model_dim=128, num_heads=4, num_kv_heads=2, vocab_size=512, mlp_mult=4.0,
              activation="leaky_relu2", rope_dims=16, qk_gain_init=5.0, ln_scale=True, xsa_last_n=6,
@@ -55,15 +56,6 @@ def record_model(rec, m: ModelConfig):
                        logit_softcap=m.logit_softcap, rope_base=m.rope_base, fused_ce_enabled=False,
                        rope_yarn=False, attn_out_gate_enabled=False, gated_attn_enabled=False)
     return rec.GPT(h).float()
-
-
-def live_params(m: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, p in init_params(m, seed).items():
-        fan = p.shape[-1] if p.ndim >= 2 else 1
-        out[name] = (p + rng.standard_normal(p.shape) * (0.5 / np.sqrt(fan) if p.ndim >= 2 else 0.3)).astype(np.float32)
-    return out
 
 
 def to_record(params: dict[str, np.ndarray], m: ModelConfig) -> dict[str, torch.Tensor]:

@@ -254,3 +254,16 @@ def record_logits(params: dict[str, np.ndarray], m: ModelConfig, x: np.ndarray, 
     h = rms(h, eps)
     head = p["tok_emb.weight"] if m.tie_embeddings else p["lm_head.weight"]
     return m.logit_softcap * np.tanh((h @ head.T) / m.logit_softcap)
+
+
+def live_params(m: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Initial weights with every tensor moved away from its init (zero-init projections, gates and mixes
+    all matter), float32: what the fidelity checks feed both sides."""
+    from shared.core.spec import init_params
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, p in init_params(m, seed).items():
+        fan = p.shape[-1] if p.ndim >= 2 else 1
+        out[name] = (p + rng.standard_normal(p.shape) * (0.5 / np.sqrt(fan) if p.ndim >= 2 else 0.3)).astype(np.float32)
+    return out

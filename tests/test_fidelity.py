@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from shared.core.config import ModelConfig
-from shared.core.spec import doc_segments, init_params, param_table
+from shared.core.spec import doc_segments, param_table
 from shared.errors import PgolfError
-from tests.reference_math import _segments, record_logits
+from tests.reference_math import _segments, live_params, record_logits
 
 RECORD_SHAPE = dict(num_layers=6, model_dim=64, num_heads=4, num_kv_heads=2, vocab_size=128, mlp_mult=4.0,
                     activation="leaky_relu2", rope_dims=8, qk_gain_init=5.0, ln_scale=True, xsa_last_n=6,
@@ -27,16 +27,6 @@ def record_model() -> ModelConfig:
     m = replace(ModelConfig(), **RECORD_SHAPE)
     m.validate()
     return m
-
-
-def live_params(m: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Weights with every tensor away from its init (zero projections, gates and mixes matter)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, p in init_params(m, seed).items():
-        fan = p.shape[-1] if p.ndim >= 2 else 1
-        out[name] = (p + rng.standard_normal(p.shape) * (0.5 / np.sqrt(fan) if p.ndim >= 2 else 0.3)).astype(np.float32)
-    return out
 
 
 def tokens(seed: int = 1) -> np.ndarray:
@@ -53,34 +43,28 @@ def test_segments_agree_with_the_reference_loop():
     assert doc_segments(x, 8)[0].tolist()[:22] == [0] * 8 + [1] * 5 + [2] * 4 + [3] * 5
 
 
-@pytest.mark.torch
-@pytest.mark.parametrize("looped", [False, True])
-@pytest.mark.parametrize("bos_mask", [True, False])
-def test_torch_record_model_equals_the_reference(looped, bos_mask):
-    import torch
+def backend_logits(backend: str, m: ModelConfig, params: dict[str, np.ndarray], x: np.ndarray, looped: bool):
+    """The float64 logits one backend's model computes in float32."""
+    if backend == "torch":
+        import torch
 
-    from cuda_train.model import build_model
+        from cuda_train.model import build_model
 
-    m = replace(record_model(), smear_bos_mask=bos_mask)
-    params, x = live_params(m), tokens()
-    ref = record_logits(params, m, x, looped)
-    with torch.no_grad():
-        got = build_model(m, params).logits(torch.from_numpy(x), looped=looped).double().numpy()
-    assert np.abs(got - ref).max() < TOL, np.abs(got - ref).max()
-
-
-@pytest.mark.mlx
-@pytest.mark.parametrize("looped", [False, True])
-@pytest.mark.parametrize("bos_mask", [True, False])
-def test_mlx_record_model_equals_the_reference(looped, bos_mask):
-    import mlx.core as mx
-
+        with torch.no_grad():
+            return build_model(m, params).logits(torch.from_numpy(x), looped=looped).double().numpy()
+    mx = pytest.importorskip("mlx.core")
     from mlx_train.model import build_model
 
+    return np.array(build_model(m, params).logits(mx.array(x), looped=looped)).astype(np.float64)
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+@pytest.mark.parametrize("looped", [False, True])
+@pytest.mark.parametrize("bos_mask", [True, False])
+def test_record_model_equals_the_reference(backend, looped, bos_mask):
     m = replace(record_model(), smear_bos_mask=bos_mask)
     params, x = live_params(m), tokens()
-    ref = record_logits(params, m, x, looped)
-    got = np.array(build_model(m, params).logits(mx.array(x), looped=looped)).astype(np.float64)
+    got, ref = backend_logits(backend, m, params, x, looped), record_logits(params, m, x, looped)
     assert np.abs(got - ref).max() < TOL, np.abs(got - ref).max()
 
 

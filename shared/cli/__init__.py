@@ -8,6 +8,7 @@
     pgolf plan                               time, memory, bytes before a run (shared/cli/plan.py)
     pgolf import --from torch-ref|mlx-ref    the reference scripts' weights (shared/cli/interop.py)
     pgolf record export|check / seeds        a record submission       (shared/cli/record.py)
+    pgolf sweep / ablate / compare / plot    the research loop         (shared/cli/research.py)
 
 Each command lives in its own module, imported only when that command runs
 (as mlx-lm's CLI does), so a training run loads none of the tools' code and
@@ -38,6 +39,10 @@ COMMANDS = {
     "gpu-check": ("shared.cli.gpu", "gpu_check", "First command on a GPU pod: environment, correctness, speed and MFU."),
     "record": ("shared.cli.record", "record", "Records: export runs as a submission folder, check one as a reviewer would."),
     "seeds": ("shared.cli.record", "seeds", "Train one config for several seeds, then mean, std and significance."),
+    "sweep": ("shared.cli.research", "sweep", "Train a grid of configs over seeds (resumable): one table, Welch verdicts."),
+    "ablate": ("shared.cli.research", "ablate", "Turn each technique back to its baseline value, one at a time, and compare."),
+    "compare": ("shared.cli.research", "compare", "Side-by-side table of runs and sweeps, with a seed-aware verdict."),
+    "plot": ("shared.cli.research", "plot", "Loss and BPB curves, LR scale and bytes per tensor class as a PNG (extra [plot])."),
 }
 
 
