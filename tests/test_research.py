@@ -231,3 +231,36 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path, capsys):
     assert _cli(["plot", str(tmp_path), "-o", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "[plot]" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_sweep_over_two_corpora_says_where_a_result_holds(tiny_toml, tiny_data, tmp_path, capsys):
+    other = tmp_path / "other_corpus"
+    shutil.copytree(tiny_data.data_dir, other)
+    out = tmp_path / "c"
+    args = ["sweep", "--backend", "torch", "--config", str(tiny_toml), "--grid", "model.mlp_mult=2,3",
+            "--seeds", "1337,1", "--steps", "2", "--out", str(out),
+            "--data", str(tiny_data.data_dir), "--tokenizer", str(tiny_data.tokenizer),
+            "--data", str(other), "--tokenizer", str(tiny_data.tokenizer)]
+    assert _cli(args) == 0
+    text = capsys.readouterr().out
+    names = [tiny_data.data_dir.name, "other_corpus"]
+    assert all(f"corpus {n} (" in text for n in names) and "where it holds" in text
+    summary = json.loads((out / "corpora.json").read_text())
+    assert [c["name"] for c in summary["corpora"]] == names
+    assert [r["holds"] for r in summary["cross"]][0] == "reference"
+    # the same text under two names: every figure, hence every verdict, agrees
+    assert summary["cross"][1]["holds"].startswith("same on all 2 corpora: ")
+    a, b = (summary["cross"][1]["corpora"][n] for n in names)
+    assert a["q_val_bpb_mean"] == b["q_val_bpb_mean"]
+    assert all(len(list(csv.DictReader(open(out / n / "results.csv")))) == 4 for n in names)
+    assert _cli(["compare", str(out)]) == 2 and "one corpus at a time" in capsys.readouterr().err
+    assert _cli(args) == 0 and "4 finished, 0 to run" in capsys.readouterr().err
+
+
+def test_corpora_need_one_tokenizer_each(tiny_toml, tiny_data, tmp_path, capsys):
+    assert _cli(["sweep", "--config", str(tiny_toml), "--grid", "model.mlp_mult=2,3", "--steps", "2",
+                 "--out", str(tmp_path / "c"), "--data", str(tiny_data.data_dir), "--data", str(tiny_data.data_dir),
+                 "--tokenizer", str(tiny_data.tokenizer)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: 2 --data but 1 --tokenizer") and "\n" not in err

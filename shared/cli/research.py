@@ -11,6 +11,7 @@ A sweep or an ablation writes OUT/sweep.json (what it runs), one `pgolf train` r
 seed (OUT/<point>/seed<S>), OUT/results.csv and OUT/results.jsonl (one row per finished run) and
 OUT/summary.json (per point: mean, std, Welch test against the first point). Running the same command
 again finishes only what is missing. The table says whether the runs had equal steps or equal wallclock.
+Several `--data` run the sweep once per corpus (OUT/<corpus>) and add OUT/corpora.json: where each result holds.
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ def budget_options(f):
 
 def common_options(f):
     f = click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object")(f)
-    f = click.option("--tokenizer", type=click.Path(), help="SentencePiece .model (overrides data.tokenizer)")(f)
-    f = click.option("--data", type=click.Path(), help="dataset folder (overrides data.dir)")(f)
+    f = click.option("--tokenizer", "tokenizer", multiple=True, type=click.Path(),
+                     help="SentencePiece .model (overrides data.tokenizer); one per --data, in the same order")(f)
+    f = click.option("--data", "data", multiple=True, type=click.Path(),
+                     help="dataset folder (overrides data.dir); repeat it to run the sweep on each corpus and "
+                          "see where a result holds")(f)
     f = click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
                      help="override one config value in every run (repeatable)")(f)
     f = click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -74,9 +78,26 @@ def _run(kind, backend, config_path, points, seeds, steps, max_seconds, out, set
     from shared.research.sweep import budget_sets, run_sweep
 
     _quiet_if(as_json)
-    summary = run_sweep(out, kind=kind, backend=backend, config_path=config_path, points=points,
-                        seeds=parse_seeds(seeds), budget=budget_sets(steps, max_seconds), sets=list(sets),
-                        data=data, tokenizer=tokenizer)
+    kw = dict(kind=kind, backend=backend, config_path=config_path, points=points, seeds=parse_seeds(seeds),
+              budget=budget_sets(steps, max_seconds), sets=list(sets))
+    if len(data) > 1:
+        from shared.research.corpora import render_cross, run_corpora
+        from shared.research.runs import render
+
+        summary = run_corpora(out, list(data), list(tokenizer), **kw)
+        if as_json:
+            click.echo(json.dumps(summary, indent=2, sort_keys=True))
+            return
+        for c in summary["corpora"]:
+            name, d = c["name"], c["data"]
+            click.echo(f"corpus {name} ({d}):\n")
+            click.echo(render(summary["per_corpus"][name]["rows"], summary["per_corpus"][name]["budget"]) + "\n")
+        click.echo(render_cross(summary))
+        click.echo(f"results: {out}/<corpus>/results.csv, {out / 'corpora.json'}")
+        return
+    if len(tokenizer) > 1:
+        raise PgolfError(f"{len(tokenizer)} --tokenizer for {len(data)} --data: give one tokenizer per dataset")
+    summary = run_sweep(out, data=data[0] if data else None, tokenizer=tokenizer[0] if tokenizer else None, **kw)
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
     else:

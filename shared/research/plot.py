@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from shared.errors import PgolfError
-from shared.research.runs import SWEEP_SPEC, load_run, sweep_groups
+from shared.research.runs import CORPORA, SWEEP_SPEC, load_run, sweep_groups
 
 MISSING = "pgolf plot needs matplotlib, the optional extra [plot]: pip install -e '.[plot]' (or pip install matplotlib)"
 
@@ -20,6 +20,9 @@ def _runs(paths: list[Path]) -> list[tuple[str, Path]]:
             raise PgolfError(f"{p}: not a folder: pass a `pgolf train` run folder or a `pgolf sweep` folder")
         if (p / SWEEP_SPEC).is_file():
             out += [(f"{g.label} s{r.seed}", r.path) for g in sweep_groups(p) for r in g.runs]
+        elif (p / CORPORA).is_file():
+            for name in (c["name"] for c in json.loads((p / CORPORA).read_text())["corpora"]):
+                out += [(f"{name}/{g.label} s{r.seed}", r.path) for g in sweep_groups(p / name) for r in g.runs]
         else:
             load_run(p)  # a finished run, or one line saying what is wrong
             out.append((p.name, p))

@@ -19,6 +19,7 @@ from shared.errors import PgolfError
 from shared.record.stats import mean_std, welch_p
 
 SWEEP_SPEC = "sweep.json"
+CORPORA = "corpora.json"  # a sweep over several corpora: one sweep folder per corpus inside
 METRIC = "q_val_bpb"
 ALPHA = 0.05          # a verdict says "better" or "worse" only below this one-sided p
 IGNORED_KEYS = {"train.seed"}  # what differs between the seeds of one group
@@ -101,6 +102,9 @@ def load_groups(paths: list[Path]) -> list[Group]:
         if (p / SWEEP_SPEC).is_file():
             groups += sweep_groups(p, prefix=f"{p.name}/" if several_sweeps else "")
             continue
+        if (p / CORPORA).is_file():
+            raise PgolfError(f"{p}: a sweep over several corpora: compare one corpus at a time "
+                             f"(pgolf compare {p}/<corpus>); {p / CORPORA} holds where each result holds")
         run = load_run(p)
         key = json.dumps({k: v for k, v in flat(run.cfg).items() if k not in IGNORED_KEYS}, sort_keys=True, default=str)
         if key in by_config:
