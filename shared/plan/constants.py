@@ -48,7 +48,7 @@ PROFILES: dict[str, Profile] = {
     "pgolf": Profile("pgolf", doc_mask=False, fused_ce=False, ew_passes_d=60.0, ew_passes_h=6.0,
                      logit_bytes=24.0, logit_saved_bytes=12.0, act_saved_d=12.0, act_saved_h=2.0,
                      kernels_per_app=40.0, kernels_fixed=80.0, kernels_per_matrix=30.0,
-                     ttt_forwards=2, ttt_host_ms=1.0, phases_ranks="one"),
+                     ttt_forwards=2, ttt_host_ms=1.0, phases_ranks="all"),
 }
 
 # Eager execution (pgolf on a CPU, or train.compile = false): every elementwise op is its own pass

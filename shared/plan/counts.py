@@ -148,7 +148,7 @@ def lora_dims(m: ModelConfig, targets: list[str], head: bool) -> list[tuple[int,
     plus the output head's when `head` (the records adapt it; pgolf's head is the tied embedding)."""
     d, kv, h = m.model_dim, m.kv_dim, m.hidden_dim
     dims = {"q": [(d, d)], "k": [(d, kv)], "v": [(d, kv)], "o": [(d, d)], "mlp": [(d, h), (h, d)]}
-    return [x for t in targets for x in dims[t]]
+    return [x for t in targets if t != "head" for x in dims[t]]   # eval.lora_targets' "head": the `head` flag
 
 
 def lora_work(m: ModelConfig, tokens: float, rank: int, targets: list[str], head: bool, looped: bool = True) -> Work:
@@ -157,6 +157,7 @@ def lora_work(m: ModelConfig, tokens: float, rank: int, targets: list[str], head
     (forward, backward for the input, backward for the factors): 3 x (in + out + 2 r) two-byte values.
     Small-rank batched matmuls run at memory speed, so their FLOPs are counted as bytes' company only."""
     apps = len(m.layer_order(looped))
+    head = head or "head" in targets
     per_app = lora_dims(m, targets, head)
     io = apps * sum(i + o for i, o in per_app) + (m.model_dim + m.vocab_size if head else 0)
     n = apps * len(per_app) + (1 if head else 0)

@@ -165,6 +165,10 @@ def profile_for(name: str, cfg: Config, hw: Hardware, tech: dict[str, Any]) -> K
     elif tech["fused_ce"] and not p.fused_ce:
         rec = K.PROFILES["record"]
         p = replace(p, logit_bytes=rec.logit_bytes, logit_saved_bytes=rec.logit_saved_bytes)
+    if name == "pgolf":  # pgolf's own implementation follows the config's keys where it has them
+        p = replace(p, ttt_forwards=cfg.eval.lora_forwards)
+        if cfg.model.doc_attention:
+            tech = {**tech, "doc_mask": True}
     return replace(p, doc_mask=tech["doc_mask"], fused_ce=tech["fused_ce"])
 
 
@@ -392,8 +396,8 @@ def _ttt_lora_seconds(cfg: Config, hw: Hardware, prof: K.Profile, cal: dict[str,
                 scored.append(b[::-1])
         total = max(free)
     else:
-        if phases:
-            R = 1                            # pgolf runs global phases on one process only (driver.check_ranks)
+        if phases and prof.phases_ranks == "one":
+            R = 1                            # global phases on one process only
         rng = np.random.default_rng(0)      # stream order: lengths in no particular order
         stream = rng.permutation(lens)
         size = e.lora_phase_docs if phases else stream.size
@@ -594,8 +598,8 @@ def add_warnings(plan: Plan, cfg: Config) -> None:
     if sel > EVAL_CAP_S:
         w.append(f"eval: {plan.eval['selected']} evaluation takes ~{sel:.0f} s, over the challenge's {EVAL_CAP_S:.0f} s "
                  "evaluation budget")
-    if plan.profile == "pgolf" and cfg.eval.mode == "ttt" and cfg.eval.ttt == "lora" and cfg.eval.lora_phases \
-            and hw.devices > 1:
+    if K.PROFILES[plan.profile].phases_ranks == "one" and cfg.eval.mode == "ttt" and cfg.eval.ttt == "lora" \
+            and cfg.eval.lora_phases and hw.devices > 1:
         w.append(f"eval: pgolf runs eval.lora_phases on one process: a {hw.devices}-device run refuses them before "
                  "training; the eval time given is one device's (`pgolf eval` afterwards)")
     t = cfg.train
@@ -661,7 +665,7 @@ def gap_to_record(cfg: Config, hw: Hardware, mine: Plan) -> list[dict[str, Any]]
     """How far pgolf's implementation is from the records' on this config, term by term, and why: the
     same config planned with the record profile, each differing term beside pgolf's."""
     rec = make_plan(cfg, hw, "record", code_bytes=mine.code_bytes)
-    pg, rp = K.PROFILES["pgolf"], K.PROFILES["record"]
+    pg, rp = replace(K.PROFILES["pgolf"], ttt_forwards=cfg.eval.lora_forwards), K.PROFILES["record"]
     ctx_m = mine.flops["per_token_before_loop"]["context"]
     ctx_r = rec.flops["per_token_before_loop"]["context"]
     why = {
@@ -684,9 +688,8 @@ def gap_to_record(cfg: Config, hw: Hardware, mine: Plan) -> list[dict[str, Any]]
                         f"{rp.logit_saved_bytes:g} bytes per logit)"})
     sel = cfg.eval.mode
     rows.append({"term": f"{sel} eval s", "pgolf": mine.eval["seconds"][sel], "record": rec.eval["seconds"][sel],
-                 "why": (f"{pg.ttt_forwards} forwards per TTT chunk (scored, then the step's own) vs "
-                         f"{rp.ttt_forwards}; {pg.ttt_host_ms:g} ms of host work per chunk (ledger, numpy batches; "
-                         "assumed, not measured)" + ("; global phases on one process" if cfg.eval.lora_phases else "")
+                 "why": (f"{pg.ttt_forwards} vs {rp.ttt_forwards} forward(s) per TTT chunk; {pg.ttt_host_ms:g} ms of "
+                         "host work per chunk (ledger, numpy batches; assumed, not measured)"
                          if sel == "ttt" else "attention without the document mask")})
     rows.append({"term": "artifact bytes", "pgolf": mine.artifact["bytes"], "record": rec.artifact["bytes"],
                  "why": "no lrzip/ZPAQ stage: per-group brotli only (~1.8% larger)"})
