@@ -93,7 +93,7 @@ def flops_per_token(m: ModelConfig, seq_len: int, looped: bool, doc_mask: bool) 
 
 
 # Record-stack options add element passes (forward + backward, d-wide) and saved d-wide activations to each
-# layer application they touch, counted from their definitions (RECORD-STACK.md, README "The record stack").
+# layer application they touch, counted from their definitions (README "The record stack", #1855).
 FEATURE_PASSES = {   # option: (passes, saved)
     "xsa": (8.0, 2.0),          # normalise v, y.v, y - (y.v) v; backward the same
     "attn_gate": (4.0, 1.0),    # sigmoid gate per head on the attention output

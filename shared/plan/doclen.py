@@ -19,7 +19,7 @@ import numpy as np
 
 VAL_DOCS = 50_000
 SP8192_VAL_TOKENS = 47_851_520   # the CaseOps SP8192 validation split (#1855 log: val_tokens)
-SP1024_VAL_TOKENS = 63_779_840   # the official SP1024 export (CHALLENGE.md)
+SP1024_VAL_TOKENS = 63_779_840   # the official SP1024 export (its validation shard header)
 
 # (rank among the 50,000 sorted documents, length in tokens incl. its BOS)
 QUANTILES = (

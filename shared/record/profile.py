@@ -46,7 +46,7 @@ class Profile:
     val_tokens_slack: int = 2048
 
 
-# The challenge's 10-minute track (README "Submitting", CHALLENGE.md); the data sums are not known here.
+# The challenge's 10-minute track (README "Submitting a record"); the data sums are not known here.
 OFFICIAL = Profile(name="10min_16mb", val_tokens=None, tokenizer_sha256=None, val_sha256=None,
                    hardware=r"^8\s*x\s*.*H100", min_seeds=3, train_seconds=600.0, eval_seconds=600.0)
 
