@@ -9,26 +9,17 @@ import numpy as np
 import pytest
 
 from shared.artifact.code import script_files
-from shared.cli import main
 from shared.core.config import Config, EvalConfig, ModelConfig, TrainConfig, load_config
 from shared.core.spec import count_params
 from shared.plan import get_hardware, make_plan, names, summary_line
 from shared.plan.counts import flops_per_token
 from shared.plan.doclen import context_of, doc_lengths, masked_context
+from tests.test_pack_cli import run
 
 CONTRACT = ("params", "artifact_bytes", "code_bytes", "tokens_per_step", "flops_per_step", "ms_per_step",
             "ms_per_step_before_loop", "ms_per_step_after_loop", "steps", "train_seconds", "peak_memory_gb",
             "eval_seconds", "pack_seconds", "warnings", "hardware")
 
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def hand_config(**model) -> Config:
