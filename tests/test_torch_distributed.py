@@ -168,3 +168,38 @@ def test_grad_clip_local_and_warmup_momentum_on_two_ranks(tmp_path):
     assert same(w["ddp"], w["local"])
     assert not same(w["clip_avg"], w["clip_local"])
     assert json.loads((tmp_path / "kept.json").read_text()) == {"kept": True, "adam_reset": True}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_equal_one_node_of_the_same_world_size(tiny_data, tmp_path):
+    """Multi-node torchrun (docs/MULTINODE.md): two "nodes" on 127.0.0.1, one rank each, c10d rendezvous,
+    train the same steps to the same losses and weights as one node with two ranks."""
+    cfg = with_data(tiny_config(iterations=4, grad_accum=2), tiny_data)
+    res = torchrun(cfg, tmp_path / "one_node", tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    config = tmp_path / "nodes.toml"
+    config.write_text(to_toml(cfg))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PGOLF_PG_TIMEOUT_S": "60", "GLOO_SOCKET_IFNAME": "lo"}
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={r}", "--nproc_per_node=1",
+         "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=pgolf-test", "-m", "cuda_train",
+         "--config", str(config), "--out", str(tmp_path / "two_nodes")],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=HANG_GUARD_S) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+    la, lb = losses(tmp_path / "one_node"), losses(tmp_path / "two_nodes")
+    assert sorted(lb) == list(range(1, 5)) and all(lb[s] == pytest.approx(la[s], rel=1e-6) for s in la)
+    a, _, _ = load_checkpoint(tmp_path / "one_node")
+    b, _, _ = load_checkpoint(tmp_path / "two_nodes")
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-8, err_msg=k)
+    summary = json.loads((tmp_path / "two_nodes" / "summary.json").read_text())
+    assert summary["world_size"] == 2
