@@ -21,6 +21,7 @@ import platform
 import time
 from pathlib import Path
 
+from shared.cli.train import train
 from shared.research.ablate import ALL_ON, NAMED
 from shared.research.runs import render
 from shared.research.sweep import Point, budget_sets, run_sweep
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
                         points=points, seeds=[int(s) for s in args.seeds.split(",")],
                         budget=budget_sets(args.steps, None),
                         sets=["train.checkpoint_every=0", "train.compile=false", *ALL_ON],
-                        data=args.data, tokenizer=args.tokenizer)
+                        data=args.data, tokenizer=args.tokenizer, train=train)
     print(render(summary["rows"], summary["budget"]))
 
 

@@ -40,12 +40,12 @@ import numpy as np
 from shared.artifact import format as artifact
 from shared.artifact.budget import budget_schemes, sensitivity_batch
 from shared.artifact.calibration import calibration_batch, calibration_counts
-from shared.artifact.code import code_bytes
-from shared.core.backends import get_backend
 from shared.core.config import Config
-from shared.core.rundir import load_checkpoint
 from shared.core.spec import count_params
 from shared.data.dataset import open_dataset
+from shared.record.script import code_bytes
+from shared.run.backends import get_backend
+from shared.run.rundir import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

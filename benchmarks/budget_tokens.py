@@ -14,9 +14,9 @@ from dataclasses import replace
 from shared.artifact import format as artifact
 from shared.artifact.budget import budget_schemes, sensitivity_batch
 from shared.artifact.calibration import calibration_batch, calibration_counts
-from shared.core.backends import get_backend
-from shared.core.rundir import load_checkpoint
 from shared.data.dataset import open_dataset
+from shared.run.backends import get_backend
+from shared.run.rundir import load_checkpoint
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,10 +19,10 @@ from dataclasses import replace
 
 from shared.artifact import format as artifact
 from shared.artifact.calibration import calibration_batch, calibration_counts
-from shared.core.backends import get_backend
-from shared.core.rundir import load_checkpoint
 from shared.core.spec import count_params
 from shared.data.dataset import open_dataset
+from shared.run.backends import get_backend
+from shared.run.rundir import load_checkpoint
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,10 +37,10 @@ import numpy as np
 
 from shared.artifact import format as artifact
 from shared.artifact.budget import fit_budget
-from shared.artifact.code import code_bytes
 from shared.artifact.quant import dequantize
 from shared.core.config import Config, load_config
 from shared.core.spec import init_params, param_table
+from shared.record.script import code_bytes
 
 PIPELINES = (("zstd-22", {"compressor": "zstd"}), ("brotli-11 + shuffle", {"compressor": "brotli"}),
              ("per-group, sorted rows", {"compressor": "group", "group_sort": True}),
@@ -148,9 +148,9 @@ def run_record(args) -> dict:
 
 def run_trained(args) -> dict:
     from shared.artifact.calibration import calibration_batch, calibration_counts
-    from shared.core.backends import get_backend
-    from shared.core.rundir import load_checkpoint
     from shared.data.dataset import open_dataset
+    from shared.run.backends import get_backend
+    from shared.run.rundir import load_checkpoint
 
     params, cfg, _ = load_checkpoint(args.checkpoint)
     if args.eval_tokens:

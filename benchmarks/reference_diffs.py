@@ -26,8 +26,8 @@ import numpy as np
 
 from shared.artifact.format import pack, write_artifact
 from shared.core.config import load_config
-from shared.core.rundir import load_checkpoint
 from shared.data.shards import read_shard
+from shared.run.rundir import load_checkpoint
 from tests.reference_math import bf16_round, reference_loss
 
 

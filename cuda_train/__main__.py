@@ -6,7 +6,7 @@
     python -m cuda_train eval runs/record/model.pgz --data DIR --tokenizer MODEL
 
 Each rank parses the same options (shared/cli/train.py) and runs
-`shared.core.loop.train_loop` with a `TorchSession`; only rank 0 prints to stdout and writes the run
+`shared.run.loop.train_loop` with a `TorchSession`; only rank 0 prints to stdout and writes the run
 directory. A user error prints one line and exits 2 on every rank; Ctrl-C
 saves the step and exits 130. A worker dies with its torchrun agent
 (cuda_train/launch.py `die_with_parent`, set first thing, before torch loads).

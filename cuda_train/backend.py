@@ -1,4 +1,4 @@
-"""The backend contract (shared/core/backends.py) for PyTorch: numpy dicts in, numpy dicts out.
+"""The backend contract (shared/run/backends.py) for PyTorch: numpy dicts in, numpy dicts out.
 
     session(cfg) -> TorchSession                     (session.py: what the shared loop drives)
     train(cfg, run_dir, resume=False, nproc=1, hooks=None) -> summary dict
@@ -22,9 +22,9 @@ from cuda_train import runtime
 from cuda_train.calibrate import collect_hessians  # noqa: F401  (part of the contract)
 from cuda_train.session import TorchSession, local_runtime, session_from
 from shared.core.config import Config
-from shared.core.loop import Hooks, train_loop
 from shared.data.bpb import ByteTables, EvalResult
 from shared.errors import PgolfError
+from shared.run.loop import Hooks, train_loop
 
 
 def session(cfg: Config) -> TorchSession:
@@ -38,11 +38,17 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1
     if nproc < 1:
         raise PgolfError(f"--nproc must be at least 1, got {nproc}")
     if nproc == 1 or os.environ.get("WORLD_SIZE"):
-        summary = train_loop(TorchSession(cfg, runtime.init(device)), cfg, run_dir, resume=resume, hooks=hooks)
+        from shared.record.script import (
+            code_bytes,  # the size of the train_gpt.py a record of this run submits
+        )
+
+        code = code_bytes("torch", cfg)
+        summary = train_loop(TorchSession(cfg, runtime.init(device)), cfg, run_dir, resume=resume, hooks=hooks,
+                             code_bytes=code)
         runtime.shutdown()
         return summary
     from cuda_train.launch import torchrun
-    from shared.core.rundir import run_dir_held
+    from shared.run.rundir import run_dir_held
 
     with run_dir_held(run_dir):  # the launcher owns the folder; its workers inherit the claim
         return torchrun(cfg, run_dir, resume, nproc)

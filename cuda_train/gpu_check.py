@@ -67,9 +67,9 @@ from cuda_train import runtime
 from cuda_train.model import GPT, attention_kernel, load_params
 from cuda_train.session import TorchSession, autocast, to_device
 from shared.core.config import Config
-from shared.core.loop import Hooks
 from shared.core.spec import init_params
 from shared.errors import PgolfError
+from shared.run.loop import Hooks
 
 REPORT_VERSION = 1
 CAP_BYTES = 16_000_000
@@ -380,8 +380,8 @@ def speed(cfg: Config, dataset, device: torch.device, dtype: torch.dtype, second
 def artifact_size(cfg: Config, weights: dict[str, np.ndarray]) -> dict[str, Any]:
     """Bytes of the config's artifact from the timed weights (no GPTQ calibration: sizes only)
     plus the counted code (the generated train_gpt.py for this config), against the 16,000,000-byte cap."""
-    from shared.artifact.code import code_bytes
     from shared.artifact.format import pack
+    from shared.record.script import code_bytes
 
     t0 = time.perf_counter()
     blob = pack(weights, replace(cfg, quant=replace(cfg.quant, gptq=False)))
@@ -401,7 +401,7 @@ def resume_and_artifact(cfg: Config, device: torch.device, dtype: torch.dtype, w
     from cuda_train import backend
     from cuda_train.model import export_params
     from shared.artifact.format import pack
-    from shared.core.rundir import load_checkpoint
+    from shared.run.rundir import load_checkpoint
 
     t = cfg.train
     micro_seqs = max(1, min(4, t.batch_tokens // t.grad_accum // t.seq_len))
@@ -678,7 +678,7 @@ def _param_count(cfg: Config) -> int:
 
 
 def _git_sha() -> str:
-    from shared.core.rundir import git_sha
+    from shared.run.rundir import git_sha
 
     return git_sha()
 

@@ -5,7 +5,7 @@
 The resolved config goes to a file of its own in the run directory, which every
 rank reads; rank 0 writes config.toml itself once its checks pass (so a resume
 that fails its checks leaves config.toml alone). The calling process owns the
-run folder (shared/core/rundir.py `claim_run_dir`) and tells its workers so
+run folder (shared/run/rundir.py `claim_run_dir`) and tells its workers so
 (`OWNER_ENV`).
 
 Nothing outlives its launcher: torchrun's agent and every worker ask the kernel
@@ -28,8 +28,9 @@ import sys
 from pathlib import Path
 
 from shared.core.config import Config, to_toml
-from shared.core.rundir import OWNER_ENV, SUMMARY, atomic_write_bytes
 from shared.errors import PgolfError
+from shared.files import atomic_write_bytes
+from shared.run.rundir import OWNER_ENV, SUMMARY
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_CONFIG = ".torchrun.toml"

@@ -148,7 +148,7 @@ def nvidia_smi() -> str | None:
 
 
 def provenance_extra(rt: Runtime, dtype: torch.dtype) -> dict[str, str]:
-    """Torch-side facts for `shared.core.rundir.provenance`."""
+    """Torch-side facts for `shared.run.rundir.provenance`."""
     info = {
         "torch": torch.__version__,
         "device": device_name(rt.device),

@@ -13,8 +13,8 @@ fineweb_<V>_bpe.model). The run folder is logs/<RUN_ID> (default
 train_seed<SEED>): train.log, metrics.jsonl, model.pgz, summary.json and the
 checkpoint; one that already holds a run is refused unless OVERWRITE=1.
 
-The training is `cuda_train.backend.train`, the same call `pgolf train --backend
-torch` makes, so the two train the same model. This path imports torch, numpy,
+The training is `shared.run.loop.train_loop` with a `TorchSession`, the same call
+`pgolf train --backend torch` makes on each rank, so the two train the same model. This path imports torch, numpy,
 sentencepiece, zstandard and (brotli/group pipelines) brotli, the artifact's
 compressors, and safetensors (the run folder's checkpoint), and no click, tqdm or
 huggingface_hub.
@@ -62,10 +62,10 @@ def run_dir_for(cfg: Config, environ: Mapping[str, str]) -> Path:
     return Path("logs") / (environ.get("RUN_ID") or f"train_seed{cfg.train.seed}")
 
 
-def train_record(config_toml: str, environ: Mapping[str, str]) -> dict | None:
+def train_record(config_toml: str, environ: Mapping[str, str], script_bytes: int) -> dict | None:
     """Train, pack and evaluate one seed as the record's script does; rank 0 returns the summary."""
-    from shared.core.rundir import claim_run_dir, existing_run_files, inherited_claim
     from shared.data.dataset import open_dataset
+    from shared.run.rundir import claim_run_dir, existing_run_files, inherited_claim
 
     cfg = resolve_config(config_toml, environ)
     run_dir = run_dir_for(cfg, environ)
@@ -74,14 +74,18 @@ def train_record(config_toml: str, environ: Mapping[str, str]) -> dict | None:
         raise PgolfError(f"{run_dir} already holds a run: set OVERWRITE=1 to replace it, or another RUN_ID")
     # Every input check before the folder is touched (the same checks as `pgolf train`).
     open_dataset(cfg.data.dir, cfg.data.tokenizer, cfg.model.vocab_size, seq_len=cfg.train.seq_len)
-    from cuda_train.backend import train  # torch loads once the inputs are known good
+    from cuda_train import runtime  # torch loads once the inputs are known good
+    from cuda_train.session import TorchSession
+    from shared.run.loop import train_loop
 
     if inherited_claim(run_dir) or int(environ.get("RANK", "0") or 0) > 0:
         claim = contextlib.nullcontext()
     else:
         claim = claim_run_dir(run_dir, overwrite=overwrite)
-    with claim:
-        return train(cfg, run_dir)
+    with claim:  # the counted code is this very file
+        summary = train_loop(TorchSession(cfg, runtime.init()), cfg, run_dir, code_bytes=script_bytes)
+    runtime.shutdown()
+    return summary
 
 
 def main(config_toml: str, script_bytes: int) -> None:
@@ -92,11 +96,8 @@ def main(config_toml: str, script_bytes: int) -> None:
         die_with_parent()
     if int(os.environ.get("RANK", "0") or 0) > 0:
         sys.stdout = open(os.devnull, "w")  # rank 0 speaks for the run; errors still reach stderr
-    from shared.artifact.code import set_running_script_bytes
-
-    set_running_script_bytes(script_bytes)  # the counted code is this very file
     try:
-        train_record(config_toml, os.environ)
+        train_record(config_toml, os.environ, script_bytes)
     except PgolfError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(e.exit_code)

@@ -1,4 +1,4 @@
-"""The backend contract of shared/core/backends.py, implemented with MLX.
+"""The backend contract of shared/run/backends.py, implemented with MLX.
 
 Every tensor crossing this boundary is a float32 numpy `name -> array` dict
 with the canonical names and layouts of the parameter table (shared/core/spec.py).
@@ -20,10 +20,10 @@ import numpy as np
 from mlx_train.calibrate import collect_hessians  # noqa: F401  (part of the contract)
 from mlx_train.session import MLXSession, session_from
 from shared.core.config import Config
-from shared.core.loop import Hooks, train_loop
 from shared.core.spec import check_params
 from shared.data.bpb import ByteTables, EvalResult
 from shared.errors import PgolfError
+from shared.run.loop import Hooks, train_loop
 
 
 def session(cfg: Config) -> MLXSession:
@@ -34,7 +34,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1
     """Train in this process with the shared loop; returns summary.json's dict."""
     if nproc != 1:
         raise PgolfError(f"--nproc {nproc}: the MLX backend trains in one process; use --nproc 1 or --backend torch")
-    return train_loop(MLXSession(cfg), cfg, run_dir, resume=resume, hooks=hooks)
+    from shared.record.script import code_bytes  # the size of the train_gpt.py a record of this run submits
+
+    return train_loop(MLXSession(cfg), cfg, run_dir, resume=resume, hooks=hooks, code_bytes=code_bytes("mlx", cfg))
 
 
 def evaluate(params: dict[str, np.ndarray], cfg: Config, val_tokens: np.ndarray, tables: ByteTables,

@@ -1,6 +1,6 @@
 """The MLX training session: model, optimizer state and compiled step functions for the shared loop.
 
-    session = MLXSession(cfg)            # the Session of shared/core/backends.py, one process
+    session = MLXSession(cfg)            # the Session of shared/run/backends.py, one process
     session.load_weights(params)
     loss = session.step([(x, y), ...], lr_scale, momentum)
 

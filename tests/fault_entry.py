@@ -21,7 +21,7 @@ from pathlib import Path
 
 import cuda_train.backend as backend
 from shared.cli.train import backend_main
-from shared.core.loop import Hooks
+from shared.run.loop import Hooks
 
 
 def hooks_from(opts: argparse.Namespace) -> Hooks:

@@ -55,15 +55,29 @@ def test_cli_help_loads_no_framework(argv):
 
 
 def _import_graph() -> dict[str, set[str]]:
-    """module -> the pgolf modules it imports (anywhere in its body), parents of itself excluded."""
-    from shared.artifact.code import PACKAGES, ROOT, _imports, _module_file, _module_name
+    """module -> the pgolf modules it imports anywhere in its body (function-level and `TYPE_CHECKING`
+    imports included), parents of itself excluded."""
+    from shared.record.script import PACKAGES, ROOT, imports, module_file, module_name
 
     graph = {}
     for f in (f for p in PACKAGES for f in (ROOT / p).rglob("*.py")):
-        me = _module_name(f)
-        deps = {_module_name(g) for g in map(_module_file, _imports(f)) if g is not None}
+        me = module_name(f)
+        deps = {module_name(g) for g in map(module_file, imports(f, typing=True)) if g is not None}
         graph[me] = {d for d in deps if d != me and not me.startswith(d + ".")}
     return graph
+
+
+def _package_graph() -> dict[str, set[str]]:
+    """shared's subpackages (shared.core, shared.run, ...; top-level modules stand alone) -> those they import."""
+    def package(mod: str) -> str:
+        return ".".join(mod.split(".")[:2])
+
+    out: dict[str, set[str]] = {}
+    for mod, deps in _import_graph().items():
+        if mod.startswith("shared."):
+            out.setdefault(package(mod), set()).update(
+                package(d) for d in deps if d.startswith("shared.") and package(d) != package(mod))
+    return out
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -88,9 +102,23 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles():
     graph = _import_graph()
-    assert "shared.core.loop" in graph and "cuda_train.session" in graph
+    assert "shared.run.loop" in graph and "cuda_train.session" in graph
     assert _cycles(graph) == []
     assert _cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]  # the detector itself finds one
+
+
+def test_no_package_cycles_in_shared():
+    graph = _package_graph()
+    assert {"shared.core", "shared.run", "shared.data", "shared.artifact", "shared.record"} <= set(graph)
+    assert _cycles(graph) == []
+
+
+def test_data_and_artifact_stay_below_orchestration():
+    """Data and artifact code is used by the run, never the other way: atomic writes come from shared.files."""
+    graph = _package_graph()
+    for low in ("shared.core", "shared.data", "shared.artifact", "shared.eval"):
+        assert not graph[low] & {"shared.run", "shared.record", "shared.cli", "shared.plan"}, (low, graph[low])
+    assert "shared.files" in graph["shared.data"]
 
 
 def test_backends_never_import_each_other():

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from shared.artifact import format as artifact
-from shared.artifact.code import code_bytes
 from shared.artifact.prune import count_candidates, prune, prune_costs
 from shared.core.config import QuantConfig, apply_overrides, load_config
-from shared.core.rundir import save_checkpoint
 from shared.core.spec import init_params, param_table
 from shared.errors import PgolfError
+from shared.record.script import code_bytes
+from shared.run.rundir import save_checkpoint
 from tests.conftest import tiny_config
 from tests.test_pack_cli import run
 
@@ -59,9 +59,9 @@ def test_a_bad_table_is_one_line_and_exit_2_on_the_cli(tmp_path, capsys):
 
 def test_the_table_overrides_the_class_rules_in_every_packing_path(tiny_data, tmp_path):
     """choose_schemes is where `pack`, budget mode and a training run's finish_run take schemes from."""
-    from shared.core.finish import finish_run
-    from shared.core.rundir import RunDir
     from shared.data.dataset import open_dataset
+    from shared.run.finish import finish_run
+    from shared.run.rundir import RunDir
     from tests.test_record_artifact import _FakeSession
 
     cfg = _cfg(attn="int6", mlp="int6", tensor_schemes="blocks.1.mlp.fc.weight=int4, tok_emb.weight=int5,"
@@ -79,7 +79,7 @@ def test_the_table_overrides_the_class_rules_in_every_packing_path(tiny_data, tm
         np.testing.assert_array_equal(artifact.dequantize(qts[n]), artifact.dequantize(old[n]))
     # A training run packs through the same function: its artifact states the same schemes.
     ds = open_dataset(tiny_data.data_dir, tiny_data.tokenizer, cfg.model.vocab_size)
-    finish_run(_FakeSession(), params, cfg, RunDir(tmp_path), ds, {"val_loss": 1.0, "val_bpb": 0.5, "steps": 1})
+    finish_run(_FakeSession(), params, cfg, RunDir(tmp_path), ds, {"val_loss": 1.0, "val_bpb": 0.5, "steps": 1}, code_bytes=0)
     _, run_qts = artifact.read_quantized((tmp_path / "model.pgz").read_bytes())
     assert {n: run_qts[n].scheme for n in want} == want
 

@@ -125,7 +125,7 @@ def test_train_finishes_with_the_configured_mode(tiny_data, tmp_path):
     """The end of `pgolf train`: q_val_* in eval.mode (here sliding), val_* flat, eval_seconds and the
     share of the 600 s budget in the log."""
     pytest.importorskip("mlx.core")
-    from shared.core.backends import get_backend
+    from shared.run.backends import get_backend
 
     cfg = tiny_config(iterations=2)
     cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)),

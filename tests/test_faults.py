@@ -32,23 +32,23 @@ from shared.artifact.quant import QTensor
 from shared.cli import main
 from shared.core import rundir
 from shared.core.config import to_toml
-from shared.core.finish import finish_run
-from shared.core.rundir import (
+from shared.core.spec import init_params
+from shared.data.bpb import EvalResult
+from shared.data.dataset import open_dataset
+from shared.data.shards import TokenStream, read_shard, write_shard
+from shared.errors import PgolfError
+from shared.files import atomic_write_bytes
+from shared.run.finish import finish_run
+from shared.run.rundir import (
     ARTIFACT,
     CHECKPOINT,
     CONFIG,
     SUMMARY,
     TRAIN_STATE,
     RunDir,
-    atomic_write_bytes,
     save_checkpoint,
     save_train_state,
 )
-from shared.core.spec import init_params
-from shared.data.bpb import EvalResult
-from shared.data.dataset import open_dataset
-from shared.data.shards import TokenStream, read_shard, write_shard
-from shared.errors import PgolfError
 from tests.conftest import stdlib_docs, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def _write_artifact(run: Path):
 
 
 def _write_summary(run: Path):
-    from shared.core.rundir import SUMMARY_KEYS
+    from shared.run.rundir import SUMMARY_KEYS
 
     RunDir(run).write_summary({**{k: 0.0 for k in SUMMARY_KEYS}, "blurb": "x" * 4096})
 
@@ -236,7 +236,7 @@ def test_disk_full_while_training_saves_is_one_line(tiny_data, tmp_path, tiny_to
 
 
 def test_summary_json_is_strict_json(tmp_path):
-    from shared.core.rundir import SUMMARY_KEYS
+    from shared.run.rundir import SUMMARY_KEYS
 
     RunDir(tmp_path).write_summary({**{k: 1.0 for k in SUMMARY_KEYS}, "val_bpb": float("nan"), "x": [float("inf")]})
 
@@ -266,7 +266,7 @@ def _resume_dir(tmp: Path, ckpt: Path, data: Path, state: bytes | None = None, m
     if state is not None:
         (run / TRAIN_STATE).write_bytes(state)
     else:
-        from shared.core.rundir import save_tensors
+        from shared.run.rundir import save_tensors
         save_tensors(run / TRAIN_STATE, {"x": np.ones(2, np.float32)}, meta)
     return str(run)
 
@@ -440,7 +440,8 @@ def test_finish_never_writes_a_nan_artifact_or_summary(tmp_path, case):
     run = RunDir(tmp_path)
     stats = {"val_loss": 3.0, "val_bpb": 1.5, "steps": 1, "train_tokens": 10, "train_seconds": 1.0}
     with pytest.raises(PgolfError) as err:
-        finish_run(_fake_session(loss), params, cfg, run, SimpleNamespace(val_tokens=None, tables=None), stats)
+        finish_run(_fake_session(loss), params, cfg, run, SimpleNamespace(val_tokens=None, tables=None), stats,
+                   code_bytes=0)
     assert "\n" not in str(err.value)
     if case != "nan_loss_after_packing":
         assert ".weight" in str(err.value)
@@ -459,7 +460,7 @@ def test_finish_writes_the_artifact_before_evaluating_it(tmp_path):
     session = SimpleNamespace(backend="torch", rank=0, world_size=1, is_main=True, evaluate_params=evaluate)
     stats = {"val_loss": 3.0, "val_bpb": 1.5, "steps": 1, "train_tokens": 10, "train_seconds": 1.0}
     finish_run(session, init_params(cfg.model, 1), cfg, RunDir(tmp_path), SimpleNamespace(val_tokens=None, tables=None),
-               stats)
+               stats, code_bytes=0)
     assert seen == [True] and (tmp_path / ARTIFACT).exists()
 
 
@@ -481,7 +482,7 @@ def test_a_validation_split_shorter_than_a_sequence_fails_before_training(tiny_d
 
 HOLDER = """
 import sys, time
-from shared.core.rundir import claim_run_dir
+from shared.run.rundir import claim_run_dir
 claim = claim_run_dir(sys.argv[1])
 print("held", flush=True)
 sys.stdin.read()
@@ -542,7 +543,7 @@ BACKENDS = [pytest.param("torch", marks=pytest.mark.torch), pytest.param("mlx", 
 
 def _backend(name: str):
     pytest.importorskip({"torch": "torch", "mlx": "mlx.core"}[name])
-    from shared.core.backends import get_backend
+    from shared.run.backends import get_backend
 
     return get_backend(name)
 
@@ -551,7 +552,7 @@ def _backend(name: str):
 def test_a_direct_backend_train_call_takes_the_run_lock(tiny_data, tmp_path, name):
     """`backend.train(...)` from Python, not only `pgolf train`: refused while another process holds the
     folder, holds it itself while it trains, and lets go at the end."""
-    from shared.core.loop import Hooks
+    from shared.run.loop import Hooks
 
     backend = _backend(name)
     cfg = tiny_config(iterations=2)
@@ -690,9 +691,9 @@ def test_killing_the_torchrun_agent_kills_its_workers(tiny_data, tmp_path):
 
 KILLED_RUN = """
 import os, signal, sys
-from shared.core.backends import get_backend
+from shared.run.backends import get_backend
 from shared.core.config import load_config
-from shared.core.loop import Hooks
+from shared.run.loop import Hooks
 
 backend, config, run, kill_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 

@@ -87,7 +87,7 @@ def test_doc_attention_training_packs_a_micro_batch_as_one_row(backend, tiny_dat
     the batch keeps its context in the next. The step's loss is the model's loss on the packed row."""
     from conftest import tiny_config
 
-    from shared.core.backends import get_backend
+    from shared.run.backends import get_backend
 
     if backend == "mlx":
         pytest.importorskip("mlx.core")
@@ -125,7 +125,7 @@ def test_seq_schedule_grows_the_segment_cap_and_rewarms_the_lr():
 def test_a_segment_cap_changes_the_step_as_the_model_config_would(backend, tiny_data):
     from conftest import tiny_config
 
-    from shared.core.backends import get_backend
+    from shared.run.backends import get_backend
 
     if backend == "mlx":
         pytest.importorskip("mlx.core")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from shared.core.config import Config, ModelConfig, QuantConfig, load_config
-from shared.core.rundir import load_checkpoint
 from shared.core.spec import RMS_EPS, param_shapes
+from shared.run.rundir import load_checkpoint
 from shared.tools.reference import flip_rope_halves, from_reference, read_reference, to_reference
 from tests.reference_math import bf16_round, reference_loss, reference_weights
 from tests.test_cli_errors import run_cli

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from shared.core.config import to_toml
-from shared.core.loop import Hooks
 from shared.errors import PgolfError
+from shared.run.loop import Hooks
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.mlx
@@ -25,7 +25,7 @@ def with_data(cfg, tiny):
 
 
 def test_loss_falls_and_summary_is_complete(tiny_data, tmp_path):
-    from shared.core.rundir import SUMMARY_KEYS
+    from shared.run.rundir import SUMMARY_KEYS
 
     cfg = with_data(tiny_config(iterations=12, val_every=6), tiny_data)
     summary = backend.train(cfg, tmp_path)
@@ -69,7 +69,7 @@ def test_gradients_finite_and_accumulation_matches_one_batch(tiny_data):
 
 
 def test_resume_after_interrupt_reproduces_weights(tiny_data, tmp_path):
-    from shared.core.rundir import load_checkpoint
+    from shared.run.rundir import load_checkpoint
 
     cfg = with_data(tiny_config(iterations=8), tiny_data)
     backend.train(cfg, tmp_path / "full")
@@ -93,8 +93,8 @@ def test_resume_after_interrupt_reproduces_weights(tiny_data, tmp_path):
 def test_artifact_round_trip_matches_summary(tiny_data, tmp_path):
     from shared.artifact.calibration import calibration_batch, calibration_counts
     from shared.artifact.format import pack, read_artifact
-    from shared.core.rundir import load_checkpoint
     from shared.data.dataset import open_dataset
+    from shared.run.rundir import load_checkpoint
 
     # The packing stack of the benchmarks: int6 GPTQ blocks, int8 embedding with "frequency" steps.
     cfg = with_data(tiny_config(iterations=4), tiny_data)
@@ -115,7 +115,7 @@ def test_artifact_round_trip_matches_summary(tiny_data, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path):
-    from shared.core.rundir import load_checkpoint
+    from shared.run.rundir import load_checkpoint
 
     cfg = with_data(tiny_config(iterations=8, checkpoint_every=2), tiny_data)
 
@@ -132,9 +132,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path):
 
 
 def test_artifact_over_the_cap_is_an_error_after_everything_is_saved(tiny_data, tmp_path, monkeypatch):
-    import shared.core.finish
+    import shared.run.finish
 
-    monkeypatch.setattr(shared.core.finish, "SIZE_CAP", 1000)
+    monkeypatch.setattr(shared.run.finish, "SIZE_CAP", 1000)
     cfg = replace(tiny_config(iterations=2), data=replace(tiny_config().data, dir=str(tiny_data.data_dir),
                                                           tokenizer=str(tiny_data.tokenizer)))
     with pytest.raises(PgolfError, match="over the 1,000-byte cap"):

@@ -229,8 +229,8 @@ def test_resume_with_the_record_numerics_reproduces_the_uninterrupted_run(tiny_d
     """bf16 momentum saved and loaded, and the warm-up's kept momentum only on a fresh start: a resumed
     run continues bit for bit."""
     import cuda_train.backend as backend
-    from shared.core.loop import Hooks
-    from shared.core.rundir import load_checkpoint
+    from shared.run.loop import Hooks
+    from shared.run.rundir import load_checkpoint
 
     cfg = tiny_config(iterations=5, warmup_steps=2)
     cfg = replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)),

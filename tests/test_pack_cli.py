@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from shared.artifact.calibration import calibration_batch, calibration_counts
-from shared.artifact.code import code_bytes
 from shared.artifact.format import read_artifact, read_quantized
 from shared.cli import main
 from shared.cli import pack as cli_pack
-from shared.core.rundir import load_checkpoint, save_checkpoint
 from shared.core.spec import init_params
 from shared.data.dataset import open_dataset
+from shared.record.script import code_bytes
+from shared.run.rundir import load_checkpoint, save_checkpoint
 from tests.conftest import tiny_config
 
 

@@ -19,9 +19,9 @@ pytest.importorskip("torch")
 
 from conftest import tiny_config  # noqa: E402
 
-from shared.core.rundir import load_checkpoint  # noqa: E402
 from shared.core.spec import init_params, param_table  # noqa: E402
 from shared.data.dataset import open_dataset  # noqa: E402
+from shared.run.rundir import load_checkpoint  # noqa: E402
 from shared.tools.parity import parity_config, rel_diff, run_parity  # noqa: E402
 
 pytestmark = [pytest.mark.mlx, pytest.mark.torch]
@@ -121,7 +121,7 @@ def test_bf16_momentum_agrees_within_its_rounding_noise(tiny_data):
     the backends' gradients can flip a rounding; the backends round alike otherwise (tests/test_optim_record.py).
     Every check passes, the training losses within the spread torch shows against itself from weights
     nudged by NOISE_REL (the weights check's noise floor, applied to the losses)."""
-    from shared.core.backends import get_backend
+    from shared.run.backends import get_backend
     from shared.tools.parity import NOISE_FACTOR, NOISE_REL, TRAIN_TOL, train_batches, train_steps
 
     cfg = _cfg(optim={"muon_row_norm": True, "muon_momentum_dtype": "bfloat16", "muon_ns_form": "record"})
@@ -183,7 +183,7 @@ def test_weights_check_is_not_loosened_by_the_noise_floor(tiny_data, monkeypatch
 def trained_runs(tiny_data, tmp_path_factory):
     """The same tiny config trained by both trainers: accumulation, a micro-batch token cap,
     undone warm-up and warmdown all in play."""
-    from shared.core.backends import get_backend
+    from shared.run.backends import get_backend
 
     cfg = tiny_config(iterations=6, grad_accum=2, max_microbatch_tokens=256, warmup_steps=2, warmdown_iters=3)
     # the warm-up undone except Muon's momentum (optim.warmup_muon_momentum; reset is the snapshot restored)
@@ -232,7 +232,7 @@ def test_cli_parity_on_trained_checkpoint(trained_runs, tiny_data, backend, caps
 @pytest.mark.slow
 def test_sliding_and_ttt_evaluations_agree(trained_runs, tiny_data):
     """Check 6: sliding within 1e-4 BPB, both TTT flavours within TTT_TOL, same token and byte counts."""
-    from shared.core.backends import get_backend
+    from shared.run.backends import get_backend
     from shared.tools.parity import TTT_TOL, ParityReport, eval_parity
 
     params, cfg, _ = load_checkpoint(trained_runs / "mlx" / "checkpoint.safetensors")

@@ -8,12 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from shared.artifact.code import script_files
 from shared.core.config import Config, EvalConfig, ModelConfig, TrainConfig, load_config
 from shared.core.spec import count_params
 from shared.plan import get_hardware, make_plan, names, summary_line
 from shared.plan.counts import flops_per_token
 from shared.plan.doclen import context_of, doc_lengths, masked_context
+from shared.record.script import script_files
 from tests.test_pack_cli import run
 
 CONTRACT = ("params", "artifact_bytes", "code_bytes", "tokens_per_step", "flops_per_step", "ms_per_step",
@@ -188,8 +188,8 @@ def test_gpu_check_puts_predictions_beside_measurements():
 def test_checkpoint_gives_the_real_packed_size(tmp_path, capsys):
     from shared.artifact.format import pack, write_artifact
     from shared.core.config import to_toml
-    from shared.core.rundir import save_checkpoint
     from shared.core.spec import init_params
+    from shared.run.rundir import save_checkpoint
     from tests.conftest import tiny_config
 
     cfg = tiny_config()

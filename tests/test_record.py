@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.artifact import code
 from shared.cli import main
 from shared.core.config import load_config
 from shared.errors import PgolfError
+from shared.record import script as code
 from shared.record import stats
 from shared.record.check import check_folder, parse_log
 from shared.record.script import baked_config, generate, minify
@@ -127,7 +127,7 @@ def test_generated_script_is_deterministic_and_follows_the_import_graph():
         cached.cache_clear()
     assert generate(cfg).data == a.data        # regenerated from scratch: the same bytes
     names = set(a.modules)
-    assert {"cuda_train.submission", "cuda_train.model", "shared.core.loop", "shared.artifact.format",
+    assert {"cuda_train.submission", "cuda_train.model", "shared.run.loop", "shared.artifact.format",
             "shared.data.bpb"} <= names
     assert not names & {"shared.cli.train", "shared.cli", "shared.data.download", "shared.tools.parity"}
     files = {code.module_name(f) for f in code.script_files()}
@@ -266,7 +266,7 @@ def test_calibration_counts_as_training_time_in_the_log(tmp_path):
     packing (docs/TIME-BUDGET.md): the log's total_train_time is steps + calibration, and record check
     judges the largest train_time of a log."""
     from shared.core.config import Config
-    from shared.core.finish import challenge_lines
+    from shared.run.finish import challenge_lines
 
     summary = {"steps": 10, "train_seconds": 590.0, "calib_seconds": 8.0, "quant_seconds": 4.5, "val_loss": 2.0,
                "val_bpb": 1.2, "artifact_bytes": 1, "code_bytes": 1, "total_bytes": 2, "q_val_loss": 2.0,

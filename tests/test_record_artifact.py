@@ -233,21 +233,21 @@ class _FakeSession:
 
 
 def test_finish_run_times_gptq_and_says_when_the_reserve_was_too_small(tiny_data, tmp_path):
-    from shared.core.finish import finish_run
-    from shared.core.rundir import RunDir
     from shared.data.dataset import open_dataset
+    from shared.run.finish import finish_run
+    from shared.run.rundir import RunDir
 
     cfg = tiny_config(max_seconds=30.0, calib_reserve_s=0.01)
     cfg = replace(cfg, quant=replace(cfg.quant, gptq=True, calib_tokens=256)).validate()
     ds = open_dataset(tiny_data.data_dir, tiny_data.tokenizer, cfg.model.vocab_size)
     stats = {"val_loss": 1.0, "val_bpb": 0.5, "steps": 1}
-    summary = finish_run(_FakeSession(), _params(cfg), cfg, RunDir(tmp_path), ds, stats)
+    summary = finish_run(_FakeSession(), _params(cfg), cfg, RunDir(tmp_path), ds, stats, code_bytes=0)
     log = (tmp_path / "train.log").read_text()
     assert summary["calib_seconds"] >= 0.05 and summary["quant_seconds"] > 0
     assert f"calibration {summary['calib_seconds']:.1f}s + quantise and pack" in log
     assert "train.calib_reserve_s=0.01 was too small" in log and "raise train.calib_reserve_s to at least 1" in log
     cfg = replace(cfg, train=replace(cfg.train, calib_reserve_s=25.0))
-    finish_run(_FakeSession(), _params(cfg), cfg, RunDir(tmp_path / "b"), ds, dict(stats))
+    finish_run(_FakeSession(), _params(cfg), cfg, RunDir(tmp_path / "b"), ds, dict(stats), code_bytes=0)
     assert "too small" not in (tmp_path / "b" / "train.log").read_text()
 
 

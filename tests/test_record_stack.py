@@ -115,7 +115,7 @@ RECORD_PARAMS = 35_945_671  # PR #1855
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_record_config_builds_the_record_model_and_steps_on_cpu(backend, tiny_data):
-    from shared.core.backends import get_backend
+    from shared.run.backends import get_backend
 
     if backend == "mlx":
         pytest.importorskip("mlx.core")

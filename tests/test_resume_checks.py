@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from shared.core.rundir import TRAIN_STATE, load_resume_state, save_resume_state
 from shared.core.spec import init_params
 from shared.errors import PgolfError
+from shared.run.rundir import TRAIN_STATE, load_resume_state, save_resume_state
 
 
 def _saved(tmp_path):

@@ -109,7 +109,7 @@ def test_train_steps_learns_a_repeated_batch(tiny_data):
 
 
 def test_grad_accum_must_split_over_ranks():
-    from shared.core.loop import local_accum_steps
+    from shared.run.loop import local_accum_steps
 
     t = tiny_config(grad_accum=2).train
     assert local_accum_steps(t, 2) == 1 and local_accum_steps(t, 1) == 2

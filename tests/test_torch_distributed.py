@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from shared.core.config import to_toml
-from shared.core.rundir import load_checkpoint
+from shared.run.rundir import load_checkpoint
 from tests.conftest import tiny_config
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
@@ -88,7 +88,7 @@ def test_nan_loss_stops_every_rank_with_one_line(tiny_data, tmp_path):
     # slower one before it prints, so at least one rank's line is there; no traceback from our code
     # (torchrun's agent prints its own ChildFailedError report).
     assert "error: training diverged: the loss is nan at step 2" in res.stderr
-    assert 'cuda_train/session.py", line' not in res.stderr and 'shared/core/loop.py", line' not in res.stderr
+    assert 'cuda_train/session.py", line' not in res.stderr and 'shared/run/loop.py", line' not in res.stderr
     assert not (tmp_path / "run" / "summary.json").exists()
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from shared.core.config import load_config, to_toml
-from shared.core.loop import Hooks
-from shared.core.rundir import SUMMARY_KEYS, load_checkpoint
 from shared.errors import PgolfError
+from shared.run.loop import Hooks
+from shared.run.rundir import SUMMARY_KEYS, load_checkpoint
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.torch

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from shared.core.config import Config, ModelConfig, to_toml
-from shared.core.rundir import ARTIFACT, CHECKPOINT, CONFIG, LOG, SUMMARY, save_checkpoint
 from shared.core.spec import init_params
 from shared.errors import PgolfError
+from shared.run.rundir import ARTIFACT, CHECKPOINT, CONFIG, LOG, SUMMARY, save_checkpoint
 from tests.conftest import tiny_config
 from tests.test_faults import one_error_line
 
@@ -283,9 +283,9 @@ elif phase == "pack":
 elif phase == "eval":
     import shared.eval.driver as m; m.run_eval = die
 elif phase == "summary":      # model.pgz written, summary.json not yet
-    import shared.core.rundir as m; m.RunDir.write_summary = die
+    import shared.run.rundir as m; m.RunDir.write_summary = die
 elif phase == "train":
-    import shared.core.loop as m
+    import shared.run.loop as m
     step = m.RunDir.log_step
     def log_step(self, s, *a, **k):
         if s == 3:
@@ -317,7 +317,7 @@ def test_kill_9_at_any_phase_then_resume_finishes_with_files_that_agree(straight
     summary.json and the log's last segment describe one step and one artifact, the artifact of the
     uninterrupted run, and `record export` accepts the folder (it refused it before)."""
     from shared.cli import main
-    from shared.core.rundir import LOCK, run_disagreements
+    from shared.run.rundir import LOCK, run_disagreements
 
     config, artifact = straight_run
     run = tmp_path / "b"
@@ -343,7 +343,7 @@ def test_kill_9_at_any_phase_then_resume_finishes_with_files_that_agree(straight
 def test_resume_of_a_finished_run_does_nothing_unless_given_a_new_cap(tiny_data, tmp_path, capsys):
     pytest.importorskip("mlx.core")
     from shared.cli import main
-    from shared.core.rundir import run_disagreements
+    from shared.run.rundir import run_disagreements
 
     cfg = _run_cfg(tiny_data, iterations=3)
     cfg = replace(cfg, quant=replace(cfg.quant, gptq=False))
@@ -364,13 +364,13 @@ def test_resume_of_a_finished_run_does_nothing_unless_given_a_new_cap(tiny_data,
 def test_a_resume_whose_clock_is_spent_trains_no_step_past_the_cap(tiny_data, tmp_path):
     """The wallclock cap reached, killed while finishing: the resume finishes at the same step."""
     pytest.importorskip("mlx.core")
-    from shared.core.backends import get_backend
-    from shared.core.loop import Hooks
+    from shared.run.backends import get_backend
+    from shared.run.loop import Hooks
 
     cfg = _run_cfg(tiny_data, iterations=1000, max_seconds=1.0, checkpoint_every=0)
     cfg = replace(cfg, quant=replace(cfg.quant, gptq=False))
     backend = get_backend("mlx")
-    import shared.core.finish as finish
+    import shared.run.finish as finish
 
     def crash(*a, **k):
         raise KeyboardInterrupt
@@ -381,7 +381,7 @@ def test_a_resume_whose_clock_is_spent_trains_no_step_past_the_cap(tiny_data, tm
             backend.train(cfg, tmp_path / "run")
     finally:
         finish.finish_run = real
-    from shared.core.rundir import saved_step
+    from shared.run.rundir import saved_step
 
     step = saved_step(tmp_path / "run" / CHECKPOINT)
     summary = backend.train(cfg, tmp_path / "run", resume=True, hooks=Hooks(before_step=lambda s, _: pytest.fail(
@@ -558,9 +558,9 @@ def test_no_calibration_warning_without_a_reserve(tmp_path):
     nothing warns; a reserve that was set and proved too small still warns."""
     from types import SimpleNamespace
 
-    from shared.core.finish import finish_run
-    from shared.core.rundir import RunDir
     from shared.data.bpb import EvalResult
+    from shared.run.finish import finish_run
+    from shared.run.rundir import RunDir
 
     cfg = tiny_config(max_seconds=10.0)
     cfg = replace(cfg, quant=replace(cfg.quant, gptq=True, calib_tokens=256, gptq_block=16))
@@ -581,7 +581,7 @@ def test_no_calibration_warning_without_a_reserve(tmp_path):
         for reserve, warned in ((0.0, False), (1e-4, True)):
             run = RunDir(tmp_path / f"r{reserve}")
             c = replace(cfg, train=replace(cfg.train, calib_reserve_s=reserve))
-            finish_run(session, params, c, run, dataset, {"val_loss": 2.0, "val_bpb": 1.0, "steps": 1})
+            finish_run(session, params, c, run, dataset, {"val_loss": 2.0, "val_bpb": 1.0, "steps": 1}, code_bytes=0)
             log = (run.path / LOG).read_text()
             assert "quantisation: calibration" in log and ("was too small" in log) == warned
     finally:

@@ -477,7 +477,7 @@ def unpack(blob: bytes, source: str = "artifact") -> tuple[Config, dict[str, np.
 
 
 def write_artifact(path: str | Path, blob: bytes) -> Path:
-    from shared.core.rundir import atomic_write_bytes
+    from shared.files import atomic_write_bytes
 
     return atomic_write_bytes(path, blob)
 

@@ -39,7 +39,8 @@ DEFAULT_CONFIGS = ("configs/baseline.toml", "configs/record.toml")
 def gpu_check(configs, seconds, reference, json_out, sample_dir) -> None:
     """Environment, correctness, speed and MFU of the PyTorch backend on this machine's GPU."""
     from shared.core.config import load_config
-    from shared.core.rundir import atomic_write_bytes, strict_json
+    from shared.files import atomic_write_bytes
+    from shared.run.rundir import strict_json
 
     if not 0 < seconds <= 3600:  # inf or a typo would run until killed
         raise PgolfError(f"--seconds must be in (0, 3600] (timed training per config), got {seconds}")

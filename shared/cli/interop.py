@@ -36,7 +36,8 @@ def import_cmd(path: Path, source: str, config_path: Path, overrides: tuple[str,
                overwrite: bool) -> None:
     """Import a reference script's trained weights as a pgolf checkpoint."""
     from shared.core.config import load_config, to_toml
-    from shared.core.rundir import CONFIG, atomic_write_bytes, write_checkpoint
+    from shared.files import atomic_write_bytes
+    from shared.run.rundir import CONFIG, write_checkpoint
     from shared.tools.reference import MLX_REF_RMS_EPS, check_source, import_reference
 
     check_source(source)

@@ -77,10 +77,10 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
              data_dir: Path | None, tokenizer: Path | None, config_path: Path | None, write_config: Path | None,
              overwrite: bool) -> None:
     """Quantise and pack a checkpoint into an artifact."""
-    from shared.artifact.code import code_bytes
     from shared.artifact.format import pack, unpack, write_artifact
-    from shared.core.rundir import load_checkpoint
     from shared.core.spec import check_finite, check_params
+    from shared.record.script import code_bytes
+    from shared.run.rundir import load_checkpoint
 
     if write_config is not None:   # refuse before minutes of fitting, not after
         if budget is None:
@@ -106,7 +106,7 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
     cfg = _quant_overrides(cfg, overrides)
 
     def counted(c: Config) -> int:
-        # Both backends count the same generated train_gpt.py (shared/artifact/code.py; tests/test_record.py)
+        # Both backends count the same generated train_gpt.py (shared/record/script.py; tests/test_record.py)
         return code_bytes(backend, c)
 
     if budget is not None and budget <= counted(cfg):
@@ -116,8 +116,8 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
     if cfg.quant.calibrates or budget is not None:
         from shared.artifact.budget import fit_budget, sensitivity_batch
         from shared.artifact.calibration import calibration_batch, calibration_counts
-        from shared.core.backends import get_backend
         from shared.data.dataset import open_dataset
+        from shared.run.backends import get_backend
 
         be = get_backend(backend)
         ds = open_dataset(data_dir or cfg.data.dir, tokenizer or cfg.data.tokenizer, cfg.model.vocab_size)
@@ -143,7 +143,7 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
         raise PgolfError(f"internal: the fitted artifact ({len(blob):,}) + code ({counted(cfg):,}) exceeds {budget:,}")
     code = code_bytes(backend, cfg)   # of the config packed (the fit changes the script it bakes)
     if replaces_run:
-        from shared.core.rundir import claim_run_dir
+        from shared.run.rundir import claim_run_dir
 
         with claim_run_dir(out.parent, resume=True):  # not while a run trains into the folder
             write_artifact(out, blob)
@@ -154,7 +154,7 @@ def pack_cmd(checkpoint: Path, backend: str, out: Path, overrides: tuple[str, ..
         write_artifact(out, blob)
     if write_config is not None:
         from shared.core.config import to_toml
-        from shared.core.rundir import atomic_write_bytes
+        from shared.files import atomic_write_bytes
 
         head = (f"# Written by `pgolf pack --budget {budget}` from {checkpoint} (step {step}): the checkpoint's\n"
                 f"# config with the fit in [quant] (tensor_schemes, lqer_rank, prune_values). `pgolf pack --config`\n"
@@ -197,7 +197,8 @@ def _repacked_summary(path: Path, blob: bytes, code: int, step: int) -> None:
     import hashlib
 
     from shared.artifact.format import SIZE_CAP
-    from shared.core.rundir import atomic_write_bytes, strict_json
+    from shared.files import atomic_write_bytes
+    from shared.run.rundir import strict_json
 
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
@@ -243,8 +244,8 @@ def read_quantized_lqer(blob: bytes) -> list[str]:
 
 def inspect_report(blob: bytes, backend: str, source: str) -> dict:
     """The inspect figures as a JSON-able dict (keys are a contract, see the module docstring)."""
-    from shared.artifact.code import code_bytes
     from shared.artifact.format import pipeline_of, read_quantized, tensor_bytes
+    from shared.record.script import code_bytes
 
     cfg, qts = read_quantized(blob, source)
     tensors = []

@@ -103,9 +103,9 @@ def seeds(backend, config_path, seeds, out, sets, data, tokenizer, nproc, overwr
     """Train one config for several seeds in turn, then report mean, std and significance."""
     from shared.cli.train import train
     from shared.core.config import apply_overrides, load_config
-    from shared.core.rundir import existing_run_files
     from shared.record.check import significance_against
     from shared.record.stats import mean_std
+    from shared.run.rundir import existing_run_files
 
     seed_list = parse_seeds(seeds)
     if any(s.split("=", 1)[0].strip() == "train.seed" for s in sets):

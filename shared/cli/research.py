@@ -75,10 +75,11 @@ def common_options(f):
 
 def _run(kind, backend, config_path, points, seeds, steps, max_seconds, out, sets, data, tokenizer, as_json) -> None:
     from shared.cli.record import parse_seeds
+    from shared.cli.train import train
     from shared.research.sweep import budget_sets, run_sweep
 
     _quiet_if(as_json)
-    kw = dict(kind=kind, backend=backend, config_path=config_path, points=points, seeds=parse_seeds(seeds),
+    kw = dict(train=train, kind=kind, backend=backend, config_path=config_path, points=points, seeds=parse_seeds(seeds),
               budget=budget_sets(steps, max_seconds), sets=list(sets))
     if len(data) > 1:
         from shared.research.corpora import render_cross, run_corpora

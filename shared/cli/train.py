@@ -12,7 +12,7 @@ checkpoint (`.safetensors`, or a run folder): the model section always comes
 from the file itself.
 
 Before the backend trains, `train` claims the run folder (one process at a
-time: shared/core/rundir.py `claim_run_dir`), refuses a folder that already
+time: shared/run/rundir.py `claim_run_dir`), refuses a folder that already
 holds a run unless `--resume` or `--overwrite`, and opens the dataset with
 the run's sequence length, so a bad split fails before any step. A resume
 that fails before it saves leaves config.toml as it was. `eval` refuses
@@ -59,15 +59,15 @@ def with_data(cfg: Config, data: str | None, tokenizer: str | None) -> Config:
 @click.option("--overwrite", is_flag=True, help="start a new run in an --out folder that already holds one (its files are removed)")
 def train(backend, config_path, sets, data, tokenizer, out, resume, nproc, overwrite) -> None:
     """Train a model, pack it into RUN_DIR/model.pgz and evaluate it."""
-    from shared.core.backends import get_backend
-    from shared.core.rundir import (
+    from shared.data.dataset import open_dataset
+    from shared.run.backends import get_backend
+    from shared.run.rundir import (
         claim_run_dir,
         config_restored_on_failure,
         finished_run_message,
         inherited_claim,
         terminate_as_exit,
     )
-    from shared.data.dataset import open_dataset
 
     if resume:
         run_dir = Path(resume)
@@ -127,8 +127,8 @@ def plan_summary(cfg: Config, backend: str, nproc: int) -> str:
 
 def load_weights(path: Path) -> tuple[Config | None, dict]:
     """(embedded config, float32 params) from an artifact or a checkpoint; NaN or infinity is an error."""
-    from shared.core.rundir import CHECKPOINT, load_checkpoint
     from shared.core.spec import check_finite
+    from shared.run.rundir import CHECKPOINT, load_checkpoint
 
     if path.is_dir() or path.suffix == ".safetensors":
         if path.is_dir() and not (path / CHECKPOINT).is_file():
@@ -145,7 +145,7 @@ def _run_dir_data(cfg: Config, weights: Path) -> Config:
     """An artifact carries no data paths (they are machine-local): inside a run directory, take
     them from the run's config.toml when it describes the same model."""
     from shared.core.config import DataConfig
-    from shared.core.rundir import CONFIG
+    from shared.run.rundir import CONFIG
 
     run_cfg = weights.parent / CONFIG
     if cfg.data != DataConfig() or not run_cfg.is_file():
@@ -164,9 +164,9 @@ def _run_dir_data(cfg: Config, weights: Path) -> Config:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def evaluate(backend, weights, data, tokenizer, config_path, sets, as_json) -> None:
     """Validation loss and bits per byte of an artifact or checkpoint."""
-    from shared.core.backends import get_backend
     from shared.data.dataset import open_dataset
     from shared.eval.driver import EVAL_BUDGET_S, mode_name
+    from shared.run.backends import get_backend
 
     if as_json:  # stdout is one JSON object and stderr stays quiet
         from shared.core.progress import set_quiet

@@ -43,12 +43,13 @@ and a layer computes `y = x @ W.T`. All tensors are float32.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # annotations only: config imports this module to check quant.tensor_schemes
-    from shared.core.config import ModelConfig
+# shared.core.config.ModelConfig, duck-typed: config imports this module (to check quant.tensor_schemes),
+# so this module imports nothing from config.
+ModelConfig = Any
 
 # RMSNorm epsilon of both backends: torch F.rms_norm(eps=None) uses finfo(float32).eps;
 # MLX is given the same number explicitly so the two agree.

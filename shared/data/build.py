@@ -94,7 +94,7 @@ def train_tokenizer(train_docs: Iterable[str], vocab: int, path: Path, max_chars
     """
     import sentencepiece as spm
 
-    from shared.core.rundir import atomic_write_bytes
+    from shared.files import atomic_write_bytes
 
     fn = caseops.encode if transform == caseops.NAME else None
     lines = _training_lines((fn(d) for d in train_docs) if fn else train_docs, max_chars, total_chars)
@@ -130,8 +130,8 @@ def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
 
 def write_byte_tokenizer(path: Path) -> Path:
     """The challenge's byte260 tokenizer file (`fineweb_pure_byte_260.json` format)."""
-    from shared.core.rundir import atomic_write_bytes
     from shared.data.bpb import ByteTokenizer
+    from shared.files import atomic_write_bytes
 
     text = json.dumps(ByteTokenizer().to_json(), indent=2, sort_keys=True) + "\n"
     atomic_write_bytes(path, text.encode("utf-8")).chmod(FILE_MODE)
@@ -388,8 +388,8 @@ def _build(docs, out: Path, vocab: int, val_docs: int, name: str, shard_tokens: 
 
 def _reuse_tokenizer(src: Path, out: Path, transform: str) -> tuple[Path, int, dict]:
     """Copy an existing SentencePiece model (and its .vocab) into out/tokenizers/; (path, vocab, settings)."""
-    from shared.core.rundir import atomic_write_bytes
     from shared.data.bpb import ByteTokenizer, load_tokenizer
+    from shared.files import atomic_write_bytes
 
     sp = load_tokenizer(src)
     if isinstance(sp, ByteTokenizer):

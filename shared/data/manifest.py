@@ -51,8 +51,8 @@ def write_manifest(data_dir: Path, tok_path: Path, name: str, vocab: int, docs: 
     `transform` ("none" or "caseops") and the byte sidecars (split "val_bytes")
     are recorded so that a reader knows how BPB must be charged.
     """
-    from shared.core.rundir import atomic_write_bytes
     from shared.data.shards import find_sidecars, shard_count
+    from shared.files import atomic_write_bytes
 
     entries, totals = [], {"val": 0, "train": 0}
     for split in ("val", "train"):

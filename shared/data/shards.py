@@ -46,7 +46,7 @@ def write_shard(path: str | Path, tokens: np.ndarray) -> Path:
         raise PgolfError(f"{path}: token ids must fit in uint16")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = MAGIC, VERSION, tokens.size
-    from shared.core.rundir import write_failed  # one wording for every failed write (a full disk...)
+    from shared.files import write_failed  # one wording for every failed write (a full disk...)
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

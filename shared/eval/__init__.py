@@ -3,5 +3,5 @@
 `windows.py` plans which targets are scored with which context, `ledger.py` records
 every score and hands updates only tokens already scored, `driver.py` is the
 scoring order of each mode. The backends supply only primitives (the `Session`
-methods listed in shared/core/backends.py).
+methods listed in shared/run/backends.py).
 """

@@ -22,7 +22,7 @@ Legal by construction: scores go into the `Ledger` (one record per target),
 and updates take their tokens only from `Ledger.scored_tokens`, which refuses
 anything not yet scored. The backend supplies primitives only (the `Session`
 methods `token_nats`, `sgd_begin`/`sgd_step`, `lora_begin`/`lora_reset`/
-`lora_step`/`lora_end`, `all_reduce_sum`: shared/core/backends.py).
+`lora_step`/`lora_end`, `all_reduce_sum`: shared/run/backends.py).
 """
 
 from __future__ import annotations

@@ -512,7 +512,7 @@ def make_plan(cfg: Config, hw: Hardware, profile: str = "pgolf", techniques: tup
         return _absurd(cfg, hw, profile, approx, warnings)
     params = param_counts(m)
     if code_bytes is None:
-        from shared.artifact.code import code_bytes as count_code
+        from shared.record.script import code_bytes as count_code
 
         code_bytes = count_code("torch", cfg)
     coder = dict(CODER)
@@ -569,8 +569,8 @@ def real_artifact_bytes(path: str, cfg: Config) -> tuple[int, str]:
     if p.suffix == ".pgz" and p.is_file():
         return p.stat().st_size, f"measured: {p} ({p.stat().st_size:,} bytes)"
     from shared.artifact.format import pack
-    from shared.core.rundir import load_checkpoint
     from shared.core.spec import check_params
+    from shared.run.rundir import load_checkpoint
 
     params, _, _ = load_checkpoint(p)
     check_params(params, cfg.model, str(p))

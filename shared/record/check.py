@@ -5,7 +5,7 @@
 Works on folders `pgolf record export` writes and on the challenge's own
 (records/track_10min_16mb/*): their logs are parsed by the reference script's
 line formats (`parse_log`), which pgolf's logs also end with
-(shared/core/finish.py `challenge_lines`). Checked:
+(shared/run/finish.py `challenge_lines`). Checked:
 
 - the files: README.md, submission.json, train_gpt.py (it must compile), one log
   per seed (requirements.txt: a note when absent, as in the earliest records);

@@ -32,9 +32,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from shared.core.config import Config, load_config, to_dict, to_toml
-from shared.core.rundir import CONFIG, LOG, SUMMARY, run_disagreements, write_failed
 from shared.errors import PgolfError
+from shared.files import write_failed
 from shared.record.stats import mean_std
+from shared.run.rundir import CONFIG, LOG, SUMMARY, run_disagreements
 
 TRACKS = ("10min_16mb", "non_record_16mb")
 SUBMISSION_KEYS = ("author", "github_id", "name", "blurb", "date", "track", "val_loss", "val_bpb", "val_loss_std",

@@ -1,21 +1,21 @@
-"""The generated train_gpt.py: one self-contained file that trains, packs and evaluates a pgolf run.
+"""The counted code of a pgolf run: the generated train_gpt.py, one self-contained file that trains,
+packs and evaluates, and the modules it is made of.
 
     gen = generate(cfg)          # gen.data: the file's bytes; gen.raw_bytes, gen.minified_bytes, gen.form
+    code_bytes(backend, cfg)     # len(generate(cfg).data): what a run of cfg counts, whichever backend
 
-What goes in is computed, never listed: the torch entry `cuda_train/submission.py`
-and every pgolf module it imports (`shared.artifact.code.script_files`, the
-import graph), so a module someone adds to the training path (an evaluation
-mode, a compressor) is carried without touching this file. Each module's
-source is minified (docstrings dropped, `ast.unparse`: comments and layout
-go; nothing is renamed), embedded as a string, and served by a small
-meta-path importer installed before the entry runs; the run's resolved
-config is baked in as the defaults (`baked_config`).
-
-The file is then written in the compressed self-extracting form (lzma,
-base85, an `exec` wrapper: the form records count, as in PR #1855; lzma
-is in the standard library, so the wrapper needs no package) when that is
-smaller, which it is for anything but a toy. Every step is a pure function
-of the sources and the config: same checkout and config, same bytes.
+The challenge counts only the script. What goes in is computed, never listed:
+the torch entry `cuda_train/submission.py` and every pgolf module it imports
+(`script_files`, the import graph: every `import` statement, function-level
+ones included, except under `if TYPE_CHECKING:`), so a module someone adds to
+the training path is carried without touching this file. A run trained by the
+MLX backend counts the same script (parity shows both train the same spec).
+Each module's source is minified and embedded as a string, served by a small
+meta-path importer installed before the entry runs; the run's resolved config
+is baked in as the defaults (`baked_config`). The file is the compressed,
+self-extracting form (as records count it, PR #1855) when that is smaller.
+Every step is a pure function of the sources and the config: same checkout and
+config, same bytes.
 """
 
 from __future__ import annotations
@@ -24,14 +24,109 @@ import ast
 import base64
 import lzma
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from shared import __version__
-from shared.artifact.code import SCRIPT_ENTRY, module_name, script_files
 from shared.core.config import Config, TrainConfig, to_toml
+from shared.errors import PgolfError
 
 SCRIPT_NAME = "train_gpt.py"
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("shared", "mlx_train", "cuda_train")
+BACKEND_PACKAGES = {"mlx": "mlx_train", "torch": "cuda_train"}
+SCRIPT_ENTRY = "cuda_train.submission"  # what train_gpt.py runs
+
+
+def module_file(name: str) -> Path | None:
+    """The file of a pgolf module (`shared.core.spec` -> shared/core/spec.py), or None."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    base = ROOT.joinpath(*name.split("."))
+    for f in (base.with_suffix(".py"), base / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
+
+
+def module_name(f: Path) -> str:
+    parts = list(f.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(f: Path, typing: bool = False) -> set[str]:
+    """Module names that `f` imports, anywhere in its body (relative imports resolved); those under
+    `if TYPE_CHECKING:` only when `typing` (they never run, so a run does not carry them)."""
+    me = module_name(f)
+    package = me if f.name == "__init__.py" else me.rpartition(".")[0]
+    out: set[str] = set()
+    tree = ast.parse(f.read_text(encoding="utf-8"), str(f))
+    typing_only = set() if typing else {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node.test)
+                   for stmt in node.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
+    return out
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def import_closure(roots: tuple[Path, ...]) -> tuple[Path, ...]:
+    """`roots` and every pgolf module they import, transitively (parent packages included), sorted."""
+    missing = [str(f) for f in roots if not f.is_file()]
+    if missing:
+        raise PgolfError(f"counted code file(s) missing: {missing}; is the checkout complete?")
+    todo, seen = list(roots), set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        names = imports(f)
+        name = module_name(f)
+        names.update(".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1))  # parent packages run too
+        todo.extend(g for g in map(module_file, names) if g is not None and g not in seen)
+    return tuple(sorted(seen))
+
+
+@cache
+def code_files_cached(backend: str) -> tuple[Path, ...]:
+    if backend not in BACKEND_PACKAGES:
+        raise PgolfError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_PACKAGES)}")
+    pkg = ROOT / BACKEND_PACKAGES[backend]
+    return import_closure((pkg / "__main__.py", pkg / "backend.py"))
+
+
+def code_files(backend: str) -> list[Path]:
+    """The pgolf modules a `python -m <backend package>` training run imports, in a fixed order."""
+    return list(code_files_cached(backend))
+
+
+def script_files() -> list[Path]:
+    """The pgolf modules embedded in train_gpt.py: the closure of its entry (`SCRIPT_ENTRY`)."""
+    return list(import_closure((ROOT.joinpath(*SCRIPT_ENTRY.split(".")).with_suffix(".py"),)))
+
+
+def code_bytes(backend: str, cfg: Config | None = None) -> int:
+    """Bytes of the counted code of a run of `cfg` (default config when None) trained by `backend`:
+    the size of the train_gpt.py that `pgolf record export` writes for it."""
+    if backend not in BACKEND_PACKAGES:
+        raise PgolfError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_PACKAGES)}")
+    return len(generate(cfg).data)
+
+
 _LZMA = {"format": lzma.FORMAT_XZ, "check": lzma.CHECK_NONE, "preset": 9 | lzma.PRESET_EXTREME}
 
 # The bootstrap: the embedded modules (name -> (is_package, source)) come first, as M; the config as C.
@@ -113,8 +208,6 @@ def _files(stamp: tuple) -> tuple[Path, ...]:
 
 def _embedded_files() -> tuple[Path, ...]:
     """`script_files()`, recomputed only when a pgolf source file changes (the graph walk parses every module)."""
-    from shared.artifact.code import PACKAGES, ROOT
-
     stamp = tuple((str(f), f.stat().st_mtime_ns) for pkg in PACKAGES for f in sorted((ROOT / pkg).rglob("*.py")))
     return _files(stamp)
 
@@ -149,10 +242,3 @@ def generate(cfg: Config | None) -> Script:
     """train_gpt.py for runs of `cfg` (a pure function of the checkout and the baked config)."""
     return _generate(to_toml(baked_config(cfg)))
 
-
-def write_script(path: str | Path, cfg: Config | None) -> Script:
-    from shared.core.rundir import atomic_write_bytes
-
-    gen = generate(cfg)
-    atomic_write_bytes(path, gen.data)
-    return gen

@@ -49,7 +49,7 @@ def run_corpora(out: Path, datas: list[str], tokenizers: list[str], **kw: Any) -
         cross.append({"label": row["label"], "corpora": cells, "holds": holds})
     summary = {"corpora": [{"name": n, "data": d} for n, d in zip(names, datas, strict=True)], "budget": {n: per[n]["budget"] for n in names},
                "per_corpus": per, "cross": cross}
-    from shared.core.rundir import atomic_write_bytes
+    from shared.files import atomic_write_bytes
 
     atomic_write_bytes(out / "corpora.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     return summary

@@ -86,7 +86,7 @@ def _spec(kind, backend, config_path, points, seeds, budget, sets, data, tokeniz
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from shared.core.rundir import atomic_write_bytes
+    from shared.files import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode())
 
@@ -129,10 +129,11 @@ def _eta(seconds: float) -> str:
 
 
 def run_sweep(out: Path, *, kind: str, backend: str, config_path: str, points: list[Point], seeds: list[int],
-              budget: list[str], sets: list[str], data: str | None, tokenizer: str | None) -> dict[str, Any]:
-    """Train every (point, seed) not finished yet, in order; returns the summary (also OUT/summary.json)."""
-    from shared.cli.train import train
-    from shared.core.rundir import TRAIN_STATE, saved_step
+              budget: list[str], sets: list[str], data: str | None, tokenizer: str | None,
+              train: Any) -> dict[str, Any]:
+    """Train every (point, seed) not finished yet, in order, with `train` (the `pgolf train` command, given by
+    the caller: the command line sits above this package); returns the summary (also OUT/summary.json)."""
+    from shared.run.rundir import TRAIN_STATE, saved_step
 
     if any(parse_override(s)[:2] == ("train", "seed") for s in sets + [x for p in points for x in p.sets]):
         raise PgolfError("train.seed is set by --seeds: drop it from --set and --grid")

@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         from shared.artifact.format import read_artifact
-        from shared.core.backends import get_backend
         from shared.data.dataset import open_dataset
+        from shared.run.backends import get_backend
 
         data, tok = ensure_sample(Path(args.data_root))
         cfg = demo_config(data, tok, args.seconds)

@@ -137,8 +137,8 @@ def weight_diffs(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str
 def run_parity(params: dict[str, np.ndarray], cfg: Config, dataset, steps: int = 20,
                backends: tuple[str, str] = ("mlx", "torch"), modes: bool = False) -> ParityReport:
     from shared.artifact.format import pack, unpack
-    from shared.core.backends import get_backend
     from shared.core.progress import Phases
+    from shared.run.backends import get_backend
 
     cfg = parity_config(cfg)
     cfg = replace(cfg, eval=replace(cfg.eval, mode="flat"))  # checks 2 and 5: the flat pass; check 6: the others

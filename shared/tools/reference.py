@@ -119,7 +119,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def read_pt(path: Path) -> dict[str, np.ndarray]:
     """train_gpt.py's `final_model.pt` as name -> float32, read by the torch backend (cuda_train/reference_io.py)."""
-    from shared.core.backends import get_backend
+    from shared.run.backends import get_backend
 
     get_backend("torch")  # one error line naming the missing framework, as for every torch command
     return importlib.import_module("cuda_train.reference_io").read_pt(path)

@@ -1,6 +1,6 @@
 """The end of every training run, shared by both trainers: pack, re-evaluate, summarise.
 
-    summary = finish_run(session, params, cfg, run_dir, dataset, train_stats)
+    summary = finish_run(session, params, cfg, run_dir, dataset, train_stats, code_bytes=n)
 
 1. pack the float32 canonical weights with the shared packer (`shared.artifact.format`);
    rank 0 writes `model.pgz` atomically;
@@ -11,7 +11,7 @@
    separate 600 s evaluation budget (on the machine it ran on). `val_*`, from
    the training loop's last validation, is flat (a run with no validation
    scores its final weights here, in `eval.mode`);
-3. write `summary.json` (keys: `shared.core.rundir.SUMMARY_KEYS`, plus a few extras), after the
+3. write `summary.json` (keys: `shared.run.rundir.SUMMARY_KEYS`, plus a few extras), after the
    log's closing lines in the challenge's format (`challenge_lines`: what `pgolf record check`
    and the challenge's reviewers read).
 
@@ -35,14 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from shared.artifact.code import code_bytes
 from shared.artifact.format import SIZE_CAP
-from shared.core.backends import Session
 from shared.core.config import Config
-from shared.core.rundir import ARTIFACT, RunDir
 from shared.core.spec import check_finite, count_params
 from shared.errors import PgolfError
 from shared.eval.driver import EVAL_BUDGET_S, mode_name
+from shared.run.backends import Session
+from shared.run.rundir import ARTIFACT, RunDir
 
 
 def finish_run(
@@ -52,8 +51,11 @@ def finish_run(
     run_dir: RunDir,
     dataset,
     train_stats: dict[str, Any],
+    *,
+    code_bytes: int,
 ) -> dict[str, Any]:
-    """Pack, evaluate the round-tripped weights, write summary.json (rank 0); return the summary."""
+    """Pack, evaluate the round-tripped weights, write summary.json (rank 0); return the summary.
+    `code_bytes`: the size of the train_gpt.py a record of this run submits (the caller knows it)."""
     from shared.artifact import format as artifact
 
     name, rank = session.backend, session.rank
@@ -111,7 +113,7 @@ def finish_run(
                 (run_dir.path / ARTIFACT).unlink(missing_ok=True)
             raise PgolfError(f"{run_dir.path}: {key} is {value} (not finite); model.pgz and summary.json were not "
                              f"written, the checkpoint is kept: check it with `pgolf eval {run_dir.path}`")
-    code = int(code_bytes(name, cfg))  # the size of the train_gpt.py a record of this run submits
+    code = int(code_bytes)
     seconds = float(stats.get("train_seconds", 0.0))
     tokens = int(stats.get("train_tokens", 0))
     summary: dict[str, Any] = {

@@ -1,8 +1,8 @@
 """The training loop of both backends: resume, warm-up, clock, schedule, cadence, saves, signals, finish.
 
-    summary = train_loop(session, cfg, run_dir, resume=False, hooks=None)
+    summary = train_loop(session, cfg, run_dir, resume=False, hooks=None, code_bytes=n)
 
-A backend supplies a `Session` (shared/core/backends.py: `mlx_train/session.py`,
+A backend supplies a `Session` (shared/run/backends.py: `mlx_train/session.py`,
 `cuda_train/session.py`): one optimizer step on this rank's micro-batches,
 evaluation, weights and optimizer state in and out, a snapshot to undo the
 warm-up, and `agree` (a logical OR across ranks; the identity in one
@@ -25,7 +25,7 @@ process). Everything else happens here, once, for both:
 - A non-finite loss stops the run with a one-line error; weights are
   checked before every save, so a bad step never overwrites a good checkpoint.
 - Rank 0 writes the run directory; the end of the run (calibrate, pack,
-  evaluate the round trip, summary.json) is `shared.core.finish.finish_run`.
+  evaluate the round trip, summary.json) is `shared.run.finish.finish_run`.
 
 `hooks` lets tests act at step boundaries (interrupt, poison, fail a rank)
 without anything in product code that reads the environment.
@@ -41,10 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.core.backends import Session
 from shared.core.config import Config, TrainConfig, to_toml
 from shared.core.progress import TrainProgress
-from shared.core.rundir import (
+from shared.core.schedule import looped, lr_scale, muon_momentum, rewarm, seq_cap, train_seconds
+from shared.core.spec import count_params, init_params
+from shared.data.bpb import EvalResult
+from shared.data.shards import BatchLoader, val_token_count
+from shared.errors import PgolfError
+from shared.run.backends import Session
+from shared.run.rundir import (
     CHECKPOINT,
     RunDir,
     load_resume_state,
@@ -53,11 +58,6 @@ from shared.core.rundir import (
     save_checkpoint,
     save_resume_state,
 )
-from shared.core.schedule import looped, lr_scale, muon_momentum, rewarm, seq_cap, train_seconds
-from shared.core.spec import count_params, init_params
-from shared.data.bpb import EvalResult
-from shared.data.shards import BatchLoader, val_token_count
-from shared.errors import PgolfError
 
 
 @dataclass
@@ -113,16 +113,17 @@ class StopFlag:
 
 
 def train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool = False,
-               hooks: Hooks | None = None) -> dict[str, Any]:
+               hooks: Hooks | None = None, *, code_bytes: int) -> dict[str, Any]:
     """Train `session` on this rank, validate, checkpoint, pack and evaluate; return summary.json's dict.
     Rank 0 holds the run folder's lock throughout (a direct `backend.train(...)` call takes it here)."""
     with run_dir_held(run_dir, session.is_main):
-        return _train_loop(session, cfg, run_dir, resume, hooks)
+        return _train_loop(session, cfg, run_dir, resume, hooks, code_bytes)
 
 
-def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, hooks: Hooks | None) -> dict[str, Any]:
-    from shared.core.finish import finish_run
+def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, hooks: Hooks | None,
+                code_bytes: int) -> dict[str, Any]:
     from shared.data.dataset import open_dataset
+    from shared.run.finish import finish_run
 
     hooks = hooks or Hooks()
     t, o = cfg.train, cfg.optim
@@ -290,4 +291,4 @@ def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool
              "world_size": session.world_size, "stop_reason": stop_reason, **session.summary_extras()}
     if "peak_memory_bytes" in stats:
         run.log(f"peak memory: {stats['peak_memory_bytes'] / 2**30:.2f} GiB (rank {session.rank})")
-    return finish_run(session, session.final_weights(), cfg, run, dataset, stats)
+    return finish_run(session, session.final_weights(), cfg, run, dataset, stats, code_bytes=code_bytes)

@@ -35,9 +35,7 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +45,7 @@ from safetensors.numpy import load_file, save_file
 
 from shared.core.config import Config, from_toml_text, to_toml
 from shared.errors import PgolfError
+from shared.files import _UMASK, atomic_write, atomic_write_bytes, write_failed  # noqa: F401  (re-exported)
 
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.toml"
@@ -60,61 +59,15 @@ LOG = "train.log"
 METRICS = "metrics.jsonl"
 # The files one run writes: their presence means the folder holds a (finished or partial) run.
 RUN_FILES = (CONFIG, LOG, METRICS, CHECKPOINT, TRAIN_STATE, ARTIFACT, SUMMARY)
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 SUMMARY_KEYS = (
     "backend", "val_loss", "val_bpb", "q_val_loss", "q_val_bpb", "artifact_bytes", "code_bytes",
     "total_bytes", "artifact_sha256", "params", "steps", "train_tokens", "train_seconds", "tokens_per_second",
 )
 
 
-def write_failed(path: str | Path, err: BaseException) -> PgolfError:
-    """One line for a file that could not be written, whatever raised (OSError, SafetensorError, ...)."""
-    reason = (os.strerror(err.errno) if isinstance(err, OSError) and err.errno else None) or str(err) or type(err).__name__
-    hint = "free some disk space or write elsewhere" if _is_space_error(err) else "check the folder and free disk space"
-    return PgolfError(f"{path}: could not write it ({' '.join(reason.split())[:300]}); {hint}, then retry")
-
-
-def _is_space_error(err: BaseException) -> bool:
-    if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-    text = str(err)
-    return "StorageFull" in text or "No space left" in text or "FileTooLarge" in text or "File too large" in text
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)`, then rename the temp file over `path`.
-
-    A failure of the write itself (OSError, or a library error such as safetensors'
-    SafetensorError, which wraps the OS error in its own type) leaves `path` untouched and
-    raises one `PgolfError` naming `path`."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-        os.close(fd)
-    except OSError as e:
-        raise write_failed(path, e) from None
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise write_failed(path, e) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda p: p.write_bytes(data))
-
-
 def save_tensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Path:
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    return atomic_write(path, lambda p: save_file(arrays, str(p), metadata=metadata))
+    return atomic_write(path, lambda p: save_file(arrays, str(p), metadata=metadata), (OSError, SafetensorError))
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -2,8 +2,8 @@
 
 Each backend package (`mlx_train`, `cuda_train`) has a `backend.py` module
 that satisfies `Backend`; its `session(cfg, ...)` returns a `Session`, the
-small object the shared training loop (shared/core/loop.py), the end of a
-run (shared/core/finish.py) and the parity suite (shared/tools/parity.py)
+small object the shared training loop (shared/run/loop.py), the end of a
+run (shared/run/finish.py) and the parity suite (shared/tools/parity.py)
 drive. Every tensor crossing the boundary is a float32 numpy
 `name -> array` dict with the names and layouts of the parameter table
 (shared/core/spec.py). `get_backend` imports a backend only when asked, so
