@@ -33,6 +33,7 @@ from shared.core.config import Config
 from shared.data.bpb import ByteTables, EvalResult
 from shared.data.shards import chunk_count, val_batches
 from shared.errors import PgolfError
+from shared.eval.windows import eval_seg_len
 
 ADAM_BETA2, ADAM_EPS = 0.99, 1e-8  # the adapters' Adam (beta1 = 0, #1855), the same in mlx_train/session.py
 
@@ -231,7 +232,7 @@ class TorchSession:
         self.model.eval()
         xt, yt = to_device((x, y), self.rt.device)
         with autocast(self.rt.device, self.dtype):
-            logits = self.model.logits(xt, lora=self._lora)
+            logits = self.model.logits(xt, seg_len=eval_seg_len(self.cfg), lora=self._lora)
         nats = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), reduction="none")
         self.model.train(was)
         nats = nats.view(y.shape).double().cpu().numpy()
@@ -263,7 +264,7 @@ class TorchSession:
         if x.size:
             xt, yt = to_device((x, y), self.rt.device)
             with autocast(self.rt.device, self.dtype):
-                loss = self.model(xt, yt, reduction="sum")
+                loss = self.model(xt, yt, reduction="sum", seg_len=eval_seg_len(self.cfg))
             (loss.float() / denom).backward()
         with torch.no_grad():
             grads = self._reduced_grads(params)
@@ -308,7 +309,7 @@ class TorchSession:
         xt, yt = to_device((x, y), self.rt.device)
         mt = torch.from_numpy(np.asarray(mask, dtype=np.float32)).to(self.rt.device)
         with autocast(self.rt.device, self.dtype):
-            logits = self.model.logits(xt, lora=self._lora)
+            logits = self.model.logits(xt, seg_len=eval_seg_len(self.cfg), lora=self._lora)
         nats = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), reduction="none").view(mt.shape)
         loss = ((nats * mt).sum(1) / mt.sum(1).clamp(min=1.0)).sum()
         self._lora_adam(tensors, list(torch.autograd.grad(loss, tensors)), lr, wd, eps)
@@ -330,7 +331,7 @@ class TorchSession:
             wt = torch.from_numpy(np.asarray(weight[i : i + step], dtype=np.float32)).to(self.rt.device)
             ad.select(torch.from_numpy(np.asarray(rows[i : i + step], dtype=np.int64)).to(self.rt.device))
             with torch.set_grad_enabled(train), autocast(self.rt.device, self.dtype):
-                h = self.model.hidden(xt, lora=ad)
+                h = self.model.hidden(xt, seg_len=eval_seg_len(self.cfg), lora=ad)
                 h = h.gather(1, pt[..., None].expand(-1, -1, h.size(-1)))   # only the positions that count
                 logits = self.model.head(h, lora=ad)
             nats = F.cross_entropy(logits.float().flatten(0, 1), yt.gather(1, pt).flatten(),

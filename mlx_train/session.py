@@ -35,6 +35,7 @@ from shared.core.config import Config
 from shared.data.bpb import ByteTables, EvalResult
 from shared.data.shards import chunk_count, val_batches
 from shared.errors import PgolfError
+from shared.eval.windows import eval_seg_len
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
 ADAM_BETA2, ADAM_EPS = 0.99, 1e-8  # the adapters' Adam (beta1 = 0, #1855), the same in cuda_train/session.py
@@ -170,7 +171,7 @@ class MLXSession:
         with LoRA on, row r runs through adapter r. With `hint` [rows, T] (the n-gram tilt's tokens):
         (the targets' nats, the hints' nats) from the same logits."""
         self._sync_model()
-        logits = self.model.logits(mx.array(x), lora=self._lora)
+        logits = self.model.logits(mx.array(x), seg_len=eval_seg_len(self.cfg), lora=self._lora)
         nats = nn.losses.cross_entropy(logits.astype(mx.float32), mx.array(y), reduction="none")
         nats = np.array(nats).astype(np.float64)
         return nats if hint is None else (nats, _hint_nats(logits, hint))
@@ -188,7 +189,7 @@ class MLXSession:
 
         def loss_fn(params, x, y):
             self.model.update(tree_unflatten(list(params.items())))
-            return self.model(x, y, reduction="sum")
+            return self.model(x, y, reduction="sum", seg_len=eval_seg_len(self.cfg))
 
         _, grads = mx.value_and_grad(loss_fn)(self.params, mx.array(x), mx.array(y))
         grads = {k: g.astype(mx.float32) / denom for k, g in grads.items()}
@@ -230,7 +231,8 @@ class MLXSession:
 
         def loss_fn(tensors, x, y, mask):
             ad.set_tensors(tensors)
-            nats = nn.losses.cross_entropy(self.model.logits(x, lora=ad).astype(mx.float32), y, reduction="none")
+            logits = self.model.logits(x, seg_len=eval_seg_len(self.cfg), lora=ad)
+            nats = nn.losses.cross_entropy(logits.astype(mx.float32), y, reduction="none")
             return mx.sum(mx.sum(nats * mask, axis=1) / mx.maximum(mx.sum(mask, axis=1), 1.0))
 
         tensors = ad.tensors()
@@ -248,7 +250,7 @@ class MLXSession:
 
         def loss_fn(tensors, x, y, pos, w):
             ad.set_tensors(tensors)
-            h = self.model.hidden(x, lora=ad)
+            h = self.model.hidden(x, seg_len=eval_seg_len(self.cfg), lora=ad)
             h = mx.take_along_axis(h, pos[..., None], axis=1)   # only the positions that count
             logits = self.model.head(h, lora=ad)
             nats = nn.losses.cross_entropy(logits, mx.take_along_axis(y, pos, axis=1), reduction="none")
