@@ -355,7 +355,8 @@ class QuantConfig(_Section):
     awq_group_size: int = 64         # columns per group (salience: activation RMS x mean |weight| of each column)
     awq_bits: int = 8
     prune_values: int = 0            # +-1 codes set to 0, least Hessian-weighted cost first (budget mode sets it)
-    compressor: str = "zstd"         # "zstd" (v1's), "brotli" (shuffled, brotli-11), "group" (by role), "auto"
+    compressor: str = "zstd"         # "zstd" (v1's), "brotli" (shuffled, brotli-11), "group" (by role), "auto",
+                                     # "group_zpaq" (group with ZPAQ on the codes: pip install 'pgolf[zpaq]')
     group_sort: bool = False         # "group": reorder rows by similarity, permutation stored (measured larger: BENCHMARKS.md)
     budget_measure: str = "every"    # budget mode's loss sensitivities: "every" (a forward pass per tensor and width) or
                                      # "narrowest" (one at int4 per tensor, scaled to the other widths by each width's
@@ -427,8 +428,8 @@ class QuantConfig(_Section):
                 raise PgolfError(f"quant.{key} must be in 2..8, got {getattr(self, key)}")
         if self.lqer_group < 1:
             raise PgolfError(f"quant.lqer_group must be >= 1, got {self.lqer_group}")
-        if self.compressor not in ("zstd", "brotli", "group", "auto"):
-            raise PgolfError(f"quant.compressor = {self.compressor!r}: choose zstd, brotli, group or auto")
+        if self.compressor not in ("zstd", "brotli", "group", "group_zpaq", "auto"):
+            raise PgolfError(f"quant.compressor = {self.compressor!r}: choose zstd, brotli, group, group_zpaq or auto")
         if self.budget_measure not in ("every", "narrowest"):
             raise PgolfError(f"quant.budget_measure = {self.budget_measure!r}: choose every or narrowest")
         for name, scheme in self.tensor_scheme_map().items():
