@@ -33,6 +33,7 @@ from shared.core.config import Config
 from shared.data.bpb import ByteTables, EvalResult
 from shared.data.shards import chunk_count, val_batches
 from shared.errors import PgolfError
+from shared.eval.windows import eval_seg_len
 
 ADAM_BETA2, ADAM_EPS = 0.99, 1e-8  # the adapters' Adam (beta1 = 0, #1855), the same in mlx_train/session.py
 
@@ -223,17 +224,19 @@ class TorchSession:
 
     # -- evaluation primitives (shared/eval/driver.py decides the order; these only compute)
     @torch.no_grad()
-    def token_nats(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def token_nats(self, x: np.ndarray, y: np.ndarray, hint: np.ndarray | None = None):
         """float64 [rows, T]: -log softmax over the whole vocabulary at each target (no gradient);
-        with LoRA on, row r runs through adapter r."""
+        with LoRA on, row r runs through adapter r. With `hint` [rows, T] (the n-gram tilt's tokens):
+        (the targets' nats, the hints' nats) from the same logits."""
         was = self.model.training
         self.model.eval()
         xt, yt = to_device((x, y), self.rt.device)
         with autocast(self.rt.device, self.dtype):
-            logits = self.model.logits(xt, lora=self._lora)
+            logits = self.model.logits(xt, seg_len=eval_seg_len(self.cfg), lora=self._lora)
         nats = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), reduction="none")
         self.model.train(was)
-        return nats.view(y.shape).double().cpu().numpy()
+        nats = nats.view(y.shape).double().cpu().numpy()
+        return nats if hint is None else (nats, _hint_nats(logits, hint))
 
     def all_reduce_sum(self, values: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.asarray(values, dtype=np.float64).copy()).to(self.rt.device)
@@ -261,7 +264,7 @@ class TorchSession:
         if x.size:
             xt, yt = to_device((x, y), self.rt.device)
             with autocast(self.rt.device, self.dtype):
-                loss = self.model(xt, yt, reduction="sum")
+                loss = self.model(xt, yt, reduction="sum", seg_len=eval_seg_len(self.cfg))
             (loss.float() / denom).backward()
         with torch.no_grad():
             grads = self._reduced_grads(params)
@@ -306,28 +309,29 @@ class TorchSession:
         xt, yt = to_device((x, y), self.rt.device)
         mt = torch.from_numpy(np.asarray(mask, dtype=np.float32)).to(self.rt.device)
         with autocast(self.rt.device, self.dtype):
-            logits = self.model.logits(xt, lora=self._lora)
+            logits = self.model.logits(xt, seg_len=eval_seg_len(self.cfg), lora=self._lora)
         nats = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), reduction="none").view(mt.shape)
         loss = ((nats * mt).sum(1) / mt.sum(1).clamp(min=1.0)).sum()
         self._lora_adam(tensors, list(torch.autograd.grad(loss, tensors)), lr, wd, eps)
 
     def lora_score(self, rows: np.ndarray, x: np.ndarray, y: np.ndarray, pos: np.ndarray, weight: np.ndarray,
-                   max_tokens: int = 0) -> np.ndarray:
+                   max_tokens: int = 0, hint: np.ndarray | None = None):
         """float64 [len(rows), k]: the nats (full softmax) at positions pos [len(rows), k] of each input row, input
         row i through adapter row rows[i], from one forward; the gradient of sum(weight * nats) over the
         adapters is kept for `lora_train` (all weights 0: no gradient at all). At most `max_tokens` input tokens
-        per forward (0: all rows at once): the rows go in pieces, the gradient summed over them."""
+        per forward (0: all rows at once): the rows go in pieces, the gradient summed over them. With `hint`
+        [len(rows), k]: (the nats, the hints' nats at the same positions, no gradient through them)."""
         ad = self._lora
         train = bool(np.any(weight))
         step = len(rows) if max_tokens <= 0 else max(1, max_tokens // max(1, x.shape[1]))
-        out = []
+        out, hints = [], []
         for i in range(0, len(rows), step):
             xt, yt = to_device((x[i : i + step], y[i : i + step]), self.rt.device)
             pt = torch.from_numpy(np.asarray(pos[i : i + step], dtype=np.int64)).to(self.rt.device)
             wt = torch.from_numpy(np.asarray(weight[i : i + step], dtype=np.float32)).to(self.rt.device)
             ad.select(torch.from_numpy(np.asarray(rows[i : i + step], dtype=np.int64)).to(self.rt.device))
             with torch.set_grad_enabled(train), autocast(self.rt.device, self.dtype):
-                h = self.model.hidden(xt, lora=ad)
+                h = self.model.hidden(xt, seg_len=eval_seg_len(self.cfg), lora=ad)
                 h = h.gather(1, pt[..., None].expand(-1, -1, h.size(-1)))   # only the positions that count
                 logits = self.model.head(h, lora=ad)
             nats = F.cross_entropy(logits.float().flatten(0, 1), yt.gather(1, pt).flatten(),
@@ -335,8 +339,11 @@ class TorchSession:
             if train and bool(wt.any()):
                 (nats * wt).sum().backward()   # gradients accumulate in the adapters' .grad; no update yet
             out.append(nats.detach().double().cpu().numpy())
+            if hint is not None:
+                hints.append(_hint_nats(logits.detach(), hint[i : i + step]))
         ad.select(None)
-        return np.concatenate(out) if out else np.zeros(pos.shape)
+        nats = np.concatenate(out) if out else np.zeros(pos.shape)
+        return nats if hint is None else (nats, np.concatenate(hints) if hints else np.zeros(pos.shape))
 
     def lora_train(self, lr: float, wd: float, eps: float = ADAM_EPS) -> None:
         """The Adam step (as `lora_step`) from the gradient the last `lora_score` kept."""
@@ -451,6 +458,15 @@ class TorchSession:
     def summary_extras(self) -> dict[str, Any]:
         return {"compute_dtype": runtime.dtype_name(self.dtype), "device": runtime.device_name(self.rt.device),
                 "peak_memory_bytes": runtime.peak_memory_bytes(self.rt.device)}
+
+
+def _hint_nats(logits: Tensor, hint: np.ndarray) -> np.ndarray:
+    """float64: -log softmax of `logits` [..., V] at the tokens `hint` [...] (the n-gram tilt's q, #2135)."""
+    with torch.no_grad():
+        lf = logits.float()
+        h = torch.from_numpy(np.asarray(hint, dtype=np.int64)).to(lf.device)
+        out = torch.logsumexp(lf, -1) - lf.gather(-1, h[..., None])[..., 0]
+    return out.double().cpu().numpy()
 
 
 def session_from(cfg: Config, params: dict[str, np.ndarray]) -> TorchSession:

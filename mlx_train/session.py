@@ -35,6 +35,7 @@ from shared.core.config import Config
 from shared.data.bpb import ByteTables, EvalResult
 from shared.data.shards import chunk_count, val_batches
 from shared.errors import PgolfError
+from shared.eval.windows import eval_seg_len
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
 ADAM_BETA2, ADAM_EPS = 0.99, 1e-8  # the adapters' Adam (beta1 = 0, #1855), the same in cuda_train/session.py
@@ -165,13 +166,15 @@ class MLXSession:
     def _sync_model(self) -> None:
         self.model.update(tree_unflatten(list(self.params.items())))
 
-    def token_nats(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def token_nats(self, x: np.ndarray, y: np.ndarray, hint: np.ndarray | None = None):
         """float64 [rows, T]: -log softmax over the whole vocabulary at each target (no gradient);
-        with LoRA on, row r runs through adapter r."""
+        with LoRA on, row r runs through adapter r. With `hint` [rows, T] (the n-gram tilt's tokens):
+        (the targets' nats, the hints' nats) from the same logits."""
         self._sync_model()
-        logits = self.model.logits(mx.array(x), lora=self._lora)
+        logits = self.model.logits(mx.array(x), seg_len=eval_seg_len(self.cfg), lora=self._lora)
         nats = nn.losses.cross_entropy(logits.astype(mx.float32), mx.array(y), reduction="none")
-        return np.array(nats).astype(np.float64)
+        nats = np.array(nats).astype(np.float64)
+        return nats if hint is None else (nats, _hint_nats(logits, hint))
 
     def all_reduce_sum(self, values: np.ndarray) -> np.ndarray:
         return np.asarray(values, dtype=np.float64)  # one process
@@ -186,7 +189,7 @@ class MLXSession:
 
         def loss_fn(params, x, y):
             self.model.update(tree_unflatten(list(params.items())))
-            return self.model(x, y, reduction="sum")
+            return self.model(x, y, reduction="sum", seg_len=eval_seg_len(self.cfg))
 
         _, grads = mx.value_and_grad(loss_fn)(self.params, mx.array(x), mx.array(y))
         grads = {k: g.astype(mx.float32) / denom for k, g in grads.items()}
@@ -228,7 +231,8 @@ class MLXSession:
 
         def loss_fn(tensors, x, y, mask):
             ad.set_tensors(tensors)
-            nats = nn.losses.cross_entropy(self.model.logits(x, lora=ad).astype(mx.float32), y, reduction="none")
+            logits = self.model.logits(x, seg_len=eval_seg_len(self.cfg), lora=ad)
+            nats = nn.losses.cross_entropy(logits.astype(mx.float32), y, reduction="none")
             return mx.sum(mx.sum(nats * mask, axis=1) / mx.maximum(mx.sum(mask, axis=1), 1.0))
 
         tensors = ad.tensors()
@@ -236,38 +240,42 @@ class MLXSession:
         self._lora_adam(tensors, grads, lr, wd, eps)
 
     def lora_score(self, rows: np.ndarray, x: np.ndarray, y: np.ndarray, pos: np.ndarray, weight: np.ndarray,
-                   max_tokens: int = 0) -> np.ndarray:
+                   max_tokens: int = 0, hint: np.ndarray | None = None):
         """float64 [len(rows), k]: the nats at positions pos of each input row, input row i through adapter row
-        rows[i], from one forward; the gradient of sum(weight * nats) is kept for `lora_train` (as torch's)."""
+        rows[i], from one forward; the gradient of sum(weight * nats) is kept for `lora_train` (as torch's).
+        With `hint` [len(rows), k]: (the nats, the hints' nats at the same positions)."""
         ad = self._lora
         train = bool(np.any(weight))
         step = len(rows) if max_tokens <= 0 else max(1, max_tokens // max(1, x.shape[1]))
 
         def loss_fn(tensors, x, y, pos, w):
             ad.set_tensors(tensors)
-            h = self.model.hidden(x, lora=ad)
+            h = self.model.hidden(x, seg_len=eval_seg_len(self.cfg), lora=ad)
             h = mx.take_along_axis(h, pos[..., None], axis=1)   # only the positions that count
-            nats = nn.losses.cross_entropy(self.model.head(h, lora=ad), mx.take_along_axis(y, pos, axis=1),
-                                           reduction="none")
-            return mx.sum(nats * w), nats
+            logits = self.model.head(h, lora=ad)
+            nats = nn.losses.cross_entropy(logits, mx.take_along_axis(y, pos, axis=1), reduction="none")
+            return mx.sum(nats * w), (nats, mx.stop_gradient(logits))
 
         tensors = ad.tensors()
-        grads, out = None, []
+        grads, out, hints = None, [], []
         for i in range(0, len(rows), step):
             args = (mx.array(x[i : i + step]), mx.array(y[i : i + step]),
                     mx.array(np.asarray(pos[i : i + step], dtype=np.int32)),
                     mx.array(np.asarray(weight[i : i + step], dtype=np.float32)))
             ad.select(mx.array(np.asarray(rows[i : i + step], dtype=np.int32)))
             if train:
-                (_, nats), g = mx.value_and_grad(loss_fn)(tensors, *args)
+                (_, (nats, logits)), g = mx.value_and_grad(loss_fn)(tensors, *args)
                 grads = g if grads is None else [a + b for a, b in zip(grads, g, strict=True)]
             else:
-                _, nats = loss_fn(tensors, *args)
+                _, (nats, logits) = loss_fn(tensors, *args)
             out.append(np.array(nats).astype(np.float64))
+            if hint is not None:
+                hints.append(_hint_nats(logits, hint[i : i + step]))
         ad.select(None)
         ad.set_tensors(tensors)
         self._lora_grads = grads
-        return np.concatenate(out) if out else np.zeros(pos.shape)
+        nats = np.concatenate(out) if out else np.zeros(pos.shape)
+        return nats if hint is None else (nats, np.concatenate(hints) if hints else np.zeros(pos.shape))
 
     def lora_train(self, lr: float, wd: float, eps: float = ADAM_EPS) -> None:
         """The Adam step (as `lora_step`) from the gradient the last `lora_score` kept."""
@@ -360,6 +368,14 @@ class MLXSession:
     def summary_extras(self) -> dict[str, Any]:
         return {"compute_dtype": str(self.dtype).split(".")[-1], "blas": runtime.blas_info(),
                 "peak_memory_bytes": runtime.peak_memory_bytes()}
+
+
+def _hint_nats(logits: mx.array, hint: np.ndarray) -> np.ndarray:
+    """float64: -log softmax of `logits` [..., V] at the tokens `hint` [...] (the n-gram tilt's q, #2135)."""
+    lf = logits.astype(mx.float32)
+    h = mx.array(np.asarray(hint, dtype=np.int32))
+    out = mx.logsumexp(lf, axis=-1) - mx.take_along_axis(lf, h[..., None], axis=-1)[..., 0]
+    return np.array(out).astype(np.float64)
 
 
 def session_from(cfg: Config, params: dict[str, np.ndarray], dtype: mx.Dtype | None = None) -> MLXSession:

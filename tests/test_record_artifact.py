@@ -47,8 +47,10 @@ def test_v1_artifact_from_the_old_code_path_still_reads():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", ["zstd", "brotli", "group"])
+@pytest.mark.parametrize("pipeline", ["zstd", "brotli", "group", "group_zpaq"])
 def test_every_pipeline_round_trips_to_the_same_weights(pipeline):
+    if pipeline == "group_zpaq":
+        pytest.importorskip("zpaq")
     cfg = _cfg(lqer_tensors=2, prune_values=200)
     params = _params(cfg)
     ref = artifact.unpack(artifact.pack(params, cfg))[1]
@@ -83,8 +85,8 @@ def test_auto_keeps_the_smallest_pipeline():
     cfg = _cfg(compressor="auto")
     params = _params(cfg)
     sections = artifact.build_sections(artifact.quantize_all(params, cfg), cfg)
-    payloads = {p: pipelines.encode(p, sections, cfg.quant.zstd_level) for p in pipelines.PIPELINES}
-    best = min(pipelines.PIPELINES, key=lambda p: len(payloads[p]))
+    payloads = {p: pipelines.encode(p, sections, cfg.quant.zstd_level) for p in pipelines.AUTO_PIPELINES}
+    best = min(pipelines.AUTO_PIPELINES, key=lambda p: len(payloads[p]))
     auto = artifact.pack(params, cfg)
     assert artifact.pipeline_of(auto) == best and auto[artifact.HEADER.size:] == payloads[best]
     assert len({len(v) for v in payloads.values()}) == 3   # the pipelines really differ
@@ -99,13 +101,29 @@ def _check_refused(blob, match):
 def test_missing_or_foreign_decompressor_is_refused_by_name(monkeypatch):
     cfg = _cfg(compressor="brotli")
     blob = artifact.pack(_params(cfg), cfg)
-    _check_refused(blob[:5] + bytes([3]) + blob[6:], "ZPAQ decompressor")
     _check_refused(blob[:5] + bytes([4]) + blob[6:], "lrzip")
     _check_refused(blob[:5] + bytes([77]) + blob[6:], "unknown compression pipeline id 77")
     monkeypatch.setitem(sys.modules, "brotli", None)   # as if the package were not installed
     _check_refused(blob, "needs the `brotli` package")
     zblob = artifact.pack(_params(cfg), replace(cfg, quant=replace(cfg.quant, compressor="zstd")))
     artifact.unpack(zblob)   # zstd artifacts need no brotli
+
+
+def test_group_zpaq_without_the_package_is_a_one_line_error(monkeypatch):
+    """The ZPAQ pipeline is optional: packing or reading it without `zpaq` says what to install."""
+    cfg = _cfg(compressor="group")
+    blob = artifact.pack(_params(cfg), cfg)
+    monkeypatch.setitem(sys.modules, "zpaq", None)   # as if the package were not installed
+    with pytest.raises(PgolfError, match=r"needs the `zpaq` package.*pip install 'pgolf\[zpaq\]'") as e:
+        artifact.pack(_params(cfg), replace(cfg, quant=replace(cfg.quant, compressor="group_zpaq")))
+    assert "\n" not in str(e.value)
+    # a group_zpaq artifact (id 3) with a code frame to inflate is refused by name when unpacked
+    from shared.artifact import compress as c
+    frames = c._unframe(blob[artifact.HEADER.size:], "x")
+    forged = c._frames(frames[:2] + [b"z"] + frames[3:])
+    magic, version, _, _, crc = artifact.HEADER.unpack_from(blob)
+    head = artifact.HEADER.pack(magic, version, c.PIPELINE_IDS["group_zpaq"], len(forged), crc)
+    _check_refused(head + forged, "needs the `zpaq` package")
 
 
 def test_lqer_factors_fit_the_error_and_are_stored_at_their_bits():
@@ -299,3 +317,12 @@ def test_awq_counts_a_looped_blocks_inputs_once_per_pass():
 def test_awq_needs_gptq():
     with pytest.raises(PgolfError, match="awq_groups"):
         _cfg(awq_groups=1, gptq=False)
+
+
+def test_requirements_name_zpaq_only_for_its_pipeline():
+    from shared.record.export import requirements_txt
+
+    for comp, brotli, zpaq in (("zstd", False, False), ("group", True, False), ("group_zpaq", True, True)):
+        text = requirements_txt(_cfg(compressor=comp), "2.13.0+cu128")
+        assert ("brotli==1.2.1" in text) == brotli and ("zpaq==0.3.7" in text) == zpaq, comp
+        assert text.startswith("torch==2.13.0  # the runs used 2.13.0+cu128;")

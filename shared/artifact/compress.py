@@ -16,12 +16,13 @@ and each pipeline decides what the frames hold:
             similarity sort when `quant.group_sort` (the permutation is stored), each group
             its own brotli-11 frame; the rest as in "brotli". The record stack's per-group
             mode (RECORD-STACK.md, #1855 and later), written from its description.
+    group_zpaq  "group" with each code group coded by ZPAQ (level 5, one thread: the `zpaq`
+            package, an optional dependency) instead of brotli, as the records run lrzip's
+            ZPAQ mode on the big groups; the small frames stay brotli-11.
 
-The records use lrzip/ZPAQ on the big groups; no well-kept Python package or
-pinned binary provides them here (docs/ARTIFACT.md), so pgolf writes none:
-the id is reserved so that such an artifact is refused with a line naming
-the missing decompressor. Every step is deterministic (zstd one-shot with
-threads=0, brotli single-threaded, stable sorts), and the reader rebuilds the
+lrzip itself has no pinned Python binding: its id stays reserved so that such an artifact is
+refused with a line naming the missing decompressor. Every step is deterministic (zstd one-shot
+with threads=0, brotli and ZPAQ single-threaded, stable sorts), and the reader rebuilds the
 exact uncompressed body, which the header's CRC covers.
 """
 
@@ -41,11 +42,12 @@ from shared.errors import PgolfError
 MAX_ZSTD_LEVEL = 22
 BROTLI_QUALITY = 11
 BROTLI_LGWIN = 24
-PIPELINE_IDS = {"zstd": 0, "brotli": 1, "group": 2}
+ZPAQ_LEVEL = 5   # the strongest; minutes on a 36M model's codes (BENCHMARKS.md "Compressors")
+PIPELINE_IDS = {"zstd": 0, "brotli": 1, "group": 2, "group_zpaq": 3}
 # Known pipelines whose decompressor pgolf does not ship: refused by name.
-FOREIGN_IDS = {3: "group+zpaq (needs a ZPAQ decompressor, which pgolf does not provide)",
-               4: "group+lrzip (needs lrzip, which pgolf does not provide)"}
+FOREIGN_IDS = {4: "group+lrzip (needs lrzip, which pgolf does not provide)"}
 PIPELINES = tuple(PIPELINE_IDS)
+AUTO_PIPELINES = ("zstd", "brotli", "group")   # what quant.compressor = "auto" tries (ZPAQ is optional and slow)
 
 
 # Budget mode packs the same model 10-20 times, and most frames come back unchanged between packs
@@ -101,6 +103,22 @@ def brotli_compress(raw: bytes) -> bytes:
         return b""
     return _memoised("brotli", BROTLI_QUALITY, raw,
                      lambda r: _brotli().compress(r, quality=BROTLI_QUALITY, lgwin=BROTLI_LGWIN))
+
+
+def _zpaq(source: str = "artifact"):
+    try:
+        import zpaq
+    except ImportError:
+        raise PgolfError(f"{source}: the group_zpaq pipeline needs the `zpaq` package, which is not installed: "
+                         "pip install 'pgolf[zpaq]' (zpaq==0.3.7), or pack with quant.compressor=group") from None
+    return zpaq
+
+
+def zpaq_compress(raw: bytes) -> bytes:
+    if not raw:
+        return b""
+    return _memoised("zpaq", ZPAQ_LEVEL, raw,
+                     lambda r: _zpaq().compress(r, level=ZPAQ_LEVEL, threads=1, hints=False))
 
 
 # ----------------------------------------------------------------------------- groups
@@ -235,11 +253,13 @@ def encode(pipeline: str, sections: list[bytes], zstd_level: int, group_sort: bo
         return _frames([zstd_compress(s, zstd_level) if s else b"" for s in sections])
     if pipeline == "brotli":
         return _frames([brotli_compress(s) for s in sections])
-    if pipeline == "group":
+    if pipeline in ("group", "group_zpaq"):
         meta_sec, codes, scales, floats = sections
         meta = json.loads(meta_sec[4:].decode("utf-8"))
         perms, parts, rest = _group_split(meta, codes, group_sort)
-        return _frames([brotli_compress(x) for x in (meta_sec, perms, *parts, rest, scales, floats)])
+        coded = [zpaq_compress(x) for x in parts] if pipeline == "group_zpaq" else [brotli_compress(x) for x in parts]
+        return _frames([brotli_compress(meta_sec), brotli_compress(perms), *coded,
+                        *(brotli_compress(x) for x in (rest, scales, floats))])
     raise PgolfError(f"unknown compression pipeline {pipeline!r}: choose one of {', '.join(PIPELINES)}")
 
 
@@ -249,6 +269,8 @@ def _inflate(kind: str, raw: bytes, source: str) -> bytes:
     try:
         if kind == "zstd":
             return zstandard.ZstdDecompressor().decompress(raw)
+        if kind == "zpaq":
+            return _zpaq(source).decompress(raw)
         return _brotli(source).decompress(raw)
     except PgolfError:
         raise
@@ -282,7 +304,7 @@ def decode(pid: int, payload: bytes, source: str) -> list[bytes]:
         (mlen,) = struct.unpack_from("<I", meta_sec)
         meta = json.loads(meta_sec[4:4 + mlen].decode("utf-8"))
         perms = _inflate("brotli", frames[1], source)
-        parts = [_inflate("brotli", f, source) for f in frames[2:-3]]
+        parts = [_inflate("zpaq" if name == "group_zpaq" else "brotli", f, source) for f in frames[2:-3]]
         codes = _group_join(meta, perms, parts, _inflate("brotli", frames[-3], source), source)
     except (struct.error, ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise PgolfError(f"{source}: unreadable grouped codes ({type(e).__name__}: {e}); repack it") from None

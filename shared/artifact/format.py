@@ -336,7 +336,7 @@ def pack_quantized(qts: dict[str, QTensor], cfg: Config) -> bytes:
     pipeline and keeps the smallest (ties: the first of zstd, brotli, group)."""
     sections = build_sections(qts, cfg)
     q = cfg.quant
-    names = pipelines.PIPELINES if q.compressor == "auto" else (q.compressor,)
+    names = pipelines.AUTO_PIPELINES if q.compressor == "auto" else (q.compressor,)
     best = None
     for name in names:
         # One frame per section: each stream gets its own entropy statistics, which measured

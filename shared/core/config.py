@@ -355,7 +355,8 @@ class QuantConfig(_Section):
     awq_group_size: int = 64         # columns per group (salience: activation RMS x mean |weight| of each column)
     awq_bits: int = 8
     prune_values: int = 0            # +-1 codes set to 0, least Hessian-weighted cost first (budget mode sets it)
-    compressor: str = "zstd"         # "zstd" (v1's), "brotli" (shuffled, brotli-11), "group" (by role), "auto"
+    compressor: str = "zstd"         # "zstd" (v1's), "brotli" (shuffled, brotli-11), "group" (by role), "auto",
+                                     # "group_zpaq" (group with ZPAQ on the codes: pip install 'pgolf[zpaq]')
     group_sort: bool = False         # "group": reorder rows by similarity, permutation stored (measured larger: BENCHMARKS.md)
     budget_measure: str = "every"    # budget mode's loss sensitivities: "every" (a forward pass per tensor and width) or
                                      # "narrowest" (one at int4 per tensor, scaled to the other widths by each width's
@@ -427,8 +428,8 @@ class QuantConfig(_Section):
                 raise PgolfError(f"quant.{key} must be in 2..8, got {getattr(self, key)}")
         if self.lqer_group < 1:
             raise PgolfError(f"quant.lqer_group must be >= 1, got {self.lqer_group}")
-        if self.compressor not in ("zstd", "brotli", "group", "auto"):
-            raise PgolfError(f"quant.compressor = {self.compressor!r}: choose zstd, brotli, group or auto")
+        if self.compressor not in ("zstd", "brotli", "group", "group_zpaq", "auto"):
+            raise PgolfError(f"quant.compressor = {self.compressor!r}: choose zstd, brotli, group, group_zpaq or auto")
         if self.budget_measure not in ("every", "narrowest"):
             raise PgolfError(f"quant.budget_measure = {self.budget_measure!r}: choose every or narrowest")
         for name, scheme in self.tensor_scheme_map().items():
@@ -489,6 +490,11 @@ class EvalConfig(_Section):
     lora_forwards: int = 1           # 1: score and train from one forward per chunk; 2: a scoring forward, then
                                      # a training one (the first design; the same scores)
     lora_max_tokens: int = 0         # input tokens per LoRA forward (rows x window; 0 = the whole batch at once)
+    # #2135's token-only n-gram tilt (from #1145; shared/eval/ngram.py): sliding and ttt only, the scores only
+    ngram_tilt: bool = False         # tilt each scored distribution towards the stream prefix's n-gram hint [true]
+    ngram_order: int = 16            # the hint's context: the order - 1 targets before it [16]
+    ngram_threshold: float = 0.8     # the tilt applies where the hint's frequency in its context reaches this [0.8]
+    ngram_boost: float = 2.625       # beta: the hint's logit + beta, then renormalised [2.625]
 
     def validate(self) -> None:
         if self.max_tokens < 0 or self.batch_tokens < 1:
@@ -532,6 +538,11 @@ class EvalConfig(_Section):
             raise PgolfError(f"eval.lora_forwards = {self.lora_forwards}: choose 1 or 2; eval.lora_max_tokens >= 0")
         if self.lora_phase_chunk_tokens < 1 or self.lora_phase_rows < 1:
             raise PgolfError("eval.lora_phase_chunk_tokens and eval.lora_phase_rows must be >= 1")
+        if not (1 <= self.ngram_order <= 33 and 0 < self.ngram_threshold <= 1 and self.ngram_boost >= 0):
+            raise PgolfError(f"eval.ngram_order = {self.ngram_order}, ngram_threshold = {self.ngram_threshold}, "
+                             f"ngram_boost = {self.ngram_boost}: need order in 1..33, threshold in (0, 1], boost >= 0")
+        if self.ngram_tilt and self.mode == "flat":
+            raise PgolfError('eval.ngram_tilt scores per target: set eval.mode = "sliding" or "ttt" (not "flat")')
 
     @property
     def lora_target_list(self) -> list[str]:

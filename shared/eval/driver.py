@@ -18,6 +18,11 @@
   `lora_phase_docs` documents (in stream order), one epoch of global SGD on
   the documents already scored updates the base model (`lora_phases` times).
 
+With `eval.ngram_tilt` (#2135) every scored distribution is tilted towards an n-gram hint read off the
+stream's earlier targets (`Tilt`, shared/eval/ngram.py): the backend returns the hint's nats beside the
+target's, the driver tilts the nats it records; TTT steps still train on the untilted loss. The hints are
+built inside `run_eval`, so their time counts in `Evaluation.seconds`, as #2135's had to.
+
 Legal by construction: scores go into the `Ledger` (one record per target),
 and updates take their tokens only from `Ledger.scored_tokens`, which refuses
 anything not yet scored. The backend supplies primitives only (the `Session`
@@ -39,6 +44,7 @@ from shared.core.spec import BOS_ID
 from shared.data.bpb import EvalResult
 from shared.errors import PgolfError
 from shared.eval.ledger import IllegalOrder, Ledger
+from shared.eval.ngram import Hints, tilt, token_hints
 from shared.eval.windows import Window, documents, plan_windows, target_span
 
 EVAL_BUDGET_S = 600.0  # the challenge's separate evaluation budget (CHALLENGE.md)
@@ -76,6 +82,8 @@ def run_eval(session: Any, cfg: Config, tokens: np.ndarray, tables, bos: int = B
     lo, hi = target_span(tokens, cfg.train.seq_len, e.max_tokens)
     reduce = session.all_reduce_sum if session.world_size > 1 else None
     ledger = Ledger(tokens, lo, hi, tables, reduce)
+    if e.ngram_tilt:   # built here, inside the evaluation's clock (#2135 counted its precompute)
+        ledger.tilt = Tilt.build(tokens, lo, hi, e)
     context = e.context or cfg.train.seq_len
     rows = max(1, e.batch_tokens // (context * session.world_size))
     with Progress(f"eval {mode_name(e)}", total=hi - lo, unit="tokens", enabled=main, min_s=5.0) as bar:
@@ -89,6 +97,45 @@ def run_eval(session: Any, cfg: Config, tokens: np.ndarray, tables, bos: int = B
         ledger.on_record = None
     result = ledger.result()
     return Evaluation(result, mode_name(e), time.perf_counter() - t0, ledger)
+
+
+@dataclass(frozen=True)
+class Tilt:
+    """#2135's n-gram hints for the targets [lo, hi) of the stream, read by stream position; each hint reads only
+    the targets before it in the stream (shared/eval/ngram.py)."""
+
+    lo: int
+    hints: Hints
+
+    @classmethod
+    def build(cls, tokens: np.ndarray, lo: int, hi: int, e: EvalConfig) -> Tilt:
+        return cls(lo, token_hints(np.asarray(tokens[lo:hi]), e.ngram_order, e.ngram_threshold, e.ngram_boost))
+
+    def _at(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indices into the hints and whether the tilt applies (never outside [lo, lo + len(hints)))."""
+        i = np.asarray(pos, dtype=np.int64) - self.lo
+        inside = (i >= 0) & (i < self.hints.gate.size)
+        i = np.clip(i, 0, self.hints.gate.size - 1)
+        return i, inside & self.hints.gate[i]
+
+    def hint(self, pos: np.ndarray) -> np.ndarray:
+        """The hinted token at each stream target position (0 where no tilt applies)."""
+        i, gate = self._at(pos)
+        return np.where(gate, self.hints.token[i], 0)
+
+    def apply(self, nats: np.ndarray, hint_nats: np.ndarray, y: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """The tilted nats of targets `y` at stream positions `pos`, from the untilted nats of the target and the hint."""
+        i, gate = self._at(pos)
+        return tilt(nats, -hint_nats, np.asarray(y) == self.hints.token[i], gate, self.hints.boost[i])
+
+
+def scored_nats(session: Any, ledger: Ledger, x: np.ndarray, y: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """`session.token_nats(x, y)`, tilted where `eval.ngram_tilt` is on; `pos`: each target's stream position."""
+    if ledger.tilt is None:
+        return session.token_nats(x, y)
+    hint = ledger.tilt.hint(pos)
+    nats, hint_nats = session.token_nats(x, y, hint)
+    return ledger.tilt.apply(nats, hint_nats, y, pos)
 
 
 def share(windows: list[Window], session: Any) -> list[Window]:
@@ -108,7 +155,8 @@ def score(session: Any, ledger: Ledger, windows: list[Window], rows: int) -> Non
         batch = windows[i:j]
         x = np.stack([np.asarray(tokens[w.a : w.b]) for w in batch]).astype(np.int64)
         y = np.stack([np.asarray(tokens[w.a + 1 : w.b + 1]) for w in batch]).astype(np.int64)
-        nats = session.token_nats(x, y)
+        pos = np.stack([np.arange(w.a + 1, w.b + 1) for w in batch])
+        nats = scored_nats(session, ledger, x, y, pos)
         for k, w in enumerate(batch):
             ledger.record(w.c, nats[k, w.c - w.a - 1 :])
         i = j
@@ -380,7 +428,12 @@ def lora_batch(session: Any, ledger: Ledger, e: EvalConfig, context: int, batch:
                 weight[i, :k] = 1.0 / k    # the row's loss: the mean over its scored targets
             spans.append((s + off, hi, w0, k))
         rows = np.array([r for r, _, _ in live], dtype=np.int64)
-        nats = session.lora_score(rows, x, y, pos, weight, e.lora_max_tokens)     # 1. score (one forward)
+        if ledger.tilt is None:
+            nats = session.lora_score(rows, x, y, pos, weight, e.lora_max_tokens)     # 1. score (one forward)
+        else:   # the tilt moves the recorded scores only; the kept gradient is the untilted loss's
+            at = np.array([w0 for _, _, w0, _ in spans])[:, None] + pos             # stream positions
+            nats, hint_nats = session.lora_score(rows, x, y, pos, weight, e.lora_max_tokens, ledger.tilt.hint(at))
+            nats = ledger.tilt.apply(nats, hint_nats, np.take_along_axis(y, pos, 1), at)
         for i, (first, hi, _, k) in enumerate(spans):
             ledger.record(first, nats[i, :k])
             ledger.settle(first, hi, local=True)                                  # 2. final
@@ -422,7 +475,8 @@ def lora_batch_two(session: Any, ledger: Ledger, e: EvalConfig, context: int, ba
             mask[r, s + off - w0 : n] = True
             spans.append((s + off, hi, w0))
             train[r] = e.lora_train_last or not last
-        nats = session.token_nats(x, y)                                          # 1. score
+        starts = np.array([-width if sp is None else sp[2] for sp in spans])    # stream position of column 0
+        nats = scored_nats(session, ledger, x, y, starts[:, None] + np.arange(width))   # 1. score
         for r, span in enumerate(spans):
             if span is not None:
                 first, hi, w0 = span

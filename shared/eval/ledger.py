@@ -35,6 +35,7 @@ class Ledger:
         self.final = np.zeros(hi - lo, dtype=bool)       # scored by some rank and merged (`settle`)
         self.bytes = 0
         self.on_record: Callable[[int], None] | None = None  # progress: called with each record's target count
+        self.tilt = None   # shared/eval/driver.Tilt: how the driver tilts the scores it records (eval.ngram_tilt)
 
     def record(self, first: int, nats: np.ndarray) -> None:
         """Scores of the targets [first, first + len(nats)), final once written."""

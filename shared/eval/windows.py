@@ -33,6 +33,16 @@ class Window:
         return self.b - self.a
 
 
+def eval_seg_len(cfg) -> int:
+    """The document segment cap while scoring (0: the model's default): a window of `eval.context` tokens is never
+    cut inside one document even where model.doc_max_len is shorter (#1953/#2135 score 2560-token windows of a
+    model trained with 2048-token segments; their TTT forward is plain causal attention over the row)."""
+    m = cfg.model
+    if not (m.doc_attention and m.doc_max_len):
+        return 0
+    return max(m.doc_max_len, cfg.eval.context or cfg.train.seq_len)
+
+
 def target_span(tokens: np.ndarray, seq_len: int, max_tokens: int) -> tuple[int, int]:
     """The targets [1, 1 + n) that sliding and TTT evaluation score.
 

@@ -50,6 +50,7 @@ REQUIREMENTS = (
     ("safetensors", "the run folder's resumable checkpoint (a tensor file format; no model capability)"),
 )
 BROTLI = ("brotli==1.2.1", "the artifact compressor of quant.compressor = brotli/group/auto (pinned: bytes depend on it)")
+ZPAQ = ("zpaq==0.3.7", "the code groups' compressor of quant.compressor = group_zpaq (pinned: bytes depend on it)")
 
 
 def _read_run(run: Path) -> tuple[Config, dict, str]:
@@ -94,6 +95,17 @@ def differences(cfg: Config) -> list[str]:
     base, mine = to_dict(Config()), to_dict(cfg)
     return [f"{s}.{k} = {v!r}" for s, table in mine.items() if s != "data"
             for k, v in table.items() if base[s][k] != v and not (s == "train" and k == "seed")]
+
+
+def requirements_txt(cfg: Config, torch_version: str) -> str:
+    """requirements.txt: the packages the script imports with `cfg`, each with why; torch at the runs' version."""
+    needs = REQUIREMENTS + ((BROTLI,) if cfg.quant.compressor != "zstd" else ()) + \
+        ((ZPAQ,) if cfg.quant.compressor == "group_zpaq" else ())
+    text = "".join(f"{pkg}  # {why}\n" for pkg, why in needs)
+    if re.fullmatch(r"\d+\.\d+(\.\d+)?(\+\w+)?", torch_version):  # the version the runs used (float results depend on it)
+        base = torch_version.split("+")[0]
+        text = text.replace("torch  #", f"torch=={base}  # the runs used {torch_version};", 1)
+    return text
 
 
 def folder_name(name: str, date: str) -> str:
@@ -179,11 +191,7 @@ def export_record(runs: list[Path], *, name: str, author: str, github_id: str, t
         "code_sha256": hashlib.sha256(gen.data).hexdigest(),  # `record check` refuses a swapped script
     }
     readme = _readme(submission, cfg0, baked_config(cfg0), gen, loaded)
-    needs = REQUIREMENTS + ((BROTLI,) if cfg0.quant.compressor != "zstd" else ())
-    requirements = "".join(f"{pkg}  # {why}\n" for pkg, why in needs)
-    if re.fullmatch(r"\d+\.\d+(\.\d+)?(\+\w+)?", torch_version):  # the version the runs used (float results depend on it)
-        base = torch_version.split("+")[0]
-        requirements = requirements.replace("torch  #", f"torch=={base}  # the runs used {torch_version};", 1)
+    requirements = requirements_txt(cfg0, torch_version)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
