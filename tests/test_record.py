@@ -83,7 +83,7 @@ def test_exported_script_trains_the_same_model_as_pgolf_train(tiny_data, tmp_pat
     assert summary["code_bytes"] == len(script.read_bytes()) == code.code_bytes("torch", cfg)
     res = run_pgolf(capsys, *["inspect", str(run / "model.pgz"), "--json"])
     assert json.loads(res[1])["code_bytes"] == len(script.read_bytes())
-    assert script.read_bytes().startswith(b"import base64,lzma;exec(")
+    assert script.read_bytes().startswith(b"# -*- coding: latin-1 -*-\nimport ")
 
     _records_layout(folder, tiny_data)
     blockers = tmp_path / "blockers"
@@ -123,7 +123,7 @@ def test_generated_script_is_deterministic_and_follows_the_import_graph():
 
     a, b = generate(cfg), generate(replace(cfg, train=replace(cfg.train, seed=99)))
     assert a.data == b.data                    # the seed is an environment override, not code
-    for cached in (script._generate, script._module_source, script._files):
+    for cached in (script._generate, script._parsed):
         cached.cache_clear()
     assert generate(cfg).data == a.data        # regenerated from scratch: the same bytes
     names = set(a.modules)
@@ -131,7 +131,7 @@ def test_generated_script_is_deterministic_and_follows_the_import_graph():
             "shared.data.bpb"} <= names
     assert not names & {"shared.cli.train", "shared.cli", "shared.data.download", "shared.tools.parity"}
     files = {code.module_name(f) for f in code.script_files()}
-    assert files == names
+    assert names <= files
     assert len(a.data) < a.minified_bytes < a.raw_bytes
     # The counted code follows the config baked in, and every caller counts the same file.
     assert code.code_bytes("torch", cfg) == code.code_bytes("mlx", cfg) == len(a.data)
