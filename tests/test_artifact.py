@@ -82,7 +82,7 @@ print(hashlib.sha256(artifact.pack(params, cfg, hess)).hexdigest())
 """
 
 
-# The record artifact's steps (issue 14) in every pipeline: LQER (power iteration), pruning, brotli.
+# The record artifact's steps in every pipeline: LQER (power iteration), pruning, brotli.
 _RECORD_QUANT = {"embed": "int7", "lqer_tensors": 2, "prune_values": 300, "attn_clip_k": 5.0}
 
 

@@ -15,7 +15,7 @@ and each pipeline decides what the frames hold:
             the same matrix of every layer together), each group's rows reordered by a
             similarity sort when `quant.group_sort` (the permutation is stored), each group
             its own brotli-11 frame; the rest as in "brotli". The record stack's per-group
-            mode (RECORD-STACK.md, #1855 and later), written from its description.
+            mode (#1855 and later), written from its description.
 
 The records use lrzip/ZPAQ on the big groups; no well-kept Python package or
 pinned binary provides them here (docs/ARTIFACT.md), so pgolf writes none:
@@ -75,7 +75,7 @@ def _memoised(kind: str, setting: int, raw: bytes, compress) -> bytes:
 
 
 def zstd_compress(raw: bytes, level: int) -> bytes:
-    """One-shot, single-threaded zstd: the same bytes on every machine (MACHINE-NOTES.md)."""
+    """One-shot, single-threaded zstd: the same bytes on every machine (docs/FACTS.md)."""
     return _memoised("zstd", level, raw, lambda r: _zstd_compress(r, level))
 
 
