@@ -487,7 +487,7 @@ def pack_and_calib(cfg: Config, hw: Hardware, prof: K.Profile, cal: dict[str, fl
         if hw.kind == "cpu":
             rate = hw.tflops * 1e12 * cal["gemm"]
         calib += gptq_flops / rate
-    key = "record" if prof.name == "record" and q.compressor in ("group", "auto") else q.compressor
+    key = "record" if prof.name == "record" and q.compressor == "group" else q.compressor
     pack_s = artifact_bytes * PACK_S_PER_BYTE[key]
     return pack_s + calib, calib
 

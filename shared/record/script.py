@@ -37,6 +37,10 @@ BACKEND_PACKAGES = {"mlx": "mlx_train", "torch": "cuda_train"}
 SCRIPT_ENTRY = "cuda_train.submission"  # what train_gpt.py runs
 # Arguments train_gpt.py always passes (cuda_train/submission.py): the branches they rule out are left out.
 FOLDED = {("shared.run.loop", "run_loop"): {"resume": False}, ("shared.core.config", "from_toml_text"): {"CHECKED": False}}
+# Config branches are decided by the baked config (shake.fold_config), except on keys the environment
+# overrides (cuda_train/submission.py ENV_KEYS); of those, only these switches are decided, and the script
+# then refuses an override that changes them.
+ENV_FOLDABLE = {"train.val_every"}
 
 
 def module_file(name: str) -> Path | None:
@@ -238,13 +242,35 @@ def _sources() -> tuple[tuple[str, bool, str], ...]:
     return _parsed(stamp)
 
 
-def _shaken(mods: tuple[tuple[str, bool, str], ...]) -> list[tuple[str, bool, ast.Module]]:
-    """The modules after tree-shaking (shared/record/shake.py), less those the shaken entry no longer reaches."""
-    from shared.record.shake import fold, shake, strip_docstrings
+def _env_keys(tree: ast.Module) -> set[str]:
+    """The config keys the entry lets the environment override (its `ENV_KEYS`, read from its source)."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "ENV_KEYS" for t in node.targets):
+            return set(ast.literal_eval(node.value).values())
+    return set()
+
+
+def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[tuple[str, bool, ast.Module]], dict]:
+    """The modules after folding the branches the baked config decides and tree-shaking
+    (shared/record/shake.py), less those the shaken entry no longer reaches; and the environment-overridable
+    keys that decided a branch (key -> baked value: the script refuses another value)."""
+    from shared.record.shake import fold, fold_config, shake, strip_docstrings
 
     trees = {name: strip_docstrings(ast.parse(src, name)) for name, _, src in mods}
     for (module, function), known in FOLDED.items():
         fold(trees[module], function, known)
+    env = _env_keys(trees[SCRIPT_ENTRY])
+    # keys some code changes with `replace(...)` hold other values there: never decided
+    changed = {k.arg for t in trees.values() for n in ast.walk(t) if isinstance(n, ast.Call)
+               and isinstance(n.func, ast.Name) and n.func.id == "replace" for k in n.keywords}
+
+    def foldable(section: str, key: str) -> bool:
+        name = f"{section}.{key}"
+        return key not in changed and section != "data" and (name not in env or name in ENV_FOLDABLE)
+
+    used: set[str] = set()
+    for tree in trees.values():
+        used |= fold_config(tree, cfg, foldable)
     is_pkg = {name: pkg for name, pkg, _ in mods}
     shake(trees, {"main"}, lambda me, level, module: _base(me, is_pkg[me], level, module))
     todo, seen = [SCRIPT_ENTRY], set()
@@ -255,17 +281,20 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...]) -> list[tuple[str, bool, as
         seen.add(me)
         todo += tree_imports(trees[me], me, is_pkg[me])
         todo += [".".join(me.split(".")[:i]) for i in range(1, me.count(".") + 1)]
-    return [(name, is_pkg[name], trees[name]) for name, _, _ in mods if name in seen]
+    left_out = {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in sorted(used & env)}
+    return [(name, is_pkg[name], trees[name]) for name, _, _ in mods if name in seen], left_out
 
 
 def bundle(cfg: Config | None, minified: bool = True) -> tuple[str, tuple[str, ...]]:
     """The script's source (embedded modules, the baked config, the bootstrap) and its modules' names."""
+    left_out: dict = {}
     if minified:
-        mods = [(name, pkg, minify(ast.unparse(tree), name)) for name, pkg, tree in _shaken(_sources())]
+        shaken, left_out = _shaken(_sources(), baked_config(cfg))
+        mods = [(name, pkg, minify(ast.unparse(tree), name)) for name, pkg, tree in shaken]
     else:
         mods = list(_sources())
     table = ",".join(f"{name!r}:({pkg},{src!r})" for name, pkg, src in mods)
-    return ("M={" + table + "}\n" + f"C={to_dict(baked_config(cfg))!r}\nF={{}}\n"
+    return ("M={" + table + "}\n" + f"C={to_dict(baked_config(cfg))!r}\nF={left_out!r}\n"
             + _BOOT.format(entry=SCRIPT_ENTRY).lstrip("\n")), tuple(m[0] for m in mods)
 
 

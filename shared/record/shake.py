@@ -236,3 +236,152 @@ def shake(trees: dict[str, ast.Module], roots: set[str], package_of) -> None:
             changed |= _imports_dropped(tree, _used_ids(tree) | imported.get(mod, set()))
         if not changed:
             return
+
+
+# ----------------------------------------------------------------------------- the baked config's branches
+
+_SECTION_TYPES = {"ModelConfig": "model", "TrainConfig": "train", "OptimConfig": "optim", "DataConfig": "data",
+                  "QuantConfig": "quant", "EvalConfig": "eval"}
+_UNKNOWN = object()
+
+
+class _ConfigFold(ast.NodeTransformer):
+    """Branches decided by the baked config: `if` tests and `x if c else y` over config values (`cfg.quant.gptq`,
+    `self.cfg.eval.mode == "ttt"`, `e.lora_phases` where `e = cfg.eval` or `e: EvalConfig`), constants,
+    comparisons, `not`, `and`/`or`. `foldable(section, key)` says which keys may be decided; `used` collects
+    those that decided a branch."""
+
+    def __init__(self, cfg, foldable):
+        self.cfg, self.foldable, self.used = cfg, foldable, set()
+        self.scopes: list[dict[str, str]] = []   # name -> "" (the whole config) or a section
+
+    def visit_FunctionDef(self, node):
+        scope = dict(self.scopes[-1]) if self.scopes else {}
+        a = node.args
+        params = [*a.posonlyargs, *a.args, *a.kwonlyargs]
+        for p in params:
+            ann = p.annotation
+            name = ann.id if isinstance(ann, ast.Name) else ann.value if isinstance(ann, ast.Constant) else None
+            if name == "Config":
+                scope[p.arg] = ""
+            elif name in _SECTION_TYPES:
+                scope[p.arg] = _SECTION_TYPES[name]
+            else:
+                scope.pop(p.arg, None)
+        assigned: dict[str, list[ast.expr | None]] = {}
+        for n in ast.walk(node):
+            if isinstance(n, ast.Assign):
+                for t in n.targets:
+                    for x in ast.walk(t):
+                        if isinstance(x, ast.Name):
+                            assigned.setdefault(x.id, []).append(n.value if t is x else None)
+            elif isinstance(n, (ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor, ast.comprehension, ast.NamedExpr)):
+                for x in ast.walk(n.target):
+                    if isinstance(x, ast.Name):
+                        assigned.setdefault(x.id, []).append(None)
+            elif isinstance(n, ast.Lambda):
+                for x in [*n.args.posonlyargs, *n.args.args, *n.args.kwonlyargs]:
+                    assigned.setdefault(x.arg, []).append(None)
+            elif isinstance(n, (ast.With, ast.AsyncWith)):
+                for item in n.items:
+                    for x in ast.walk(item.optional_vars) if item.optional_vars is not None else ():
+                        if isinstance(x, ast.Name):
+                            assigned.setdefault(x.id, []).append(None)
+            elif isinstance(n, ast.ExceptHandler) and n.name:
+                assigned.setdefault(n.name, []).append(None)
+        self.scopes.append(scope)
+        for name, values in assigned.items():
+            scope.pop(name, None)
+            if len(values) == 1 and values[0] is not None and not any(p.arg == name for p in params):
+                where = self._where(values[0])
+                if where is not None and where[1] is None:
+                    scope[name] = where[0]
+        self.generic_visit(node)
+        self.scopes.pop()
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def _where(self, node) -> tuple[str, str | None] | None:
+        """(section, key) a config expression names: ("", None) the config, (section, None) a section."""
+        scope = self.scopes[-1] if self.scopes else {}
+        if isinstance(node, ast.Name):
+            return (scope[node.id], None) if node.id in scope else None
+        if isinstance(node, ast.Attribute):
+            if node.attr == "cfg" and isinstance(node.value, ast.Name) and node.value.id == "self":
+                return ("", None)
+            base = self._where(node.value)
+            if base is None or base[1] is not None:
+                return None
+            if base[0] == "":
+                return (node.attr, None) if node.attr in _SECTION_TYPES.values() else None
+            return (base[0], node.attr)
+        return None
+
+    def _value(self, node):
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            items = [self._value(x) for x in node.elts]
+            return _UNKNOWN if any(x is _UNKNOWN for x in items) else tuple(items)
+        where = self._where(node)
+        if where is not None and where[1] is not None and self.foldable(*where):
+            value = getattr(getattr(self.cfg, where[0]), where[1], _UNKNOWN)
+            if value is not _UNKNOWN and not callable(value):
+                self.used.add(f"{where[0]}.{where[1]}")
+                return value
+            return _UNKNOWN
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            v = self._value(node.operand)
+            return _UNKNOWN if v is _UNKNOWN else not v
+        if isinstance(node, ast.BoolOp):
+            for x in node.values:   # decided by a known operand that short-circuits, or by all of them
+                v = self._value(x)
+                if v is _UNKNOWN:
+                    return _UNKNOWN
+                if bool(v) == isinstance(node.op, ast.Or):
+                    return v
+            return v
+        if isinstance(node, ast.Compare) and len(node.ops) == 1:
+            a, b = self._value(node.left), self._value(node.comparators[0])
+            if a is _UNKNOWN or b is _UNKNOWN:
+                return _UNKNOWN
+            op = type(node.ops[0])
+            ops = {ast.Eq: lambda: a == b, ast.NotEq: lambda: a != b, ast.Lt: lambda: a < b, ast.LtE: lambda: a <= b,
+                   ast.Gt: lambda: a > b, ast.GtE: lambda: a >= b, ast.In: lambda: a in b,
+                   ast.NotIn: lambda: a not in b}
+            return ops[op]() if op in ops else _UNKNOWN
+        return _UNKNOWN
+
+    def _truth(self, test):
+        used = set(self.used)
+        v = self._value(test)
+        if v is _UNKNOWN:
+            self.used = used  # a test left standing decides nothing
+            return None
+        return bool(v)
+
+    def visit_If(self, node):
+        self.generic_visit(node)
+        truth = self._truth(node.test)
+        if truth is None:
+            return node
+        return (node.body if truth else node.orelse) or None
+
+    def visit_IfExp(self, node):
+        self.generic_visit(node)
+        truth = self._truth(node.test)
+        return node if truth is None else (node.body if truth else node.orelse)
+
+
+def fold_config(tree: ast.Module, cfg, foldable) -> set[str]:
+    """Take the branches the baked config `cfg` decides, in every function of `tree`; returns the keys
+    (`section.key`) that decided one."""
+    f = _ConfigFold(cfg, foldable)
+    f.visit(tree)
+    for node in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody"):
+            body = getattr(node, field, None)
+            if field == "body" and isinstance(body, list) and not body:
+                node.body = [ast.Pass()]
+    return f.used
