@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Baseline: identical quantisation, zlib-9 instead of zstd-22.
     t = time.time()
     qts = artifact.quantize_all(params, base)
-    body = artifact.build_body(qts, base)
+    body = b"".join(artifact.build_sections(qts, base))
     zlib_len = artifact.HEADER.size + len(zlib.compress(body, 9))
     deq = {k: artifact.dequantize(v) for k, v in qts.items()}
     add("int8 + zlib", zlib_len, deq, time.time() - t, "baseline rule, zlib-9")

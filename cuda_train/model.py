@@ -10,7 +10,7 @@ Forward pass (the challenge's reference): tok_emb -> rms_norm -> x0; the
 first half of the blocks store skips, the second half add
 `skip_weights[i] * skips.pop()` before each block; final rms_norm; tied
 (or separate) head; tanh softcap; cross-entropy in float32. The record
-stack's options (`ModelConfig`, RECORD-STACK.md) each have a helper of the
+stack's options (`ModelConfig`, README "The record stack") each have a helper of the
 same name in mlx_train/model.py: `smear`, partial RoPE (`rope_dims`), `xsa`,
 the attention output `gate`, `leaky_relu2`, `ln_scale`, gated skips
 (`skip_merge`), depth recurrence (`layer_order`) and parallel lanes

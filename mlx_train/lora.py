@@ -10,7 +10,6 @@ mlx_train/model.py `adapt` says. The model takes the adapters as an argument; it
 from __future__ import annotations
 
 # isort: off
-from mlx_train import runtime  # noqa: F401  (before mlx.core: loads the Linux BLAS shim)
 # isort: on
 import mlx.core as mx
 import numpy as np

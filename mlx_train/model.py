@@ -4,7 +4,7 @@ The challenge's naive baseline: GQA attention with QK RMSNorm, RoPE and a
 learned per-head q gain; relu^2 MLP; U-Net skips with learned per-channel
 weights; a residual mix with the first-layer input x0; per-block attn/mlp
 output scales; tied embeddings; tanh logit softcap. The record stack's
-options (`ModelConfig`, RECORD-STACK.md) each have a helper of the same name
+options (`ModelConfig`, README "The record stack") each have a helper of the same name
 in cuda_train/model.py: `smear`, partial RoPE (`rope_dims`), `xsa`, the
 attention output `gate`, `leaky_relu2`, `ln_scale`, gated skips
 (`skip_merge`), depth recurrence (`layer_order`) and parallel lanes
@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 
 # isort: off
-from mlx_train import runtime  # noqa: F401  (before mlx.core: loads the Linux BLAS shim)
 # isort: on
 import mlx.core as mx
 import mlx.nn as nn

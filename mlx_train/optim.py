@@ -27,7 +27,6 @@ The state is a flat dict of arrays (`<name>.momentum_buffer`, `<name>.exp_avg`,
 from __future__ import annotations
 
 # isort: off
-from mlx_train import runtime  # noqa: F401  (before mlx.core: loads the Linux BLAS shim)
 # isort: on
 import mlx.core as mx
 

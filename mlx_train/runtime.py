@@ -7,7 +7,7 @@ from whatever library is loaded globally first; its bundled reference BLAS
 runs an fp32 matmul at ~7 GFLOP/s. `scipy-openblas32` (PyPI) exports the same
 routines under a `scipy_` prefix, so a ten-line C shim that forwards the three
 unprefixed names to them, loaded with RTLD_GLOBAL before the first
-`import mlx.core`, gives ~230 GFLOP/s (MACHINE-NOTES.md). Loading it later
+`import mlx.core`, gives ~230 GFLOP/s (docs/FACTS.md). Loading it later
 changes nothing.
 
 The shim is compiled with gcc on first use into the cache folder

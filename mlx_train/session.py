@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 # isort: off
-from mlx_train import runtime  # noqa: F401  (before mlx.core: loads the Linux BLAS shim)
+from mlx_train import runtime
 # isort: on
 import mlx.core as mx
 import mlx.nn as nn

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-try:  # before any test imports mlx.core: mlx_train loads the Linux BLAS shim first (MACHINE-NOTES.md)
+try:  # before any test imports mlx.core: mlx_train loads the Linux BLAS shim first (docs/FACTS.md)
     import mlx_train  # noqa: F401
 except ImportError:  # no MLX here: the MLX tests skip
     pass
 
 from shared.core.config import Config, EvalConfig, ModelConfig, TrainConfig, load_config
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+# Optional extra text no one tuned on (Tiny Shakespeare): tests that use it skip unless PGOLF_SHAKESPEARE names it.
+SHAKESPEARE = Path(os.environ["PGOLF_SHAKESPEARE"]) if os.environ.get("PGOLF_SHAKESPEARE") else None
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """A float64 numpy forward of the challenge's baseline GPT under either reference script's
-convention, written from the scripts' documented architecture (CHALLENGE.md "The naive baseline"),
+convention, written from the scripts' documented architecture (docs/FACTS.md "The naive baseline"),
 not from their code. Used by tests/test_interop.py to show that an imported model keeps the loss
 its source script computes, and by docs/REFERENCE.md's measurements.
 
@@ -103,7 +103,7 @@ def reference_loss(params: dict[str, np.ndarray], m: ModelConfig, x: np.ndarray,
 
 def reference_weights(m: ModelConfig, seed: int, embed_std: float = 0.05) -> dict[str, np.ndarray]:
     """Weights shaped as the reference scripts save them (names and [out, in] layouts of
-    CHALLENGE.md's baseline), float32, every tensor non-trivial (no zero projections, gains and
+    docs/FACTS.md's baseline), float32, every tensor non-trivial (no zero projections, gains and
     mixes away from their inits) so that every term of the forward pass matters."""
     rng = np.random.default_rng(seed)
     d, kv, hid = m.model_dim, m.kv_dim, m.hidden_dim

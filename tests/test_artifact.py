@@ -82,14 +82,14 @@ print(hashlib.sha256(artifact.pack(params, cfg, hess)).hexdigest())
 """
 
 
-# The record artifact's steps (issue 14) in every pipeline: LQER (power iteration), pruning, brotli.
+# The record artifact's steps in every pipeline: LQER (power iteration), pruning, brotli.
 _RECORD_QUANT = {"embed": "int7", "lqer_tensors": 2, "prune_values": 300, "attn_clip_k": 5.0}
 
 
 @pytest.mark.parametrize("gptq,extra", [(False, {}), (True, {}),
                                         (True, {**_RECORD_QUANT, "compressor": "group"}),
                                         (False, {**_RECORD_QUANT, "compressor": "brotli"}),
-                                        (False, {**_RECORD_QUANT, "compressor": "auto"})])
+                                        (False, {**_RECORD_QUANT, "compressor": "zstd"})])
 def test_bytes_do_not_depend_on_thread_count(tmp_path, gptq, extra):
     from shared.core.config import to_toml
 

@@ -1,4 +1,4 @@
-"""Budget mode's fit as config (issue 14 review): `quant.tensor_schemes`, `pack --write-config`, one
+"""Budget mode's fit as config: `quant.tensor_schemes`, `pack --write-config`, one
 pruning currency, and the counted code of the config actually written."""
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ def test_build_input_errors(tmp_path):
         build_dataset(docs, tmp_path, vocab=280, val_docs=1, name="x")
 
 
-@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data/tinyshakespeare.txt is absent")
+@pytest.mark.skipif(SHAKESPEARE is None or not SHAKESPEARE.is_file(), reason="PGOLF_SHAKESPEARE (a Tiny Shakespeare text file) is not set")
 def test_tinyshakespeare_audit_exact(tmp_path, capsys):
     main(["data", "build", "--docs", str(SHAKESPEARE), "--out", str(tmp_path), "--vocab", "1024"])
     report = _audit_json(capsys, tmp_path / "datasets/tinyshakespeare_sp1024",

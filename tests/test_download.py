@@ -1,7 +1,7 @@
 """`pgolf data download` against a local fake of the Hugging Face hub (offline).
 
 The server (stdlib http.server) answers what huggingface_hub asks of a hub
-(MACHINE-NOTES.md): GET/HEAD /datasets/{repo}/resolve/{rev}/{path} with
+(docs/FACTS.md): GET/HEAD /datasets/{repo}/resolve/{rev}/{path} with
 X-Repo-Commit, ETag and Content-Length, Range requests with 206, and 404 plus
 `X-Error-Code: EntryNotFound` for missing files. It serves a tiny export in
 the published layout, built from the session's tiny dataset.

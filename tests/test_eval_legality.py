@@ -1,4 +1,4 @@
-"""Legality of sliding-window and score-first TTT evaluation (CHALLENGE.md "legality", issue #1017).
+"""Legality of sliding-window and score-first TTT evaluation (docs/FACTS.md "Evaluation legality").
 
 Three properties, each checked on the real driver with real backends, and each check shown to
 catch a deliberately wrong ordering injected here (monkeypatch), never through product code:

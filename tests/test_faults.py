@@ -30,7 +30,6 @@ import pytest
 from shared.artifact.format import pack, pack_quantized, quantize_all
 from shared.artifact.quant import QTensor
 from shared.cli import main
-from shared.core import rundir
 from shared.core.config import to_toml
 from shared.core.spec import init_params
 from shared.data.bpb import EvalResult
@@ -38,6 +37,7 @@ from shared.data.dataset import open_dataset
 from shared.data.shards import TokenStream, read_shard, write_shard
 from shared.errors import PgolfError
 from shared.files import atomic_write_bytes
+from shared.run import rundir
 from shared.run.finish import finish_run
 from shared.run.rundir import (
     ARTIFACT,

@@ -44,7 +44,7 @@ CASES = {
                                    "muon_momentum_warmup_steps": 3, "beta1": 0.8, "beta2": 0.99, "adam_eps": 1e-6,
                                    "grad_clip_norm": 0.05}),
     "step_warmdown": _cfg(iterations=6, warmdown_iters=4),
-    # The record stack (RECORD-STACK.md), one option per case, then all of them together.
+    # The record stack (README "The record stack"), one option per case, then all of them together.
     "mlp_mult_float": _cfg(model={"mlp_mult": 2.5}),
     "leaky_relu2": _cfg(model={"activation": "leaky_relu2"}),
     "partial_rope": _cfg(model={"rope_dims": 8}),
@@ -77,7 +77,7 @@ CASES = {
                                 "muon_ns": "polar_express", "grad_clip_norm": 0.3, "beta2": 0.99},
                          iterations=6, warmdown_frac=0.85, min_lr=0.1, ema_decay=0.9),
 }
-# The record artifact (issue 14): int7 embedding, int6 blocks with per-class sigmas, int8 gates, LQER, pruning,
+# The record artifact: int7 embedding, int6 blocks with per-class sigmas, int8 gates, LQER, pruning,
 # per-group compression. Both backends export the weights, pack identical bytes and evaluate the same
 # unpacked (LQER-corrected) weights.
 _rec = _cfg(model={"attn_gate": True, "smear_gate": True, "gate_dims": 6})

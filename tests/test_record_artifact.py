@@ -1,4 +1,4 @@
-"""The record artifact (issue 14): format v2 pipelines, v1 still read, LQER, pruning, gates, budget fit."""
+"""The record artifact: format v2 pipelines, v1 still read, LQER, pruning, gates, budget fit."""
 
 from __future__ import annotations
 
@@ -80,16 +80,16 @@ def test_group_pipeline_stores_a_real_row_permutation():
     assert np.all(np.diff(key) >= 0)   # rows stored in the similarity order
 
 
-@pytest.mark.slow
-def test_auto_keeps_the_smallest_pipeline():
-    cfg = _cfg(compressor="auto")
+def test_the_removed_auto_compressor_names_its_replacement():
+    with pytest.raises(PgolfError, match='quant.compressor = "auto" was removed.*set quant.compressor = "group"') as e:
+        _cfg(compressor="auto")
+    assert "\n" not in str(e.value)
+    cfg = _cfg(compressor="brotli")
     params = _params(cfg)
     sections = artifact.build_sections(artifact.quantize_all(params, cfg), cfg)
-    payloads = {p: pipelines.encode(p, sections, cfg.quant.zstd_level) for p in pipelines.AUTO_PIPELINES}
-    best = min(pipelines.AUTO_PIPELINES, key=lambda p: len(payloads[p]))
-    auto = artifact.pack(params, cfg)
-    assert artifact.pipeline_of(auto) == best and auto[artifact.HEADER.size:] == payloads[best]
+    payloads = {p: pipelines.encode(p, sections, cfg.quant.zstd_level) for p in ("zstd", "brotli", "group")}
     assert len({len(v) for v in payloads.values()}) == 3   # the pipelines really differ
+    assert artifact.pack(params, cfg)[artifact.HEADER.size:] == payloads["brotli"]
 
 
 def _check_refused(blob, match):

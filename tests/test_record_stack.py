@@ -1,4 +1,4 @@
-"""The record stack's options (RECORD-STACK.md): each one changes what it claims to, and the record
+"""The record stack's options (README "The record stack"): each one changes what it claims to, and the record
 config builds the record's model in both backends. Cross-backend agreement of each option is in
 tests/test_parity.py (one case per option)."""
 

@@ -14,7 +14,7 @@ from tests.conftest import tiny_config
 
 def test_baseline_table_counts_the_challenge_baseline():
     m = load_config("configs/baseline.toml").model
-    assert count_params(m) == 17_059_912  # CHALLENGE.md
+    assert count_params(m) == 17_059_912  # the naive baseline (docs/FACTS.md)
     table = param_table(m)
     assert all(p.group in GROUPS and p.qclass in QCLASSES for p in table.values())
     assert table["blocks.0.attn.q_gain"].group == "scalar" and table["blocks.0.attn.q_gain"].qclass == "other"

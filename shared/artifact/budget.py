@@ -70,7 +70,7 @@ class Packer:
     Every pack states its choice in the config it embeds (`quant.tensor_schemes`, via
     `format.with_tensor_schemes`), exactly as a later `pack` or training run of that config would, and
     `total` adds the counted code of that config: the script bakes the config, so the choice changes
-    the code's size too (budget item 3 of issue 14)."""
+    the code's size too."""
 
     def __init__(self, params: dict[str, np.ndarray], hessians: dict | None, token_counts: np.ndarray | None,
                  code_size: Callable[[Config], int] | None = None):

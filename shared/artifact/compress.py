@@ -15,7 +15,7 @@ and each pipeline decides what the frames hold:
             the same matrix of every layer together), each group's rows reordered by a
             similarity sort when `quant.group_sort` (the permutation is stored), each group
             its own brotli-11 frame; the rest as in "brotli". The record stack's per-group
-            mode (RECORD-STACK.md, #1855 and later), written from its description.
+            mode (#1855 and later), written from its description.
     group_zpaq  "group" with each code group coded by ZPAQ (level 5, one thread: the `zpaq`
             package, an optional dependency) instead of brotli, as the records run lrzip's
             ZPAQ mode on the big groups; the small frames stay brotli-11.
@@ -47,7 +47,6 @@ PIPELINE_IDS = {"zstd": 0, "brotli": 1, "group": 2, "group_zpaq": 3}
 # Known pipelines whose decompressor pgolf does not ship: refused by name.
 FOREIGN_IDS = {4: "group+lrzip (needs lrzip, which pgolf does not provide)"}
 PIPELINES = tuple(PIPELINE_IDS)
-AUTO_PIPELINES = ("zstd", "brotli", "group")   # what quant.compressor = "auto" tries (ZPAQ is optional and slow)
 
 
 # Budget mode packs the same model 10-20 times, and most frames come back unchanged between packs
@@ -77,7 +76,7 @@ def _memoised(kind: str, setting: int, raw: bytes, compress) -> bytes:
 
 
 def zstd_compress(raw: bytes, level: int) -> bytes:
-    """One-shot, single-threaded zstd: the same bytes on every machine (MACHINE-NOTES.md)."""
+    """One-shot, single-threaded zstd: the same bytes on every machine (docs/FACTS.md)."""
     return _memoised("zstd", level, raw, lambda r: _zstd_compress(r, level))
 
 

@@ -17,7 +17,7 @@ Format v2 (docs/ARTIFACT.md has the full description; v1 is still read):
 Every byte is a pure function of (params, config, Hessians, calibration token
 counts for "frequency" embedding steps): no timestamps,
 no dict-order or thread-count dependence (zstd runs single-threaded and
-one-shot, see MACHINE-NOTES.md; brotli is single-threaded; LQER and pruning
+one-shot, see docs/FACTS.md; brotli is single-threaded; LQER and pruning
 use no BLAS), so both backends write identical files from
 identical weights. The reader checks magic, version, length and checksum and
 refuses anything else with a one-line `PgolfError`.
@@ -56,7 +56,7 @@ from shared.core.config import Config, from_toml_text, to_toml
 from shared.core.spec import check_finite, check_params, param_table
 from shared.errors import PgolfError
 
-SIZE_CAP = 16_000_000  # code bytes + compressed model bytes (decimal), CHALLENGE.md
+SIZE_CAP = 16_000_000  # code bytes + compressed model bytes (decimal), docs/FACTS.md
 MAGIC = b"PGLF"
 VERSION = 2
 HEADER = struct.Struct("<4sBBII")     # magic, version, pipeline, length, crc32
@@ -80,7 +80,7 @@ def class_schemes(params: dict[str, np.ndarray], cfg: Config) -> dict[str, str]:
         w = params[name]
         cls = table[name].qclass
         if w.ndim < 2 or (w.size <= q.keep_float_max_numel and cls != "gate"):
-            # train_gpt.py keeps control tensors fp32 but stores other small matrices as fp16 (issue 18).
+            # train_gpt.py keeps control tensors fp32 but stores other small matrices as fp16.
             out[name] = q.small if cls != "other" and q.small != "other" else q.other
             continue
         out[name] = getattr(q, cls)
@@ -309,12 +309,8 @@ def tensor_bytes(t: QTensor, level: int) -> int:
     return len(compress(tensor_payload(t), level))
 
 
-def build_body(qts: dict[str, QTensor], cfg: Config) -> bytes:
-    return b"".join(build_sections(qts, cfg))
-
-
 def compress(body: bytes, level: int) -> bytes:
-    """One-shot, single-threaded zstd: the same bytes on every machine (MACHINE-NOTES.md)."""
+    """One-shot, single-threaded zstd: the same bytes on every machine (docs/FACTS.md)."""
     return pipelines.zstd_compress(body, level)
 
 
@@ -332,19 +328,13 @@ def pack(params: dict[str, np.ndarray], cfg: Config, hessians: dict | None = Non
 
 
 def pack_quantized(qts: dict[str, QTensor], cfg: Config) -> bytes:
-    """Artifact bytes of already-quantised tensors with `quant.compressor`; "auto" tries every
-    pipeline and keeps the smallest (ties: the first of zstd, brotli, group)."""
+    """Artifact bytes of already-quantised tensors with `quant.compressor`."""
     sections = build_sections(qts, cfg)
     q = cfg.quant
-    names = pipelines.AUTO_PIPELINES if q.compressor == "auto" else (q.compressor,)
-    best = None
-    for name in names:
-        # One frame per section: each stream gets its own entropy statistics, which measured
-        # ~1% smaller than one frame over the whole body (BENCHMARKS.md, artifact section).
-        payload = pipelines.encode(name, sections, q.zstd_level, q.group_sort)
-        if best is None or len(payload) < len(best[1]):
-            best = (name, payload)
-    name, payload = best
+    name = q.compressor
+    # One frame per section: each stream gets its own entropy statistics, which measured
+    # ~1% smaller than one frame over the whole body (BENCHMARKS.md, artifact section).
+    payload = pipelines.encode(name, sections, q.zstd_level, q.group_sort)
     crc = zlib.crc32(b"".join(sections))
     return HEADER.pack(MAGIC, VERSION, pipelines.PIPELINE_IDS[name], len(payload), crc) + payload
 

@@ -5,7 +5,7 @@ quantisation error, E = W - Q(W) is approximated by a rank-r product A B
 (A [out, r], B [r, in]); A is stored with `quant.lqer_a_bits` and one scale
 for the whole factor, B with `quant.lqer_b_bits` and one scale per group of
 `quant.lqer_group` values along each of its rows. The dequantiser adds
-deq(A) @ deq(B) back (`apply`). Record PR #1855 (RECORD-STACK.md): rank 4,
+deq(A) @ deq(B) back (`apply`). Record PR #1855 (docs/FACTS.md): rank 4,
 3 tensors, A int2, B int4 in groups of 64. Written from the description,
 not from the record's code.
 

@@ -60,7 +60,7 @@ BOS_ID = 1             # the challenge tokenizers' BOS id: SmearGate never mixes
 NS_EPS = 1e-7          # Muon: X / (||X|| + eps) before Newton-Schulz, and MuonEq-R's row norms
 
 # Muon's Newton-Schulz iteration X <- a X + (b A + c A^2) X, A = X X^T: the baseline's fixed quintic
-# coefficients, or "Polar Express" coefficients, one triple per iteration (#1855, RECORD-STACK.md).
+# coefficients, or "Polar Express" coefficients, one triple per iteration (#1855).
 NS_QUINTIC = (3.4445, -4.7750, 2.0315)
 NS_POLAR_EXPRESS = (
     (8.156554524902461, -22.48329292557795, 15.878769915207462),

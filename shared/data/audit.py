@@ -18,7 +18,7 @@ table), over every target (all tokens after the first). `factor` =
 lut_bytes / decoded_bytes: BPB computed that way is off by 1 / factor.
 
 When the two disagree, each document that is off is matched against the
-known bug classes (CHALLENGE.md, RECORD-STACK.md): its excess bytes equal
+known bug classes (docs/FACTS.md): its excess bytes equal
 twice its U+2581 byte triples (`missing_u2581_piece`: a space counted as 3
 bytes), its leading-space pieces (`leading_space_double_count`), or three
 times its CaseOps operators (`transform_bytes_in_denominator`), or a sum of

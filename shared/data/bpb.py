@@ -1,6 +1,6 @@
 """Bits per byte: the tokenizer's byte tables and the one BPB formula.
 
-Per target token (CHALLENGE.md): its piece's UTF-8 length with a leading
+Per target token (docs/FACTS.md): its piece's UTF-8 length with a leading
 U+2581 stripped; byte-fallback pieces `<0xNN>` are 1 byte; control, unknown
 and unused pieces are 0 bytes and count as boundaries; a leading U+2581 adds
 one byte (a space) only when the previous token is not a boundary. The
@@ -12,7 +12,7 @@ before encoding (a literal U+2581 in the input becomes a space too), so a
 U+2581 in the decoded text always stands for one space. A vocabulary without
 a standalone U+2581 piece encodes a lone space as the byte-fallback triple
 <0xE2><0x96><0x81>, which `decode()` returns as the 3-byte character U+2581:
-counted naively that is 3 bytes for 1 (BPB ~20% too low, CHALLENGE.md). The
+counted naively that is 3 bytes for 1 (BPB ~20% too low, docs/FACTS.md). The
 tables count such a triple as 1 byte, on its first token, whatever the range
 boundaries, so sums over disjoint ranges add up to the whole.
 

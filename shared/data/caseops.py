@@ -30,7 +30,6 @@ import numpy as np
 from shared.errors import PgolfError
 
 NAME = "caseops"
-RECORD_NAME = "lossless_caps_caseops_v1"  # the transform's name in the records' manifests
 TITLE, ALLCAPS, CAPNEXT, ESC = "\ue001", "\ue002", "\ue003", "\ue004"
 OPERATORS = (TITLE, ALLCAPS, CAPNEXT, ESC)
 _OPS = frozenset(OPERATORS)

@@ -1,7 +1,7 @@
 """`pgolf data download`: the published FineWeb exports, manifest-driven, every variant.
 
 A dataset repo on the Hugging Face hub holds everything under a root folder
-(`datasets/`, CHALLENGE.md): `datasets/manifest.json` lists the datasets
+(`datasets/`, docs/FACTS.md): `datasets/manifest.json` lists the datasets
 (`name`, `tokenizer_name`, `stats.files_train`, `stats.files_val`, and
 `val_bytes_glob` when validation ships byte sidecars) and the tokenizers
 (`model_path`/`vocab_path` for SentencePiece, `path` for byte260, relative to

@@ -18,7 +18,7 @@ BOS_ID = 1
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "pgolf-dataset"
 
-# CHALLENGE.md: the settings of the published tokenizers.
+# The settings of the published tokenizers (docs/FACTS.md).
 TOKENIZER_SETTINGS = dict(
     model_type="bpe", byte_fallback=True, split_digits=True, normalization_rule_name="nmt_nfkc",
     add_dummy_prefix=False, pad_id=0, bos_id=1, eos_id=2, unk_id=3, character_coverage=0.999,

@@ -47,7 +47,7 @@ from shared.eval.ledger import IllegalOrder, Ledger
 from shared.eval.ngram import Hints, tilt, token_hints
 from shared.eval.windows import Window, documents, plan_windows, target_span
 
-EVAL_BUDGET_S = 600.0  # the challenge's separate evaluation budget (CHALLENGE.md)
+EVAL_BUDGET_S = 600.0  # the challenge's separate evaluation budget (docs/FACTS.md)
 LORA_SEED = 20_260_101  # the adapters' A matrices: the same draw for both backends and every run
 
 

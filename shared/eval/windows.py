@@ -8,7 +8,7 @@ its last ones; everything before c in the window is context only.
 `target_span` fixes the targets once for every mode; `plan_windows` cuts any
 target range into sliding windows so that each target is scored exactly once
 with the longest context the window allows (the records' 2048/64 scheme,
-RECORD-STACK.md "Evaluation"); `documents` cuts a range at BOS tokens for
+#1855; docs/FACTS.md); `documents` cuts a range at BOS tokens for
 per-document test-time training.
 """
 

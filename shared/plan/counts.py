@@ -204,7 +204,7 @@ def artifact_estimate(cfg: Config, coder: dict[str, float], percentile_k: float)
     table = param_table(cfg.model)
     fake = {n: np.broadcast_to(np.float32(0.0), p.shape) for n, p in table.items()}
     schemes = choose_schemes(fake, cfg)
-    comp = q.compressor if q.compressor != "auto" else "group"
+    comp = q.compressor
     over, float_ratio = coder[comp], coder["float_" + ("zstd" if comp == "zstd" else "brotli")]
     out: dict[str, float] = {}
     by_scheme: dict[str, float] = {}

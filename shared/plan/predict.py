@@ -56,7 +56,7 @@ CODER = {"record": 0.9923, "group": 1.0098, "brotli": 1.0100, "zstd": 1.0181, "f
 PERCENTILE_INT8_K = 3.494      # per-row int8 at the 99.99984th percentile behaves like a clip at 5.2 std (baseline)
 # Packing throughput (CPU work, seconds per output byte): per-group lrzip ~100 s for 15.9 MB (#1855 logs);
 # pgolf's brotli-11 pipelines ~3 us/byte, zstd-22 ~0.6 us/byte (measured here, docs/PLAN.md).
-PACK_S_PER_BYTE = {"record": 6.3e-6, "group": 3.0e-6, "brotli": 3.0e-6, "zstd": 0.6e-6, "auto": 7.0e-6}
+PACK_S_PER_BYTE = {"record": 6.3e-6, "group": 3.0e-6, "brotli": 3.0e-6, "zstd": 0.6e-6}
 GPTQ_CPU_GFLOPS = 50.0       # pgolf's numpy GPTQ on a pod's CPU: ~50 GFLOP/s (one process, BLAS-bound)
 RECORD_GLOBAL_CHUNK = 32768  # tokens per global-TTT SGD step in the records (#1855 global_ttt_chunk_tokens)
 
@@ -487,7 +487,7 @@ def pack_and_calib(cfg: Config, hw: Hardware, prof: K.Profile, cal: dict[str, fl
         if hw.kind == "cpu":
             rate = hw.tflops * 1e12 * cal["gemm"]
         calib += gptq_flops / rate
-    key = "record" if prof.name == "record" and q.compressor in ("group", "auto") else q.compressor
+    key = "record" if prof.name == "record" and q.compressor == "group" else q.compressor
     pack_s = artifact_bytes * PACK_S_PER_BYTE[key]
     return pack_s + calib, calib
 

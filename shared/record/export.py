@@ -49,7 +49,7 @@ REQUIREMENTS = (
     ("zstandard==0.25.0", "the artifact compressor (pinned: artifact bytes depend on its build)"),
     ("safetensors", "the run folder's resumable checkpoint (a tensor file format; no model capability)"),
 )
-BROTLI = ("brotli==1.2.1", "the artifact compressor of quant.compressor = brotli/group/auto (pinned: bytes depend on it)")
+BROTLI = ("brotli==1.2.1", "the artifact compressor of quant.compressor = brotli/group (pinned: bytes depend on it)")
 ZPAQ = ("zpaq==0.3.7", "the code groups' compressor of quant.compressor = group_zpaq (pinned: bytes depend on it)")
 
 

@@ -21,14 +21,13 @@ config, same bytes.
 from __future__ import annotations
 
 import ast
-import base64
+import bz2
 import lzma
 from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 from pathlib import Path
 
-from shared import __version__
-from shared.core.config import Config, TrainConfig, to_toml
+from shared.core.config import Config, TrainConfig, to_dict, to_toml
 from shared.errors import PgolfError
 
 SCRIPT_NAME = "train_gpt.py"
@@ -36,6 +35,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("shared", "mlx_train", "cuda_train")
 BACKEND_PACKAGES = {"mlx": "mlx_train", "torch": "cuda_train"}
 SCRIPT_ENTRY = "cuda_train.submission"  # what train_gpt.py runs
+# Arguments train_gpt.py always passes (cuda_train/submission.py): the branches they rule out are left out.
+FOLDED = {("shared.run.loop", "run_loop"): {"resume": False}, ("shared.core.config", "from_toml_text"): {"CHECKED": False}}
+# Config branches are decided by the baked config (shake.fold_config), except on keys the environment
+# overrides (cuda_train/submission.py ENV_KEYS); of those, only these switches are decided, and the script
+# then refuses an override that changes them.
+ENV_FOLDABLE = {"train.val_every"}
 
 
 def module_file(name: str) -> Path | None:
@@ -57,22 +62,30 @@ def module_name(f: Path) -> str:
 def imports(f: Path, typing: bool = False) -> set[str]:
     """Module names that `f` imports, anywhere in its body (relative imports resolved); those under
     `if TYPE_CHECKING:` only when `typing` (they never run, so a run does not carry them)."""
-    me = module_name(f)
-    package = me if f.name == "__init__.py" else me.rpartition(".")[0]
+    return tree_imports(ast.parse(f.read_text(encoding="utf-8"), str(f)), module_name(f), f.name == "__init__.py",
+                        typing)
+
+
+def _base(me: str, is_pkg: bool, level: int, module: str) -> str:
+    """The module an ImportFrom in module `me` names (relative levels resolved)."""
+    if not level:
+        return module
+    package = me if is_pkg else me.rpartition(".")[0]
+    anchor = package.split(".")[: len(package.split(".")) - level + 1]
+    return ".".join([*anchor, module] if module else anchor)
+
+
+def tree_imports(tree: ast.AST, me: str, is_pkg: bool, typing: bool = False) -> set[str]:
     out: set[str] = set()
-    tree = ast.parse(f.read_text(encoding="utf-8"), str(f))
-    typing_only = set() if typing else {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node.test)
-                   for stmt in node.body for n in ast.walk(stmt)}
+    typing_only = set() if typing else {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                                        and _is_type_checking(node.test) for stmt in node.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
         if id(node) in typing_only:
             continue
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
+            base = _base(me, is_pkg, node.level, node.module or "")
             out.add(base)
             out.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
     return out
@@ -127,9 +140,9 @@ def code_bytes(backend: str, cfg: Config | None = None) -> int:
     return len(generate(cfg).data)
 
 
-_LZMA = {"format": lzma.FORMAT_XZ, "check": lzma.CHECK_NONE, "preset": 9 | lzma.PRESET_EXTREME}
 
-# The bootstrap: the embedded modules (name -> (is_package, source)) come first, as M; the config as C.
+# The bootstrap: the embedded modules (name -> (is_package, source)) come first, as M; the config as C
+# (section -> key -> value); F: the keys whose other values' code was left out (key -> baked value).
 # Modules get a __file__ beside the script so code that locates itself keeps working, and their
 # source goes into linecache (mtime None: never evicted) so tracebacks and `inspect.getsource`
 # (torch.compile, Triton) see it.
@@ -146,7 +159,7 @@ class _Embedded(importlib.abc.MetaPathFinder,importlib.abc.Loader):
 sys.meta_path.insert(0,_Embedded())
 if __name__=='__main__':
     from {entry} import main
-    main(C,os.path.getsize(os.path.abspath(__file__)))
+    main(C,os.path.getsize(os.path.abspath(__file__)),F)
 '''
 
 
@@ -171,57 +184,118 @@ def baked_config(cfg: Config | None) -> Config:
     return replace(cfg, data=data, train=replace(cfg.train, seed=TrainConfig().seed))
 
 
-class _StripDocstrings(ast.NodeTransformer):
-    def _strip(self, node):
-        self.generic_visit(node)
-        body = node.body
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-        return node
-
-    visit_Module = visit_ClassDef = visit_FunctionDef = visit_AsyncFunctionDef = _strip
-
-
 def minify(source: str, filename: str = "<source>") -> str:
-    """Same program, fewer bytes: docstrings and comments dropped, layout normalised (`ast.unparse`)."""
-    tree = _StripDocstrings().visit(ast.parse(source, filename))
-    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+    """Same program, fewer bytes: python-minifier (pinned in pyproject.toml, so the same checkout gives
+    the same script) drops docstrings, comments, annotations and layout, and renames locals."""
+    import python_minifier
+
+    return python_minifier.minify(source, filename, rename_globals=False, hoist_literals=False,
+                                  remove_literal_statements=True, rename_locals=True) + "\n"
+
+
+_ESCAPES = {0x5C: b"\\\\", 0x22: b'\\"', 0x0A: b"\\n", 0x0D: b"\\r"}
+
+
+def latin1_literal(blob: bytes) -> str:
+    """A str literal whose latin-1 encoding is `blob`, for a file declared latin-1: each byte stands for
+    itself but the four a literal cannot hold (backslash, quote, newline, carriage return) and NUL (no
+    source may hold one), escaped."""
+    out = bytearray(b'"')
+    for i, b in enumerate(blob):
+        if b in _ESCAPES:
+            out += _ESCAPES[b]
+        elif b == 0:
+            out += b"\\x00" if i + 1 < len(blob) and 0x30 <= blob[i + 1] <= 0x37 else b"\\0"
+        else:
+            out.append(b)
+    return (out + b'"').decode("latin-1")
+
+
+# Compressors the wrapper can name from the standard library: (compress, the decompressing expression).
+_X9 = 9 | lzma.PRESET_EXTREME
+COMPRESSORS = {
+    "lzma": (lambda b: lzma.compress(b, format=lzma.FORMAT_ALONE, filters=[
+        {"id": lzma.FILTER_LZMA1, "preset": _X9, "lc": 3, "lp": 0, "pb": 0}]), "lzma.decompress"),
+    "bz2": (lambda b: bz2.compress(b, 9), "bz2.decompress"),
+}
 
 
 def self_extracting(source: str) -> bytes:
-    """`exec` of the lzma-compressed, base85-encoded source: the form records count."""
-    blob = base64.b85encode(lzma.compress(source.encode("utf-8"), **_LZMA)).decode("ascii")
-    return f'import base64,lzma;exec(lzma.decompress(base64.b85decode("{blob}")))\n'.encode("ascii")
-
-
-@lru_cache(maxsize=256)
-def _module_source(path: Path, mtime_ns: int, size: int, minified: bool) -> str:
-    src = path.read_text(encoding="utf-8")
-    return minify(src, str(path)) if minified else src
+    """`exec` of the compressed source, held raw in a latin-1 string literal (benchmarks/script_encoding.py:
+    a quarter smaller than base85), with whichever compressor makes the smaller file."""
+    out = []
+    for name, (compress, expr) in COMPRESSORS.items():
+        lit = latin1_literal(compress(source.encode("utf-8")))
+        out.append(f"# -*- coding: latin-1 -*-\nimport {name};exec({expr}({lit}.encode('latin1')))\n".encode("latin-1"))
+    return min(out, key=len)
 
 
 @lru_cache(maxsize=1)
-def _files(stamp: tuple) -> tuple[Path, ...]:
-    return tuple(script_files())
+def _parsed(stamp: tuple) -> tuple[tuple[str, bool, str], ...]:
+    """(module, is_package, source) of every module the entry reaches (the import graph)."""
+    return tuple((module_name(f), f.name == "__init__.py", f.read_text(encoding="utf-8")) for f in script_files())
 
 
-def _embedded_files() -> tuple[Path, ...]:
-    """`script_files()`, recomputed only when a pgolf source file changes (the graph walk parses every module)."""
+def _sources() -> tuple[tuple[str, bool, str], ...]:
+    """`_parsed`, recomputed only when a pgolf source file changes (the graph walk parses every module)."""
     stamp = tuple((str(f), f.stat().st_mtime_ns) for pkg in PACKAGES for f in sorted((ROOT / pkg).rglob("*.py")))
-    return _files(stamp)
+    return _parsed(stamp)
 
 
-def bundle(cfg: Config | None, minified: bool = True) -> str:
-    """The script's source: embedded modules, the baked config, the bootstrap."""
-    mods = []
-    for f in _embedded_files():
-        st = f.stat()
-        mods.append((module_name(f), f.name == "__init__.py", _module_source(f, st.st_mtime_ns, st.st_size, minified)))
+def _env_keys(tree: ast.Module) -> set[str]:
+    """The config keys the entry lets the environment override (its `ENV_KEYS`, read from its source)."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "ENV_KEYS" for t in node.targets):
+            return set(ast.literal_eval(node.value).values())
+    return set()
+
+
+def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[tuple[str, bool, ast.Module]], dict]:
+    """The modules after folding the branches the baked config decides and tree-shaking
+    (shared/record/shake.py), less those the shaken entry no longer reaches; and the environment-overridable
+    keys that decided a branch (key -> baked value: the script refuses another value)."""
+    from shared.record.shake import fold, fold_config, shake, strip_docstrings
+
+    trees = {name: strip_docstrings(ast.parse(src, name)) for name, _, src in mods}
+    for (module, function), known in FOLDED.items():
+        fold(trees[module], function, known)
+    env = _env_keys(trees[SCRIPT_ENTRY])
+    # keys some code changes with `replace(...)` hold other values there: never decided
+    changed = {k.arg for t in trees.values() for n in ast.walk(t) if isinstance(n, ast.Call)
+               and isinstance(n.func, ast.Name) and n.func.id == "replace" for k in n.keywords}
+
+    def foldable(section: str, key: str) -> bool:
+        name = f"{section}.{key}"
+        return key not in changed and section != "data" and (name not in env or name in ENV_FOLDABLE)
+
+    used: set[str] = set()
+    for tree in trees.values():
+        used |= fold_config(tree, cfg, foldable)
+    is_pkg = {name: pkg for name, pkg, _ in mods}
+    shake(trees, {"main"}, lambda me, level, module: _base(me, is_pkg[me], level, module))
+    todo, seen = [SCRIPT_ENTRY], set()
+    while todo:
+        me = todo.pop()
+        if me in seen or me not in trees:
+            continue
+        seen.add(me)
+        todo += tree_imports(trees[me], me, is_pkg[me])
+        todo += [".".join(me.split(".")[:i]) for i in range(1, me.count(".") + 1)]
+    left_out = {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in sorted(used & env)}
+    return [(name, is_pkg[name], trees[name]) for name, _, _ in mods if name in seen], left_out
+
+
+def bundle(cfg: Config | None, minified: bool = True) -> tuple[str, tuple[str, ...]]:
+    """The script's source (embedded modules, the baked config, the bootstrap) and its modules' names."""
+    left_out: dict = {}
+    if minified:
+        shaken, left_out = _shaken(_sources(), baked_config(cfg))
+        mods = [(name, pkg, minify(ast.unparse(tree), name)) for name, pkg, tree in shaken]
+    else:
+        mods = list(_sources())
     table = ",".join(f"{name!r}:({pkg},{src!r})" for name, pkg, src in mods)
-    head = f"# train_gpt.py generated by pgolf {__version__} (pgolf record export): {len(mods)} modules embedded\n"
-    return (head + "M={" + table + "}\n" + f"C={to_toml(baked_config(cfg))!r}\n"
-            + _BOOT.format(entry=SCRIPT_ENTRY).lstrip("\n"))
+    return ("M={" + table + "}\n" + f"C={to_dict(baked_config(cfg))!r}\nF={left_out!r}\n"
+            + _BOOT.format(entry=SCRIPT_ENTRY).lstrip("\n")), tuple(m[0] for m in mods)
 
 
 @lru_cache(maxsize=8)
@@ -229,16 +303,14 @@ def _generate(config_toml: str) -> Script:
     from shared.core.config import from_toml_text
 
     cfg = from_toml_text(config_toml)
-    raw = bundle(cfg, minified=False)
-    small = bundle(cfg)
+    raw, _ = bundle(cfg, minified=False)
+    small, names = bundle(cfg)
     packed = self_extracting(small)
     plain = small.encode("utf-8")
     data, form = (packed, "self-extracting") if len(packed) < len(plain) else (plain, "plain")
-    names = tuple(module_name(f) for f in _embedded_files())
     return Script(data, len(raw.encode("utf-8")), len(plain), form, names)
 
 
 def generate(cfg: Config | None) -> Script:
     """train_gpt.py for runs of `cfg` (a pure function of the checkout and the baked config)."""
     return _generate(to_toml(baked_config(cfg)))
-

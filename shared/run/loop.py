@@ -117,11 +117,12 @@ def train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool 
     """Train `session` on this rank, validate, checkpoint, pack and evaluate; return summary.json's dict.
     Rank 0 holds the run folder's lock throughout (a direct `backend.train(...)` call takes it here)."""
     with run_dir_held(run_dir, session.is_main):
-        return _train_loop(session, cfg, run_dir, resume, hooks, code_bytes)
+        return run_loop(session, cfg, run_dir, resume, hooks, code_bytes)
 
 
-def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, hooks: Hooks | None,
-                code_bytes: int) -> dict[str, Any]:
+def run_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, hooks: Hooks | None,
+             code_bytes: int) -> dict[str, Any]:
+    """`train_loop` without the run folder's lock (train_gpt.py: the pod's folder has one owner)."""
     from shared.data.dataset import open_dataset
     from shared.run.finish import finish_run
 

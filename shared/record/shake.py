@@ -1,0 +1,387 @@
+"""Tree-shaking for the generated train_gpt.py: keep only the functions, classes, methods, constants and
+imports the entry can reach, judged by name.
+
+Conservative by construction: a def is kept when its name occurs anywhere in kept code (as a name, an
+attribute, an imported name or a string constant), whichever module or class it sits in; every
+module-level statement that could have an effect is kept, and so is every method a library calls by
+name (dunders, `forward`, `backward`). Annotations are not references: the embedded modules import
+`annotations` from `__future__`, so none is ever evaluated. What the shaken modules no longer import
+drops out of the script (`shaken` returns the modules the entry still reaches).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+
+# Methods a library calls by name (torch's Module.__call__, autograd.Function), never our code.
+CALLED_BY_NAME = frozenset({"forward", "backward", "setup_context"})
+
+
+def _is_docstring(stmt: ast.stmt) -> bool:
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
+
+
+def strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            if node.body and _is_docstring(node.body[0]):
+                node.body = node.body[1:] or [ast.Pass()]
+    return tree
+
+
+def _truth(test: ast.expr, known: dict[str, object]) -> bool | None:
+    """The value of an `if` test over names whose values are known (`name`, `not name`), else None."""
+    if isinstance(test, ast.Name) and test.id in known:
+        return bool(known[test.id])
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        inner = _truth(test.operand, known)
+        return None if inner is None else not inner
+    return None
+
+
+class _Fold(ast.NodeTransformer):
+    """`if` statements and `x if c else y` whose test is known become the branch taken."""
+
+    def __init__(self, known: dict[str, object]):
+        self.known = known
+
+    def visit_If(self, node: ast.If):
+        self.generic_visit(node)
+        truth = _truth(node.test, self.known)
+        if truth is None:
+            return node
+        return (node.body if truth else node.orelse) or None
+
+    def visit_IfExp(self, node: ast.IfExp):
+        self.generic_visit(node)
+        truth = _truth(node.test, self.known)
+        return node if truth is None else (node.body if truth else node.orelse)
+
+
+def fold(tree: ast.Module, function: str, known: dict[str, object]) -> None:
+    """In module-level function `function` of `tree`, take the branches `known` (name -> value) decides.
+    The caller vouches that the names hold these values whenever the script calls it."""
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == function:
+            _Fold(known).visit(node)
+            if not node.body:
+                node.body = [ast.Pass()]
+
+
+def _names(nodes: Iterable[ast.AST]) -> tuple[set[str], set[str]]:
+    """What `nodes` mention outside annotations: (names: identifiers, imported names and strings;
+    attributes: attribute names and strings). A method is reached only through an attribute."""
+    names: set[str] = set()
+    attrs: set[str] = set()
+    stack = list(nodes)
+    while stack:
+        n = stack.pop()
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = n.args
+            stack += [*n.decorator_list, *a.defaults, *(d for d in a.kw_defaults if d is not None), *n.body]
+            continue
+        if isinstance(n, ast.AnnAssign):
+            stack += [n.target] + ([n.value] if n.value is not None else [])
+            continue
+        if isinstance(n, ast.Name):
+            names.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            attrs.add(n.attr)
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+            words = n.value.replace(":", ".").split(".")
+            names.update(words)
+            attrs.update(words)
+        elif isinstance(n, ast.alias):
+            names.add(n.asname or n.name.split(".")[0])
+        stack.extend(ast.iter_child_nodes(n))
+    return names, attrs
+
+
+def _pure(node: ast.AST | None) -> bool:
+    """No call, so dropping the statement drops no effect."""
+    return node is None or not any(isinstance(n, (ast.Call, ast.Await, ast.Yield, ast.YieldFrom, ast.NamedExpr))
+                                   for n in ast.walk(node))
+
+
+def _bound(stmt: ast.stmt) -> set[str] | None:
+    """The names a droppable module-level statement binds (a def, a class, a pure assignment), else None."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return {stmt.name}
+    if isinstance(stmt, ast.ClassDef):  # decorators (dataclass, ...) are taken to register nothing
+        return {stmt.name}
+    if isinstance(stmt, ast.Assign) and _pure(stmt.value) and all(isinstance(t, ast.Name) for t in stmt.targets):
+        return {t.id for t in stmt.targets}
+    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and _pure(stmt.value):
+        return {stmt.target.id}
+    return None
+
+
+def _kept_method(stmt: ast.stmt, live: set[str]) -> bool:
+    """Class-body statements that are not methods, and the methods a library calls, always stay."""
+    if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return True
+    n = stmt.name
+    return n in live or n in CALLED_BY_NAME or (n.startswith("__") and n.endswith("__"))
+
+
+def _used_ids(tree: ast.AST) -> set[str]:
+    """The identifiers `tree` reads outside annotations."""
+    out: set[str] = set()
+    stack = [tree]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.arg):
+            continue
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = n.args
+            stack += [*n.decorator_list, *a.defaults, *(d for d in a.kw_defaults if d is not None), *n.body]
+            continue
+        if isinstance(n, ast.AnnAssign):
+            stack += [n.target] + ([n.value] if n.value is not None else [])
+            continue
+        if isinstance(n, ast.Name):
+            out.add(n.id)
+        stack.extend(ast.iter_child_nodes(n))
+    return out
+
+
+def _imports_dropped(tree: ast.Module, used: set[str]) -> bool:
+    """Drop the aliases no kept code of this module uses (nor another module imports from it)."""
+    changed = False
+    for node in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody"):
+            body = getattr(node, field, None)
+            if not isinstance(body, list):
+                continue
+            out = []
+            for stmt in body:
+                if isinstance(stmt, (ast.Import, ast.ImportFrom)) and not (
+                        isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__"):
+                    keep = [a for a in stmt.names if (a.asname or a.name.split(".")[0]) in used or a.name == "*"]
+                    if len(keep) != len(stmt.names):
+                        changed = True
+                        if not keep:
+                            continue
+                        stmt.names = keep
+                out.append(stmt)
+            if len(out) != len(body):
+                setattr(node, field, out or ([] if field == "orelse" else [ast.Pass()]))
+    return changed
+
+
+def shake(trees: dict[str, ast.Module], roots: set[str], package_of) -> None:
+    """Shake `trees` (module name -> AST, edited in place) down to what `roots` (names) reach.
+
+    `package_of(module, level, name)` resolves an ImportFrom to the module it names."""
+    while True:
+        names, attrs = set(roots), set()
+        todo: list[ast.AST] = []
+        droppable: dict[str, list[ast.stmt]] = {}
+        methods: dict[str, list[ast.stmt]] = {}
+        for tree in trees.values():
+            for stmt in tree.body:
+                bound = _bound(stmt)
+                if bound is None:
+                    if not isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                        todo.append(stmt)
+                else:
+                    for b in bound:
+                        droppable.setdefault(b, []).append(stmt)
+        for n in roots:
+            todo.extend(droppable.get(n, ()))
+        seen: set[int] = set()
+        while todo:
+            stmt = todo.pop()
+            if id(stmt) in seen:
+                continue
+            seen.add(id(stmt))
+            parts = [stmt]
+            if isinstance(stmt, ast.ClassDef):  # the class itself; its methods count once their name lives
+                parts = [*stmt.decorator_list, *stmt.bases, *stmt.keywords]
+                for s in stmt.body:
+                    if _kept_method(s, set()):
+                        parts.append(s)
+                    else:
+                        methods.setdefault(s.name, []).append(s)
+                        if s.name in attrs:
+                            todo.append(s)
+            new_names, new_attrs = _names(parts)
+            new_names -= names
+            new_attrs -= attrs
+            names |= new_names
+            attrs |= new_attrs
+            for n in new_names | new_attrs:  # a module-level def: by name, or as `module.name`
+                todo.extend(droppable.get(n, ()))
+            for n in new_attrs:
+                todo.extend(methods.get(n, ()))
+        changed = False
+        for tree in trees.values():
+            body = [s for s in tree.body if _bound(s) is None or id(s) in seen]
+            for s in body:
+                if isinstance(s, ast.ClassDef):
+                    kept = [m for m in s.body if _kept_method(m, set()) or id(m) in seen]
+                    if len(kept) != len(s.body):
+                        s.body, changed = kept or [ast.Pass()], True
+            if len(body) != len(tree.body):
+                tree.body, changed = body or [ast.Pass()], True
+        # an import stays while its module uses the name or another module imports it from there
+        imported: dict[str, set[str]] = {}
+        for mod, tree in trees.items():
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                    src = package_of(mod, node.level, node.module or "")
+                    imported.setdefault(src, set()).update(a.name for a in node.names)
+        for mod, tree in trees.items():
+            changed |= _imports_dropped(tree, _used_ids(tree) | imported.get(mod, set()))
+        if not changed:
+            return
+
+
+# ----------------------------------------------------------------------------- the baked config's branches
+
+_SECTION_TYPES = {"ModelConfig": "model", "TrainConfig": "train", "OptimConfig": "optim", "DataConfig": "data",
+                  "QuantConfig": "quant", "EvalConfig": "eval"}
+_UNKNOWN = object()
+
+
+class _ConfigFold(ast.NodeTransformer):
+    """Branches decided by the baked config: `if` tests and `x if c else y` over config values (`cfg.quant.gptq`,
+    `self.cfg.eval.mode == "ttt"`, `e.lora_phases` where `e = cfg.eval` or `e: EvalConfig`), constants,
+    comparisons, `not`, `and`/`or`. `foldable(section, key)` says which keys may be decided; `used` collects
+    those that decided a branch."""
+
+    def __init__(self, cfg, foldable):
+        self.cfg, self.foldable, self.used = cfg, foldable, set()
+        self.scopes: list[dict[str, str]] = []   # name -> "" (the whole config) or a section
+
+    def visit_FunctionDef(self, node):
+        scope = dict(self.scopes[-1]) if self.scopes else {}
+        a = node.args
+        params = [*a.posonlyargs, *a.args, *a.kwonlyargs]
+        for p in params:
+            ann = p.annotation
+            name = ann.id if isinstance(ann, ast.Name) else ann.value if isinstance(ann, ast.Constant) else None
+            if name == "Config":
+                scope[p.arg] = ""
+            elif name in _SECTION_TYPES:
+                scope[p.arg] = _SECTION_TYPES[name]
+            else:
+                scope.pop(p.arg, None)
+        assigned: dict[str, list[ast.expr | None]] = {}
+        for n in ast.walk(node):
+            if isinstance(n, ast.Assign):
+                for t in n.targets:
+                    for x in ast.walk(t):
+                        if isinstance(x, ast.Name):
+                            assigned.setdefault(x.id, []).append(n.value if t is x else None)
+            elif isinstance(n, (ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor, ast.comprehension, ast.NamedExpr)):
+                for x in ast.walk(n.target):
+                    if isinstance(x, ast.Name):
+                        assigned.setdefault(x.id, []).append(None)
+            elif isinstance(n, ast.Lambda):
+                for x in [*n.args.posonlyargs, *n.args.args, *n.args.kwonlyargs]:
+                    assigned.setdefault(x.arg, []).append(None)
+            elif isinstance(n, (ast.With, ast.AsyncWith)):
+                for item in n.items:
+                    for x in ast.walk(item.optional_vars) if item.optional_vars is not None else ():
+                        if isinstance(x, ast.Name):
+                            assigned.setdefault(x.id, []).append(None)
+            elif isinstance(n, ast.ExceptHandler) and n.name:
+                assigned.setdefault(n.name, []).append(None)
+        self.scopes.append(scope)
+        for name, values in assigned.items():
+            scope.pop(name, None)
+            if len(values) == 1 and values[0] is not None and not any(p.arg == name for p in params):
+                where = self._where(values[0])
+                if where is not None and where[1] is None:
+                    scope[name] = where[0]
+        self.generic_visit(node)
+        self.scopes.pop()
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def _where(self, node) -> tuple[str, str | None] | None:
+        """(section, key) a config expression names: ("", None) the config, (section, None) a section."""
+        scope = self.scopes[-1] if self.scopes else {}
+        if isinstance(node, ast.Name):
+            return (scope[node.id], None) if node.id in scope else None
+        if isinstance(node, ast.Attribute):
+            if node.attr == "cfg" and isinstance(node.value, ast.Name) and node.value.id == "self":
+                return ("", None)
+            base = self._where(node.value)
+            if base is None or base[1] is not None:
+                return None
+            if base[0] == "":
+                return (node.attr, None) if node.attr in _SECTION_TYPES.values() else None
+            return (base[0], node.attr)
+        return None
+
+    def _value(self, node):
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            items = [self._value(x) for x in node.elts]
+            return _UNKNOWN if any(x is _UNKNOWN for x in items) else tuple(items)
+        where = self._where(node)
+        if where is not None and where[1] is not None and self.foldable(*where):
+            value = getattr(getattr(self.cfg, where[0]), where[1], _UNKNOWN)
+            if value is not _UNKNOWN and not callable(value):
+                self.used.add(f"{where[0]}.{where[1]}")
+                return value
+            return _UNKNOWN
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            v = self._value(node.operand)
+            return _UNKNOWN if v is _UNKNOWN else not v
+        if isinstance(node, ast.BoolOp):
+            for x in node.values:   # decided by a known operand that short-circuits, or by all of them
+                v = self._value(x)
+                if v is _UNKNOWN:
+                    return _UNKNOWN
+                if bool(v) == isinstance(node.op, ast.Or):
+                    return v
+            return v
+        if isinstance(node, ast.Compare) and len(node.ops) == 1:
+            a, b = self._value(node.left), self._value(node.comparators[0])
+            if a is _UNKNOWN or b is _UNKNOWN:
+                return _UNKNOWN
+            op = type(node.ops[0])
+            ops = {ast.Eq: lambda: a == b, ast.NotEq: lambda: a != b, ast.Lt: lambda: a < b, ast.LtE: lambda: a <= b,
+                   ast.Gt: lambda: a > b, ast.GtE: lambda: a >= b, ast.In: lambda: a in b,
+                   ast.NotIn: lambda: a not in b}
+            return ops[op]() if op in ops else _UNKNOWN
+        return _UNKNOWN
+
+    def _truth(self, test):
+        used = set(self.used)
+        v = self._value(test)
+        if v is _UNKNOWN:
+            self.used = used  # a test left standing decides nothing
+            return None
+        return bool(v)
+
+    def visit_If(self, node):
+        self.generic_visit(node)
+        truth = self._truth(node.test)
+        if truth is None:
+            return node
+        return (node.body if truth else node.orelse) or None
+
+    def visit_IfExp(self, node):
+        self.generic_visit(node)
+        truth = self._truth(node.test)
+        return node if truth is None else (node.body if truth else node.orelse)
+
+
+def fold_config(tree: ast.Module, cfg, foldable) -> set[str]:
+    """Take the branches the baked config `cfg` decides, in every function of `tree`; returns the keys
+    (`section.key`) that decided one."""
+    f = _ConfigFold(cfg, foldable)
+    f.visit(tree)
+    for node in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody"):
+            body = getattr(node, field, None)
+            if field == "body" and isinstance(body, list) and not body:
+                node.body = [ast.Pass()]
+    return f.used
