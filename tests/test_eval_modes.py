@@ -242,3 +242,47 @@ def test_lora_batches_are_token_balanced_across_ranks():
     dealt = np.array([sum(works[r::8]) for r in range(8)])   # round robin, for comparison
     assert load.sum() == sum(works) and load.max() / load.mean() < 1.02 < dealt.max() / dealt.mean()
     assert driver.lora_work([(0, 100)], 48, 64) == 48 + 64 + 64   # windows of 48, 64, 64 tokens
+
+
+def test_lora_short_chunks_pick_each_batch_its_chunk():
+    """eval.lora_short_chunks (#2014): a batch whose longest document has at most LIMIT tokens counting its
+    BOS (targets + 1) is read in chunks of CHUNK; longer batches in lora_chunk (4 here)."""
+    tokens = np.concatenate([[1], np.arange(2, 12), [1], np.arange(2, 5), [1], np.arange(2, 5), [1], [7]])
+    # documents of 11, 4, 4 and 1 targets (the last ends the stream); 2 per batch: [1, 4], [4, 11] by length
+
+    def chunks(**keys):
+        calls = lora_run(tokens, **keys)
+        return [c[4].shape[1] for c in calls if c[0] == "score"]
+
+    assert chunks() == [4, 4, 4, 4]                     # [4, 11] in 3 chunks of 4, then [1, 4] in one
+    assert chunks(lora_short_chunks="5:1,12:2") == [2] * 6 + [1] * 4   # 12 tokens >= the long document's
+    assert chunks(lora_short_chunks="11:2,5:1") == [4, 4, 4] + [1] * 4   # sorted; 11 < 12: the default
+    assert chunks(lora_short_chunks="4:1") == [4, 4, 4, 4]   # 4 targets are 5 tokens: past the limit
+
+
+@pytest.mark.parametrize("text", ["lora_short_chunks = \"256\"", "lora_short_chunks = \"256:0\"",
+                                  "lora_short_chunks = \"a:8\""])
+def test_bad_lora_short_chunks_is_a_one_line_error(tmp_path, text):
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[eval]\n{text}\n")
+    with pytest.raises(PgolfError, match="eval.lora_short_chunks"):
+        load_config(path)
+
+
+@pytest.mark.torch
+def test_lora_short_chunks_change_the_scores_and_both_backends_agree(tiny):
+    """The schedule changes the evaluation it claims to (shorter chunks: more adapter steps) and MLX and
+    torch give the same scores (the driver is shared; TTT_TOL as the parity suite)."""
+    pytest.importorskip("torch")
+    from cuda_train.session import session_from as torch_session
+    from shared.tools.parity import TTT_TOL
+
+    cfg, ds, params = tiny
+    keys = {"mode": "ttt", "ttt": "lora", "max_tokens": 512, "lora_docs": 2, "lora_chunk": 32, "lora_rank": 2,
+            "lora_alpha": 2.0, "lora_lr": 0.01}
+    plain = evaluate(cfg, ds, params, **keys).result
+    short = evaluate(cfg, ds, params, lora_short_chunks="100000:8", **keys).result
+    assert (short.tokens, short.bytes) == (plain.tokens, plain.bytes) and short.val_bpb != plain.val_bpb
+    c = replace(cfg, eval=replace(cfg.eval, lora_short_chunks="100000:8", **keys)).validate()
+    other = driver.run_eval(torch_session(c, params), c, ds.val_tokens, ds.tables).result
+    assert abs(other.val_bpb - short.val_bpb) <= TTT_TOL

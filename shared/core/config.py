@@ -489,6 +489,9 @@ class EvalConfig(_Section):
     lora_forwards: int = 1           # 1: score and train from one forward per chunk; 2: a scoring forward, then
                                      # a training one (the first design; the same scores)
     lora_max_tokens: int = 0         # input tokens per LoRA forward (rows x window; 0 = the whole batch at once)
+    lora_short_chunks: str = ""      # #2014's short-document score-first chunks: "256:8,2000:24" = a batch whose
+                                     # longest document has at most 256 tokens (with its BOS) in chunks of 8, at
+                                     # most 2000 in chunks of 24, longer ones in lora_chunk ("" = off)
 
     def validate(self) -> None:
         if self.max_tokens < 0 or self.batch_tokens < 1:
@@ -532,6 +535,25 @@ class EvalConfig(_Section):
             raise PgolfError(f"eval.lora_forwards = {self.lora_forwards}: choose 1 or 2; eval.lora_max_tokens >= 0")
         if self.lora_phase_chunk_tokens < 1 or self.lora_phase_rows < 1:
             raise PgolfError("eval.lora_phase_chunk_tokens and eval.lora_phase_rows must be >= 1")
+        self.lora_short_chunk_list  # parses, or says what is wrong
+
+    @property
+    def lora_short_chunk_list(self) -> list[tuple[int, int]]:
+        """`lora_short_chunks` as (longest document tokens, chunk) pairs, shortest limit first."""
+        out = []
+        for item in (i.strip() for i in self.lora_short_chunks.split(",")):
+            if not item:
+                continue
+            limit, _, chunk = item.partition(":")
+            try:
+                pair = (int(limit), int(chunk))
+            except ValueError:
+                pair = (0, 0)
+            if min(pair) < 1:
+                raise PgolfError(f"eval.lora_short_chunks = {self.lora_short_chunks!r}: a comma list of "
+                                 "DOC_TOKENS:CHUNK with both >= 1, e.g. \"256:8,2000:24\"")
+            out.append(pair)
+        return sorted(out)
 
     @property
     def lora_target_list(self) -> list[str]:
