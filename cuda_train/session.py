@@ -88,6 +88,8 @@ class TorchSession:
         self.opt: Optimizers | None = None
         self._lora: lora.Adapters | None = None  # test-time adapters while a LoRA evaluation runs
         self.ema: list[Tensor] | None = None  # fp32 copies, in self.model.parameters() order
+        self._waits = 0  # wait_all calls so far (each one's store key)
+        self.training = training
         self.compile = compile_enabled(cfg, rt.device) and training
         self.compiled = torch.compile(self.model, dynamic=False) if self.compile else self.model
         self.net = (DDP(self.compiled, device_ids=[rt.device.index] if rt.is_cuda else None)
@@ -325,7 +327,7 @@ class TorchSession:
             xt, yt = to_device((x[i : i + step], y[i : i + step]), self.rt.device)
             pt = torch.from_numpy(np.asarray(pos[i : i + step], dtype=np.int64)).to(self.rt.device)
             wt = torch.from_numpy(np.asarray(weight[i : i + step], dtype=np.float32)).to(self.rt.device)
-            ad.select(torch.from_numpy(np.asarray(rows[i : i + step], dtype=np.int64)).to(self.rt.device))
+            ad.select(self._rows(rows[i : i + step]))
             with torch.set_grad_enabled(train), autocast(self.rt.device, self.dtype):
                 h = self.model.hidden(xt, lora=ad)
                 h = h.gather(1, pt[..., None].expand(-1, -1, h.size(-1)))   # only the positions that count
@@ -338,6 +340,13 @@ class TorchSession:
         ad.select(None)
         return np.concatenate(out) if out else np.zeros(pos.shape)
 
+    def _rows(self, rows: np.ndarray) -> Tensor | slice:
+        """Adapter rows as a slice when consecutive (the adapters' views: no copy held for the backward)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
+            return slice(int(rows[0]), int(rows[0]) + rows.size)
+        return torch.from_numpy(rows).to(self.rt.device)
+
     def lora_train(self, lr: float, wd: float, eps: float = ADAM_EPS) -> None:
         """The Adam step (as `lora_step`) from the gradient the last `lora_score` kept."""
         tensors = self._lora.tensors()
@@ -348,15 +357,17 @@ class TorchSession:
 
     def _lora_adam(self, tensors: list[Tensor], grads: list[Tensor], lr: float, wd: float, eps: float) -> None:
         self._lora_t += 1
-        with torch.no_grad():  # one foreach kernel per operation over all adapter tensors (beta1 = 0: m = g)
-            v = self._lora_v
-            torch._foreach_mul_(v, ADAM_BETA2)
-            torch._foreach_addcmul_(v, grads, grads, value=1.0 - ADAM_BETA2)
-            torch._foreach_mul_(tensors, 1.0 - lr * wd)
-            denom = torch._foreach_sqrt(v)
-            torch._foreach_div_(denom, math.sqrt(1.0 - ADAM_BETA2 ** self._lora_t))
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(tensors, grads, denom, value=-lr)
+        root = math.sqrt(1.0 - ADAM_BETA2 ** self._lora_t)
+        with torch.no_grad():  # foreach kernels over groups of adapter tensors (beta1 = 0: m = g)
+            for group in adam_groups(tensors):
+                ts, gs, v = [tensors[i] for i in group], [grads[i] for i in group], [self._lora_v[i] for i in group]
+                torch._foreach_mul_(v, ADAM_BETA2)
+                torch._foreach_addcmul_(v, gs, gs, value=1.0 - ADAM_BETA2)
+                torch._foreach_mul_(ts, 1.0 - lr * wd)
+                denom = torch._foreach_sqrt(v)   # the group's only temporary
+                torch._foreach_div_(denom, root)
+                torch._foreach_add_(denom, eps)
+                torch._foreach_addcdiv_(ts, gs, denom, value=-lr)
 
     def lora_end(self) -> None:
         self._lora = None
@@ -374,7 +385,7 @@ class TorchSession:
     def load_weights(self, params: dict[str, np.ndarray]) -> None:
         """Copy weights into the existing parameters (in place: the optimizers and DDP keep their references)."""
         load_params(self.model, params)
-        if self.cfg.train.ema_decay > 0:  # the EMA starts at the weights
+        if self.cfg.train.ema_decay > 0 and self.training:  # the EMA starts at the weights (none to evaluate)
             self.ema = [p.detach().clone().float() for p in self.model.parameters()]
 
     def weights(self) -> dict[str, np.ndarray]:
@@ -436,6 +447,12 @@ class TorchSession:
     def barrier(self) -> None:
         self.rt.barrier()
 
+    def wait_all(self) -> None:
+        """Wait, without a collective's timeout, until every rank gets here (before a collective that
+        follows uneven work: the ranks' shares of a TTT evaluation)."""
+        self._waits += 1
+        self.rt.wait_for_ranks(f"wait{self._waits}")
+
     def info(self) -> dict[str, str]:
         from cuda_train.model import attention_kernel
 
@@ -451,6 +468,23 @@ class TorchSession:
     def summary_extras(self) -> dict[str, Any]:
         return {"compute_dtype": runtime.dtype_name(self.dtype), "device": runtime.device_name(self.rt.device),
                 "peak_memory_bytes": runtime.peak_memory_bytes(self.rt.device)}
+
+
+ADAM_GROUP_BYTES = 64 << 20  # the adapters' Adam runs over groups of about this size: a bounded temporary
+
+
+def adam_groups(tensors: list[Tensor], limit: int = ADAM_GROUP_BYTES) -> list[list[int]]:
+    """Indices of `tensors` in consecutive groups of at most `limit` bytes (a larger tensor alone)."""
+    groups: list[list[int]] = [[]]
+    size = 0
+    for i, t in enumerate(tensors):
+        n = t.numel() * t.element_size()
+        if groups[-1] and size + n > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += n
+    return groups
 
 
 def session_from(cfg: Config, params: dict[str, np.ndarray]) -> TorchSession:

@@ -488,7 +488,9 @@ class EvalConfig(_Section):
     lora_phase_rows: int = 32        # scored order: rows of `context` tokens per rank and SGD step [32]
     lora_forwards: int = 1           # 1: score and train from one forward per chunk; 2: a scoring forward, then
                                      # a training one (the first design; the same scores)
-    lora_max_tokens: int = 0         # input tokens per LoRA forward (rows x window; 0 = the whole batch at once)
+    lora_max_tokens: int = 0         # input tokens per LoRA forward (rows x window; a batch goes in pieces of
+                                     # whole rows); 0 = a training micro-batch's: train.batch_tokens / grad_accum
+                                     # (or train.max_microbatch_tokens): no more activations than a training step
     lora_short_chunks: str = ""      # #2014's short-document score-first chunks: "256:8,2000:24" = a batch whose
                                      # longest document has at most 256 tokens (with its BOS) in chunks of 8, at
                                      # most 2000 in chunks of 24, longer ones in lora_chunk ("" = off)

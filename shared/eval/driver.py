@@ -87,10 +87,18 @@ def run_eval(session: Any, cfg: Config, tokens: np.ndarray, tables, bos: int = B
         elif e.ttt == "sgd":
             ttt_sgd(session, ledger, e, context, rows, max(1, e.batch_tokens // context))
         else:
-            ttt_lora(session, ledger, e, cfg.model, context, bos)
+            ttt_lora(session, ledger, replace(e, lora_max_tokens=lora_max_tokens(cfg)), cfg.model, context, bos)
         ledger.on_record = None
     result = ledger.result()
     return Evaluation(result, mode_name(e), time.perf_counter() - t0, ledger)
+
+
+def lora_max_tokens(cfg: Config) -> int:
+    """Input tokens per LoRA TTT forward: `eval.lora_max_tokens`, or (0) a training micro-batch's, so that
+    the evaluation's activations stay within a training step's (the TTT forward keeps fewer per token)."""
+    t = cfg.train
+    micro = t.batch_tokens // t.grad_accum
+    return cfg.eval.lora_max_tokens or (min(micro, t.max_microbatch_tokens) if t.max_microbatch_tokens else micro)
 
 
 def share(windows: list[Window], session: Any) -> list[Window]:
