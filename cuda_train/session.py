@@ -89,6 +89,7 @@ class TorchSession:
         self._lora: lora.Adapters | None = None  # test-time adapters while a LoRA evaluation runs
         self.ema: list[Tensor] | None = None  # fp32 copies, in self.model.parameters() order
         self._waits = 0  # wait_all calls so far (each one's store key)
+        self.fused_adam = hasattr(torch, "_fused_adamw_")  # the adapters' AdamW in one fused kernel (else foreach)
         self.training = training
         self.compile = compile_enabled(cfg, rt.device) and training
         self.compiled = torch.compile(self.model, dynamic=False) if self.compile else self.model
@@ -357,6 +358,12 @@ class TorchSession:
 
     def _lora_adam(self, tensors: list[Tensor], grads: list[Tensor], lr: float, wd: float, eps: float) -> None:
         self._lora_t += 1
+        if self.fused_adam:   # torch.optim.AdamW(fused=True)'s kernel, as #1855; beta1 = 0: its m is the gradient
+            step = torch.tensor(float(self._lora_t), device=self.rt.device)
+            with torch.no_grad():
+                torch._fused_adamw_(tensors, grads, grads, self._lora_v, [], [step] * len(tensors), lr=lr, beta1=0.0,
+                                    beta2=ADAM_BETA2, weight_decay=wd, eps=eps, amsgrad=False, maximize=False)
+            return
         root = math.sqrt(1.0 - ADAM_BETA2 ** self._lora_t)
         with torch.no_grad():  # foreach kernels over groups of adapter tensors (beta1 = 0: m = g)
             for group in adam_groups(tensors):
