@@ -9,7 +9,9 @@ of evaluating 2,048 tokens against one training step.
    scored positions only), and the two-forward step with the base weights trainable (as before they
    were frozen). The config's model at its init weights, float32 on the CPU.
 2. Peak resident memory (ru_maxrss), each in a fresh process: one training step of 2,048 tokens
-   (4 rows of 512), and the config's evaluation of 2,048 tokens (`eval.max_tokens=2048`, seq_len 512).
+   (4 rows of 512) before depth recurrence (the layers once) and after it (`train_looped`: the looped
+   order, as every step after `model.loop_at` of the run and as the evaluation runs), and the config's
+   evaluation of 2,048 tokens (`eval.max_tokens=2048`, seq_len 512).
 """
 
 from __future__ import annotations
@@ -38,11 +40,11 @@ tokens = rng.integers(2, cfg.model.vocab_size, 2049)
 tokens[[0, 700, 1500]] = BOS_ID
 from cuda_train.session import TorchSession, session_from, local_runtime
 t0 = time.perf_counter()
-if what == "train":
+if what.startswith("train"):
     s = TorchSession(cfg, local_runtime(cfg))
     s.load_weights(params)
     x = tokens[:2048].reshape(4, 512); y = tokens[1:2049].reshape(4, 512)
-    s.step([(x, y)], 1.0, 0.95)
+    s.step([(x, y)], 1.0, 0.95, looped=what == "train_looped")
 else:
     from shared.eval import driver
     class OneByte:
@@ -119,14 +121,14 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     saved = saved_bytes(args.config)
-    peaks = [peak("train", args.config), peak("eval", args.config)]
+    peaks = [peak(what, args.config) for what in ("train", "train_looped", "eval")]
     if args.json:
         print(json.dumps({"saved": saved, "peaks": peaks}))
         return
     for r in saved:
         print(f"{r['what']:<48} {r['saved_bytes_per_token'] / 1024:10.1f} KiB saved per token")
     for r in peaks:
-        print(f"peak RSS, {r['what']:<5} (2,048 tokens) {r['peak_rss_bytes'] / 2**20:10.0f} MiB  ({r['seconds']:.0f} s)")
+        print(f"peak RSS, {r['what']:<12} (2,048 tokens) {r['peak_rss_bytes'] / 2**20:10.0f} MiB  ({r['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ class Adapter(nn.Module):
         self.a = nn.Parameter(a.clone())
         self.b = nn.Parameter(torch.zeros(a.size(0), out_dim, a.size(1), device=a.device))
         self.scale = scale
-        self.rows: Tensor | None = None   # which adapter rows the input's rows use (None: all, in order)
+        self.rows: Tensor | slice | None = None   # the adapter rows of the input's rows (None: all, in order)
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = (self.a, self.b) if self.rows is None else (self.a[self.rows], self.b[self.rows])
@@ -56,8 +56,8 @@ class Adapters(nn.Module):
     def site(self, layer: int, slot: int) -> dict[str, Adapter] | None:
         return self.sites.get(f"slot{slot}", self.sites.get(f"layer{layer}"))
 
-    def select(self, rows: Tensor | None) -> None:
-        """The input's row i runs through adapter row rows[i] (None: row i)."""
+    def select(self, rows: Tensor | slice | None) -> None:
+        """The input's row i runs through adapter row rows[i] (None: row i; a slice: a view, no copy)."""
         for m in self.mods:
             m.rows = rows
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -26,6 +27,9 @@ from shared.errors import PgolfError
 # A collective that waits this long means a peer is gone: fail rather than hang.
 # Generous enough for a slow first torch.compile on one rank while the others wait.
 PROCESS_GROUP_TIMEOUT_S = float(os.environ.get("PGOLF_PG_TIMEOUT_S", "600"))
+# How long `wait_for_ranks` waits for the slowest rank's work (uneven TTT shares): far past any
+# evaluation budget; a rank that died ends the job through torchrun long before.
+READY_TIMEOUT_S = float(os.environ.get("PGOLF_READY_TIMEOUT_S", "7200"))
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,23 @@ class Runtime:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def wait_for_ranks(self, tag: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Return once every rank has called this with the same `tag`: a barrier through the process group's
+        key-value store, polled, so that waiting for a rank that still works never meets the collectives'
+        timeout (the collective that follows finds every rank there). A no-op on one process."""
+        if not self.distributed:
+            return
+        store = dist.distributed_c10d._get_default_store()
+        key = f"pgolf/ready/{tag}"
+        store.add(key, 1)
+        deadline, pause = time.monotonic() + timeout_s, 0.001
+        while store.add(key, 0) < self.world_size:
+            if time.monotonic() > deadline:
+                raise PgolfError(f"rank {self.rank} waited {timeout_s:.0f} s for the other ranks at {tag!r}; "
+                                 "one is stuck or gone (PGOLF_READY_TIMEOUT_S sets the wait)")
+            time.sleep(pause)
+            pause = min(0.05, 2 * pause)
 
     def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """In-place all-reduce (`sum` or `max`); a no-op on one process."""

@@ -89,6 +89,9 @@ class TorchSession:
         self.opt: Optimizers | None = None
         self._lora: lora.Adapters | None = None  # test-time adapters while a LoRA evaluation runs
         self.ema: list[Tensor] | None = None  # fp32 copies, in self.model.parameters() order
+        self._waits = 0  # wait_all calls so far (each one's store key)
+        self.fused_adam = hasattr(torch, "_fused_adamw_")  # the adapters' AdamW in one fused kernel (else foreach)
+        self.training = training
         self.compile = compile_enabled(cfg, rt.device) and training
         self.compiled = torch.compile(self.model, dynamic=False) if self.compile else self.model
         self.net = (DDP(self.compiled, device_ids=[rt.device.index] if rt.is_cuda else None)
@@ -329,7 +332,7 @@ class TorchSession:
             xt, yt = to_device((x[i : i + step], y[i : i + step]), self.rt.device)
             pt = torch.from_numpy(np.asarray(pos[i : i + step], dtype=np.int64)).to(self.rt.device)
             wt = torch.from_numpy(np.asarray(weight[i : i + step], dtype=np.float32)).to(self.rt.device)
-            ad.select(torch.from_numpy(np.asarray(rows[i : i + step], dtype=np.int64)).to(self.rt.device))
+            ad.select(self._rows(rows[i : i + step]))
             with torch.set_grad_enabled(train), autocast(self.rt.device, self.dtype):
                 h = self.model.hidden(xt, seg_len=eval_seg_len(self.cfg), lora=ad)
                 h = h.gather(1, pt[..., None].expand(-1, -1, h.size(-1)))   # only the positions that count
@@ -345,6 +348,13 @@ class TorchSession:
         nats = np.concatenate(out) if out else np.zeros(pos.shape)
         return nats if hint is None else (nats, np.concatenate(hints) if hints else np.zeros(pos.shape))
 
+    def _rows(self, rows: np.ndarray) -> Tensor | slice:
+        """Adapter rows as a slice when consecutive (the adapters' views: no copy held for the backward)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
+            return slice(int(rows[0]), int(rows[0]) + rows.size)
+        return torch.from_numpy(rows).to(self.rt.device)
+
     def lora_train(self, lr: float, wd: float, eps: float = ADAM_EPS) -> None:
         """The Adam step (as `lora_step`) from the gradient the last `lora_score` kept."""
         tensors = self._lora.tensors()
@@ -355,15 +365,23 @@ class TorchSession:
 
     def _lora_adam(self, tensors: list[Tensor], grads: list[Tensor], lr: float, wd: float, eps: float) -> None:
         self._lora_t += 1
-        with torch.no_grad():  # one foreach kernel per operation over all adapter tensors (beta1 = 0: m = g)
-            v = self._lora_v
-            torch._foreach_mul_(v, ADAM_BETA2)
-            torch._foreach_addcmul_(v, grads, grads, value=1.0 - ADAM_BETA2)
-            torch._foreach_mul_(tensors, 1.0 - lr * wd)
-            denom = torch._foreach_sqrt(v)
-            torch._foreach_div_(denom, math.sqrt(1.0 - ADAM_BETA2 ** self._lora_t))
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(tensors, grads, denom, value=-lr)
+        if self.fused_adam:   # torch.optim.AdamW(fused=True)'s kernel, as #1855; beta1 = 0: its m is the gradient
+            step = torch.tensor(float(self._lora_t), device=self.rt.device)
+            with torch.no_grad():
+                torch._fused_adamw_(tensors, grads, grads, self._lora_v, [], [step] * len(tensors), lr=lr, beta1=0.0,
+                                    beta2=ADAM_BETA2, weight_decay=wd, eps=eps, amsgrad=False, maximize=False)
+            return
+        root = math.sqrt(1.0 - ADAM_BETA2 ** self._lora_t)
+        with torch.no_grad():  # foreach kernels over groups of adapter tensors (beta1 = 0: m = g)
+            for group in adam_groups(tensors):
+                ts, gs, v = [tensors[i] for i in group], [grads[i] for i in group], [self._lora_v[i] for i in group]
+                torch._foreach_mul_(v, ADAM_BETA2)
+                torch._foreach_addcmul_(v, gs, gs, value=1.0 - ADAM_BETA2)
+                torch._foreach_mul_(ts, 1.0 - lr * wd)
+                denom = torch._foreach_sqrt(v)   # the group's only temporary
+                torch._foreach_div_(denom, root)
+                torch._foreach_add_(denom, eps)
+                torch._foreach_addcdiv_(ts, gs, denom, value=-lr)
 
     def lora_end(self) -> None:
         self._lora = None
@@ -381,7 +399,7 @@ class TorchSession:
     def load_weights(self, params: dict[str, np.ndarray]) -> None:
         """Copy weights into the existing parameters (in place: the optimizers and DDP keep their references)."""
         load_params(self.model, params)
-        if self.cfg.train.ema_decay > 0:  # the EMA starts at the weights
+        if self.cfg.train.ema_decay > 0 and self.training:  # the EMA starts at the weights (none to evaluate)
             self.ema = [p.detach().clone().float() for p in self.model.parameters()]
 
     def weights(self) -> dict[str, np.ndarray]:
@@ -443,6 +461,12 @@ class TorchSession:
     def barrier(self) -> None:
         self.rt.barrier()
 
+    def wait_all(self) -> None:
+        """Wait, without a collective's timeout, until every rank gets here (before a collective that
+        follows uneven work: the ranks' shares of a TTT evaluation)."""
+        self._waits += 1
+        self.rt.wait_for_ranks(f"wait{self._waits}")
+
     def info(self) -> dict[str, str]:
         from cuda_train.model import attention_kernel
 
@@ -467,6 +491,23 @@ def _hint_nats(logits: Tensor, hint: np.ndarray) -> np.ndarray:
         h = torch.from_numpy(np.asarray(hint, dtype=np.int64)).to(lf.device)
         out = torch.logsumexp(lf, -1) - lf.gather(-1, h[..., None])[..., 0]
     return out.double().cpu().numpy()
+
+
+ADAM_GROUP_BYTES = 64 << 20  # the adapters' Adam runs over groups of about this size: a bounded temporary
+
+
+def adam_groups(tensors: list[Tensor], limit: int = ADAM_GROUP_BYTES) -> list[list[int]]:
+    """Indices of `tensors` in consecutive groups of at most `limit` bytes (a larger tensor alone)."""
+    groups: list[list[int]] = [[]]
+    size = 0
+    for i, t in enumerate(tensors):
+        n = t.numel() * t.element_size()
+        if groups[-1] and size + n > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += n
+    return groups
 
 
 def session_from(cfg: Config, params: dict[str, np.ndarray]) -> TorchSession:

@@ -358,6 +358,9 @@ class MLXSession:
     def barrier(self) -> None:
         pass
 
+    def wait_all(self) -> None:
+        pass
+
     def info(self) -> dict[str, str]:
         return {"mlx": mx.__version__, "blas": runtime.blas_info(), "device": runtime.device_name(),
                 "compute_dtype": str(self.dtype).split(".")[-1]}

@@ -34,6 +34,9 @@ MODES = {
     "ttt-lora-phases": {"mode": "ttt", "ttt": "lora", "lora_docs": 2, "lora_chunk": 32, "lora_rank": 2,
                         "lora_alpha": 2.0, "lora_lr": 0.01, "lora_phases": 1, "lora_phase_docs": 2,
                         "lora_phase_lr": 0.05},
+    # #2014's short-document chunks: batches of documents up to 200 tokens in chunks of 8
+    "ttt-lora-short": {"mode": "ttt", "ttt": "lora", "lora_docs": 2, "lora_chunk": 16, "lora_rank": 2,
+                       "lora_alpha": 2.0, "lora_lr": 0.01, "lora_short_chunks": "200:8"},
     # #1855's adapters: per slot, on the head, warm A, a document's last window ending at its end
     "ttt-lora-record": {"mode": "ttt", "ttt": "lora", "lora_docs": 2, "lora_chunk": 16, "lora_rank": 2,
                         "lora_alpha": 2.0, "lora_lr": 0.01, "context": 64, **LORA_RECORD},
@@ -149,15 +152,16 @@ REAL_LORA_BATCH = driver.lora_batch
 
 
 @pytest.mark.parametrize("backend", ["mlx"])
-def test_processing_order_check_catches_training_before_scoring(setup, backend, monkeypatch):
+@pytest.mark.parametrize("mode", ["ttt-lora-record", "ttt-lora-short"])
+def test_processing_order_check_catches_training_before_scoring(setup, backend, mode, monkeypatch):
     cfg, tables, params, tokens = setup
     monkeypatch.setattr(driver, "lora_batch", train_first_lora_batch)
-    a = scores(backend, cfg, params, tokens, tables, "ttt-lora-record")
+    a = scores(backend, cfg, params, tokens, tables, mode)
     t = 460
     other = tokens.copy()
     other[t] = (tokens[t] + 11) % cfg.model.vocab_size or 5
-    b = scores(backend, cfg, params, other, tables, "ttt-lora-record")
-    before = scored_before(setup, "ttt-lora-record", t)
+    b = scores(backend, cfg, params, other, tables, mode)
+    before = scored_before(setup, mode, t)
     assert (np.abs(a[before] - b[before]) > 1e-9).any()
 
 

@@ -242,3 +242,119 @@ def test_lora_batches_are_token_balanced_across_ranks():
     dealt = np.array([sum(works[r::8]) for r in range(8)])   # round robin, for comparison
     assert load.sum() == sum(works) and load.max() / load.mean() < 1.02 < dealt.max() / dealt.mean()
     assert driver.lora_work([(0, 100)], 48, 64) == 48 + 64 + 64   # windows of 48, 64, 64 tokens
+
+
+def test_lora_short_chunks_pick_each_batch_its_chunk():
+    """eval.lora_short_chunks (#2014): a batch whose longest document has at most LIMIT tokens counting its
+    BOS (targets + 1) is read in chunks of CHUNK; longer batches in lora_chunk (4 here)."""
+    tokens = np.concatenate([[1], np.arange(2, 12), [1], np.arange(2, 5), [1], np.arange(2, 5), [1], [7]])
+    # documents of 11, 4, 4 and 1 targets (the last ends the stream); 2 per batch: [1, 4], [4, 11] by length
+
+    def chunks(**keys):
+        calls = lora_run(tokens, **keys)
+        return [c[4].shape[1] for c in calls if c[0] == "score"]
+
+    assert chunks() == [4, 4, 4, 4]                     # [4, 11] in 3 chunks of 4, then [1, 4] in one
+    assert chunks(lora_short_chunks="5:1,12:2") == [2] * 6 + [1] * 4   # 12 tokens >= the long document's
+    assert chunks(lora_short_chunks="11:2,5:1") == [4, 4, 4] + [1] * 4   # sorted; 11 < 12: the default
+    assert chunks(lora_short_chunks="4:1") == [4, 4, 4, 4]   # 4 targets are 5 tokens: past the limit
+
+
+@pytest.mark.parametrize("text", ["lora_short_chunks = \"256\"", "lora_short_chunks = \"256:0\"",
+                                  "lora_short_chunks = \"a:8\""])
+def test_bad_lora_short_chunks_is_a_one_line_error(tmp_path, text):
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[eval]\n{text}\n")
+    with pytest.raises(PgolfError, match="eval.lora_short_chunks"):
+        load_config(path)
+
+
+@pytest.mark.torch
+def test_lora_short_chunks_change_the_scores_and_both_backends_agree(tiny):
+    """The schedule changes the evaluation it claims to (shorter chunks: more adapter steps) and MLX and
+    torch give the same scores (the driver is shared; TTT_TOL as the parity suite)."""
+    pytest.importorskip("torch")
+    from cuda_train.session import session_from as torch_session
+    from shared.tools.parity import TTT_TOL
+
+    cfg, ds, params = tiny
+    keys = {"mode": "ttt", "ttt": "lora", "max_tokens": 512, "lora_docs": 2, "lora_chunk": 32, "lora_rank": 2,
+            "lora_alpha": 2.0, "lora_lr": 0.01}
+    plain = evaluate(cfg, ds, params, **keys).result
+    short = evaluate(cfg, ds, params, lora_short_chunks="100000:8", **keys).result
+    assert (short.tokens, short.bytes) == (plain.tokens, plain.bytes) and short.val_bpb != plain.val_bpb
+    c = replace(cfg, eval=replace(cfg.eval, lora_short_chunks="100000:8", **keys)).validate()
+    other = driver.run_eval(torch_session(c, params), c, ds.val_tokens, ds.tables).result
+    assert abs(other.val_bpb - short.val_bpb) <= TTT_TOL
+
+
+def test_lora_forwards_hold_at_most_a_training_micro_batch():
+    """eval.lora_max_tokens = 0: each LoRA forward takes at most train.batch_tokens / grad_accum input tokens
+    (or train.max_microbatch_tokens), so the evaluation holds no more activations than a training step."""
+    tokens = np.concatenate([[1], np.arange(2, 12), [1], np.arange(2, 5)])
+
+    def caps(**keys):
+        cfg = tiny_config(**keys.pop("train", {}))
+        e = replace(cfg.eval, mode="ttt", ttt="lora", max_tokens=0, context=8, stride=4, lora_chunk=4, lora_docs=2,
+                    **keys)
+        s = RecordingSession()
+        seen = []
+        s.lora_score = lambda rows, x, y, pos, weight, max_tokens=0: seen.append(max_tokens) or np.ones(pos.shape)
+        driver.run_eval(s, replace(cfg, eval=e).validate(), tokens,
+                        type("OneByte", (), {"target_bytes": lambda self, t, a, b: b - a})())
+        return set(seen)
+
+    assert caps() == {1024 // 2}                                     # tiny_config: 1,024 tokens, grad_accum 2
+    assert caps(train={"max_microbatch_tokens": 128}) == {128}
+    assert caps(lora_max_tokens=7) == {7}
+
+
+@pytest.mark.torch
+def test_lora_score_in_pieces_gives_the_whole_batch_scores_and_step():
+    """Rows in pieces of at most max_tokens input tokens: the same nats, and (each adapter row's gradient
+    comes from its own input row only) the same Adam step."""
+    pytest.importorskip("torch")
+    from cuda_train.session import session_from as torch_session
+
+    cfg = tiny_config()
+    cfg = replace(cfg, eval=replace(cfg.eval, lora_docs=3, lora_rank=2, lora_targets="q,v,mlp,head")).validate()
+    rng = np.random.default_rng(1)
+    params = {k: v + 0.05 * rng.standard_normal(v.shape).astype(np.float32)
+              for k, v in init_params(cfg.model, seed=1).items()}
+    x = rng.integers(2, cfg.model.vocab_size, (3, 24))
+    y = rng.integers(2, cfg.model.vocab_size, (3, 24))
+    pos = np.tile(np.arange(16, 24), (3, 1))
+    weight = np.full((3, 8), 1 / 8, dtype=np.float32)
+    out_dims = {n: o for n, (_, o) in driver.lora_shapes(cfg.model, cfg.eval).items()}
+    runs = []
+    for cap in (0, 24, 48):   # all 3 rows at once, 1 row per forward, 2 rows then 1
+        s = torch_session(cfg, params)
+        s.lora_begin(driver.lora_init(cfg.model, cfg.eval), 1.0, out_dims)
+        first = s.lora_score(np.array([0, 1, 2]), x, y, pos, weight, cap)
+        s.lora_train(0.01, 0.0)
+        runs.append((first, s.lora_score(np.array([0, 2, 1]), x, y, pos, weight, cap)))
+    for first, second in runs[1:]:
+        np.testing.assert_allclose(first, runs[0][0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(second, runs[0][1], rtol=0, atol=1e-6)
+    assert not np.allclose(runs[0][1], runs[0][0])   # the step changed the scores
+
+
+@pytest.mark.torch
+def test_fused_adapter_adamw_scores_as_the_foreach_one(tiny):
+    """The adapters' AdamW in torch's fused kernel (#1855 uses AdamW(fused=True)) and in foreach kernels:
+    the same per-target scores within 1e-6 over a LoRA TTT evaluation with weight decay."""
+    pytest.importorskip("torch")
+    from cuda_train.session import session_from as torch_session
+
+    cfg, ds, params = tiny
+    c = replace(cfg, eval=replace(cfg.eval, mode="ttt", ttt="lora", max_tokens=512, lora_docs=2, lora_chunk=32,
+                                  lora_rank=2, lora_alpha=2.0, lora_lr=0.01, lora_wd=0.5)).validate()
+    nats = []
+    for fused in (True, False):
+        s = torch_session(c, params)
+        s.fused_adam = fused
+        nats.append(driver.run_eval(s, c, ds.val_tokens, ds.tables).ledger.nats)
+    assert np.abs(nats[0] - nats[1]).max() <= 1e-6
+    base = replace(c, eval=replace(c.eval, lora_lr=0.0))
+    assert np.abs(driver.run_eval(torch_session(base, params), base, ds.val_tokens, ds.tables).ledger.nats
+                  - nats[0]).max() > 1e-3   # the steps moved the scores

@@ -203,3 +203,38 @@ def test_two_nodes_equal_one_node_of_the_same_world_size(tiny_data, tmp_path):
         np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-8, err_msg=k)
     summary = json.loads((tmp_path / "two_nodes" / "summary.json").read_text())
     assert summary["world_size"] == 2
+
+
+def test_an_uneven_rank_never_times_out_and_scores_what_one_rank_scores(tiny_data, tmp_path):
+    """8 gloo ranks with a 5 s process-group timeout, one rank's work 10 s longer: the others wait for it
+    without a collective (wait_all), and the evaluation scores exactly what one process scores. Global SGD
+    phases (#1855's) on 8 ranks give one process's score within 1e-6 where each chunk's 8 rows of 64 tokens make
+    one step on both (the record's steps take lora_phase_rows per rank: elsewhere they depend on the ranks)."""
+    from shared.artifact.format import pack, write_artifact
+    from shared.core.spec import init_params
+
+    cfg = tiny_config()
+    cfg = replace(cfg, eval=replace(cfg.eval, max_tokens=0)).validate()   # 8 documents, 8,716 targets
+    rng = np.random.default_rng(7)
+    params = {k: v + 0.05 * rng.standard_normal(v.shape).astype(np.float32)
+              for k, v in init_params(cfg.model, seed=7).items()}
+    artifact = write_artifact(tmp_path / "model.pgz", pack(params, cfg))
+    lora = {"mode": "ttt", "ttt": "lora", "lora_docs": 1, "lora_chunk": 32, "lora_rank": 2, "lora_alpha": 2.0}
+    modes = [lora, {**lora, "lora_phases": 2, "lora_phase_order": "scored", "lora_prefix_docs": 4,
+                    "lora_phase_chunk_tokens": 512, "lora_phase_rows": 8, "lora_phase_lr": 0.05}]
+    args = ["-m", "tests.eval_entry", str(artifact), str(tiny_data.data_dir), str(tiny_data.tokenizer),
+            *(json.dumps(m) for m in modes)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=HANG_GUARD_S)
+    assert one.returncode == 0, one.stderr[-3000:]
+    env.update(PGOLF_PG_TIMEOUT_S="5", PGOLF_TEST_DELAY="3:10")
+    eight = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8",
+                            *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert eight.returncode == 0, eight.stderr[-3000:]
+    a, b = ([json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")] for r in (one, eight))
+    assert [r["world_size"] for r in a] == [1, 1] and [r["world_size"] for r in b] == [8, 8]
+    assert (b[0]["nats"], b[0]["tokens"], b[0]["bytes"]) == (a[0]["nats"], a[0]["tokens"], a[0]["bytes"])
+    assert b[0]["bpb"] == a[0]["bpb"] and 0 < b[0]["rank0_scored"] < b[0]["tokens"]
+    assert (b[1]["tokens"], b[1]["bytes"]) == (a[1]["tokens"], a[1]["bytes"])
+    assert abs(b[1]["bpb"] - a[1]["bpb"]) < 1e-6 and b[1]["bpb"] != b[0]["bpb"]

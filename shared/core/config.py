@@ -492,7 +492,12 @@ class EvalConfig(_Section):
     lora_phase_rows: int = 32        # scored order: rows of `context` tokens per rank and SGD step [32]
     lora_forwards: int = 1           # 1: score and train from one forward per chunk; 2: a scoring forward, then
                                      # a training one (the first design; the same scores)
-    lora_max_tokens: int = 0         # input tokens per LoRA forward (rows x window; 0 = the whole batch at once)
+    lora_max_tokens: int = 0         # input tokens per LoRA forward (rows x window; a batch goes in pieces of
+                                     # whole rows); 0 = a training micro-batch's: train.batch_tokens / grad_accum
+                                     # (or train.max_microbatch_tokens): no more activations than a training step
+    lora_short_chunks: str = ""      # #2014's short-document score-first chunks: "256:8,2000:24" = a batch whose
+                                     # longest document has at most 256 tokens (with its BOS) in chunks of 8, at
+                                     # most 2000 in chunks of 24, longer ones in lora_chunk ("" = off)
     # #2135's token-only n-gram tilt (from #1145; shared/eval/ngram.py): sliding and ttt only, the scores only
     ngram_tilt: bool = False         # tilt each scored distribution towards the stream prefix's n-gram hint [true]
     ngram_order: int = 16            # the hint's context: the order - 1 targets before it [16]
@@ -546,6 +551,25 @@ class EvalConfig(_Section):
                              f"ngram_boost = {self.ngram_boost}: need order in 1..33, threshold in (0, 1], boost >= 0")
         if self.ngram_tilt and self.mode == "flat":
             raise PgolfError('eval.ngram_tilt scores per target: set eval.mode = "sliding" or "ttt" (not "flat")')
+        self.lora_short_chunk_list  # parses, or says what is wrong
+
+    @property
+    def lora_short_chunk_list(self) -> list[tuple[int, int]]:
+        """`lora_short_chunks` as (longest document tokens, chunk) pairs, shortest limit first."""
+        out = []
+        for item in (i.strip() for i in self.lora_short_chunks.split(",")):
+            if not item:
+                continue
+            limit, _, chunk = item.partition(":")
+            try:
+                pair = (int(limit), int(chunk))
+            except ValueError:
+                pair = (0, 0)
+            if min(pair) < 1:
+                raise PgolfError(f"eval.lora_short_chunks = {self.lora_short_chunks!r}: a comma list of "
+                                 "DOC_TOKENS:CHUNK with both >= 1, e.g. \"256:8,2000:24\"")
+            out.append(pair)
+        return sorted(out)
 
     @property
     def lora_target_list(self) -> list[str]:

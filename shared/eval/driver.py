@@ -81,7 +81,9 @@ def run_eval(session: Any, cfg: Config, tokens: np.ndarray, tables, bos: int = B
         return Evaluation(flat, "flat", time.perf_counter() - t0)
     lo, hi = target_span(tokens, cfg.train.seq_len, e.max_tokens)
     reduce = session.all_reduce_sum if session.world_size > 1 else None
-    ledger = Ledger(tokens, lo, hi, tables, reduce)
+    # Before each collective of the ledger every rank waits for the others without a timeout (wait_all): a
+    # rank whose share runs long never trips the process group's timeout in the ranks that wait for it.
+    ledger = Ledger(tokens, lo, hi, tables, reduce, getattr(session, "wait_all", None) if reduce else None)
     if e.ngram_tilt:   # built here, inside the evaluation's clock (#2135 counted its precompute)
         ledger.tilt = Tilt.build(tokens, lo, hi, e)
     context = e.context or cfg.train.seq_len
@@ -93,7 +95,7 @@ def run_eval(session: Any, cfg: Config, tokens: np.ndarray, tables, bos: int = B
         elif e.ttt == "sgd":
             ttt_sgd(session, ledger, e, context, rows, max(1, e.batch_tokens // context))
         else:
-            ttt_lora(session, ledger, e, cfg.model, context, bos)
+            ttt_lora(session, ledger, replace(e, lora_max_tokens=lora_max_tokens(cfg)), cfg.model, context, bos)
         ledger.on_record = None
     result = ledger.result()
     return Evaluation(result, mode_name(e), time.perf_counter() - t0, ledger)
@@ -136,6 +138,14 @@ def scored_nats(session: Any, ledger: Ledger, x: np.ndarray, y: np.ndarray, pos:
     hint = ledger.tilt.hint(pos)
     nats, hint_nats = session.token_nats(x, y, hint)
     return ledger.tilt.apply(nats, hint_nats, y, pos)
+
+
+def lora_max_tokens(cfg: Config) -> int:
+    """Input tokens per LoRA TTT forward: `eval.lora_max_tokens`, or (0) a training micro-batch's, so that
+    the evaluation's activations stay within a training step's (the TTT forward keeps fewer per token)."""
+    t = cfg.train
+    micro = t.batch_tokens // t.grad_accum
+    return cfg.eval.lora_max_tokens or (min(micro, t.max_microbatch_tokens) if t.max_microbatch_tokens else micro)
 
 
 def share(windows: list[Window], session: Any) -> list[Window]:
@@ -256,6 +266,14 @@ def lora_work(batch: list[tuple[int, int]], chunk: int, context: int) -> int:
     return int(sum((lengths > off).sum() * min(off + chunk, context) for off in range(0, int(lengths.max()), chunk)))
 
 
+def batch_chunk(batch: list[tuple[int, int]], e: EvalConfig) -> int:
+    """The chunk a batch is scored and trained in: `lora_chunk`, or with `lora_short_chunks` (#2014's
+    TTT_SHORT_SCORE_FIRST_STEPS) that of the first limit its longest document fits in, a document counted
+    as the record does, its tokens from its BOS to the next BOS (targets + 1)."""
+    longest = max(t - s for s, t in batch) + 1
+    return next((c for limit, c in e.lora_short_chunk_list if longest <= limit), e.lora_chunk)
+
+
 def partition(works: list[int], world_size: int) -> list[int]:
     """The rank of each batch: in the given (longest-first) order, each to the least-loaded rank so far
     (ties: the lowest rank), so every rank's total work is close to the mean; deterministic."""
@@ -327,22 +345,23 @@ def ttt_lora(session: Any, ledger: Ledger, e: EvalConfig, m: ModelConfig, contex
     start = 0
     for phase in [*phases, None]:
         stop = len(queue) if phase is None else phase.after + 1
-        owner = partition([lora_work(b, e.lora_chunk, context) for b in queue[start:stop]], session.world_size)
+        owner = partition([lora_work(b, batch_chunk(b, e), context) for b in queue[start:stop]], session.world_size)
         for i in range(start, stop):
             if owner[i - start] != session.rank:   # documents are independent: each batch on one rank
                 continue
             batch = queue[i]
+            eb = replace(e, lora_chunk=batch_chunk(batch, e))   # the batch's own chunk (lora_short_chunks)
             if e.lora_reset and e.lora_warm_a and len(batch) < e.lora_docs:
                 # #1855 gives a short batch adapters of its own (a fresh A); the warm A waits for the next batch
                 warm = session.lora_a()
                 draws += 1
                 session.lora_reset(lora_init(m, e, draws))
-                lora_batch(session, ledger, e, context, batch)
+                lora_batch(session, ledger, eb, context, batch)
                 session.lora_reset(warm)
             else:
                 if e.lora_reset:
                     session.lora_reset(keep_a=e.lora_warm_a)
-                lora_batch(session, ledger, e, context, batch)
+                lora_batch(session, ledger, eb, context, batch)
         start = stop
         if phase is None:
             break

@@ -27,9 +27,10 @@ class Ledger:
     """Per-target scores of one evaluation over the targets [lo, hi) of `tokens`."""
 
     def __init__(self, tokens: np.ndarray, lo: int, hi: int, tables: ByteTables | SidecarBytes,
-                 reduce: Callable[[np.ndarray], np.ndarray] | None = None):
+                 reduce: Callable[[np.ndarray], np.ndarray] | None = None, ready: Callable[[], None] | None = None):
         self.tokens, self.lo, self.hi, self.tables = tokens, lo, hi, tables
         self.reduce = reduce  # sum over ranks (None: one process)
+        self.ready = ready    # waits for every rank before a collective (no timeout while a rank still works)
         self.nats = np.full(hi - lo, np.nan)             # this rank's scores, NaN where it scored none
         self.mine = np.zeros(hi - lo, dtype=np.int64)    # how often this rank scored each target
         self.final = np.zeros(hi - lo, dtype=bool)       # scored by some rank and merged (`settle`)
@@ -56,6 +57,8 @@ class Ledger:
         or with `local` take this rank's own records as final (targets only this rank scores)."""
         i, j = lo - self.lo, hi - self.lo
         reduce = None if local else self.reduce
+        if reduce is not None and self.ready is not None:
+            self.ready()
         counts = self.mine[i:j] if reduce is None else reduce(self.mine[i:j].astype(np.float64))
         counts = np.rint(counts).astype(np.int64)
         if (counts > 1).any():
@@ -80,6 +83,8 @@ class Ledger:
         # stays in the sum, so every rank sees the same non-finite total and refuses it together.
         local = np.array([float(np.sum(self.nats[self.mine > 0])), float(self.mine.sum()), float(self.bytes)])
         total = local if self.reduce is None else self.reduce(local)
+        if self.reduce is not None:   # the sum of every target's score in one order: what one process sums
+            total[0] = float(np.sum(self.reduce(np.where(self.mine > 0, self.nats, 0.0))))
         if not np.isfinite(total[0]):
             raise PgolfError(f"the evaluation diverged: the summed loss of {self.hi - self.lo:,} targets is "
                              f"{total[0]} (a target scored NaN or infinity); no score is reported. Lower the "

@@ -51,6 +51,9 @@ class Session(Protocol):
         on, row r runs through adapter r."""
     def all_reduce_sum(self, values: np.ndarray) -> np.ndarray:
         """float64 values summed over ranks (a collective; the identity in one process)."""
+    def wait_all(self) -> None:
+        """Return once every rank has called it, however long the slowest one works (no collective's
+        timeout); the driver calls it before each collective that follows uneven work."""
     def sgd_begin(self, momentum: float) -> None:
         """Fresh momentum buffers for test-time SGD on every weight."""
     def sgd_step(self, x: np.ndarray, y: np.ndarray, lr: float, clip: float, denom: int) -> None:
