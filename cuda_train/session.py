@@ -367,6 +367,7 @@ class TorchSession:
         self._lora_t += 1
         if self.fused_adam:   # torch.optim.AdamW(fused=True)'s kernel, as #1855; beta1 = 0: its m is the gradient
             step = torch.tensor(float(self._lora_t), device=self.rt.device)
+            grads = [g.contiguous() for g in grads]   # the kernel reads memory in order: autograd.grad's may be strided
             with torch.no_grad():
                 torch._fused_adamw_(tensors, grads, grads, self._lora_v, [], [step] * len(tensors), lr=lr, beta1=0.0,
                                     beta2=ADAM_BETA2, weight_decay=wd, eps=eps, amsgrad=False, maximize=False)

@@ -340,21 +340,24 @@ def test_lora_score_in_pieces_gives_the_whole_batch_scores_and_step():
 
 
 @pytest.mark.torch
-def test_fused_adapter_adamw_scores_as_the_foreach_one(tiny):
+@pytest.mark.parametrize("forwards", [1, 2])
+def test_fused_adapter_adamw_scores_as_the_foreach_one(tiny, forwards):
     """The adapters' AdamW in torch's fused kernel (#1855 uses AdamW(fused=True)) and in foreach kernels:
-    the same per-target scores within 1e-6 over a LoRA TTT evaluation with weight decay."""
+    the same per-target scores over a LoRA TTT evaluation with weight decay, to a few float32 ulps (measured:
+    9.5e-7 at 4-8 nats), from either path's gradients (autograd.grad's may be strided: lora_forwards = 2)."""
     pytest.importorskip("torch")
     from cuda_train.session import session_from as torch_session
 
     cfg, ds, params = tiny
     c = replace(cfg, eval=replace(cfg.eval, mode="ttt", ttt="lora", max_tokens=512, lora_docs=2, lora_chunk=32,
-                                  lora_rank=2, lora_alpha=2.0, lora_lr=0.01, lora_wd=0.5)).validate()
+                                  lora_rank=2, lora_alpha=2.0, lora_lr=0.01, lora_wd=0.5,
+                                  lora_forwards=forwards)).validate()
     nats = []
     for fused in (True, False):
         s = torch_session(c, params)
         s.fused_adam = fused
         nats.append(driver.run_eval(s, c, ds.val_tokens, ds.tables).ledger.nats)
-    assert np.abs(nats[0] - nats[1]).max() <= 1e-6
+    assert np.abs(nats[0] - nats[1]).max() <= 4e-6
     base = replace(c, eval=replace(c.eval, lora_lr=0.0))
     assert np.abs(driver.run_eval(torch_session(base, params), base, ds.val_tokens, ds.tables).ledger.nats
                   - nats[0]).max() > 1e-3   # the steps moved the scores
