@@ -292,10 +292,7 @@ def test_malformed_table_with_a_valid_checksum_is_refused():
 
     table = json.dumps({"config": to_toml(tiny_config()), "tensors": []}).encode()
     body = struct.pack("<I", len(table)) + table
-    comp = artifact.compress(body, 3)
-    blob = artifact.HEADER_V1.pack(artifact.MAGIC, 1, len(comp), _zlib.crc32(body)) + comp   # format v1
-    _check_refused(blob, "malformed artifact table")
-    payload = pipelines.encode("brotli", [body, b"", b"", b""], 3)                           # format v2
+    payload = pipelines.encode("brotli", [body, b"", b"", b""], 3)
     blob = artifact.HEADER.pack(artifact.MAGIC, artifact.VERSION, pipelines.PIPELINE_IDS["brotli"], len(payload),
                                 _zlib.crc32(body)) + payload
     _check_refused(blob, "malformed artifact table")

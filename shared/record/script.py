@@ -184,12 +184,14 @@ def baked_config(cfg: Config | None) -> Config:
     return replace(cfg, data=data, train=replace(cfg.train, seed=TrainConfig().seed))
 
 
-def minify(source: str, filename: str = "<source>") -> str:
+def minify(source: str, filename: str = "<source>", keep: set[str] | None = None) -> str:
     """Same program, fewer bytes: python-minifier (pinned in pyproject.toml, so the same checkout gives
-    the same script) drops docstrings, comments, annotations and layout, and renames locals."""
+    the same script) drops docstrings, comments, annotations and layout, and renames locals; with `keep`
+    (the names other modules use) it renames this module's other globals too."""
     import python_minifier
 
-    return python_minifier.minify(source, filename, rename_globals=False, hoist_literals=False,
+    return python_minifier.minify(source, filename, rename_globals=keep is not None,
+                                  preserve_globals=sorted(keep or ()), hoist_literals=False,
                                   remove_literal_statements=True, rename_locals=True) + "\n"
 
 
@@ -289,8 +291,12 @@ def bundle(cfg: Config | None, minified: bool = True) -> tuple[str, tuple[str, .
     """The script's source (embedded modules, the baked config, the bootstrap) and its modules' names."""
     left_out: dict = {}
     if minified:
+        from shared.record.shake import mentioned
+
         shaken, left_out = _shaken(_sources(), baked_config(cfg))
-        mods = [(name, pkg, minify(ast.unparse(tree), name)) for name, pkg, tree in shaken]
+        used = {name: mentioned(tree) for name, _, tree in shaken}
+        mods = [(name, pkg, minify(ast.unparse(tree), name, {"main"}.union(*(u for m, u in used.items() if m != name))))
+                for name, pkg, tree in shaken]
     else:
         mods = list(_sources())
     table = ",".join(f"{name!r}:({pkg},{src!r})" for name, pkg, src in mods)
