@@ -142,7 +142,7 @@ def code_bytes(backend: str, cfg: Config | None = None) -> int:
 
 
 # The bootstrap: the embedded modules (name -> (is_package, source)) come first, as M; the config as C
-# (section -> key -> value); F: the keys whose other values' code was left out (key -> baked value).
+# (section -> key -> value, where not the default); F: the keys whose other values' code was left out (key -> baked value).
 # Modules get a __file__ beside the script so code that locates itself keeps working, and their
 # source goes into linecache (mtime None: never evicted) so tracebacks and `inspect.getsource`
 # (torch.compile, Triton) see it.
@@ -287,6 +287,13 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[
     return [(name, is_pkg[name], trees[name]) for name, _, _ in mods if name in seen], left_out
 
 
+def _changed(cfg: Config) -> dict:
+    """The config as section -> key -> value, only where it differs from the defaults (which the script holds)."""
+    base = to_dict(Config())
+    out = {s: {k: v for k, v in table.items() if base[s][k] != v} for s, table in to_dict(cfg).items()}
+    return {s: table for s, table in out.items() if table}
+
+
 def bundle(cfg: Config | None, minified: bool = True) -> tuple[str, tuple[str, ...]]:
     """The script's source (embedded modules, the baked config, the bootstrap) and its modules' names."""
     left_out: dict = {}
@@ -300,7 +307,7 @@ def bundle(cfg: Config | None, minified: bool = True) -> tuple[str, tuple[str, .
     else:
         mods = list(_sources())
     table = ",".join(f"{name!r}:({pkg},{src!r})" for name, pkg, src in mods)
-    return ("M={" + table + "}\n" + f"C={to_dict(baked_config(cfg))!r}\nF={left_out!r}\n"
+    return ("M={" + table + "}\n" + f"C={_changed(baked_config(cfg))!r}\nF={left_out!r}\n"
             + _BOOT.format(entry=SCRIPT_ENTRY).lstrip("\n")), tuple(m[0] for m in mods)
 
 
