@@ -48,14 +48,15 @@ ENV_KEYS = {
 
 
 def resolve_config(baked: dict, environ: Mapping[str, str], left_out: Mapping[str, object] = {}) -> Config:  # noqa: B006
-    """The baked-in config (section -> key -> value) with the environment's overrides, each of the key's type."""
+    """The baked-in config (section -> key -> value, where not the default) with the environment's overrides,
+    each of the key's type."""
     tree = {section: dict(table) for section, table in baked.items()}
     for name, key in ENV_KEYS.items():
         if name in environ:
             section, field = key.split(".")
-            kind = type(tree[section][field])
+            kind = type(getattr(SECTIONS[section](), field))
             try:
-                tree[section][field] = kind(environ[name])
+                tree.setdefault(section, {})[field] = kind(environ[name])
             except ValueError:
                 raise PgolfError(f"{name}={environ[name]!r}: {key} takes a {kind.__name__}") from None
             if key in left_out and tree[section][field] != left_out[key]:

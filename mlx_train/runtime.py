@@ -39,8 +39,7 @@ from pathlib import Path
 SHIM_SOURCE = r"""
 /* Forward the unprefixed CBLAS names MLX's CPU backend calls to scipy-openblas32.
    Small products run on one thread: MLX issues attention as many small batched
-   GEMMs, and waking OpenBLAS's thread pool for each costs more than the product
-   (18x slower on a busy 2-core machine). */
+   GEMMs, and waking OpenBLAS's thread pool for each costs more than the product. */
 typedef int blasint;
 extern void scipy_openblas_set_num_threads(int);
 extern int scipy_openblas_get_num_threads(void);

@@ -181,10 +181,16 @@ def test_budget_fit_written_as_config_packs_the_same_bytes_and_is_baked_into_the
     assert code == 0, err
     assert again.read_bytes() == out.read_bytes()
     # The generated train_gpt.py carries the fit in its baked config.
-    source = bundle(fitted)
+    import ast
+
+    from shared.core.config import Config, to_dict
+
+    source, _ = bundle(fitted)
+    baked = ast.literal_eval(next(line[2:] for line in source.splitlines() if line.startswith("C=")))
+    quant = {**to_dict(Config())["quant"], **baked["quant"]}   # the script holds the keys that differ
     q = fitted.quant
-    assert f'tensor_schemes = "{q.tensor_schemes}"' in source
-    assert f"prune_values = {q.prune_values}" in source and f"lqer_rank = {q.lqer_rank}" in source
+    assert baked["quant"]["tensor_schemes"] == q.tensor_schemes
+    assert quant["prune_values"] == q.prune_values and quant["lqer_rank"] == q.lqer_rank
     # --write-config never replaces a file unasked, and says so before any fitting.
     code, stdout, err = run(["pack", str(ckpt), "--backend", "torch", "-o", str(tmp_path / "x.pgz"), "--budget",
                              str(budget), *data, "--write-config", str(fit)], capsys)

@@ -1,4 +1,4 @@
-"""The record artifact: format v2 pipelines, v1 still read, LQER, pruning, gates, budget fit."""
+"""The record artifact: format v2 pipelines, v1 refused, LQER, pruning, gates, budget fit."""
 
 from __future__ import annotations
 
@@ -33,17 +33,11 @@ def _params(cfg, seed=3):
     return {k: (v + rng.normal(0, 0.02, v.shape)).astype(np.float32) for k, v in init_params(cfg.model, 1).items()}
 
 
-def test_v1_artifact_from_the_old_code_path_still_reads():
-    """tests/data/artifact_v1_tiny.pgz was packed by the v1 packer (commit 553bc6d); its dequantised
-    weights were saved beside it by that code."""
+def test_a_v1_artifact_is_refused_naming_the_fix():
+    """Format v1 was written only by pre-release pgolf (no released artifact holds it): refused in one line."""
     blob = (DATA / "artifact_v1_tiny.pgz").read_bytes()
-    assert blob[4] == 1 and artifact.pipeline_of(blob) == "zstd"
-    cfg, out = artifact.unpack(blob, source="v1.pgz")
-    ref = np.load(DATA / "artifact_v1_tiny_weights.npz")
-    assert sorted(out) == sorted(ref.files)
-    for k in ref.files:
-        np.testing.assert_array_equal(out[k], ref[k])
-    assert cfg.quant.compressor == "zstd" and cfg.quant.lqer_tensors == 0   # keys v1 lacked take their defaults
+    assert blob[4] == 1
+    _check_refused(blob, r"artifact format version 1 is not read by this pgolf .*repack the checkpoint with `pgolf pack`")
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """The packed artifact (`model.pgz`): the only writer and reader of the format.
 
-Format v2 (docs/ARTIFACT.md has the full description; v1 is still read):
+Format v2 (docs/ARTIFACT.md has the full description):
 
     outer header, 14 bytes, little-endian, uncompressed
         magic    4s   b"PGLF"
@@ -11,8 +11,6 @@ Format v2 (docs/ARTIFACT.md has the full description; v1 is still read):
     payload: the pipeline's frames of the body's sections:
         meta_len u32 + meta (compact sorted JSON: config TOML + tensor table, LQER factors' offsets)
         integer codes | fp16 scales | floats
-
-    v1: a 13-byte header without the pipeline byte, the body in zstd frames, no LQER.
 
 Every byte is a pure function of (params, config, Hessians, calibration token
 counts for "frequency" embedding steps): no timestamps,
@@ -28,7 +26,6 @@ Backends hand in and get back `dict[str, np.ndarray]` with canonical names
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 import zlib
@@ -36,7 +33,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import zstandard
 
 from shared.artifact import compress as pipelines
 from shared.artifact.awq import select_groups
@@ -60,7 +56,6 @@ SIZE_CAP = 16_000_000  # code bytes + compressed model bytes (decimal), docs/FAC
 MAGIC = b"PGLF"
 VERSION = 2
 HEADER = struct.Struct("<4sBBII")     # magic, version, pipeline, length, crc32
-HEADER_V1 = struct.Struct("<4sBII")   # magic, version, length, crc32 (read only)
 # Config sections stored in the artifact: everything except `data` (machine-local paths),
 # so the same weights packed on two machines give the same bytes.
 CONFIG_SECTIONS = ("model", "train", "optim", "quant", "eval")
@@ -340,7 +335,7 @@ def pack_quantized(qts: dict[str, QTensor], cfg: Config) -> bytes:
 
 
 def pipeline_of(blob: bytes) -> str:
-    """The compression pipeline an artifact was written with ("zstd" for v1)."""
+    """The compression pipeline an artifact was written with."""
     if len(blob) >= HEADER.size and blob[:4] == MAGIC and blob[4] == VERSION:
         return pipelines.pipeline_name(blob[5], "artifact")
     return "zstd"
@@ -349,34 +344,23 @@ def pipeline_of(blob: bytes) -> str:
 # ----------------------------------------------------------------------------- reader
 
 def _decode_body(blob: bytes, source: str) -> tuple[dict, memoryview]:
-    if len(blob) < HEADER_V1.size:
+    if len(blob) < 5:
         raise PgolfError(f"{source}: {len(blob)} bytes is too short to be a pgolf artifact (truncated?)")
     magic, version = blob[:4], blob[4]
     if magic != MAGIC:
         raise PgolfError(f"{source}: not a pgolf artifact (magic {magic!r}, expected {MAGIC!r})")
-    if version not in (1, VERSION):
-        raise PgolfError(f"{source}: artifact format version {version} is not supported by this pgolf "
-                         f"(reads versions 1 and {VERSION}); repack it with this version")
-    header = HEADER_V1 if version == 1 else HEADER
+    if version != VERSION:  # v1 (no pipeline byte) was only ever written by pre-release pgolf: repack those
+        raise PgolfError(f"{source}: artifact format version {version} is not read by this pgolf "
+                         f"(it reads version {VERSION}); repack the checkpoint with `pgolf pack`")
+    header = HEADER
     if len(blob) < header.size:
         raise PgolfError(f"{source}: {len(blob)} bytes is too short to be a pgolf artifact (truncated?)")
-    if version == 1:
-        _, _, length, crc = HEADER_V1.unpack_from(blob)
-        pid = None
-    else:
-        _, _, pid, length, crc = HEADER.unpack_from(blob)
-        pipelines.pipeline_name(pid, source)   # an unknown or foreign pipeline: refused by name, first
+    _, _, pid, length, crc = HEADER.unpack_from(blob)
+    pipelines.pipeline_name(pid, source)   # an unknown or foreign pipeline: refused by name, first
     if len(blob) != header.size + length:
         raise PgolfError(f"{source}: artifact is {len(blob)} bytes but its header says {header.size + length} "
                          "(truncated or trailing bytes); re-copy or repack it")
-    if version == 1:
-        try:
-            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob[header.size:]), read_across_frames=True)
-            body = reader.read()
-        except zstandard.ZstdError as e:
-            raise PgolfError(f"{source}: corrupted artifact body ({e}); re-copy or repack it") from None
-    else:
-        body = b"".join(pipelines.decode(pid, bytes(blob[header.size:]), source))
+    body = b"".join(pipelines.decode(pid, bytes(blob[header.size:]), source))
     if zlib.crc32(body) != crc:
         raise PgolfError(f"{source}: artifact checksum mismatch (corrupted); re-copy or repack it")
     try:

@@ -357,7 +357,7 @@ class QuantConfig(_Section):
     prune_values: int = 0            # +-1 codes set to 0, least Hessian-weighted cost first (budget mode sets it)
     compressor: str = "zstd"         # "zstd" (v1's), "brotli" (shuffled, brotli-11), "group" (by role),
                                      # "group_zpaq" (group with ZPAQ on the codes: pip install 'pgolf[zpaq]')
-    group_sort: bool = False         # "group": reorder rows by similarity, permutation stored (measured larger: BENCHMARKS.md)
+    group_sort: bool = False         # "group": reorder rows by similarity, permutation stored (BENCHMARKS.md)
     budget_measure: str = "every"    # budget mode's loss sensitivities: "every" (a forward pass per tensor and width) or
                                      # "narrowest" (one at int4 per tensor, scaled to the other widths by each width's
                                      # diag-Hessian-weighted error: 5x fewer passes; shared/artifact/budget.py)

@@ -142,7 +142,7 @@ def code_bytes(backend: str, cfg: Config | None = None) -> int:
 
 
 # The bootstrap: the embedded modules (name -> (is_package, source)) come first, as M; the config as C
-# (section -> key -> value); F: the keys whose other values' code was left out (key -> baked value).
+# (section -> key -> value, where not the default); F: the keys whose other values' code was left out (key -> baked value).
 # Modules get a __file__ beside the script so code that locates itself keeps working, and their
 # source goes into linecache (mtime None: never evicted) so tracebacks and `inspect.getsource`
 # (torch.compile, Triton) see it.
@@ -184,12 +184,14 @@ def baked_config(cfg: Config | None) -> Config:
     return replace(cfg, data=data, train=replace(cfg.train, seed=TrainConfig().seed))
 
 
-def minify(source: str, filename: str = "<source>") -> str:
+def minify(source: str, filename: str = "<source>", keep: set[str] | None = None) -> str:
     """Same program, fewer bytes: python-minifier (pinned in pyproject.toml, so the same checkout gives
-    the same script) drops docstrings, comments, annotations and layout, and renames locals."""
+    the same script) drops docstrings, comments, annotations and layout, and renames locals; with `keep`
+    (the names other modules use) it renames this module's other globals too."""
     import python_minifier
 
-    return python_minifier.minify(source, filename, rename_globals=False, hoist_literals=False,
+    return python_minifier.minify(source, filename, rename_globals=keep is not None,
+                                  preserve_globals=sorted(keep or ()), hoist_literals=False,
                                   remove_literal_statements=True, rename_locals=True) + "\n"
 
 
@@ -285,16 +287,27 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[
     return [(name, is_pkg[name], trees[name]) for name, _, _ in mods if name in seen], left_out
 
 
+def _changed(cfg: Config) -> dict:
+    """The config as section -> key -> value, only where it differs from the defaults (which the script holds)."""
+    base = to_dict(Config())
+    out = {s: {k: v for k, v in table.items() if base[s][k] != v} for s, table in to_dict(cfg).items()}
+    return {s: table for s, table in out.items() if table}
+
+
 def bundle(cfg: Config | None, minified: bool = True) -> tuple[str, tuple[str, ...]]:
     """The script's source (embedded modules, the baked config, the bootstrap) and its modules' names."""
     left_out: dict = {}
     if minified:
+        from shared.record.shake import mentioned
+
         shaken, left_out = _shaken(_sources(), baked_config(cfg))
-        mods = [(name, pkg, minify(ast.unparse(tree), name)) for name, pkg, tree in shaken]
+        used = {name: mentioned(tree) for name, _, tree in shaken}
+        mods = [(name, pkg, minify(ast.unparse(tree), name, {"main"}.union(*(u for m, u in used.items() if m != name))))
+                for name, pkg, tree in shaken]
     else:
         mods = list(_sources())
     table = ",".join(f"{name!r}:({pkg},{src!r})" for name, pkg, src in mods)
-    return ("M={" + table + "}\n" + f"C={to_dict(baked_config(cfg))!r}\nF={left_out!r}\n"
+    return ("M={" + table + "}\n" + f"C={_changed(baked_config(cfg))!r}\nF={left_out!r}\n"
             + _BOOT.format(entry=SCRIPT_ENTRY).lstrip("\n")), tuple(m[0] for m in mods)
 
 

@@ -98,6 +98,12 @@ def _names(nodes: Iterable[ast.AST]) -> tuple[set[str], set[str]]:
     return names, attrs
 
 
+def mentioned(tree: ast.AST) -> set[str]:
+    """Every name, attribute and string word `tree` mentions (what another module may reach it by)."""
+    names, attrs = _names([tree])
+    return names | attrs
+
+
 def _pure(node: ast.AST | None) -> bool:
     """No call, so dropping the statement drops no effect."""
     return node is None or not any(isinstance(n, (ast.Call, ast.Await, ast.Yield, ast.YieldFrom, ast.NamedExpr))
