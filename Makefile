@@ -14,7 +14,7 @@ $(PY):
 # index (a plain `torch` pulls several GB of CUDA), or the default index when that one is unreachable.
 setup: $(PY)
 	$(PY) shared/tools/setup_torch.py
-	$(PY) -m pip install --quiet -e ".[mlx,torch,dev,plot]"
+	$(PY) -m pip install --quiet -e ".[mlx,torch,dev,plot,zpaq]"
 	@$(PY) -c "import shared, mlx.core, torch; print('setup ok: torch', torch.__version__)"
 
 demo: setup

@@ -63,7 +63,8 @@ def test_document_mask_context_matches_a_packed_stream():
         assert masked_context(T, 1024) < (T + 1) / 2      # the mask only removes keys
 
 
-@pytest.mark.parametrize("path", ["configs/small.toml", "configs/baseline.toml", "configs/record.toml"])
+@pytest.mark.parametrize("path", ["configs/small.toml", "configs/baseline.toml", "configs/record.toml",
+                                  "configs/frontier.toml"])
 def test_params_and_code_bytes_are_exact(path):
     from shared.record.script import generate
 
