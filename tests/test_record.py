@@ -175,7 +175,7 @@ def test_embedded_modules_import_only_the_allowed_packages():
     import ast
 
     allowed = {"torch", "numpy", "sentencepiece", "zstandard", "safetensors", "shared", "cuda_train",
-               "brotli",  # imported when quant.compressor is brotli/group/auto (requirements.txt lists it then)
+               "brotli",  # imported when quant.compressor is brotli/group/group_zpaq (requirements.txt lists it then)
                "zpaq",    # imported only when quant.compressor is group_zpaq (requirements.txt lists it then)
                "flash_attn_interface",  # optional, inside try/except (FA3 on H100)
                "tomli", "tqdm"}         # Python < 3.11 only; tqdm only on a terminal, optional
