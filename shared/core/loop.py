@@ -186,8 +186,9 @@ def _train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool
         if not session.all_finite():
             raise PgolfError(f"weights became non-finite by step {at}; not saved, the last good checkpoint is kept "
                              f"({good(good_step)}); lower the learning rates or set optim.grad_clip_norm")
+        opt_state = session.optimizer_state()  # on every rank: a sharded optimizer gathers its state here
         if run.is_main:  # the resume state holds the live weights; the checkpoint what gets packed (EMA when on)
-            save_resume_state(run.path, session.weights(), session.optimizer_state(),
+            save_resume_state(run.path, session.weights(), opt_state,
                               {"step": at, "data": stream.state(), "elapsed": elapsed, "tokens": tokens,
                                "backend": session.backend, "world_size": session.world_size}, cfg)
             save_checkpoint(run.path, session.final_weights(), cfg, at)
