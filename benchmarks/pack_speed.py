@@ -14,13 +14,11 @@ sizes and whether the bytes are equal. Only `shared.artifact.format.pack` is tim
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np

@@ -32,6 +32,7 @@ for any machine, BLAS and thread count (tests/test_artifact.py packs with 1, 2 a
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import numpy as np
 
@@ -151,23 +152,32 @@ def damped(h: np.ndarray, damp: float) -> np.ndarray:
 # taking seconds each in this element-wise form).
 _FACTORS: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 _FACTORS_MAX_BYTES = 512 << 20
+_FACTORS_LOCK = threading.Lock()
+_KEY_LOCKS: dict[bytes, threading.Lock] = {}
 
 
 def factor(h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
-    """(processing order reversed, L) for `h`: act order, damping escalated until positive definite."""
+    """(processing order reversed, L) for `h`: act order, damping escalated until positive definite.
+    Thread-safe: tensors sharing a Hessian, quantised in parallel, wait for one factorisation."""
     h = np.ascontiguousarray(h, dtype=np.float64)
     key = hashlib.sha256(h.tobytes() + np.float64(damp).tobytes()).digest()
-    if key in _FACTORS:
-        return _FACTORS[key]
-    order = np.argsort(-np.diagonal(h), kind="stable")
-    proc = order[::-1]                              # factor index i <-> column proc[i]
-    for attempt in range(6):
-        L = cholesky_blocked(damped(h, damp * (10.0 ** attempt))[np.ix_(proc, proc)])
-        if L is not None:
-            while _FACTORS and sum(f[1].nbytes for f in _FACTORS.values()) + L.nbytes > _FACTORS_MAX_BYTES:
-                _FACTORS.pop(next(iter(_FACTORS)))
-            _FACTORS[key] = (proc, L)
-            return proc, L
+    with _FACTORS_LOCK:
+        lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        with _FACTORS_LOCK:
+            if key in _FACTORS:
+                return _FACTORS[key]
+        order = np.argsort(-np.diagonal(h), kind="stable")
+        proc = order[::-1]                              # factor index i <-> column proc[i]
+        for attempt in range(6):
+            L = cholesky_blocked(damped(h, damp * (10.0 ** attempt))[np.ix_(proc, proc)])
+            if L is not None:
+                with _FACTORS_LOCK:
+                    while _FACTORS and sum(f[1].nbytes for f in _FACTORS.values()) + L.nbytes > _FACTORS_MAX_BYTES:
+                        _KEY_LOCKS.pop(next(iter(_FACTORS)), None)
+                        _FACTORS.pop(next(iter(_FACTORS)))
+                    _FACTORS[key] = (proc, L)
+                return proc, L
     raise PgolfError("GPTQ: Hessian is not positive definite even with heavy damping; check calibration data")
 
 
