@@ -89,7 +89,10 @@ class TorchSession:
         self._lora: lora.Adapters | None = None  # test-time adapters while a LoRA evaluation runs
         self.ema: list[Tensor] | None = None  # fp32 copies, in self.model.parameters() order
         self.compile = compile_enabled(cfg, rt.device) and training
-        self.compiled = torch.compile(self.model, dynamic=False) if self.compile else self.model
+        # fullgraph (train.compile_fullgraph): a graph break would split the step into several graphs with
+        # host round trips between them; an error names it instead (benchmarks/step_profile.py counts them)
+        self.compiled = (torch.compile(self.model, dynamic=False, fullgraph=cfg.train.compile_fullgraph)
+                         if self.compile else self.model)
         # train.grad_sync = "sharded": no DDP wrapper, the optimizer reduces the gradients itself (optim.py)
         self.sharded = cfg.train.grad_sync == "sharded"
         self.net = (DDP(self.compiled, device_ids=[rt.device.index] if rt.is_cuda else None)

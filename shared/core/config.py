@@ -198,6 +198,7 @@ class TrainConfig(_Section):
     checkpoint_every: int = 0        # save a checkpoint every N steps (0 = only at the end and on Ctrl-C)
     compute_dtype: str = "auto"      # auto | float32 | bfloat16 (auto: bf16 on GPU, fp32 on CPU)
     compile: bool = True
+    compile_fullgraph: bool = True   # torch.compile(fullgraph=True): a graph break in the training forward is an error
     # torch on several ranks: "sharded" (no DDP wrapper; matrix gradients reduce-scattered to the rank that
     # runs their Newton-Schulz, Muon momentum kept only there, updates all-gathered) or "ddp" (the DDP
     # wrapper, every rank holds every momentum). The same numbers either way (tests/test_torch_distributed.py).
