@@ -23,7 +23,8 @@
 #
 #   run(command="bash benchmarks/device_check.sh", carry=[".whl", "data/sample"], timeout_s=590)
 #
-# A CPU dry run of the same steps at tiny sizes (no GPU: gpu-check shrinks itself, the probes take --tiny):
+# A CPU dry run of the same steps at tiny sizes (no GPU: gpu-check shrinks itself, the probes take --tiny,
+# the pack probe on configs/small-record.toml):
 #
 #   DEVICE_CHECK_TINY=1 OUT=/tmp/dc bash benchmarks/device_check.sh
 #
@@ -36,8 +37,8 @@ LOG="$OUT/device_check.log"
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/pgolf-inductor}"
 PY="${PYTHON:-python3}"
 SITE="${SITE:-/tmp/site}"  # the carried wheels go here (pip --target)
-TINY=()
-[ -n "${DEVICE_CHECK_TINY:-}" ] && TINY=(--tiny)
+TINY=() PACK_TINY=()
+[ -n "${DEVICE_CHECK_TINY:-}" ] && TINY=(--tiny) && PACK_TINY=(--tiny --config configs/small-record.toml)
 t0=$(date +%s)
 step() {  # step NAME SECONDS CMD...: run with a time limit, log its exit code and time
   local name=$1 limit=$2; shift 2
@@ -61,6 +62,6 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log its exit code a
   step gpu_check 300 $PY -m shared.cli gpu-check --config configs/record.toml --seconds "${GPU_CHECK_SECONDS:-8}" \
       --json "$OUT/gpu_check.json" ${GPU_CHECK_ARGS:-}
   step ttt 120 $PY -m benchmarks.device_probe ttt "${TINY[@]}" --json "$OUT/ttt.json"
-  step pack 150 $PY -m benchmarks.device_probe pack "${TINY[@]}" --json "$OUT/pack.json"
+  step pack 150 $PY -m benchmarks.device_probe pack "${PACK_TINY[@]}" --json "$OUT/pack.json"
   echo "== done in $(( $(date +%s) - t0 )) s"
 } 2>&1 | tee "$LOG"

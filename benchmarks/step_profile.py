@@ -9,7 +9,8 @@
   orders (what `torch.compile(fullgraph=True)` would refuse);
 - Muon's kernel count: the aten operators run by one `Muon.step` (torch.profiler on CPU), on one rank
   and as rank 0 of 8 (collectives replaced by local copies), with train.grad_sync ddp and sharded.
-The model is the config's at a short sequence (the counts do not depend on the length).
+The model is the config's layers, heads and options at a short sequence and a small width (the counts
+depend on neither).
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ class SyncCounter(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def small(cfg, seq_len: int):
+def small(cfg, seq_len: int, width: int):
+    """The config at a short sequence and width `width` (same layers, heads, options: the same counts)."""
     t = replace(cfg.train, seq_len=seq_len, batch_tokens=seq_len * 2, grad_accum=2, compute_dtype="float32",
                 compile=False, warmup_steps=0)
-    return replace(cfg, train=t, model=replace(cfg.model, doc_max_len=min(cfg.model.doc_max_len, seq_len))).validate()
+    m = replace(cfg.model, doc_max_len=min(cfg.model.doc_max_len, seq_len), model_dim=width,
+                vocab_size=min(cfg.model.vocab_size, 1024))
+    return replace(cfg, train=t, model=m).validate()
 
 
 def batches(cfg, n: int, seed: int = 0):
@@ -60,8 +64,12 @@ def batches(cfg, n: int, seed: int = 0):
 
 
 def host_syncs(cfg) -> dict:
+    from cuda_train.optim import Optimizers
+
     s = TorchSession(cfg, runtime.Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
     s.load_weights(init_params(cfg.model, 0))
+    # fused Adam, as on CUDA: its step counters live on the device (plain Adam reads CPU counters with .item())
+    s.opt = Optimizers(s.model, cfg.optim, cfg.model.tie_embeddings, ns_dtype=s.dtype, fused=True)
     b = batches(cfg, cfg.train.grad_accum)
     s.step(b, 1.0, 0.95)
     with SyncCounter() as c:
@@ -115,11 +123,12 @@ def muon_kernels(cfg, world_size: int, sync: str) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/record.toml")
-    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--width", type=int, default=128, help="model_dim (the counts do not depend on it)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    cfg = small(load_config(args.config), args.seq_len)
+    cfg = small(load_config(args.config), args.seq_len, args.width)
     out = {"config": args.config, "torch": torch.__version__, "host_syncs": host_syncs(cfg)}
     print(json.dumps({"host_syncs": out["host_syncs"]}), flush=True)
     out["muon"] = {f"{sync}_world{w}": muon_kernels(cfg, w, sync) for w in (1, 8) for sync in ("ddp", "sharded")}

@@ -142,18 +142,23 @@ class Muon(torch.optim.Optimizer):
                     flat[o : o + n] = u.reshape(-1)
                 offset += n
             if sharded:
-                gathered = torch.empty(lay.chunk * self.world_size, device=flat.device, dtype=flat.dtype)
-                dist.all_gather_into_tensor(gathered, flat)
-                updates = [gathered[lay.start[i] : lay.start[i] + p.numel()] for i, p in enumerate(params)]
+                full = torch.empty(lay.chunk * self.world_size, device=flat.device, dtype=flat.dtype)
+                dist.all_gather_into_tensor(full, flat)
+                starts = lay.start
             else:
                 if self.world_size > 1:
                     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-                updates = list(torch.split(flat, [p.numel() for p in params]))
-            for p, u in zip(params, updates, strict=True):
-                if group["weight_decay"]:
-                    p.mul_(1.0 - lr * group["weight_decay"])  # decoupled weight decay
-                step = -lr * _shape_scale(p) if folded else -lr
-                p.add_(u.view_as(p).to(p.dtype), alpha=step)
+                full, starts = flat, [0, *np.cumsum([p.numel() for p in params])[:-1].tolist()]
+            full = full.to(params[0].dtype)        # one conversion for all (exact, element by element)
+            updates = [full[o : o + p.numel()].view_as(p) for o, p in zip(starts, params, strict=True)]
+            # foreach ops: a few kernels for all matrices, each element's arithmetic that of p.mul_ / p.add_
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])  # decoupled weight decay
+            steps: dict[float, list[int]] = {}
+            for i, p in enumerate(params):
+                steps.setdefault(-lr * _shape_scale(p) if folded else -lr, []).append(i)
+            for step, idx in steps.items():
+                torch._foreach_add_([params[i] for i in idx], [updates[i] for i in idx], alpha=step)
 
 
 class Layout:
