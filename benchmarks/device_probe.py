@@ -11,8 +11,9 @@ ttt:  the config's TTT evaluation (`shared.eval.driver.run_eval`, the production
 pack: calibration Hessians on the device (`collect_hessians`, quant.calib_tokens random training-like
       tokens) and `artifact.pack` of benchmarks/record_artifact.py's record-shaped weights with them:
       the seconds of each, the artifact's bytes, the pack threads.
---tiny: a CPU dry run of the same code at small sizes (2 documents of 128 tokens; 4,096 calibration
-      tokens), so the script is checked without a GPU.
+--tiny: a CPU dry run of the same code at small sizes (ttt: width 128, 2 documents of 128 tokens; pack:
+      4,096 calibration tokens, with device_check.sh's configs/small-record.toml), so the script is
+      checked without a GPU.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def ttt(args) -> dict:
     from shared.eval import driver
 
     sets = [f"eval.max_tokens={args.docs * args.doc_len}", f"eval.lora_docs={args.docs}"]
-    if args.tiny:
-        sets += ["train.compute_dtype=float32"]
+    if args.tiny:   # every option kept, the width cut (the dry run checks the code, not the numbers)
+        sets += ["train.compute_dtype=float32", "model.model_dim=128", "model.num_heads=4", "model.num_kv_heads=2",
+                 f"train.seq_len={args.doc_len}"]
     cfg = load_config(args.config, sets)
     rng = np.random.default_rng(0)
     tokens = rng.integers(2, cfg.model.vocab_size, args.docs * args.doc_len + 1)
