@@ -19,6 +19,12 @@ SUM gives every rank every update. Unlike the reference, every rank keeps the
 momentum buffer of every matrix (an elementwise update, cheap next to
 Newton-Schulz), so rank 0 alone holds the whole optimizer state and can save
 a checkpoint without a collective, and a run can resume on another world size.
+That is `train.grad_sync = "ddp"`. With "sharded" (the default) there is no DDP: the
+matrix gradients are reduce-scattered so that rank r receives the mean gradient of
+exactly the matrices it orthogonalises, keeps momentum for those only, and one
+all-gather hands every rank every update (`Layout`); the other gradients are
+all-reduced. The numbers are the same as "ddp"'s; `state_tensors` then gathers the
+momentum (a collective: every rank calls it), so checkpoints stay world-size free.
 
 The record's exact numerics, each a key (#1855; docs/REFERENCE.md "Fidelity: optimizer"):
 `optim.muon_row_norm_eps = "max"` (row norms as max(norm, eps)), `muon_momentum_dtype =
@@ -90,43 +96,84 @@ class Muon(torch.optim.Optimizer):
         self.momentum_dtype = momentum_dtype
         self.ns_dtype = torch.bfloat16 if momentum_dtype == torch.bfloat16 else ns_dtype
         self.rank, self.world_size = rank, world_size
+        self.sharded = False                      # momentum and gradients only for owned matrices
+        self.layouts: dict[int, Layout] = {}
+
+    def owns(self, i: int) -> bool:
+        """Whether this rank orthogonalises the group's i-th matrix (round robin over ranks)."""
+        return i % self.world_size == self.rank
+
+    def layout(self, gi: int) -> Layout:
+        if gi not in self.layouts:
+            self.layouts[gi] = Layout([p.numel() for p in self.param_groups[gi]["params"]], self.world_size)
+        return self.layouts[gi]
 
     @torch.no_grad()
     def step(self, closure=None):
-        for group in self.param_groups:
+        for gi, group in enumerate(self.param_groups):
             params = group["params"]
             if not params:
                 continue
             lr, mom = group["lr"], group["momentum"]
             # record form: the shape scale joins the step size (p -= lr * scale * u), as #1855
             folded = group["ns_form"] == "record"
-            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=self.ns_dtype)
+            sharded = self.sharded and self.world_size > 1
+            lay = self.layout(gi) if sharded else None
+            flat = (torch.zeros(lay.chunk, device=params[0].device, dtype=self.ns_dtype) if sharded else
+                    torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=self.ns_dtype))
             offset = 0
             for i, p in enumerate(params):
                 n = p.numel()
+                if sharded and not self.owns(i):
+                    continue
                 g = p.grad if p.grad is not None else torch.zeros_like(p)
                 if self.momentum_dtype is not None:
                     g = g.to(self.momentum_dtype)
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(g))
                 buf.mul_(mom).add_(g)
-                if i % self.world_size == self.rank:
+                if self.owns(i):
                     u = g.add(buf, alpha=mom) if group["nesterov"] else buf
                     if group["row_norm"]:
                         u = row_normalize(u, group["row_norm_eps"])
                     u = newton_schulz(u, group["backend_steps"], self.ns_dtype, group["ns"], group["ns_form"])
                     if not folded:
                         u = u * _shape_scale(p)
-                    flat[offset : offset + n] = u.reshape(-1)
+                    o = lay.local[i] if sharded else offset
+                    flat[o : o + n] = u.reshape(-1)
                 offset += n
-            if self.world_size > 1:
-                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            offset = 0
-            for p in params:
-                if group["weight_decay"]:
-                    p.mul_(1.0 - lr * group["weight_decay"])  # decoupled weight decay
-                step = -lr * _shape_scale(p) if folded else -lr
-                p.add_(flat[offset : offset + p.numel()].view_as(p).to(p.dtype), alpha=step)
-                offset += p.numel()
+            if sharded:
+                full = torch.empty(lay.chunk * self.world_size, device=flat.device, dtype=flat.dtype)
+                dist.all_gather_into_tensor(full, flat)
+                starts = lay.start
+            else:
+                if self.world_size > 1:
+                    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                full, starts = flat, [0, *np.cumsum([p.numel() for p in params])[:-1].tolist()]
+            full = full.to(params[0].dtype)        # one conversion for all (exact, element by element)
+            updates = [full[o : o + p.numel()].view_as(p) for o, p in zip(starts, params, strict=True)]
+            # foreach ops: a few kernels for all matrices, each element's arithmetic that of p.mul_ / p.add_
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])  # decoupled weight decay
+            steps: dict[float, list[int]] = {}
+            for i, p in enumerate(params):
+                steps.setdefault(-lr * _shape_scale(p) if folded else -lr, []).append(i)
+            for step, idx in steps.items():
+                torch._foreach_add_([params[i] for i in idx], [updates[i] for i in idx], alpha=step)
+
+
+class Layout:
+    """Where each matrix of a Muon group sits in the rank-major flat buffer of the sharded collectives:
+    rank r's matrices (i % world_size == r, in order) fill chunk r, padded to the longest chunk, so
+    one reduce-scatter gives each rank its matrices' gradients and one all-gather every update."""
+
+    def __init__(self, sizes: list[int], world_size: int):
+        used = [0] * world_size
+        self.local: list[int] = []            # offset of matrix i inside its owner's chunk
+        for i, n in enumerate(sizes):
+            self.local.append(used[i % world_size])
+            used[i % world_size] += n
+        self.chunk = max(used) if used else 0
+        self.start = [(i % world_size) * self.chunk + o for i, o in enumerate(self.local)]  # in the full buffer
 
 
 def _shape_scale(p: Tensor) -> float:
@@ -137,7 +184,7 @@ class Optimizers:
     """Muon + Adam over one model; schedule, step and state as one object."""
 
     def __init__(self, model: nn.Module, o: OptimConfig, tied: bool, ns_dtype: torch.dtype,
-                 rank: int = 0, world_size: int = 1, fused: bool = False):
+                 rank: int = 0, world_size: int = 1, fused: bool = False, sharded: bool = False):
         named = dict(model.named_parameters())
         self.names = {p: n for n, p in named.items()}
         table = param_table(model.cfg)  # each parameter's optimizer group is its row's
@@ -161,6 +208,8 @@ class Optimizers:
                          momentum_dtype=torch.bfloat16 if o.muon_momentum_dtype == "bfloat16" else None)
         for g in self.muon.param_groups:
             g["base_lr"] = o.matrix_lr
+        self.muon.sharded = sharded and world_size > 1
+        self.world_size = world_size
         self.all = (self.adam, self.muon)
         self.params = list(named.values())
         self.grad_clip_norm = o.grad_clip_norm
@@ -197,6 +246,34 @@ class Optimizers:
         for opt in self.all:
             opt.step()
 
+    @torch.no_grad()
+    def reduce_grads(self) -> None:
+        """The mean over ranks of the gradients, for the sharded Muon: each matrix's only on the rank that
+        orthogonalises it (one reduce-scatter), every other parameter's everywhere (one all-reduce)."""
+        if self.world_size == 1:
+            return
+        mats = self.muon.param_groups[0]["params"] if self.muon.param_groups else []
+        if mats:
+            lay = self.muon.layout(0)
+            full = torch.zeros(lay.chunk * self.world_size, device=mats[0].device, dtype=torch.float32)
+            for p, start in zip(mats, lay.start, strict=True):
+                if p.grad is not None:
+                    full[start : start + p.numel()] = p.grad.reshape(-1)
+            mine = torch.empty(lay.chunk, device=full.device, dtype=full.dtype)
+            dist.reduce_scatter_tensor(mine, full, op=dist.ReduceOp.SUM)
+            mine.div_(self.world_size)
+            for i, p in enumerate(mats):
+                p.grad = (mine[lay.local[i] : lay.local[i] + p.numel()].view_as(p).to(p.dtype)
+                          if self.muon.owns(i) else None)
+        rest = [p for g in self.adam.param_groups for p in g["params"]]
+        if rest:
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in rest]
+            flat = torch.cat([g.reshape(-1).float() for g in grads])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat.div_(self.world_size)
+            for p, g in zip(rest, torch.split(flat, [p.numel() for p in rest]), strict=True):
+                p.grad = g.view_as(p).to(p.dtype)
+
     def zero_grad(self) -> None:
         for opt in self.all:
             opt.zero_grad(set_to_none=True)
@@ -204,9 +281,22 @@ class Optimizers:
     # State as canonical-named numpy arrays: `muon.momentum/<param>`, `adam.m/<param>`,
     # `adam.v/<param>`, `adam.step/<param>`, so a checkpoint names what it holds.
     def state_tensors(self) -> dict[str, np.ndarray]:
+        """Sharded: a collective (every rank must call it), gathering each matrix's momentum from its owner."""
         out: dict[str, np.ndarray] = {}
-        for p, st in self.muon.state.items():
-            out[f"muon.momentum/{self.names[p]}"] = _np(st["momentum_buffer"])
+        if self.muon.sharded:
+            mats = self.muon.param_groups[0]["params"]
+            have = [p in self.muon.state for p in mats]
+            flags = torch.tensor([float(h) for h in have], device=mats[0].device)
+            dist.all_reduce(flags, op=dist.ReduceOp.SUM)       # a matrix has momentum once it has stepped
+            flat = torch.cat([self.muon.state[p]["momentum_buffer"].reshape(-1).float() if p in self.muon.state
+                              else torch.zeros(p.numel(), device=p.device) for p in mats])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)        # x + 0: each owner's buffer, exactly
+            for p, f, buf in zip(mats, flags.tolist(), torch.split(flat, [p.numel() for p in mats]), strict=True):
+                if f:
+                    out[f"muon.momentum/{self.names[p]}"] = _np(buf.view_as(p))
+        else:
+            for p, st in self.muon.state.items():
+                out[f"muon.momentum/{self.names[p]}"] = _np(st["momentum_buffer"])
         for p, st in self.adam.state.items():
             name = self.names[p]
             out[f"adam.m/{name}"] = _np(st["exp_avg"])
@@ -215,9 +305,11 @@ class Optimizers:
         return out
 
     def load_state_tensors(self, tensors: dict[str, np.ndarray]) -> None:
+        mats = self.muon.param_groups[0]["params"] if self.muon.param_groups else []
+        foreign = {p for i, p in enumerate(mats) if self.muon.sharded and not self.muon.owns(i)}
         for p, name in self.names.items():
             dev = p.device
-            if f"muon.momentum/{name}" in tensors:
+            if f"muon.momentum/{name}" in tensors and p not in foreign:
                 dtype = self.muon.momentum_dtype or p.dtype
                 self.muon.state[p]["momentum_buffer"] = torch.from_numpy(
                     tensors[f"muon.momentum/{name}"]).to(dev, dtype)

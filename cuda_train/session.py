@@ -93,14 +93,20 @@ class TorchSession:
         self.fused_adam = hasattr(torch, "_fused_adamw_")  # the adapters' AdamW in one fused kernel (else foreach)
         self.training = training
         self.compile = compile_enabled(cfg, rt.device) and training
-        self.compiled = torch.compile(self.model, dynamic=False) if self.compile else self.model
+        # fullgraph (train.compile_fullgraph): a graph break would split the step into several graphs with
+        # host round trips between them; an error names it instead (benchmarks/step_profile.py counts them)
+        self.compiled = (torch.compile(self.model, dynamic=False, fullgraph=cfg.train.compile_fullgraph)
+                         if self.compile else self.model)
+        # train.grad_sync = "sharded": no DDP wrapper, the optimizer reduces the gradients itself (optim.py)
+        self.sharded = cfg.train.grad_sync == "sharded"
         self.net = (DDP(self.compiled, device_ids=[rt.device.index] if rt.is_cuda else None)
-                    if rt.distributed and training else self.compiled)
+                    if rt.distributed and training and not self.sharded else self.compiled)
 
     def _optimizers(self) -> Optimizers:
         if self.opt is None:  # built after the weights are loaded (the groups hold the parameters)
             self.opt = Optimizers(self.model, self.cfg.optim, self.cfg.model.tie_embeddings, ns_dtype=self.dtype,
-                                  rank=self.rank, world_size=self.world_size, fused=self.rt.is_cuda)
+                                  rank=self.rank, world_size=self.world_size, fused=self.rt.is_cuda,
+                                  sharded=self.sharded)
         return self.opt
 
     # -- the step
@@ -127,13 +133,25 @@ class TorchSession:
         looped = looped and self.cfg.model.looping
         # optim.grad_clip_local (#1855's order): DDP stays silent, each rank clips its own gradient, then
         # the ranks average; otherwise DDP averages during the last backward and the average is clipped.
-        local_clip = self.cfg.optim.grad_clip_local and isinstance(self.net, DDP)
+        # Sharded (no DDP): the optimizer reduce-scatters after a local clip; a global clip needs every
+        # averaged gradient, so that case all-reduces them all, as DDP would.
+        distributed = self.world_size > 1
+        sharded = self.sharded and distributed
+        local_clip = (self.cfg.optim.grad_clip_local or opt.grad_clip_norm <= 0) if sharded else (
+            self.cfg.optim.grad_clip_local and isinstance(self.net, DDP))
         total = torch.zeros((), device=self.rt.device)
         for k, batch in enumerate(batches):
             x, y = to_device(batch, self.rt.device)
             sync = k == len(batches) - 1 and not local_clip
             total += self._micro_step(x, y, 1.0 / len(batches), sync=sync, looped=looped, seg_len=seg_len)
-        if local_clip:
+        if sharded and local_clip:
+            opt.clip()
+            opt.reduce_grads()
+            opt.step(clip=False)
+        elif sharded:
+            self._average_grads()
+            opt.step()
+        elif local_clip:
             opt.clip()
             self._average_grads()
             opt.step(clip=False)

@@ -3,7 +3,8 @@
     torchrun --nproc_per_node=2 -m tests.clip_entry OUT
 
 Each rank steps on its own random batch (so the ranks' gradients differ); rank 0 writes OUT/<variant>.npz
-with the weights after 2 steps, and OUT/kept.json says whether Muon's momentum survived the warm-up
+with the weights after 2 steps (`train.grad_sync = "sharded"`, the default) and OUT/<variant>_ddp.npz the
+same under the DDP wrapper, and OUT/<variant>_state*.npz the optimizer state after those steps, and OUT/kept.json says whether Muon's momentum survived the warm-up
 rollback under `warmup_muon_momentum = keep_multi_rank`. One process group for every variant: seconds.
 """
 
@@ -36,12 +37,16 @@ def main(out: Path) -> None:
     x = rng.integers(0, base.model.vocab_size, size=(2, base.train.seq_len))
     batch = [(x, np.roll(x, -1, axis=1))]
     for name, optim in VARIANTS.items():
-        s = TorchSession(replace(base, optim=replace(base.optim, **optim)), rt)
-        s.load_weights(init_params(base.model, 0))
-        for _ in range(2):
-            s.step(batch, 1.0, 0.9)
-        if rt.is_main:
-            np.savez(out / f"{name}.npz", **s.weights())
+        for sync, tag in (("sharded", ""), ("ddp", "_ddp")):
+            cfg = replace(base, optim=replace(base.optim, **optim), train=replace(base.train, grad_sync=sync))
+            s = TorchSession(cfg, rt)
+            s.load_weights(init_params(base.model, 0))
+            for _ in range(2):
+                s.step(batch, 1.0, 0.9)
+            state = s.optimizer_state()   # every rank: the sharded optimizer gathers
+            if rt.is_main:
+                np.savez(out / f"{name}{tag}.npz", **s.weights())
+                np.savez(out / f"{name}_state{tag}.npz", **{k.replace("/", "|"): v for k, v in state.items()})
     s = TorchSession(replace(base, optim=replace(base.optim, warmup_muon_momentum="keep_multi_rank")), rt)
     s.load_weights(init_params(base.model, 0))
     snap = s.snapshot()

@@ -102,11 +102,13 @@ def test_bytes_do_not_depend_on_thread_count(tmp_path, gptq, extra):
             if w.ndim == 2 and param_table(cfg.model)[name].qclass in ("attn", "mlp"):
                 a = rng.normal(size=(512, w.shape[1])) * rng.uniform(0.1, 3.0, size=w.shape[1])
                 arrays[f"h:{name}"] = a.T @ a
+        cfg = replace(cfg, quant=replace(cfg.quant, gptq_block=16))   # blocked GPTQ: exact_dot in play
     np.savez(tmp_path / "in.npz", **arrays)
     (tmp_path / "cfg.toml").write_text(to_toml(cfg))
     digests = set()
     for threads in ("1", "2", "7"):
-        env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
+                   PGOLF_PACK_THREADS=threads)
         out = subprocess.run([sys.executable, "-c", _PACK_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "cfg.toml")],
                              env=env, cwd=ROOT, capture_output=True, text=True, check=True)
         digests.add(out.stdout.strip())

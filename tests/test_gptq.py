@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from shared.artifact.gptq import cholesky_lower, damped, gptq_codes, layer_error
+from shared.artifact.gptq import cholesky_blocked, cholesky_lower, damped, exact_dot, gptq_codes, layer_error
 from shared.artifact.quant import fp16_scale, qmax, round_to_codes, std_clip
 from shared.core.spec import init_params, param_table
 from shared.data.shards import BatchLoader, TokenStream
@@ -55,6 +55,31 @@ def test_nearest_plane_form_equals_textbook_gptq(bits):
     ref = _reference_gptq(w, h, scale.astype(np.float64), bits)
     # Same algorithm, different float operation order: allow a rare tie flipped by rounding.
     assert np.mean(ours != ref) < 1e-3
+
+
+def test_exact_dot_does_not_depend_on_the_summation_order():
+    """Its slices' products are exact, so reversing or regrouping the k sum changes no bit, while a
+    plain BLAS product of the same numbers does change in the last bits."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(70, 300)) * np.exp(rng.normal(size=(70, 1)) * 3)
+    b = rng.normal(size=(300, 50)) * np.exp(rng.normal(size=(1, 50)) * 3)
+    ref = exact_dot(a, b)
+    assert np.array_equal(ref, exact_dot(a[:, ::-1], b[::-1]))
+    perm = rng.permutation(300)
+    assert np.array_equal(ref, exact_dot(a[:, perm], b[perm]))
+    assert not np.array_equal(a @ b, a[:, perm] @ b[perm])   # what exactness buys
+    assert np.allclose(ref, a @ b, rtol=0, atol=1e-12 * np.abs(a).max() * np.abs(b).max())
+
+
+def test_blocked_cholesky_and_gptq_agree_with_the_unblocked_forms():
+    w, h = _problem(out=40, inp=150)
+    L = cholesky_blocked(h, block=32)
+    assert np.allclose(L, cholesky_lower(h), rtol=1e-10, atol=1e-10 * np.sqrt(np.abs(h).max()))
+    assert cholesky_blocked(-h, block=32) is None
+    scale = fp16_scale(std_clip(w, 4.0), 5)
+    ref = _reference_gptq(w, h, scale.astype(np.float64), 5)
+    for block in (1, 16, 64, 150):   # one column at a time, ..., one block
+        assert np.mean(gptq_codes(w, h, scale, 5, block=block) != ref) < 1e-3, block
 
 
 def test_gptq_beats_rtn_on_synthetic_and_is_deterministic():

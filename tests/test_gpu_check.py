@@ -200,7 +200,9 @@ def test_the_device_script_is_valid_bash():
     script = REPO / "benchmarks" / "device_check.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     text = script.read_text()
-    assert "gpu-check" in text and "--json" in text and 'carry=[".whl", ".ref", "data/sample"]' in text
+    assert "gpu-check" in text and "--json" in text and 'carry=[".whl", "data/sample"]' in text
+    for probe in ("benchmarks.pod_env", "device_probe ttt", "device_probe pack", "configs/record.toml"):
+        assert probe in text, probe
 
 
 def test_gpu_check_help_loads_no_framework():

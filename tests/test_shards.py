@@ -10,6 +10,7 @@ from shared.data.shards import (
     HEADER_BYTES,
     MAGIC,
     BatchLoader,
+    Prefetcher,
     TokenStream,
     find_shards,
     load_val_tokens,
@@ -138,6 +139,37 @@ def test_batch_loader_ranks_split_one_chunk(tmp_path):
     single = BatchLoader(TokenStream(tmp_path))
     single.next_batch(16, 8)
     np.testing.assert_array_equal(single.next_batch(16, 8)[0].ravel(), np.arange(17, 33))
+
+
+def test_prefetcher_hands_out_the_loaders_batches_and_positions(tmp_path):
+    """Built ahead in a thread, yet the same batches in the same order; `state()` is the position before
+    the next step handed out (not the thread's), `restore` rewinds; a thread's error reaches the caller."""
+    write_shard(tmp_path / "fineweb_train_000000.bin", np.arange(50))
+    write_shard(tmp_path / "fineweb_train_000001.bin", np.arange(50, 77))
+    plain = BatchLoader(TokenStream(tmp_path))
+    want, states = [], []
+    for _ in range(6):
+        want.append([plain.next_batch(8, 4) for _ in range(2)])
+        states.append(plain.stream.state())
+    pre = Prefetcher(BatchLoader(TokenStream(tmp_path)), 8, 4, accum=2, depth=3)
+    assert pre.state() == {"file_idx": 0, "pos": 0}
+    for i in range(3):
+        got = pre.next_step()
+        for (gx, gy), (wx, wy) in zip(got, want[i], strict=True):
+            np.testing.assert_array_equal(gx, wx)
+            np.testing.assert_array_equal(gy, wy)
+        assert pre.state() == states[i]
+    pre.restore(states[0])
+    np.testing.assert_array_equal(pre.next_step()[0][0], want[1][0][0])
+    for i in range(2, 6):   # across the shard boundary and the wrap
+        np.testing.assert_array_equal(pre.next_step()[1][1], want[i][1][1])
+    pre.close()
+    write_shard(tmp_path / "fineweb_train_000000.bin", np.arange(0))
+    write_shard(tmp_path / "fineweb_train_000001.bin", np.arange(0))
+    empty = Prefetcher(BatchLoader(TokenStream(tmp_path)), 8, 4, accum=1)
+    with pytest.raises(PgolfError, match="hold no tokens"):
+        empty.next_step()
+    empty.close()
 
 
 def test_val_batches_cover_each_target_once(tiny_data):

@@ -167,6 +167,14 @@ def test_grad_clip_local_and_warmup_momentum_on_two_ranks(tmp_path):
 
     assert same(w["ddp"], w["local"])
     assert not same(w["clip_avg"], w["clip_local"])
+    for name in w:  # train.grad_sync: the sharded Muon (no DDP) gives the DDP wrapper's weights and state
+        ddp = dict(np.load(tmp_path / f"{name}_ddp.npz"))
+        for k in ddp:
+            np.testing.assert_allclose(w[name][k], ddp[k], rtol=1e-6, atol=0, err_msg=f"{name} {k}")
+        sa, sb = (dict(np.load(tmp_path / f"{name}_state{t}.npz")) for t in ("", "_ddp"))
+        assert sorted(sa) == sorted(sb) and any(k.startswith("muon.momentum") for k in sa)
+        for k in sb:
+            np.testing.assert_allclose(sa[k], sb[k], rtol=1e-6, atol=0, err_msg=f"{name} state {k}")
     assert json.loads((tmp_path / "kept.json").read_text()) == {"kept": True, "adam_reset": True}
 
 
@@ -238,3 +246,33 @@ def test_an_uneven_rank_never_times_out_and_scores_what_one_rank_scores(tiny_dat
     assert b[0]["bpb"] == a[0]["bpb"] and 0 < b[0]["rank0_scored"] < b[0]["tokens"]
     assert (b[1]["tokens"], b[1]["bytes"]) == (a[1]["tokens"], a[1]["bytes"])
     assert abs(b[1]["bpb"] - a[1]["bpb"]) < 1e-6 and b[1]["bpb"] != b[0]["bpb"]
+
+def test_sharded_muon_gives_the_ddp_losses_over_20_steps(tiny_data, tmp_path):
+    """train.grad_sync = sharded (no DDP wrapper, reduce-scatter, Newton-Schulz on each rank's matrices,
+    all-gather) against the DDP wrapper with every momentum on every rank: the same losses, on 1 and 2 ranks."""
+    cfg = with_data(tiny_config(iterations=20, grad_accum=2), tiny_data)
+    for nproc in (1, 2):
+        runs = {}
+        for sync in ("ddp", "sharded"):
+            out = tmp_path / f"{sync}{nproc}"
+            res = torchrun(cfg, out, tmp_path, nproc=nproc, sets=[f"train.grad_sync={sync}"])
+            assert res.returncode == 0, res.stderr[-3000:]
+            runs[sync] = losses(out)
+        assert sorted(runs["ddp"]) == sorted(runs["sharded"]) and len(runs["ddp"]) == 20
+        for s, v in runs["ddp"].items():
+            assert abs(runs["sharded"][s] - v) <= 1e-6 * abs(v), (nproc, s, runs["sharded"][s], v)
+
+
+def test_sharded_optimizer_state_resumes_on_another_world_size(tiny_data, tmp_path):
+    """Interrupted on 2 sharded ranks, resumed on 1: the gathered momentum carries on as an uninterrupted
+    2-rank run does (1 and 2 ranks agree to 1e-5: test_two_ranks_equal_one_rank_with_accumulation)."""
+    cfg = with_data(tiny_config(iterations=8, grad_accum=2, warmup_steps=0), tiny_data)
+    res = torchrun(cfg, tmp_path / "straight", tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    torchrun(cfg, tmp_path / "cut", tmp_path, faults=["--interrupt-step", "4"])   # each rank: SIGINT
+    _, _, saved = load_checkpoint(tmp_path / "cut")
+    assert saved == 4
+    backend.train(cfg, tmp_path / "cut", resume=True)
+    la, lb = losses(tmp_path / "straight"), losses(tmp_path / "cut")
+    assert sorted(lb) == list(range(1, 9))
+    assert all(lb[s] == pytest.approx(la[s], rel=1e-5) for s in range(5, 9)), (la, lb)

@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import struct
+import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import zstandard
@@ -58,20 +61,52 @@ _MEMO_MAX_BYTES = 256 << 20   # of compressed frames held
 _memo_bytes = 0
 
 
+_memo_lock = threading.Lock()
+
+
+def pack_threads() -> int:
+    """Threads for packing work that runs outside the GIL (brotli, zstd, numpy): one per usable core,
+    or PGOLF_PACK_THREADS. Every result is computed alone and placed in a fixed order, so the bytes
+    never depend on it (tests/test_artifact.py packs with 1 and several)."""
+    env = os.environ.get("PGOLF_PACK_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:   # pragma: no cover - macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def parallel_map(fn, items: list, sizes: list[int] | None = None) -> list:
+    """[fn(x) for x in items], the largest items started first on `pack_threads()` threads."""
+    threads = min(pack_threads(), len(items))
+    if threads <= 1:
+        return [fn(x) for x in items]
+    order = sorted(range(len(items)), key=lambda i: -(sizes[i] if sizes else 0))
+    out: list = [None] * len(items)
+    with ThreadPoolExecutor(threads) as ex:
+        futures = {i: ex.submit(fn, items[i]) for i in order}
+        for i in range(len(items)):
+            out[i] = futures[i].result()
+    return out
+
+
 def _memoised(kind: str, setting: int, raw: bytes, compress) -> bytes:
     global _memo_bytes
     if len(raw) < 1 << 16:   # small frames: compressing is cheaper than remembering
         return compress(raw)
     key = (kind, setting, len(raw), hashlib.blake2b(raw, digest_size=20).digest())
-    hit = _MEMO.get(key)
-    if hit is not None:
-        _MEMO.move_to_end(key)
-        return hit
+    with _memo_lock:
+        hit = _MEMO.get(key)
+        if hit is not None:
+            _MEMO.move_to_end(key)
+            return hit
     out = compress(raw)
-    _MEMO[key] = out
-    _memo_bytes += len(out)
-    while _memo_bytes > _MEMO_MAX_BYTES and len(_MEMO) > 1:
-        _memo_bytes -= len(_MEMO.popitem(last=False)[1])
+    with _memo_lock:
+        _MEMO[key] = out
+        _memo_bytes += len(out)
+        while _memo_bytes > _MEMO_MAX_BYTES and len(_MEMO) > 1:
+            _memo_bytes -= len(_MEMO.popitem(last=False)[1])
     return out
 
 
@@ -248,17 +283,20 @@ def _unframe(payload: bytes, source: str) -> list[bytes]:
 
 def encode(pipeline: str, sections: list[bytes], zstd_level: int, group_sort: bool = False) -> bytes:
     """The payload of `sections` ([meta, codes, scales, floats]) with `pipeline`."""
+    # Frames are compressed independently, in parallel threads (both compressors release the GIL).
     if pipeline == "zstd":
-        return _frames([zstd_compress(s, zstd_level) if s else b"" for s in sections])
+        return _frames(parallel_map(lambda s: zstd_compress(s, zstd_level) if s else b"", sections,
+                                    [len(s) for s in sections]))
     if pipeline == "brotli":
-        return _frames([brotli_compress(s) for s in sections])
+        return _frames(parallel_map(brotli_compress, sections, [len(s) for s in sections]))
     if pipeline in ("group", "group_zpaq"):
         meta_sec, codes, scales, floats = sections
         meta = json.loads(meta_sec[4:].decode("utf-8"))
         perms, parts, rest = _group_split(meta, codes, group_sort)
-        coded = [zpaq_compress(x) for x in parts] if pipeline == "group_zpaq" else [brotli_compress(x) for x in parts]
-        return _frames([brotli_compress(meta_sec), brotli_compress(perms), *coded,
-                        *(brotli_compress(x) for x in (rest, scales, floats))])
+        n = len(parts)   # the code groups: ZPAQ in group_zpaq, brotli-11 otherwise; the small frames brotli-11
+        raws = [meta_sec, perms, *parts, rest, scales, floats]
+        coders = [brotli_compress] * 2 + [zpaq_compress if pipeline == "group_zpaq" else brotli_compress] * n + [brotli_compress] * 3
+        return _frames(parallel_map(lambda i: coders[i](raws[i]), list(range(len(raws))), [len(x) for x in raws]))
     raise PgolfError(f"unknown compression pipeline {pipeline!r}: choose one of {', '.join(PIPELINES)}")
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -183,15 +184,14 @@ def quantize_plain(params: dict[str, np.ndarray], cfg: Config, hessians: dict | 
     if q.gptq and hessians is None:
         raise PgolfError("quant.gptq = true needs Hessians: pack with `pgolf pack --data DIR --tokenizer MODEL` "
                          "(calibration tokens from the training split) or set quant.gptq=false")
-    out: dict[str, QTensor] = {}
     table = param_table(cfg.model)
     protect = select_groups(params, chosen, hessians or {}, cfg) if q.gptq else {}
     from shared.core.progress import active
 
     bar = active()  # a pack's progress (finish_run, `pgolf pack`), not the budget search's many trial packs
+    bar_lock = threading.Lock()
+    jobs = []
     for name in sorted(params):
-        if bar is not None and out:
-            bar.update(1)
         w = np.asarray(params[name], dtype=np.float32)
         scheme = chosen[name]
         scheme_bits(scheme)
@@ -209,12 +209,22 @@ def quantize_plain(params: dict[str, np.ndarray], cfg: Config, hessians: dict | 
                     raise PgolfError(f"{name}: {w.shape[0]} rows but {len(token_counts)} token counts: count the "
                                      "calibration tokens with shared.artifact.budget.calibration_counts(x, y, vocab_size)")
                 row_weights = token_weights(token_counts, q.embed_freq_floor)
-        out[name] = quantize(w, scheme, percentile=q.clip_percentile, clip_k=clip_k, min_scale=q.min_scale, hessian=h,
-                             gptq_block=q.gptq_block, gptq_damp=q.gptq_damp, row_weights=row_weights, name=name,
-                             protect=protect.get(name))
-    if bar is not None:
-        bar.update(1)
-    return out
+        jobs.append((name, w, scheme, h, clip_k, row_weights))
+
+    def one(job) -> QTensor:
+        name, w, scheme, h, clip_k, row_weights = job
+        t = quantize(w, scheme, percentile=q.clip_percentile, clip_k=clip_k, min_scale=q.min_scale, hessian=h,
+                     gptq_block=q.gptq_block, gptq_damp=q.gptq_damp, row_weights=row_weights, name=name,
+                     protect=protect.get(name))
+        if bar is not None:
+            with bar_lock:
+                bar.update(1)
+        return t
+
+    # Tensors in parallel threads (GPTQ's numpy and BLAS work releases the GIL); each tensor's codes are
+    # computed alone, so the result does not depend on the thread count.
+    cost = [j[1].size * (j[1].shape[-1] if j[3] is not None else 1) for j in jobs]
+    return dict(zip([j[0] for j in jobs], pipelines.parallel_map(one, jobs, cost), strict=True))
 
 
 def lqer_candidates(qts: dict[str, QTensor], cfg: Config) -> list[str]:

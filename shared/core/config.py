@@ -198,6 +198,11 @@ class TrainConfig(_Section):
     checkpoint_every: int = 0        # save a checkpoint every N steps (0 = only at the end and on Ctrl-C)
     compute_dtype: str = "auto"      # auto | float32 | bfloat16 (auto: bf16 on GPU, fp32 on CPU)
     compile: bool = True
+    compile_fullgraph: bool = True   # torch.compile(fullgraph=True): a graph break in the training forward is an error
+    # torch on several ranks: "sharded" (no DDP wrapper; matrix gradients reduce-scattered to the rank that
+    # runs their Newton-Schulz, Muon momentum kept only there, updates all-gathered) or "ddp" (the DDP
+    # wrapper, every rank holds every momentum). The same numbers either way (tests/test_torch_distributed.py).
+    grad_sync: str = "sharded"
 
     def seq_stages(self) -> list[tuple[float, int]]:
         """train.seq_schedule as (fraction, segment cap) stages, by fraction; the last reaches 1.0."""
@@ -226,6 +231,8 @@ class TrainConfig(_Section):
                 raise PgolfError(f"train.{key} must not be negative, got {getattr(self, key)}")
         if self.compute_dtype not in ("auto", "float32", "bfloat16"):
             raise PgolfError(f"train.compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
+        if self.grad_sync not in ("sharded", "ddp"):
+            raise PgolfError(f"train.grad_sync must be sharded or ddp, got {self.grad_sync!r}")
         if self.batch_tokens % (self.grad_accum * self.seq_len):
             raise PgolfError(
                 f"train.batch_tokens={self.batch_tokens} must be a multiple of "

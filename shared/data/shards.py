@@ -16,7 +16,9 @@ accumulates over N times as many micro-batches (the reference's semantics).
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -220,6 +222,62 @@ class BatchLoader:
         chunk = self.stream.take(span * self.world_size)
         local = chunk[self.rank * span : (self.rank + 1) * span].astype(np.int64)
         return local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
+
+
+class Prefetcher:
+    """A step's micro-batches built ahead by a background thread while the device runs the step before.
+
+    The batches and their order are exactly `BatchLoader`'s; `state()` is the stream position before the
+    next step not yet handed out (what a checkpoint must record), `restore` rewinds to one. Errors of
+    the thread (an empty shard) are raised by the `next_step` that would have received its batches."""
+
+    def __init__(self, loader: BatchLoader, microbatch_tokens: int, seq_len: int, accum: int, depth: int = 2):
+        self.loader, self.args, self.accum, self.depth = loader, (microbatch_tokens, seq_len), accum, depth
+        self._state = loader.stream.state()
+        self._start()
+
+    def _start(self) -> None:
+        self._queue: queue.Queue = queue.Queue(self.depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._queue, self._stop), daemon=True,
+                                        name="pgolf-prefetch")
+        self._thread.start()
+
+    def _run(self, q: queue.Queue, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                batches = [self.loader.next_batch(*self.args) for _ in range(self.accum)]
+                item = (batches, self.loader.stream.state(), None)
+            except Exception as e:  # noqa: BLE001 - handed to the consumer, raised there
+                item = (None, None, e)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[2] is not None:
+                return
+
+    def next_step(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        batches, after, err = self._queue.get()
+        if err is not None:
+            raise err
+        self._state = after
+        return batches
+
+    def state(self) -> dict[str, int]:
+        return dict(self._state)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.close()
+        self.loader.stream.restore(state)
+        self._state = self.loader.stream.state()
+        self._start()
 
 
 def chunk_count(rows: int, seq_len: int, cap_tokens: int) -> int:

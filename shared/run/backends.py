@@ -81,7 +81,8 @@ class Session(Protocol):
         """What is checkpointed, evaluated and packed: the EMA of the weights when train.ema_decay > 0."""
     def all_finite(self) -> bool: ...
     def optimizer_state(self) -> dict[str, np.ndarray]:
-        """Optimizer buffers, the EMA and RNG state as named arrays (the resume file)."""
+        """Optimizer buffers, the EMA and RNG state as named arrays (the resume file). A collective: every
+        rank calls it (a sharded optimizer gathers its state), rank 0 writes it."""
     def load_optimizer_state(self, tensors: dict[str, np.ndarray]) -> None: ...
     def snapshot(self) -> Any:
         """Everything a step changes (weights, optimizer state, RNG), to undo the warm-up."""

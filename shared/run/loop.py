@@ -46,7 +46,7 @@ from shared.core.progress import TrainProgress
 from shared.core.schedule import looped, lr_scale, muon_momentum, rewarm, seq_cap, train_seconds
 from shared.core.spec import count_params, init_params
 from shared.data.bpb import EvalResult
-from shared.data.shards import BatchLoader, val_token_count
+from shared.data.shards import BatchLoader, Prefetcher, val_token_count
 from shared.errors import PgolfError
 from shared.run.backends import Session
 from shared.run.rundir import (
@@ -153,25 +153,26 @@ def run_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, h
     for extra in session.log_lines():
         run.log(extra, console=False)
 
-    loader = BatchLoader(stream, session.rank, session.world_size)
+    # the next step's batches are built in a background thread while the device runs this one
     micro_tokens = t.batch_tokens // t.grad_accum
+    loader = Prefetcher(BatchLoader(stream, session.rank, session.world_size), micro_tokens, t.seq_len, accum)
 
     def run_step(at: int, seconds: float, loop_on: bool, scale: float | None = None) -> float:
-        batches = [loader.next_batch(micro_tokens, t.seq_len) for _ in range(accum)]
+        batches = loader.next_step()
         scale = lr_scale(at, seconds, t) if scale is None else scale
         cap = seq_cap(at, seconds, t)
         kw = {"seg_len": cap} if cap else {}  # growing context (#2014): the document segment cap of this step
         return session.step(batches, scale, muon_momentum(at, o), looped=loop_on, **kw)
 
     if t.warmup_steps > 0:  # compile and warm up (both layer orders with depth recurrence), then undo every effect
-        saved, data_pos = session.snapshot(), stream.state()
+        saved, data_pos = session.snapshot(), loader.state()
         t0 = time.perf_counter()
         orders = (False, True) if cfg.model.looping else (False,)
         for loop_on in orders:
             for i in range(t.warmup_steps):
                 run_step(step + i, elapsed, loop_on)
         session.rollback(saved)
-        stream.restore(data_pos)
+        loader.restore(data_pos)
         run.log(f"warm-up: {t.warmup_steps * len(orders)} steps in {time.perf_counter() - t0:.1f}s (undone)")
     if cfg.model.looping:
         run.log(f"depth recurrence: from {cfg.model.loop_at:.0%} of training the layer order is "
@@ -188,9 +189,10 @@ def run_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, h
         if not session.all_finite():
             raise PgolfError(f"weights became non-finite by step {at}; not saved, the last good checkpoint is kept "
                              f"({good(good_step)}); lower the learning rates or set optim.grad_clip_norm")
+        opt_state = session.optimizer_state()  # on every rank: a sharded optimizer gathers its state here
         if run.is_main:  # the resume state holds the live weights; the checkpoint what gets packed (EMA when on)
-            save_resume_state(run.path, session.weights(), session.optimizer_state(),
-                              {"step": at, "data": stream.state(), "elapsed": elapsed, "tokens": tokens,
+            save_resume_state(run.path, session.weights(), opt_state,
+                              {"step": at, "data": loader.state(), "elapsed": elapsed, "tokens": tokens,
                                "backend": session.backend, "world_size": session.world_size}, cfg)
             save_checkpoint(run.path, session.final_weights(), cfg, at)
         good_step = at
@@ -245,6 +247,7 @@ def run_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, h
             tokens += t.batch_tokens
             if not math.isfinite(loss):  # every rank sees the same loss: all stop here
                 close_progress()
+                loader.close()
                 raise PgolfError(f"training diverged: the loss is {loss} at step {step}; stopped without saving "
                                  f"(last good checkpoint: {good(good_step)}); lower the learning rates or set "
                                  "optim.grad_clip_norm")
@@ -268,6 +271,7 @@ def run_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, h
                 save(step)
                 session.barrier()  # no rank exits (and tears the group down) while rank 0 is still writing
                 close_progress()
+                loader.close()
                 run.log(f"interrupted: saved step {step} to {run.path / CHECKPOINT}; continue with --resume {run.path}")
                 if hooks.on_stop:
                     hooks.on_stop(step, "interrupted", session)
@@ -275,6 +279,7 @@ def run_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, h
             if t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and not done:
                 save(step)
     close_progress()
+    loader.close()
     stop_reason = "wallclock" if out_of_time else "iterations"
     if out_of_time:
         reserve = f" less train.calib_reserve_s={t.calib_reserve_s:g} (calibration)" if t.calib_reserve_s else ""
