@@ -537,7 +537,7 @@ class EvalConfig(_Section):
             raise PgolfError(f"eval.lora_forwards = {self.lora_forwards}: choose 1 or 2; eval.lora_max_tokens >= 0")
         if self.lora_phase_chunk_tokens < 1 or self.lora_phase_rows < 1:
             raise PgolfError("eval.lora_phase_chunk_tokens and eval.lora_phase_rows must be >= 1")
-        self.lora_short_chunk_list  # parses, or says what is wrong
+        _ = self.lora_short_chunk_list  # parses, or says what is wrong
 
     @property
     def lora_short_chunk_list(self) -> list[tuple[int, int]]:
