@@ -89,6 +89,9 @@ class TorchSession:
         self._lora: lora.Adapters | None = None  # test-time adapters while a LoRA evaluation runs
         self.ema: list[Tensor] | None = None  # fp32 copies, in self.model.parameters() order
         self._waits = 0  # wait_all calls so far (each one's store key)
+        # eval.lora_compile: the TTT forward and backward compiled on CUDA, one graph for every rows x width
+        self.ttt_compile = cfg.eval.lora_compile and rt.device.type != "cpu"
+        self._ttt_nats = torch.compile(ttt_nats, dynamic=True) if self.ttt_compile else ttt_nats
         self.fused_adam = hasattr(torch, "_fused_adamw_")  # the adapters' AdamW in one fused kernel (else foreach)
         self.training = training
         self.compile = compile_enabled(cfg, rt.device) and training
@@ -329,12 +332,13 @@ class TorchSession:
             pt = torch.from_numpy(np.asarray(pos[i : i + step], dtype=np.int64)).to(self.rt.device)
             wt = torch.from_numpy(np.asarray(weight[i : i + step], dtype=np.float32)).to(self.rt.device)
             ad.select(self._rows(rows[i : i + step]))
+            if self.ttt_compile:   # rows and window widths vary from call to call
+                for t in (xt, yt, pt):
+                    torch._dynamo.maybe_mark_dynamic(t, 0)
+                for t in (xt, yt):
+                    torch._dynamo.maybe_mark_dynamic(t, 1)
             with torch.set_grad_enabled(train), autocast(self.rt.device, self.dtype):
-                h = self.model.hidden(xt, lora=ad)
-                h = h.gather(1, pt[..., None].expand(-1, -1, h.size(-1)))   # only the positions that count
-                logits = self.model.head(h, lora=ad)
-            nats = F.cross_entropy(logits.float().flatten(0, 1), yt.gather(1, pt).flatten(),
-                                   reduction="none").view(pt.shape)
+                nats = self._ttt_nats(self.model, xt, yt, pt, ad)
             if train and bool(wt.any()):
                 (nats * wt).sum().backward()   # gradients accumulate in the adapters' .grad; no update yet
             out.append(nats.detach().double().cpu().numpy())
@@ -344,7 +348,7 @@ class TorchSession:
     def _rows(self, rows: np.ndarray) -> Tensor | slice:
         """Adapter rows as a slice when consecutive (the adapters' views: no copy held for the backward)."""
         rows = np.asarray(rows, dtype=np.int64)
-        if rows.size and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
+        if not self.ttt_compile and rows.size and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
             return slice(int(rows[0]), int(rows[0]) + rows.size)
         return torch.from_numpy(rows).to(self.rt.device)
 
@@ -476,6 +480,15 @@ class TorchSession:
     def summary_extras(self) -> dict[str, Any]:
         return {"compute_dtype": runtime.dtype_name(self.dtype), "device": runtime.device_name(self.rt.device),
                 "peak_memory_bytes": runtime.peak_memory_bytes(self.rt.device)}
+
+
+def ttt_nats(model: GPT, x: Tensor, y: Tensor, pos: Tensor, adapters: lora.Adapters) -> Tensor:
+    """float32 [rows, k]: the nats (full softmax) at positions pos of each row, through the adapter rows
+    `adapters` selects; logits only where they count (one graph under eval.lora_compile)."""
+    h = model.hidden(x, lora=adapters)
+    h = h.gather(1, pos[..., None].expand(-1, -1, h.size(-1)))
+    logits = model.head(h, lora=adapters)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.gather(1, pos).flatten(), reduction="none").view(pos.shape)
 
 
 ADAM_GROUP_BYTES = 64 << 20  # the adapters' Adam runs over groups of about this size: a bounded temporary
