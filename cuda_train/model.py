@@ -65,6 +65,9 @@ class Rotary(nn.Module):
         self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if torch.compiler.is_compiling():   # in the graph, uncached: a dynamic seq_len stays one symbolic size
+            freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), self.inv_freq.to(device))
+            return freqs.cos()[None, None].to(dtype), freqs.sin()[None, None].to(dtype)
         if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
             t = torch.arange(seq_len, device=device, dtype=torch.float32)
             freqs = torch.outer(t, self.inv_freq.to(device))

@@ -90,6 +90,9 @@ class TorchSession:
         self._lora: lora.Adapters | None = None  # test-time adapters while a LoRA evaluation runs
         self.ema: list[Tensor] | None = None  # fp32 copies, in self.model.parameters() order
         self._waits = 0  # wait_all calls so far (each one's store key)
+        # eval.lora_compile: the TTT forward and backward compiled on CUDA, one graph for every rows x width
+        self.ttt_compile = cfg.eval.lora_compile and rt.device.type != "cpu"
+        self._ttt_nats = torch.compile(ttt_nats, dynamic=True) if self.ttt_compile else ttt_nats
         self.fused_adam = hasattr(torch, "_fused_adamw_")  # the adapters' AdamW in one fused kernel (else foreach)
         self.training = training
         self.compile = compile_enabled(cfg, rt.device) and training
@@ -351,17 +354,19 @@ class TorchSession:
             pt = torch.from_numpy(np.asarray(pos[i : i + step], dtype=np.int64)).to(self.rt.device)
             wt = torch.from_numpy(np.asarray(weight[i : i + step], dtype=np.float32)).to(self.rt.device)
             ad.select(self._rows(rows[i : i + step]))
+            if self.ttt_compile:   # rows and window widths vary from call to call
+                for t in (xt, yt, pt):
+                    torch._dynamo.maybe_mark_dynamic(t, 0)
+                for t in (xt, yt):
+                    torch._dynamo.maybe_mark_dynamic(t, 1)
             with torch.set_grad_enabled(train), autocast(self.rt.device, self.dtype):
-                h = self.model.hidden(xt, seg_len=eval_seg_len(self.cfg), lora=ad)
-                h = h.gather(1, pt[..., None].expand(-1, -1, h.size(-1)))   # only the positions that count
-                logits = self.model.head(h, lora=ad)
-            nats = F.cross_entropy(logits.float().flatten(0, 1), yt.gather(1, pt).flatten(),
-                                   reduction="none").view(pt.shape)
+                ht = None if hint is None else torch.from_numpy(np.asarray(hint[i : i + step], dtype=np.int64)).to(xt.device)
+                nats, hn = self._ttt_nats(self.model, xt, yt, pt, ad, eval_seg_len(self.cfg), ht)
             if train and bool(wt.any()):
                 (nats * wt).sum().backward()   # gradients accumulate in the adapters' .grad; no update yet
             out.append(nats.detach().double().cpu().numpy())
-            if hint is not None:
-                hints.append(_hint_nats(logits.detach(), hint[i : i + step]))
+            if hn is not None:
+                hints.append(hn.double().cpu().numpy())
         ad.select(None)
         nats = np.concatenate(out) if out else np.zeros(pos.shape)
         return nats if hint is None else (nats, np.concatenate(hints) if hints else np.zeros(pos.shape))
@@ -369,7 +374,7 @@ class TorchSession:
     def _rows(self, rows: np.ndarray) -> Tensor | slice:
         """Adapter rows as a slice when consecutive (the adapters' views: no copy held for the backward)."""
         rows = np.asarray(rows, dtype=np.int64)
-        if rows.size and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
+        if not self.ttt_compile and rows.size and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
             return slice(int(rows[0]), int(rows[0]) + rows.size)
         return torch.from_numpy(rows).to(self.rt.device)
 
@@ -510,6 +515,21 @@ def _hint_nats(logits: Tensor, hint: np.ndarray) -> np.ndarray:
         h = torch.from_numpy(np.asarray(hint, dtype=np.int64)).to(lf.device)
         out = torch.logsumexp(lf, -1) - lf.gather(-1, h[..., None])[..., 0]
     return out.double().cpu().numpy()
+
+
+def ttt_nats(model: GPT, x: Tensor, y: Tensor, pos: Tensor, adapters: lora.Adapters, seg_len: int | None = None,
+             hint: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """float32 [rows, k]: the nats (full softmax) at positions pos of each row, through the adapter rows
+    `adapters` selects; logits only where they count (one graph under eval.lora_compile). With `hint`
+    [rows, k]: also the hinted tokens' nats from the same logits, without gradient (the n-gram tilt, #2135)."""
+    h = model.hidden(x, seg_len=seg_len, lora=adapters)
+    h = h.gather(1, pos[..., None].expand(-1, -1, h.size(-1)))
+    logits = model.head(h, lora=adapters).float()
+    nats = F.cross_entropy(logits.flatten(0, 1), y.gather(1, pos).flatten(), reduction="none").view(pos.shape)
+    if hint is None:
+        return nats, None
+    lf = logits.detach()
+    return nats, torch.logsumexp(lf, -1) - lf.gather(-1, hint[..., None])[..., 0]
 
 
 ADAM_GROUP_BYTES = 64 << 20  # the adapters' Adam runs over groups of about this size: a bounded temporary

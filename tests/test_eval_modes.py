@@ -361,3 +361,30 @@ def test_fused_adapter_adamw_scores_as_the_foreach_one(tiny, forwards):
     base = replace(c, eval=replace(c.eval, lora_lr=0.0))
     assert np.abs(driver.run_eval(torch_session(base, params), base, ds.val_tokens, ds.tables).ledger.nats
                   - nats[0]).max() > 1e-3   # the steps moved the scores
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_compiled_lora_ttt_traces_one_graph_for_every_width_and_scores_as_eager(tiny):
+    """eval.lora_compile's function under torch.compile(dynamic=True): no graph break, one graph for every
+    window width (two: dynamo specialises a single row), the eager path's scores. The CPU runs it through the
+    aot_eager backend (dynamo's trace and AOT autograd, not inductor's kernels: eval.lora_compile is for CUDA)."""
+    torch = pytest.importorskip("torch")
+    from torch._dynamo.utils import counters
+
+    from cuda_train import session as ts
+
+    cfg, ds, params = tiny
+    c = replace(cfg, eval=replace(cfg.eval, mode="ttt", ttt="lora", max_tokens=256, lora_docs=2, lora_chunk=32,
+                                  lora_rank=2, lora_alpha=2.0, lora_lr=0.01, lora_targets="q,k,v,o,mlp,head")).validate()
+    tokens = np.asarray(ds.val_tokens[:257]).astype(np.int64)
+    tokens[[100, 150]] = 1   # three documents: a batch of two rows, then one of one
+    eager = driver.run_eval(ts.session_from(c, params), c, tokens, ds.tables).ledger.nats
+    torch._dynamo.reset()
+    counters.clear()
+    s = ts.session_from(c, params)
+    s.ttt_compile = True
+    s._ttt_nats = torch.compile(ts.ttt_nats, dynamic=True, backend="aot_eager")
+    compiled = driver.run_eval(s, c, tokens, ds.tables).ledger.nats
+    assert np.abs(compiled - eager).max() <= 1e-6
+    assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 2

@@ -502,6 +502,8 @@ class EvalConfig(_Section):
     lora_max_tokens: int = 0         # input tokens per LoRA forward (rows x window; a batch goes in pieces of
                                      # whole rows); 0 = a training micro-batch's: train.batch_tokens / grad_accum
                                      # (or train.max_microbatch_tokens): no more activations than a training step
+    lora_compile: bool = False       # torch on CUDA: the TTT forward and backward under torch.compile (dynamic
+                                     # shapes; its graphs compile inside the evaluation's time)
     lora_short_chunks: str = ""      # #2014's short-document score-first chunks: "256:8,2000:24" = a batch whose
                                      # longest document has at most 256 tokens (with its BOS) in chunks of 8, at
                                      # most 2000 in chunks of 24, longer ones in lora_chunk ("" = off)
@@ -558,7 +560,7 @@ class EvalConfig(_Section):
                              f"ngram_boost = {self.ngram_boost}: need order in 1..33, threshold in (0, 1], boost >= 0")
         if self.ngram_tilt and self.mode == "flat":
             raise PgolfError('eval.ngram_tilt scores per target: set eval.mode = "sliding" or "ttt" (not "flat")')
-        self.lora_short_chunk_list  # parses, or says what is wrong
+        _ = self.lora_short_chunk_list  # parses, or says what is wrong
 
     @property
     def lora_short_chunk_list(self) -> list[tuple[int, int]]:
