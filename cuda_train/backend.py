@@ -42,9 +42,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1
             code_bytes,  # the size of the train_gpt.py a record of this run submits
         )
 
-        code = code_bytes("torch", cfg)
         summary = train_loop(TorchSession(cfg, runtime.init(device)), cfg, run_dir, resume=resume, hooks=hooks,
-                             code_bytes=code)
+                             code_bytes=lambda: code_bytes("torch", cfg))
         runtime.shutdown()
         return summary
     from cuda_train.launch import torchrun

@@ -36,7 +36,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, nproc: int = 1
         raise PgolfError(f"--nproc {nproc}: the MLX backend trains in one process; use --nproc 1 or --backend torch")
     from shared.record.script import code_bytes  # the size of the train_gpt.py a record of this run submits
 
-    return train_loop(MLXSession(cfg), cfg, run_dir, resume=resume, hooks=hooks, code_bytes=code_bytes("mlx", cfg))
+    return train_loop(MLXSession(cfg), cfg, run_dir, resume=resume, hooks=hooks, code_bytes=lambda: code_bytes("mlx", cfg))
 
 
 def evaluate(params: dict[str, np.ndarray], cfg: Config, val_tokens: np.ndarray, tables: ByteTables,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -52,10 +53,11 @@ def finish_run(
     dataset,
     train_stats: dict[str, Any],
     *,
-    code_bytes: int,
+    code_bytes: int | Callable[[], int],
 ) -> dict[str, Any]:
     """Pack, evaluate the round-tripped weights, write summary.json (rank 0); return the summary.
-    `code_bytes`: the size of the train_gpt.py a record of this run submits (the caller knows it)."""
+    `code_bytes`: the size of the train_gpt.py a record of this run submits (the caller knows it), or a
+    function giving it, called once the run is scored (a run that fails first never sizes its script)."""
     from shared.artifact import format as artifact
 
     name, rank = session.backend, session.rank
@@ -113,7 +115,7 @@ def finish_run(
                 (run_dir.path / ARTIFACT).unlink(missing_ok=True)
             raise PgolfError(f"{run_dir.path}: {key} is {value} (not finite); model.pgz and summary.json were not "
                              f"written, the checkpoint is kept: check it with `pgolf eval {run_dir.path}`")
-    code = int(code_bytes)
+    code = int(code_bytes() if callable(code_bytes) else code_bytes)
     seconds = float(stats.get("train_seconds", 0.0))
     tokens = int(stats.get("train_tokens", 0))
     summary: dict[str, Any] = {

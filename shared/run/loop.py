@@ -113,7 +113,7 @@ class StopFlag:
 
 
 def train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool = False,
-               hooks: Hooks | None = None, *, code_bytes: int) -> dict[str, Any]:
+               hooks: Hooks | None = None, *, code_bytes: int | Callable[[], int]) -> dict[str, Any]:
     """Train `session` on this rank, validate, checkpoint, pack and evaluate; return summary.json's dict.
     Rank 0 holds the run folder's lock throughout (a direct `backend.train(...)` call takes it here)."""
     with run_dir_held(run_dir, session.is_main):
@@ -121,7 +121,7 @@ def train_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool 
 
 
 def run_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, hooks: Hooks | None,
-             code_bytes: int) -> dict[str, Any]:
+             code_bytes: int | Callable[[], int]) -> dict[str, Any]:
     """`train_loop` without the run folder's lock (train_gpt.py: the pod's folder has one owner)."""
     from shared.data.dataset import open_dataset
     from shared.run.finish import finish_run
