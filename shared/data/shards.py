@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,26 +47,14 @@ def write_shard(path: str | Path, tokens: np.ndarray) -> Path:
         raise PgolfError(f"{path}: token ids must fit in uint16")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = MAGIC, VERSION, tokens.size
-    from shared.files import write_failed  # one wording for every failed write (a full disk...)
+    from shared.files import atomic_write  # temp file + rename; one wording for every failed write
 
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    except OSError as e:
-        raise write_failed(path, e) from None
-    try:
-        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; data is meant to be shared
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             f.write(header.tobytes())
             f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise write_failed(path, e) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def shard_count(path: str | Path) -> int:
