@@ -127,6 +127,8 @@ def test_record_config_builds_the_record_model_and_steps_on_cpu(backend, tiny_da
     session = get_backend(backend).session(cfg)
     session.load_weights(init_params(cfg.model, 0))
     assert sum(v.size for v in session.weights().values()) == RECORD_PARAMS
+    if backend == "mlx":   # a record-width MLX step takes over a minute on a CPU; parity covers MLX's steps
+        return
     x = np.random.default_rng(0).integers(0, cfg.model.vocab_size, size=(2, 128)).astype(np.int64)
     losses = [session.step([(x, np.roll(x, -1, 1))], 1.0, 0.95, looped=looped) for looped in (False, True)]
     assert all(np.isfinite(losses)) and abs(losses[0] - np.log(cfg.model.vocab_size)) < 1.0
