@@ -71,3 +71,14 @@ def tiny_config(**train_overrides) -> Config:
 
 
 __all__ = ["TinyData", "tiny_config", "stdlib_docs", "load_config", "SHAKESPEARE"]
+
+
+def session_for(backend: str, cfg, params):
+    """A one-process evaluation session of `backend` holding `params` (skipped when the backend is absent)."""
+    if backend == "mlx":
+        pytest.importorskip("mlx.core")
+        from mlx_train.session import session_from
+    else:
+        pytest.importorskip("torch")
+        from cuda_train.session import session_from
+    return session_from(cfg, params)

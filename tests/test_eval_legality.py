@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import session_for, tiny_config
 
 from shared.core.spec import BOS_ID, init_params
 from shared.data.dataset import open_dataset
@@ -41,16 +41,6 @@ MODES = {
     "ttt-lora-record": {"mode": "ttt", "ttt": "lora", "lora_docs": 2, "lora_chunk": 16, "lora_rank": 2,
                         "lora_alpha": 2.0, "lora_lr": 0.01, "context": 64, **LORA_RECORD},
 }
-
-
-def session_for(backend: str, cfg, params):
-    if backend == "mlx":
-        pytest.importorskip("mlx.core")
-        from mlx_train.session import session_from
-    else:
-        pytest.importorskip("torch")
-        from cuda_train.session import session_from
-    return session_from(cfg, params)
 
 
 @pytest.fixture(scope="module")

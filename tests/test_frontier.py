@@ -7,20 +7,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import session_for, tiny_config
 
 from shared.core.spec import BOS_ID, init_params
 from shared.eval.windows import eval_seg_len
-
-
-def session_for(backend: str, cfg, params):
-    if backend == "mlx":
-        pytest.importorskip("mlx.core")
-        from mlx_train.session import session_from
-    else:
-        pytest.importorskip("torch")
-        from cuda_train.session import session_from
-    return session_from(cfg, params)
 
 
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
