@@ -50,6 +50,11 @@ def attention_kernel(device: torch.device, dtype: torch.dtype) -> str:
     return "fa3" if _fa3 is not None and device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) else "sdpa"
 
 
+def varlen_ready(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether document-isolated attention runs FA3's varlen kernel here (else SDPA with a segment mask)."""
+    return _fa3_varlen is not None and attention_kernel(device, dtype) == "fa3"
+
+
 def rms_norm(x: Tensor) -> Tensor:
     # The eps is pinned (shared.core.spec.RMS_EPS) so that both backends normalise identically.
     return F.rms_norm(x, (x.size(-1),), eps=RMS_EPS)
@@ -158,16 +163,17 @@ class CausalSelfAttention(nn.Module):
         self.gate = nn.Parameter(torch.empty(m.num_heads, m.gate_dims)) if m.attn_gate else None
         self.rotary = Rotary(m.rotary_dims, m.rope_base)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, docs: tuple[Tensor, int] | None) -> Tensor:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, docs: tuple[Tensor, int, Tensor | None] | None) -> Tensor:
         if docs is not None:
-            seg, cap = docs
-            if _fa3_varlen is not None and q.size(0) == 1 and attention_kernel(q.device, q.dtype) == "fa3":
-                # FA3 varlen (#1855): cumulative segment starts; nonzero() costs one host sync
-                cu = torch.nonzero(F.pad(seg[0, 1:] != seg[0, :-1], (1, 0), value=True)).flatten()
-                cu = F.pad(cu, (0, 1), value=seg.size(1)).to(torch.int32)
-                out = _fa3_varlen(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu,
-                                  cap or seg.size(1), cap or seg.size(1), causal=True)
-                return (out[0] if isinstance(out, tuple) else out).transpose(0, 1)[None]
+            seg, cap, cu = docs
+            if varlen_ready(q.device, q.dtype):  # FA3 varlen (#1855): the rows laid end to end, one stream
+                b, h, t, d = q.shape
+                if cu is None:  # found on the device: one host sync, and no torch.compile(fullgraph=True)
+                    cu = torch.nonzero(F.pad(seg[:, 1:] != seg[:, :-1], (1, 0), value=True).flatten()).flatten()
+                    cu = F.pad(cu, (0, 1), value=b * t).to(torch.int32)
+                flat = [z.transpose(1, 2).reshape(b * t, z.size(1), d) for z in (q, k, v)]
+                out = _fa3_varlen(*flat, cu, cu, cap or t, cap or t, causal=True)
+                return (out[0] if isinstance(out, tuple) else out).reshape(b, t, h, d).transpose(1, 2)
             return segment_attention(q, k, v, seg, cap)
         if _fa3 is not None and attention_kernel(q.device, q.dtype) == "fa3":
             out = _fa3(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
@@ -175,7 +181,7 @@ class CausalSelfAttention(nn.Module):
         # GQA without repeating K/V: SDPA broadcasts the KV heads (flash kernel on CUDA).
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
 
-    def forward(self, x: Tensor, docs: tuple[Tensor, int] | None = None, lora: dict | None = None) -> Tensor:
+    def forward(self, x: Tensor, docs: tuple[Tensor, int, Tensor | None] | None = None, lora: dict | None = None) -> Tensor:
         b, t, d = x.shape
         q = adapt(lora, "q", x, self.c_q(x)).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = adapt(lora, "k", x, self.c_k(x)).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -224,7 +230,7 @@ class Block(nn.Module):
     def norm(self, x: Tensor) -> Tensor:
         return rms_norm(x) * self.ln if self.ln != 1.0 else rms_norm(x)
 
-    def forward(self, x: Tensor, x0: Tensor, docs: tuple[Tensor, int] | None = None, lora: dict | None = None
+    def forward(self, x: Tensor, x0: Tensor, docs: tuple[Tensor, int, Tensor | None] | None = None, lora: dict | None = None
                 ) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
@@ -232,7 +238,7 @@ class Block(nn.Module):
         return x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x), lora)
 
     def parallel(self, lanes: tuple[Tensor, Tensor], x0: Tensor, route: Tensor, scale: Tensor,
-                 docs: tuple[Tensor, int] | None = None, lora: dict | None = None) -> tuple[Tensor, Tensor]:
+                 docs: tuple[Tensor, int, Tensor | None] | None = None, lora: dict | None = None) -> tuple[Tensor, Tensor]:
         """Parallel residual lanes (#1855): attention reads lane 0 (mixed with x0), the MLP lane 1;
         both outputs are routed into both lanes by `route` [2 sources, 2 lanes], lanes scaled by `scale`."""
         lane0, lane1 = lanes
@@ -287,10 +293,12 @@ class GPT(nn.Module):
         self.smear = Smear(m) if m.smear_gate else None
         self.blocks = nn.ModuleList(Block(m, i) for i in range(m.num_layers))
 
-    def hidden(self, idx: Tensor, looped: bool | None = None, seg_len: int = 0, lora=None) -> Tensor:
+    def hidden(self, idx: Tensor, looped: bool | None = None, seg_len: int = 0, lora=None,
+               cu: Tensor | None = None) -> Tensor:
         """Final normalised hidden states [batch, seq, dim]; `looped` picks the depth-recurrence order,
         `seg_len` the document segment cap (default model.doc_max_len; train.seq_schedule grows it);
-        `lora` (cuda_train/lora.py `Adapters`) gives test-time adapters per layer or per slot of the order."""
+        `lora` (cuda_train/lora.py `Adapters`) gives test-time adapters per layer or per slot of the order;
+        `cu` the rows' segment starts from the host (shared.core.spec.segment_starts) for FA3 varlen."""
         m = self.cfg
         x = self.tok_emb(idx)
         if torch.is_autocast_enabled(x.device.type):  # the residual stream in the compute dtype, as the reference
@@ -300,7 +308,7 @@ class GPT(nn.Module):
         x = rms_norm(x)
         x0 = x
         cap = seg_len or m.doc_max_len
-        docs = (doc_segments(idx, cap), cap) if m.doc_attention else None
+        docs = (doc_segments(idx, cap), cap, cu) if m.doc_attention else None
         order = m.layer_order(looped)
         n_enc = len(order) // 2
         skips: list[Tensor] = []
@@ -326,8 +334,9 @@ class GPT(nn.Module):
             x = 0.5 * (lanes[0] + lanes[1])
         return rms_norm(x)
 
-    def logits(self, idx: Tensor, looped: bool | None = None, seg_len: int = 0, lora=None) -> Tensor:
-        return self.head(self.hidden(idx, looped, seg_len, lora), lora)
+    def logits(self, idx: Tensor, looped: bool | None = None, seg_len: int = 0, lora=None,
+               cu: Tensor | None = None) -> Tensor:
+        return self.head(self.hidden(idx, looped, seg_len, lora, cu), lora)
 
     def head(self, h: Tensor, lora=None) -> Tensor:
         """Softcapped logits of final hidden states h [batch, positions, dim] (any subset of positions)."""
@@ -346,9 +355,9 @@ class GPT(nn.Module):
         return torch.where(z >= 0, pos * torch.tanh(z / pos), neg * torch.tanh(z / neg))
 
     def forward(self, idx: Tensor, targets: Tensor, reduction: str = "mean", looped: bool | None = None,
-                seg_len: int = 0) -> Tensor:
+                seg_len: int = 0, cu: Tensor | None = None) -> Tensor:
         """Cross-entropy in nats (`mean` over tokens, or their `sum`), computed in float32."""
-        logits = self.logits(idx, looped, seg_len)
+        logits = self.logits(idx, looped, seg_len, cu=cu)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
 
 

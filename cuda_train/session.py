@@ -27,9 +27,10 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cuda_train import lora, runtime
-from cuda_train.model import GPT, export_params, load_params
+from cuda_train.model import GPT, export_params, load_params, varlen_ready
 from cuda_train.optim import Optimizers
 from shared.core.config import Config
+from shared.core.spec import segment_starts
 from shared.data.bpb import ByteTables, EvalResult
 from shared.data.shards import chunk_count, val_batches
 from shared.errors import PgolfError
@@ -104,6 +105,16 @@ class TorchSession:
         self.sharded = cfg.train.grad_sync == "sharded"
         self.net = (DDP(self.compiled, device_ids=[rt.device.index] if rt.is_cuda else None)
                     if rt.distributed and training and not self.sharded else self.compiled)
+        # FA3 varlen: segment starts computed on the host with each batch (no sync, no data-dependent shape)
+        self.host_cu = cfg.model.doc_attention and varlen_ready(rt.device, self.dtype)
+
+    def _segment_starts(self, x: np.ndarray, seg_len: int = 0) -> Tensor | None:
+        """`cu_seqlens` of the rows `x` as the model will see them, on the device; None where FA3 varlen
+        does not run (the SDPA path builds its mask from the segment ids on the device)."""
+        if not self.host_cu:
+            return None
+        cu = torch.from_numpy(segment_starts(x, seg_len or self.cfg.model.doc_max_len))
+        return cu.pin_memory().to(self.rt.device, non_blocking=True) if self.rt.is_cuda else cu
 
     def _optimizers(self) -> Optimizers:
         if self.opt is None:  # built after the weights are loaded (the groups hold the parameters)
@@ -113,18 +124,24 @@ class TorchSession:
         return self.opt
 
     # -- the step
-    def _micro_step(self, x: Tensor, y: Tensor, weight: float, sync: bool, looped: bool, seg_len: int = 0) -> Tensor:
-        """Forward + backward of one micro-batch in equal chunks, loss scaled by `weight`; its mean loss."""
+    def _micro_step(self, x: Tensor, y: Tensor, weight: float, sync: bool, looped: bool, seg_len: int = 0,
+                    host: np.ndarray | None = None) -> Tensor:
+        """Forward + backward of one micro-batch in equal chunks, loss scaled by `weight`; its mean loss.
+        `host`: the micro-batch's inputs on the host (for FA3 varlen's segment starts)."""
         n = chunk_count(x.size(0), x.size(1), self.cfg.train.max_microbatch_tokens)
+        rows = x.size(0) // n
         total = torch.zeros((), device=self.rt.device)
         for j, (cx, cy) in enumerate(zip(x.chunk(n), y.chunk(n), strict=True)):
+            cu = None
             if self.cfg.model.doc_attention:  # #1855's packing: a chunk's rows (one stream) as one row
                 cx, cy = cx.reshape(1, -1), cy.reshape(1, -1)
+                if host is not None:
+                    cu = self._segment_starts(host[j * rows:(j + 1) * rows].reshape(1, -1), seg_len)
             last = j == n - 1
             ctx = self.net.no_sync() if isinstance(self.net, DDP) and not (sync and last) else contextlib.nullcontext()
             with ctx:
                 with autocast(self.rt.device, self.dtype):
-                    loss = self.net(cx, cy, looped=looped, seg_len=seg_len)
+                    loss = self.net(cx, cy, looped=looped, seg_len=seg_len, cu=cu)
                 (loss * (weight / n)).backward()
             total += loss.detach().float() / n
         return total
@@ -146,7 +163,8 @@ class TorchSession:
         for k, batch in enumerate(batches):
             x, y = to_device(batch, self.rt.device)
             sync = k == len(batches) - 1 and not local_clip
-            total += self._micro_step(x, y, 1.0 / len(batches), sync=sync, looped=looped, seg_len=seg_len)
+            total += self._micro_step(x, y, 1.0 / len(batches), sync=sync, looped=looped, seg_len=seg_len,
+                                      host=batch[0])
         if sharded and local_clip:
             opt.clip()
             opt.reduce_grads()
@@ -183,7 +201,7 @@ class TorchSession:
         self.model.eval()
         xt, yt = to_device((x, y), self.rt.device)
         with autocast(self.rt.device, self.dtype):
-            out = float(self.compiled(xt, yt))
+            out = float(self.compiled(xt, yt, cu=self._segment_starts(x)))
         self.model.train(was)
         return out
 
@@ -220,7 +238,7 @@ class TorchSession:
         for x, y, b in val_batches(val_tokens, t.seq_len, e.batch_tokens, tables, rank, world_size, e.max_tokens):
             xt, yt = to_device((x, y), self.rt.device)
             with autocast(self.rt.device, self.dtype):
-                nats += self.compiled(xt, yt, reduction="sum").double()
+                nats += self.compiled(xt, yt, reduction="sum", cu=self._segment_starts(x)).double()
             tokens += y.size
             nbytes += b
         self.model.train(was)

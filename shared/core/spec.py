@@ -159,6 +159,20 @@ def doc_segments(idx: np.ndarray, max_len: int = 0) -> np.ndarray:
     return np.cumsum(start, axis=1) - 1
 
 
+def segment_starts(idx: np.ndarray, max_len: int = 0, bucket: int = 64) -> np.ndarray:
+    """FlashAttention varlen's `cu_seqlens` (int32) for the rows of `idx` laid end to end: where
+    `doc_segments` begins a segment (each row's start among them), padded with the total length (empty
+    segments) to a multiple of `bucket` so that a compiled forward sees few shapes, as #1855 does.
+    Computed on the host with the batch: the compiled forward then has no data-dependent shape."""
+    idx = np.atleast_2d(idx)
+    seg = doc_segments(idx, max_len)
+    start = np.ones(seg.shape, dtype=bool)
+    start[:, 1:] = seg[:, 1:] != seg[:, :-1]
+    cu = np.flatnonzero(start)
+    n = -(-(cu.size + 1) // bucket) * bucket
+    return np.concatenate([cu, np.full(n - cu.size, idx.size)]).astype(np.int32)
+
+
 def param_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's canonical name and shape, in table order."""
     return {n: p.shape for n, p in param_table(m).items()}
