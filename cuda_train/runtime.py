@@ -72,6 +72,29 @@ class Runtime:
             time.sleep(pause)
             pause = min(0.05, 2 * pause)
 
+    def share_bytes(self, tag: str, data: bytes | None, timeout_s: float = READY_TIMEOUT_S) -> bytes:
+        """Rank 0's `data` on every rank, through the process group's key-value store: the others poll for
+        it (no collective's timeout while rank 0 works), and rank 0 drops it once every rank has read it."""
+        if not self.distributed:
+            return data
+        store = dist.distributed_c10d._get_default_store()
+        key = f"pgolf/share/{tag}"
+        if self.rank == 0:
+            store.set(key, data)
+        else:
+            deadline, pause = time.monotonic() + timeout_s, 0.001
+            while not store.check([key]):
+                if time.monotonic() > deadline:
+                    raise PgolfError(f"rank {self.rank} waited {timeout_s:.0f} s for rank 0's {tag!r}; it is stuck "
+                                     "or gone (PGOLF_READY_TIMEOUT_S sets the wait)")
+                time.sleep(pause)
+                pause = min(0.05, 2 * pause)
+            data = bytes(store.get(key))
+        self.wait_for_ranks(f"{tag}/read", timeout_s)
+        if self.rank == 0:
+            store.delete_key(key)
+        return data
+
     def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """In-place all-reduce (`sum` or `max`); a no-op on one process."""
         if self.distributed:

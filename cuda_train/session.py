@@ -509,6 +509,10 @@ class TorchSession:
         self._waits += 1
         self.rt.wait_for_ranks(f"wait{self._waits}")
 
+    def share_bytes(self, data: bytes | None) -> bytes:
+        self._waits += 1
+        return self.rt.share_bytes(f"share{self._waits}", data)
+
     def info(self) -> dict[str, str]:
         from cuda_train.model import attention_kernel
 

@@ -361,6 +361,9 @@ class MLXSession:
     def wait_all(self) -> None:
         pass
 
+    def share_bytes(self, data: bytes | None) -> bytes:
+        return data
+
     def info(self) -> dict[str, str]:
         return {"mlx": mx.__version__, "blas": runtime.blas_info(), "device": runtime.device_name(),
                 "compute_dtype": str(self.dtype).split(".")[-1]}

@@ -424,7 +424,7 @@ def test_fp32_floats_hold_what_fp16_cannot(tmp_path):
 
 def _fake_session(val_loss: float) -> SimpleNamespace:
     """A Session whose every evaluation scores `val_loss` (finish_run needs nothing else here)."""
-    return SimpleNamespace(backend="torch", rank=0, world_size=1, is_main=True,
+    return SimpleNamespace(backend="torch", rank=0, world_size=1, is_main=True, share_bytes=lambda data: data,
                            evaluate_params=lambda params, tokens, tables: EvalResult(val_loss * 100, 100, 80))
 
 
@@ -457,7 +457,8 @@ def test_finish_writes_the_artifact_before_evaluating_it(tmp_path):
         seen.append((tmp_path / ARTIFACT).exists())
         return EvalResult(300.0, 100, 80)
 
-    session = SimpleNamespace(backend="torch", rank=0, world_size=1, is_main=True, evaluate_params=evaluate)
+    session = SimpleNamespace(backend="torch", rank=0, world_size=1, is_main=True, evaluate_params=evaluate,
+                              share_bytes=lambda data: data)
     stats = {"val_loss": 3.0, "val_bpb": 1.5, "steps": 1, "train_tokens": 10, "train_seconds": 1.0}
     finish_run(session, init_params(cfg.model, 1), cfg, RunDir(tmp_path), SimpleNamespace(val_tokens=None, tables=None),
                stats, code_bytes=0)

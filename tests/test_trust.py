@@ -570,7 +570,7 @@ def test_no_calibration_warning_without_a_reserve(tmp_path):
         time.sleep(0.01)
         return hessians
 
-    session = SimpleNamespace(backend="mlx", rank=0, collect_hessians=slow_hessians,
+    session = SimpleNamespace(backend="mlx", rank=0, collect_hessians=slow_hessians, share_bytes=lambda data: data,
                               evaluate_params=lambda p, t, tb: EvalResult(100.0, 50, 200))
     dataset = SimpleNamespace(val_tokens=None, tables=None, train_stream=None)
     import shared.artifact.calibration as calibration

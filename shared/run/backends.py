@@ -54,6 +54,10 @@ class Session(Protocol):
     def wait_all(self) -> None:
         """Return once every rank has called it, however long the slowest one works (no collective's
         timeout); the driver calls it before each collective that follows uneven work."""
+
+    def share_bytes(self, data: bytes | None) -> bytes:
+        """Rank 0's `data` on every rank (the others pass None), however long rank 0 took to make it
+        (no collective's timeout): the packed artifact, made once."""
     def sgd_begin(self, momentum: float) -> None:
         """Fresh momentum buffers for test-time SGD on every weight."""
     def sgd_step(self, x: np.ndarray, y: np.ndarray, lr: float, clip: float, denom: int) -> None:

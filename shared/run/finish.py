@@ -77,14 +77,17 @@ def finish_run(
         pre = session.evaluate_params(params, dataset.val_tokens, dataset.tables)
         stats["val_loss"], stats["val_bpb"] = pre.val_loss, pre.val_bpb
 
-    # Every rank packs the same bytes (the packer is deterministic), so every
-    # rank can evaluate them without waiting for a file; only rank 0 writes it.
+    # Rank 0 packs, with every core (the pack threads); the other ranks wait for its bytes without a
+    # collective's timeout, then all evaluate those bytes. Only rank 0 writes the file.
     t1 = time.perf_counter()
     from shared.core.progress import Progress, activate
 
-    with Progress("pack: quantise", total=len(params), unit="tensors", enabled=rank == 0 and run_dir.is_main,
-                  min_s=5.0) as bar, activate(bar):
-        blob = artifact.pack(params, cfg, hessians=hessians, token_counts=counts)
+    blob = None
+    if rank == 0:
+        with Progress("pack: quantise", total=len(params), unit="tensors", enabled=run_dir.is_main,
+                      min_s=5.0) as bar, activate(bar):
+            blob = artifact.pack(params, cfg, hessians=hessians, token_counts=counts)
+    blob = session.share_bytes(blob)
     t2 = time.perf_counter()
     # The challenge's 600 s cover training and whatever reads training data after it: the calibration
     # (GPTQ Hessians, token counts). Quantising and packing read none and may follow (docs/TIME-BUDGET.md,
