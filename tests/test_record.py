@@ -249,6 +249,11 @@ def test_config_branches_fold_and_an_override_of_a_folded_key_is_refused():
     used = fold_config(tree, cfg, lambda section, key: True)
     assert ast.unparse(tree).split("\n")[-1].strip() == "return gptq()" and "ttt" not in ast.unparse(tree)
     assert used == {"quant.gptq", "eval.mode"}
+    # a folded early return leaves the rest of its body dead: cut, and with it what only it used
+    tree = ast.parse("def g(cfg: Config):\n    if not cfg.quant.gptq:\n        return 0\n    x = helper()\n"
+                     "    return x\n")
+    fold_config(tree, replace(cfg, quant=replace(cfg.quant, gptq=False)), lambda section, key: True)
+    assert ast.unparse(tree) == "def g(cfg: Config):\n    return 0"
     baked = to_dict(cfg)
     assert resolve_config(baked, {"ITERATIONS": "7"}).train.iterations == 7
     assert isinstance(resolve_config(baked, {}), Config)

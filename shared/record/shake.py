@@ -390,4 +390,8 @@ def fold_config(tree: ast.Module, cfg, foldable) -> set[str]:
             body = getattr(node, field, None)
             if field == "body" and isinstance(body, list) and not body:
                 node.body = [ast.Pass()]
+            elif isinstance(body, list):   # what follows a return or raise never runs (left by a folded branch)
+                end = next((i for i, st in enumerate(body) if isinstance(st, (ast.Return, ast.Raise))), None)
+                if end is not None and end + 1 < len(body):
+                    setattr(node, field, body[: end + 1])
     return f.used
