@@ -107,7 +107,13 @@ def muon_kernels(cfg, world_size: int, sync: str) -> dict:
         p.grad = torch.randn(p.shape, generator=g) * 1e-3
     saved = dist.all_reduce, dist.all_gather_into_tensor
     dist.all_reduce = lambda t, op=None: t
-    dist.all_gather_into_tensor = lambda out, inp: out.copy_(inp.repeat(out.numel() // inp.numel()))
+    done = type("Done", (), {"wait": lambda self: None})()
+
+    def gather(out, inp, async_op=False):
+        out.copy_(inp.repeat(out.numel() // inp.numel()))
+        return done if async_op else None
+
+    dist.all_gather_into_tensor = gather
     try:
         opt.muon.step()   # momentum buffers exist from here on, as in training
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

@@ -21,9 +21,11 @@ Newton-Schulz), so rank 0 alone holds the whole optimizer state and can save
 a checkpoint without a collective, and a run can resume on another world size.
 That is `train.grad_sync = "ddp"`. With "sharded" (the default) there is no DDP: the
 matrix gradients are reduce-scattered so that rank r receives the mean gradient of
-exactly the matrices it orthogonalises, keeps momentum for those only, and one
-all-gather hands every rank every update (`Layout`); the other gradients are
-all-reduced. The numbers are the same as "ddp"'s; `state_tensors` then gathers the
+exactly the matrices it orthogonalises, keeps momentum for those only, and all-gathers
+hand every rank every update (`Layout`); the other gradients are
+all-reduced. The collectives go bank by bank (one matrix per rank, as #1855), asynchronously: the
+banks' reduce-scatters run while Adam steps, and each bank's all-gather while the next bank is
+orthogonalised. The numbers are the same as "ddp"'s; `state_tensors` then gathers the
 momentum (a collective: every rank calls it), so checkpoints stay world-size free.
 
 The record's exact numerics, each a key (#1855; docs/REFERENCE.md "Fidelity: optimizer"):
@@ -98,6 +100,7 @@ class Muon(torch.optim.Optimizer):
         self.rank, self.world_size = rank, world_size
         self.sharded = False                      # momentum and gradients only for owned matrices
         self.layouts: dict[int, Layout] = {}
+        self.pending: dict[tuple[int, int], tuple] = {}   # (group, bank) -> reduce-scatter in flight, its output
 
     def owns(self, i: int) -> bool:
         """Whether this rank orthogonalises the group's i-th matrix (round robin over ranks)."""
@@ -118,34 +121,16 @@ class Muon(torch.optim.Optimizer):
             # record form: the shape scale joins the step size (p -= lr * scale * u), as #1855
             folded = group["ns_form"] == "record"
             sharded = self.sharded and self.world_size > 1
-            lay = self.layout(gi) if sharded else None
-            flat = (torch.zeros(lay.chunk, device=params[0].device, dtype=self.ns_dtype) if sharded else
-                    torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=self.ns_dtype))
-            offset = 0
-            for i, p in enumerate(params):
-                n = p.numel()
-                if sharded and not self.owns(i):
-                    continue
-                g = p.grad if p.grad is not None else torch.zeros_like(p)
-                if self.momentum_dtype is not None:
-                    g = g.to(self.momentum_dtype)
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(g))
-                buf.mul_(mom).add_(g)
-                if self.owns(i):
-                    u = g.add(buf, alpha=mom) if group["nesterov"] else buf
-                    if group["row_norm"]:
-                        u = row_normalize(u, group["row_norm_eps"])
-                    u = newton_schulz(u, group["backend_steps"], self.ns_dtype, group["ns"], group["ns_form"])
-                    if not folded:
-                        u = u * _shape_scale(p)
-                    o = lay.local[i] if sharded else offset
-                    flat[o : o + n] = u.reshape(-1)
-                offset += n
             if sharded:
-                full = torch.empty(lay.chunk * self.world_size, device=flat.device, dtype=flat.dtype)
-                dist.all_gather_into_tensor(full, flat)
-                starts = lay.start
+                full, starts = self._sharded_updates(gi, group)
             else:
+                flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=self.ns_dtype)
+                offset = 0
+                for i, p in enumerate(params):
+                    u = self._update(p, group, self.owns(i))
+                    if u is not None:
+                        flat[offset : offset + p.numel()] = (u if folded else u * _shape_scale(p)).reshape(-1)
+                    offset += p.numel()
                 if self.world_size > 1:
                     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
                 full, starts = flat, [0, *np.cumsum([p.numel() for p in params])[:-1].tolist()]
@@ -160,20 +145,67 @@ class Muon(torch.optim.Optimizer):
             for step, idx in steps.items():
                 torch._foreach_add_([params[i] for i in idx], [updates[i] for i in idx], alpha=step)
 
+    def _update(self, p: Tensor, group: dict, owned: bool) -> Tensor | None:
+        """Momentum for `p` (every rank keeps it on the DDP path), then, where this rank owns `p`, its
+        orthogonalised update (before the shape scale)."""
+        mom = group["momentum"]
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        if self.momentum_dtype is not None:
+            g = g.to(self.momentum_dtype)
+        buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(g))
+        buf.mul_(mom).add_(g)
+        if not owned:
+            return None
+        u = g.add(buf, alpha=mom) if group["nesterov"] else buf
+        if group["row_norm"]:
+            u = row_normalize(u, group["row_norm_eps"])
+        return newton_schulz(u, group["backend_steps"], self.ns_dtype, group["ns"], group["ns_form"])
+
+    def _sharded_updates(self, gi: int, group: dict) -> tuple[Tensor, list[int]]:
+        """Bank by bank (one matrix per rank, #1855's banks): wait for the bank's reduce-scatter (launched by
+        `Optimizers.reduce_grads`), orthogonalise this rank's matrix, start the bank's all-gather and go on
+        to the next bank while it runs; the full update buffer once every gather is done."""
+        params, lay = group["params"], self.layout(gi)
+        folded = group["ns_form"] == "record"
+        full = torch.empty(lay.total, device=params[0].device, dtype=self.ns_dtype)
+        gathers = []
+        for k, bank in enumerate(lay.banks):
+            pending = self.pending.pop((gi, k), None)
+            if pending is not None:   # the mean gradient of this rank's matrix of the bank
+                work, mine = pending
+                work.wait()
+                mine.div_(self.world_size)
+            send = torch.zeros(lay.chunks[k], device=full.device, dtype=self.ns_dtype)
+            for i in bank:
+                if not self.owns(i):
+                    continue
+                p = params[i]
+                if pending is not None:
+                    p.grad = mine[: p.numel()].view_as(p).to(p.dtype)
+                u = self._update(p, group, True)
+                send[: p.numel()] = (u if folded else u * _shape_scale(p)).reshape(-1)
+            out = full[lay.offsets[k] : lay.offsets[k] + lay.chunks[k] * self.world_size]
+            gathers.append(dist.all_gather_into_tensor(out, send, async_op=True))
+        for work in gathers:
+            work.wait()
+        return full, lay.start
+
 
 class Layout:
-    """Where each matrix of a Muon group sits in the rank-major flat buffer of the sharded collectives:
-    rank r's matrices (i % world_size == r, in order) fill chunk r, padded to the longest chunk, so
-    one reduce-scatter gives each rank its matrices' gradients and one all-gather every update."""
+    """The sharded collectives' buffer for a Muon group, in banks of one matrix per rank (#1855): matrix
+    i sits in bank i // world_size, in the chunk of its owner (i % world_size), each chunk of a bank padded
+    to the bank's largest matrix; banks one after another. A bank's reduce-scatter gives each rank its
+    matrix's gradient, its all-gather every rank the bank's updates, and the banks overlap."""
 
     def __init__(self, sizes: list[int], world_size: int):
-        used = [0] * world_size
-        self.local: list[int] = []            # offset of matrix i inside its owner's chunk
-        for i, n in enumerate(sizes):
-            self.local.append(used[i % world_size])
-            used[i % world_size] += n
-        self.chunk = max(used) if used else 0
-        self.start = [(i % world_size) * self.chunk + o for i, o in enumerate(self.local)]  # in the full buffer
+        n = len(sizes)
+        self.banks = [list(range(b, min(b + world_size, n))) for b in range(0, n, world_size)]
+        self.chunks = [max(sizes[i] for i in bank) for bank in self.banks]
+        self.offsets = [0, *np.cumsum([c * world_size for c in self.chunks]).tolist()]
+        self.total = self.offsets[-1]
+        self.offsets = self.offsets[:-1]
+        self.start = [self.offsets[i // world_size] + (i % world_size) * self.chunks[i // world_size]
+                      for i in range(n)]   # of matrix i in the full buffer
 
 
 def _shape_scale(p: Tensor) -> float:
@@ -253,18 +285,19 @@ class Optimizers:
         if self.world_size == 1:
             return
         mats = self.muon.param_groups[0]["params"] if self.muon.param_groups else []
-        if mats:
+        if mats:   # one reduce-scatter per bank, in flight while the rest is reduced and Adam steps
             lay = self.muon.layout(0)
-            full = torch.zeros(lay.chunk * self.world_size, device=mats[0].device, dtype=torch.float32)
-            for p, start in zip(mats, lay.start, strict=True):
-                if p.grad is not None:
-                    full[start : start + p.numel()] = p.grad.reshape(-1)
-            mine = torch.empty(lay.chunk, device=full.device, dtype=full.dtype)
-            dist.reduce_scatter_tensor(mine, full, op=dist.ReduceOp.SUM)
-            mine.div_(self.world_size)
-            for i, p in enumerate(mats):
-                p.grad = (mine[lay.local[i] : lay.local[i] + p.numel()].view_as(p).to(p.dtype)
-                          if self.muon.owns(i) else None)
+            for k, bank in enumerate(lay.banks):
+                full = torch.zeros(lay.chunks[k] * self.world_size, device=mats[0].device, dtype=torch.float32)
+                for i in bank:
+                    p = mats[i]
+                    if p.grad is not None:
+                        o = lay.start[i] - lay.offsets[k]
+                        full[o : o + p.numel()] = p.grad.reshape(-1)
+                    p.grad = None   # Muon.step sets the owner's from the bank's result
+                mine = torch.empty(lay.chunks[k], device=full.device, dtype=full.dtype)
+                self.muon.pending[(0, k)] = (dist.reduce_scatter_tensor(mine, full, op=dist.ReduceOp.SUM,
+                                                                        async_op=True), mine)
         rest = [p for g in self.adam.param_groups for p in g["params"]]
         if rest:
             grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in rest]

@@ -248,3 +248,14 @@ def test_resume_with_the_record_numerics_reproduces_the_uninterrupted_run(tiny_d
     a, _, _ = load_checkpoint(tmp_path / "a")
     b, _, step = load_checkpoint(tmp_path / "b")
     assert step == 5 and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_sharded_layout_puts_one_matrix_per_rank_in_each_bank():
+    from cuda_train.optim import Layout
+
+    lay = Layout([4, 6, 2, 5, 3], world_size=2)
+    assert lay.banks == [[0, 1], [2, 3], [4]]
+    assert lay.chunks == [6, 5, 3] and lay.offsets == [0, 12, 22] and lay.total == 28
+    assert lay.start == [0, 6, 12, 17, 22]   # owner r's chunk of its bank: matrix i at offset + (i % 2) * chunk
+    one = Layout([4, 6], world_size=1)
+    assert one.banks == [[0], [1]] and one.start == [0, 4] and one.total == 10
