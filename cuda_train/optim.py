@@ -117,7 +117,7 @@ class Muon(torch.optim.Optimizer):
             params = group["params"]
             if not params:
                 continue
-            lr, mom = group["lr"], group["momentum"]
+            lr = group["lr"]
             # record form: the shape scale joins the step size (p -= lr * scale * u), as #1855
             folded = group["ns_form"] == "record"
             sharded = self.sharded and self.world_size > 1
