@@ -32,27 +32,16 @@ def _act_grad_scale(slope: float) -> float:
 # --- LeakyReLU(slope)^2 MLP ------------------------------------------------------------------------------------
 
 @triton.jit
-def _tile(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
-    """(row block, column block) of program `pid`, rows grouped by GROUP_M so neighbouring programs share
-    the same weight tiles in L2."""
-    n_m = tl.cdiv(M, BM)
-    n_n = tl.cdiv(N, BN)
-    per_group = GROUP_M * n_n
-    first_m = (pid // per_group) * GROUP_M
-    size_m = tl.minimum(n_m - first_m, GROUP_M)
-    return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
-
-
-@triton.jit
 def _mlp_kernel(a_ptr, b_ptr, pre_ptr, out_ptr, M, N, K,
                 s_am, s_ak, s_bk, s_bn, s_pm, s_pn, s_om, s_on, slope, grad_scale,
                 FORWARD: tl.constexpr, IEEE: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """acc = A[M, K] @ B[K, N] (any strides), then per element
     FORWARD:  pre = acc (rounded to pre's dtype), out = leaky_relu(pre, slope) ** 2
-    backward: out = acc (rounded) * d/dh leaky_relu(h, slope)**2 at h = pre, and pre_ptr's twin is not written;
-              the caller passes the saved pre-activation as `pre_ptr`."""
-    pid_m, pid_n = _tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
+    backward: out = acc (rounded) * d/dh leaky_relu(h, slope)**2 at h = pre (pre_ptr: the saved
+              pre-activation, only read)."""
+    # row-major over tiles: the weight matrix (a few MB) stays in L2 whatever the order
+    pid_m, pid_n = tl.program_id(0) // tl.cdiv(N, BN), tl.program_id(0) % tl.cdiv(N, BN)
     rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     rn = (pid_n * BN + tl.arange(0, BN)).to(tl.int64)
     rk = tl.arange(0, BK).to(tl.int64)
@@ -90,7 +79,7 @@ def _mlp_launch(a: Tensor, b: Tensor, pre: Tensor, out: Tensor, slope: float, fo
     grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
     _mlp_kernel[grid](a, b, pre, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
                       pre.stride(0), pre.stride(1), out.stride(0), out.stride(1), float(slope),
-                      _act_grad_scale(slope), FORWARD=forward, IEEE=ieee, BM=bm, BN=bn, BK=bk, GROUP_M=8,
+                      _act_grad_scale(slope), FORWARD=forward, IEEE=ieee, BM=bm, BN=bn, BK=bk,
                       num_warps=4 if ieee else 8, num_stages=3)
 
 
