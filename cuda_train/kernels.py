@@ -16,12 +16,15 @@ cuda_train/session.py, on CUDA with triton present; nothing else imports this mo
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 _LIB = "pgolf_kernels"
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # the Triton interpreter runs the kernels on CPU tensors
 
 
 def _act_grad_scale(slope: float) -> float:
@@ -34,7 +37,7 @@ def _act_grad_scale(slope: float) -> float:
 @triton.jit
 def _mlp_kernel(a_ptr, b_ptr, pre_ptr, out_ptr, M, N, K,
                 s_am, s_ak, s_bk, s_bn, s_pm, s_pn, s_om, s_on, slope, grad_scale,
-                FORWARD: tl.constexpr, IEEE: tl.constexpr,
+                FORWARD: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """acc = A[M, K] @ B[K, N] (any strides), then per element
     FORWARD:  pre = acc (rounded to pre's dtype), out = leaky_relu(pre, slope) ** 2
@@ -52,7 +55,9 @@ def _mlp_kernel(a_ptr, b_ptr, pre_ptr, out_ptr, M, N, K,
                     other=0.0)
         b = tl.load(b_ptr + kk[:, None] * s_bk + rn[None, :] * s_bn, mask=(kk[:, None] < K) & (rn[None, :] < N),
                     other=0.0)
-        if IEEE:  # float32 inputs: full-precision products, as the eager float32 matmul
+        if UPCAST:  # the interpreter multiplies bf16 as raw integers; products of bf16 are exact in float32
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        elif IEEE:  # float32 inputs: full-precision products, as the eager float32 matmul
             acc = tl.dot(a, b, acc, input_precision="ieee")
         else:
             acc = tl.dot(a, b, acc)
@@ -79,7 +84,7 @@ def _mlp_launch(a: Tensor, b: Tensor, pre: Tensor, out: Tensor, slope: float, fo
     grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
     _mlp_kernel[grid](a, b, pre, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
                       pre.stride(0), pre.stride(1), out.stride(0), out.stride(1), float(slope),
-                      _act_grad_scale(slope), FORWARD=forward, IEEE=ieee, BM=bm, BN=bn, BK=bk,
+                      _act_grad_scale(slope), FORWARD=forward, IEEE=ieee, UPCAST=_INTERPRET and not ieee, BM=bm, BN=bn, BK=bk,
                       num_warps=4 if ieee else 8, num_stages=3)
 
 

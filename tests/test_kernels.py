@@ -76,6 +76,37 @@ def _ce_cases(kernels, dev) -> dict:
     return out
 
 
+def _bf16_cases(kernels, dev) -> dict:
+    """bf16, the training dtype (blocks 128 x 128 x 64): the activation is applied to the rounded
+    pre-activation exactly as the eager ops apply it (one rounding of its float32 square); the matmuls differ from eager's only by the order of
+    their float32 sums (at most an ulp of bf16 after rounding); the loss's softcap is taken in float32
+    (eager rounds it to bf16), so it matches eager run in float32 on the same bf16 logits."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(5)
+    bf = torch.bfloat16
+    x = torch.randn(200, 96, generator=g).to(dev, bf)
+    w_fc, w_proj = (torch.randn(160, 96, generator=g) / 10).to(dev, bf), (torch.randn(96, 160, generator=g) / 13).to(dev, bf)
+    pre, post = kernels.mlp_up(x, w_fc, 0.5)
+    want = F.leaky_relu(pre, 0.5).square()
+    if os.environ.get("TRITON_INTERPRET") == "1":  # its float32 -> bf16 cast truncates (the GPU's rounds to nearest)
+        h = torch.where(pre > 0, pre, 0.5 * pre).float()
+        want = ((h * h).view(torch.int32) & -65536).view(torch.float32).to(bf)
+    out = {"post_vs_eager_activation_mismatches": float((post != want).sum()),
+           "pre_vs_eager_linear": _rel(pre, F.linear(x, w_fc))}
+    dout = torch.randn(200, 96, generator=g).to(dev, bf)
+    at = pre.clone().requires_grad_()
+    F.linear(F.leaky_relu(at, 0.5).square(), w_proj).backward(dout)
+    out["dpre_vs_eager_autograd"] = _rel(kernels.mlp_up_grad(dout, w_proj, pre, 0.5), at.grad)
+    z = (torch.randn(6, 3000, generator=g) * 20).to(dev, bf)
+    y = torch.randint(0, 3000, (6,), generator=g).to(dev)
+    got = kernels.softcap_cross_entropy(z, y, 30.0, "none")
+    out["ce_vs_eager_in_float32"] = _rel(got, F.cross_entropy(30.0 * torch.tanh(z.float() / 30.0), y, reduction="none"))
+    out["ce_vs_eager_bf16_softcap"] = _rel(got, F.cross_entropy((30.0 * torch.tanh(z / 30.0)).float(), y, reduction="none"))
+    return out
+
+
 def _gpt_cases(kernels, dev) -> dict:
     """The whole training forward and backward with the kernels wired in (model.use_fused_kernels), eagerly
     and under torch.compile(fullgraph=True) (the aot_eager backend: dynamo and AOT autograd over the fake
@@ -136,7 +167,7 @@ def main(part: str) -> None:
 
     res = {"device": dev, "interpreter": os.environ.get("TRITON_INTERPRET") == "1"}
     if part == "units":
-        res.update(mlp=_mlp_cases(kernels, dev), ce=_ce_cases(kernels, dev))
+        res.update(mlp=_mlp_cases(kernels, dev), ce=_ce_cases(kernels, dev), bf16=_bf16_cases(kernels, dev))
     else:
         res.update(gpt=_gpt_cases(kernels, dev))
     print(json.dumps(res))
@@ -190,6 +221,13 @@ def test_mlp_slope_changes_the_result(results):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_softcapped_ce_matches_eager_values_and_gradients(results, shape, reduction):
     _within(results["ce"][f"{shape[0]}x{shape[1]}-{reduction}"])
+
+
+def test_bf16_rounds_as_the_eager_ops(results):
+    b = results["bf16"]
+    assert b["post_vs_eager_activation_mismatches"] == 0.0  # bit for bit from the same pre-activation
+    assert b["pre_vs_eager_linear"] <= 2**-6 and b["dpre_vs_eager_autograd"] <= 2**-6  # an ulp or so of bf16
+    assert b["ce_vs_eager_in_float32"] <= TOL
 
 
 @pytest.mark.slow
