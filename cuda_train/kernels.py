@@ -5,13 +5,13 @@
 
 Both are `torch.autograd.Function`s around `torch.library.custom_op`s with fake impls, so
 `torch.compile(fullgraph=True)` keeps them as opaque calls. They compute the eager path's numbers
-(cuda_train/model.py `MLP`, `GPT.softcap` + `F.cross_entropy`) up to the order of float sums:
-the MLP's up-projection writes its pre-activation and the squared activation from the same rounded
+(cuda_train/model.py `MLP`, `GPT.softcap` + `F.cross_entropy`) up to the order of float sums (and,
+in bf16, a softcap kept in float32 where eager rounds it to bf16): the MLP's up-projection writes its pre-activation and the squared activation from the same rounded
 value the eager path would hold, and its backward applies the activation's derivative to the
 down-projection's input gradient inside that matmul; the loss applies the softcap in registers and
 never stores softcapped logits (the backward recomputes them). Plain pointer loads only, so
-`TRITON_INTERPRET=1` runs every kernel on CPU tensors (tests/test_kernels.py). Imported only by
-cuda_train/session.py, on CUDA with triton present; nothing else imports this module.
+`TRITON_INTERPRET=1` runs every kernel on CPU tensors (benchmarks/kernel_check.py, tests/test_kernels.py).
+A training run imports this module only from cuda_train/session.py, on CUDA with triton present.
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def _mlp_launch(a: Tensor, b: Tensor, pre: Tensor, out: Tensor, slope: float, fo
     grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
     _mlp_kernel[grid](a, b, pre, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
                       pre.stride(0), pre.stride(1), out.stride(0), out.stride(1), float(slope),
-                      _act_grad_scale(slope), FORWARD=forward, IEEE=ieee, UPCAST=_INTERPRET and not ieee, BM=bm, BN=bn, BK=bk,
-                      num_warps=4 if ieee else 8, num_stages=3)
+                      _act_grad_scale(slope), FORWARD=forward, IEEE=ieee, UPCAST=_INTERPRET and not ieee,
+                      BM=bm, BN=bn, BK=bk, num_warps=4 if ieee else 8, num_stages=3)
 
 
 @torch.library.custom_op(f"{_LIB}::mlp_up", mutates_args=())
