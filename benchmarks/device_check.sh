@@ -7,6 +7,10 @@
 #   gpu_check.json  `pgolf gpu-check --config configs/record.toml`: ms/step of the record's whole step
 #                   before and after depth recurrence (speed.orders.plain|looped), peak memory, the
 #                   attention kernel that ran (environment.attention), the compiled step against eager
+#                   and whether the fused Triton kernels ran (speed.fused_kernels, train.fused_kernels = "auto":
+#                   the line "== fused_kernels" in the log)
+#   kernels.json, kernels_time.json  only with DEVICE_CHECK_KERNELS=1: the kernels against eager on the GPU
+#                   (benchmarks/kernel_check.py units) and fused vs eager ms at the record's shapes (... time)
 #   ttt.json        one TTT batch at 64 x 2048 (benchmarks/device_probe.py ttt): seconds per chunk, peak memory
 #   pack.json       Hessians on the GPU + packing the 36M record-shaped checkpoint (device_probe.py pack)
 #   device_check.log  everything printed
@@ -61,6 +65,13 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log its exit code a
   # shellcheck disable=SC2086
   step gpu_check 300 $PY -m shared.cli gpu-check --config configs/record.toml --seconds "${GPU_CHECK_SECONDS:-8}" \
       --json "$OUT/gpu_check.json" ${GPU_CHECK_ARGS:-}
+  $PY -c 'import json, sys; r = json.load(open(sys.argv[1]))
+print("== fused_kernels:", {n: (c.get("speed") or {}).get("fused_kernels") for n, c in (r.get("configs") or {}).items()})' \
+      "$OUT/gpu_check.json" 2>/dev/null || echo "== fused_kernels: no gpu_check.json"
+  if [ -n "${DEVICE_CHECK_KERNELS:-}" ]; then
+    step kernels 90 $PY -m benchmarks.kernel_check units --json "$OUT/kernels.json"
+    step kernels_time 90 $PY -m benchmarks.kernel_check time --json "$OUT/kernels_time.json"
+  fi
   step ttt 120 $PY -m benchmarks.device_probe ttt "${TINY[@]}" --json "$OUT/ttt.json"
   step pack 150 $PY -m benchmarks.device_probe pack "${PACK_TINY[@]}" --json "$OUT/pack.json"
   echo "== done in $(( $(date +%s) - t0 )) s"

@@ -370,6 +370,7 @@ def speed(cfg: Config, dataset, device: torch.device, dtype: torch.dtype, second
     out["compiled_check"] = {"eager_loss": eager_loss, "compiled_loss": out["orders"]["plain"]["first_loss"],
                              "rel_diff": out["orders"]["plain"]["compiled_rel_diff"], "tol": COMPILE_TOL,
                              "ok": out["orders"]["plain"]["compiled_rel_diff"] <= COMPILE_TOL}
+    out["fused_kernels"] = session.fused_kernels  # train.fused_kernels resolved: the Triton MLP and loss ran
     out["_weights"] = session.final_weights()
     del session
     if device.type == "cuda":  # hand the cached blocks back before the next config or the reference runs

@@ -210,8 +210,14 @@ class MLP(nn.Module):
         self.fc = nn.Linear(m.model_dim, m.hidden_dim, bias=False)
         self.proj = nn.Linear(m.hidden_dim, m.model_dim, bias=False)
         self.leaky = m.activation == "leaky_relu2"
+        self.fused = None  # cuda_train/kernels.py `leaky_mlp` once GPT.use_fused_kernels ran (training only)
 
     def forward(self, x: Tensor, lora: dict | None = None) -> Tensor:
+        if self.fused is not None and lora is None and self.training:
+            dev = x.device.type  # the weights in the autocast dtype, as F.linear would take them
+            dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+            return self.fused(x.to(dt), self.fc.weight.to(dt), self.proj.weight.to(dt),
+                              LEAKY_SLOPE if self.leaky else 0.0)
         h = adapt(lora, "fc", x, self.fc(x))
         h = leaky_relu2(h) if self.leaky else F.relu(h).square()
         return adapt(lora, "mlp", x, adapt(lora, "proj", h, self.proj(h)))  # "mlp": dim -> dim beside it (#1855)
@@ -292,6 +298,15 @@ class GPT(nn.Module):
             self.softcap_neg = nn.Parameter(torch.empty(1))
         self.smear = Smear(m) if m.smear_gate else None
         self.blocks = nn.ModuleList(Block(m, i) for i in range(m.num_layers))
+        self.fused_ce = None  # cuda_train/kernels.py `softcap_cross_entropy` once use_fused_kernels ran
+
+    def use_fused_kernels(self, kernels) -> None:
+        """Train with the fused Triton MLP and loss of the module `kernels` (cuda_train/kernels.py): in training
+        mode, without LoRA adapters; the loss only with the symmetric softcap (model.asym_logit keeps eager).
+        The session calls this on CUDA only; tests call it on CPU under the Triton interpreter."""
+        for block in self.blocks:
+            block.mlp.fused = kernels.leaky_mlp
+        self.fused_ce = None if self.cfg.asym_logit else kernels.softcap_cross_entropy
 
     def hidden(self, idx: Tensor, looped: bool | None = None, seg_len: int = 0, lora=None,
                cu: Tensor | None = None) -> Tensor:
@@ -340,11 +355,15 @@ class GPT(nn.Module):
 
     def head(self, h: Tensor, lora=None) -> Tensor:
         """Softcapped logits of final hidden states h [batch, positions, dim] (any subset of positions)."""
-        w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        z = F.linear(h, w.to(h.dtype))
+        z = self.project(h)
         if lora is not None:
             z = adapt(lora.sites.get("head"), "head", h, z)
         return self.softcap(z)
+
+    def project(self, h: Tensor) -> Tensor:
+        """Raw (not yet softcapped) logits of final hidden states h."""
+        w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(h, w.to(h.dtype))
 
     def softcap(self, z: Tensor) -> Tensor:
         """cap * tanh(z / cap); with AsymLogit (#1923) a learned cap for each sign."""
@@ -357,6 +376,9 @@ class GPT(nn.Module):
     def forward(self, idx: Tensor, targets: Tensor, reduction: str = "mean", looped: bool | None = None,
                 seg_len: int = 0, cu: Tensor | None = None) -> Tensor:
         """Cross-entropy in nats (`mean` over tokens, or their `sum`), computed in float32."""
+        if self.fused_ce is not None and self.training:  # softcap and loss in one kernel
+            z = self.project(self.hidden(idx, looped, seg_len, cu=cu))
+            return self.fused_ce(z.flatten(0, 1), targets.flatten(), self.cfg.logit_softcap, reduction)
         logits = self.logits(idx, looped, seg_len, cu=cu)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
 

@@ -74,6 +74,15 @@ def compile_enabled(cfg: Config, device: torch.device) -> bool:
     return cfg.train.compile and device.type != "cpu"
 
 
+def fused_kernels_usable(cfg: Config, device: torch.device) -> bool:
+    """Whether `train.fused_kernels` = "auto" finds what it needs here: a CUDA device and triton."""
+    if cfg.train.fused_kernels == "off" or device.type != "cuda":
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
 class TorchSession:
     """This rank's model and optimizers; `rt` says which rank, how many, and on what device.
 
@@ -87,6 +96,12 @@ class TorchSession:
         self.dtype = runtime.compute_dtype(cfg.train.compute_dtype, rt.device)
         torch.manual_seed(cfg.train.seed)
         self.model = GPT(cfg.model).to(rt.device)
+        # train.fused_kernels: the Triton MLP and loss (cuda_train/kernels.py), imported only here and only then
+        self.fused_kernels = training and fused_kernels_usable(cfg, rt.device)
+        if cfg.train.fused_kernels == "auto" and self.fused_kernels:  # the key itself: an exported "off" script leaves kernels.py out
+            from cuda_train import kernels
+
+            self.model.use_fused_kernels(kernels)
         self.opt: Optimizers | None = None
         self._lora: lora.Adapters | None = None  # test-time adapters while a LoRA evaluation runs
         self.ema: list[Tensor] | None = None  # fp32 copies, in self.model.parameters() order
@@ -518,7 +533,7 @@ class TorchSession:
 
         compiled = "on" if self.compile else ("off_on_cpu" if self.cfg.train.compile else "off")
         return {**runtime.provenance_extra(self.rt, self.dtype), "attention": attention_kernel(self.rt.device, self.dtype),
-                "compile": compiled}
+                "compile": compiled, "fused_kernels": "on" if self.fused_kernels else "off"}
 
     def log_lines(self) -> list[str]:
         smi = runtime.nvidia_smi() if self.is_main else None

@@ -116,3 +116,11 @@ def test_cross_field_checks():
 def test_sections_are_separate_subtrees():
     cfg = Config()
     assert set(to_dict(cfg)) == {"model", "train", "optim", "data", "quant", "eval"}
+
+
+def test_fused_kernels_key_is_checked():
+    cfg = load_config()
+    assert cfg.train.fused_kernels == "off"  # the default: eager everywhere, the numbers unchanged
+    assert apply_overrides(cfg, ["train.fused_kernels=auto"]).train.fused_kernels == "auto"
+    with pytest.raises(PgolfError, match="train.fused_kernels must be auto or off, got 'on'"):
+        apply_overrides(cfg, ["train.fused_kernels=on"])

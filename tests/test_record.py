@@ -178,6 +178,7 @@ def test_embedded_modules_import_only_the_allowed_packages():
                "brotli",  # imported when quant.compressor is brotli/group/group_zpaq (requirements.txt lists it then)
                "zpaq",    # imported only when quant.compressor is group_zpaq (requirements.txt lists it then)
                "flash_attn_interface",  # optional, inside try/except (FA3 on H100)
+               "triton",  # only cuda_train/kernels.py, imported only when train.fused_kernels = auto finds it on CUDA
                "tomli", "tqdm"}         # Python < 3.11 only; tqdm only on a terminal, optional
     seen = set()
     for f in code.script_files():
@@ -199,7 +200,8 @@ def test_minify_keeps_the_program():
 
 # Ceilings on the counted code (the file's bytes), so that no change grows train_gpt.py unnoticed. The
 # targets are the records' size (record.toml: 32,000; small.toml: 24,000); BENCHMARKS.md has the levers.
-CODE_CEILINGS = {"configs/record.toml": 43_000, "configs/small.toml": 37_000}
+# record.toml carries cuda_train/kernels.py (train.fused_kernels = "auto"): ~1.9 kB of it.
+CODE_CEILINGS = {"configs/record.toml": 45_000, "configs/small.toml": 37_000}
 
 
 @pytest.mark.parametrize("path", sorted(CODE_CEILINGS))

@@ -323,3 +323,12 @@ def test_requirements_name_zpaq_only_for_its_pipeline():
         text = requirements_txt(_cfg(compressor=comp), "2.13.0+cu128")
         assert ("brotli==1.2.1" in text) == brotli and ("zpaq==0.3.7" in text) == zpaq, comp
         assert text.startswith("torch==2.13.0  # the runs used 2.13.0+cu128;")
+
+
+def test_requirements_name_triton_only_for_the_fused_kernels():
+    from shared.record.export import requirements_txt
+
+    cfg = _cfg(compressor="zstd")
+    assert "triton" not in requirements_txt(cfg, "2.13.0")
+    auto = replace(cfg, train=replace(cfg.train, fused_kernels="auto"))
+    assert "\ntriton  # the fused training kernels" in requirements_txt(auto, "2.13.0")

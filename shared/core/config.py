@@ -203,6 +203,12 @@ class TrainConfig(_Section):
     # runs their Newton-Schulz, Muon momentum kept only there, updates all-gathered) or "ddp" (the DDP
     # wrapper, every rank holds every momentum). The same numbers either way (tests/test_torch_distributed.py).
     grad_sync: str = "sharded"
+    # Fused Triton kernels (cuda_train/kernels.py, after #1855) for the training step's MLP (the up-projection
+    # with the squared (leaky) ReLU; in backward the down-projection's input gradient with its derivative) and
+    # the symmetric softcapped cross-entropy: "auto" uses them where the tensors are CUDA and triton imports,
+    # "off" never. The eager numbers up to float-sum order; evaluation, TTT/LoRA and model.asym_logit's loss
+    # stay eager. The MLX backend always runs its eager math (no triton there).
+    fused_kernels: str = "off"
 
     def seq_stages(self) -> list[tuple[float, int]]:
         """train.seq_schedule as (fraction, segment cap) stages, by fraction; the last reaches 1.0."""
@@ -233,6 +239,8 @@ class TrainConfig(_Section):
             raise PgolfError(f"train.compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
         if self.grad_sync not in ("sharded", "ddp"):
             raise PgolfError(f"train.grad_sync must be sharded or ddp, got {self.grad_sync!r}")
+        if self.fused_kernels not in ("auto", "off"):
+            raise PgolfError(f"train.fused_kernels must be auto or off, got {self.fused_kernels!r}")
         if self.batch_tokens % (self.grad_accum * self.seq_len):
             raise PgolfError(
                 f"train.batch_tokens={self.batch_tokens} must be a multiple of "

@@ -51,6 +51,7 @@ REQUIREMENTS = (
 )
 BROTLI = ("brotli==1.2.1", "the artifact compressor of quant.compressor = brotli/group (pinned: bytes depend on it)")
 ZPAQ = ("zpaq==0.3.7", "the code groups' compressor of quant.compressor = group_zpaq (pinned: bytes depend on it)")
+TRITON = ("triton", "the fused training kernels of train.fused_kernels = auto (CUDA torch wheels bring it; eager without)")
 
 
 def _read_run(run: Path) -> tuple[Config, dict, str]:
@@ -100,7 +101,7 @@ def differences(cfg: Config) -> list[str]:
 def requirements_txt(cfg: Config, torch_version: str) -> str:
     """requirements.txt: the packages the script imports with `cfg`, each with why; torch at the runs' version."""
     needs = REQUIREMENTS + ((BROTLI,) if cfg.quant.compressor != "zstd" else ()) + \
-        ((ZPAQ,) if cfg.quant.compressor == "group_zpaq" else ())
+        ((ZPAQ,) if cfg.quant.compressor == "group_zpaq" else ()) + ((TRITON,) if cfg.train.fused_kernels == "auto" else ())
     text = "".join(f"{pkg}  # {why}\n" for pkg, why in needs)
     if re.fullmatch(r"\d+\.\d+(\.\d+)?(\+\w+)?", torch_version):  # the version the runs used (float results depend on it)
         base = torch_version.split("+")[0]
