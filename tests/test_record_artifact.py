@@ -41,7 +41,7 @@ def test_a_v1_artifact_is_refused_naming_the_fix():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", ["zstd", "brotli", "group", "group_zpaq"])
+@pytest.mark.parametrize("pipeline", ["zstd", "brotli", "group", "group_zpaq", "group_ans"])
 def test_every_pipeline_round_trips_to_the_same_weights(pipeline):
     if pipeline == "group_zpaq":
         pytest.importorskip("zpaq")
