@@ -151,3 +151,12 @@ def test_lane_count_grows_with_the_symbols():
     assert ans.lanes_for(0) == ans.lanes_for(100) == 1
     assert [ans.lanes_for(4 ** k * 64) for k in range(1, 5)] == [2, 4, 8, 16]
     assert ans.lanes_for(10 ** 9) == 1024 and math.log2(ans.lanes_for(3 * 10 ** 6)).is_integer()
+
+
+@pytest.mark.slow
+def test_train_gpt_carries_the_coder_only_for_group_ans():
+    from shared.record.script import bundle
+
+    for comp in ("group", "group_ans"):
+        _, names = bundle(_cfg(compressor=comp))
+        assert ("shared.artifact.ans" in names) == (comp == "group_ans"), comp

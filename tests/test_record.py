@@ -199,7 +199,9 @@ def test_minify_keeps_the_program():
 
 # Ceilings on the counted code (the file's bytes), so that no change grows train_gpt.py unnoticed. The
 # targets are the records' size (record.toml: 32,000; small.toml: 24,000); BENCHMARKS.md has the levers.
-CODE_CEILINGS = {"configs/record.toml": 43_000, "configs/small.toml": 37_000}
+# record.toml's includes the rANS coder of quant.compressor = "group_ans" (~1.7 KB), which makes its artifact
+# ~148 KB smaller (BENCHMARKS.md "group_ans").
+CODE_CEILINGS = {"configs/record.toml": 44_500, "configs/small.toml": 37_000}
 
 
 @pytest.mark.parametrize("path", sorted(CODE_CEILINGS))

@@ -23,7 +23,9 @@ well under a bit a value. Side information (little-endian, raw: the caller compr
 
 Stream: lanes x u32 final states, then the 16-bit words (u16 each). Decoding checks every table,
 the class ids, the stream length and that every lane ends in the initial state, so a corrupt
-frame is an error, not wrong codes. Everything is integer arithmetic: a pure function of the bytes.
+frame is an error, not wrong codes. Coding and tables are integer arithmetic; the model choice compares
+float size estimates (only an exact tie could depend on a machine's rounding). Encoding peaks at about
+16 bytes of memory per code.
 """
 
 from __future__ import annotations
@@ -126,9 +128,9 @@ def encode_matrix(mat: np.ndarray) -> tuple[bytes, bytes]:
     if k > 1:
         side.append(cls.astype(np.uint8).tobytes())
     ref_rows = np.stack([np.zeros(cols, np.int16) if r is None else r for r in refs])
-    sym = ((mat.astype(np.int16) - ref_rows[cls]) & 255).astype(np.int64).reshape(-1)
-    ctx = np.repeat(cls, cols) * 256
-    return b"".join(side), _encode(sym + ctx, freqs.reshape(-1), lanes)
+    sym = ((mat.astype(np.int16) - ref_rows[cls]) & 255).astype(np.int32).reshape(-1)
+    sym += np.repeat(cls.astype(np.int32) * 256, cols)   # index into the flat tables: class * 256 + value
+    return b"".join(side), _encode(sym, freqs.reshape(-1), lanes)
 
 
 def _encode(sym: np.ndarray, freq: np.ndarray, lanes: int) -> bytes:
@@ -187,7 +189,7 @@ def decode_matrix(side: bytes, stream: bytes, rows: int, cols: int, source: str 
     freq = np.stack(freqs)
     if (freq.sum(axis=1) != TOTAL).any():
         raise _corrupt(source, "a frequency table does not sum to 2^15")
-    sym = _decode(stream, freq, np.repeat(cls, cols), lanes, rows * cols, source)
+    sym = _decode(stream, freq, np.repeat(cls.astype(np.int32), cols), lanes, rows * cols, source)
     return ((sym.astype(np.int16) + ref_rows[cls].reshape(-1)) & 255).astype(np.uint8).view(np.int8).reshape(rows, cols)
 
 
@@ -202,7 +204,7 @@ def _decode(stream: bytes, freq: np.ndarray, ctx: np.ndarray, lanes: int, n: int
     slot_sym = np.stack([np.repeat(np.arange(256), f) for f in freq]).reshape(-1)
     slot_freq = freq.reshape(-1)[slot_sym + np.repeat(np.arange(k) * 256, TOTAL)]
     slot_bias = cum[:, :-1].reshape(-1)[slot_sym + np.repeat(np.arange(k) * 256, TOTAL)]
-    off = ctx * TOTAL
+    off = ctx * np.int32(TOTAL)
     out = np.empty(n, np.uint8)
     p = 0
     for t in range(-(-n // lanes)):

@@ -38,6 +38,7 @@ exact uncompressed body, which the header's CRC covers.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -49,7 +50,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import zstandard
 
-from shared.artifact import ans
 from shared.errors import PgolfError
 
 MAX_ZSTD_LEVEL = 22
@@ -165,10 +165,17 @@ def zpaq_compress(raw: bytes) -> bytes:
                      lambda r: _zpaq().compress(r, level=ZPAQ_LEVEL, threads=1, hints=False))
 
 
-def ans_compress(raw: bytes, cols: int) -> bytes:
-    """A code group ([rows, cols] codes, one byte each) as one group_ans frame."""
+def _ans():
+    """shared/artifact/ans.py, imported by name rather than by an import statement: the generated
+    train_gpt.py carries a module only where an import statement names it, and format.pack_quantized's
+    names it only under `quant.compressor == "group_ans"`, so other configs' scripts stay smaller."""
+    return importlib.import_module("shared.artifact.ans")
+
+
+def ans_compress(raw: bytes, cols: int, coder=None) -> bytes:
+    """A code group ([rows, cols] codes, one byte each) as one group_ans frame (`coder`: ans.py, or loaded)."""
     def make(r: bytes) -> bytes:
-        side, stream = ans.encode_matrix(np.frombuffer(r, dtype=np.int8).reshape(-1, cols))
+        side, stream = (coder or _ans()).encode_matrix(np.frombuffer(r, dtype=np.int8).reshape(-1, cols))
         side = brotli_compress(side)
         return struct.pack("<I", len(side)) + side + stream
     return _memoised("ans", cols, raw, make)
@@ -182,7 +189,7 @@ def ans_decompress(frame: bytes, rows: int, cols: int, source: str) -> bytes:
     if 4 + n > len(frame):
         raise PgolfError(f"{source}: rANS frame shorter than its side information (corrupted); re-copy or repack it")
     side = _inflate("brotli", frame[4:4 + n], source)
-    return ans.decode_matrix(side, frame[4 + n:], rows, cols, source).tobytes()
+    return _ans().decode_matrix(side, frame[4 + n:], rows, cols, source).tobytes()
 
 
 # ----------------------------------------------------------------------------- groups
@@ -311,8 +318,9 @@ def _unframe(payload: bytes, source: str) -> list[bytes]:
     return out
 
 
-def encode(pipeline: str, sections: list[bytes], zstd_level: int, group_sort: bool = False) -> bytes:
-    """The payload of `sections` ([meta, codes, scales, floats]) with `pipeline`."""
+def encode(pipeline: str, sections: list[bytes], zstd_level: int, group_sort: bool = False, coder=None) -> bytes:
+    """The payload of `sections` ([meta, codes, scales, floats]) with `pipeline` (group_ans: `coder` is
+    shared/artifact/ans.py, passed where the caller imported it, else loaded here)."""
     # Frames are compressed independently, in parallel threads (both compressors release the GIL).
     if pipeline == "zstd":
         return _frames(parallel_map(lambda s: zstd_compress(s, zstd_level) if s else b"", sections,
@@ -325,7 +333,7 @@ def encode(pipeline: str, sections: list[bytes], zstd_level: int, group_sort: bo
         perms, parts, rest = _group_split(meta, codes, group_sort)
         # the code groups: ZPAQ in group_zpaq, rANS in group_ans, brotli-11 otherwise; the small frames brotli-11
         part = {"group": lambda g, raw: brotli_compress(raw), "group_zpaq": lambda g, raw: zpaq_compress(raw),
-                "group_ans": lambda g, raw: ans_compress(raw, g[0][2])}[pipeline]
+                "group_ans": lambda g, raw: ans_compress(raw, g[0][2], coder)}[pipeline]
         raws = [meta_sec, perms, *parts, rest, scales, floats]
         coders = [brotli_compress] * 2 + [lambda raw, g=g: part(g, raw) for g in code_groups(meta)[0]] + \
             [brotli_compress] * 3
