@@ -316,7 +316,8 @@ def test_awq_needs_gptq():
 def test_requirements_name_zpaq_only_for_its_pipeline():
     from shared.record.export import requirements_txt
 
-    for comp, brotli, zpaq in (("zstd", False, False), ("group", True, False), ("group_zpaq", True, True)):
+    for comp, brotli, zpaq in (("zstd", False, False), ("group", True, False), ("group_zpaq", True, True),
+                               ("group_ans", True, False)):   # group_ans: brotli for its small frames
         text = requirements_txt(_cfg(compressor=comp), "2.13.0+cu128")
         assert ("brotli==1.2.1" in text) == brotli and ("zpaq==0.3.7" in text) == zpaq, comp
         assert text.startswith("torch==2.13.0  # the runs used 2.13.0+cu128;")
