@@ -9,7 +9,9 @@ the correlations are uneven like real activations. Token counts are Zipf-like. A
 saved under --cache, so `--against REV` packs exactly the same inputs with the packer of git
 revision REV (exported with `git archive`, run in a subprocess) and reports both times, both
 sizes and whether the bytes are equal. Only `shared.artifact.format.pack` is timed: wall seconds and
-the process's CPU seconds (all threads), the latter less sensitive to a busy machine.
+the process's CPU seconds (all threads), the latter less sensitive to a busy machine. Each tree
+packs with its own configs/record.toml (a revision's packer may not know keys or pipelines added
+since); each row says which compressor that config names.
 """
 
 from __future__ import annotations
@@ -83,14 +85,22 @@ def make_inputs(cache: Path) -> None:
     np.save(cache / "counts.npy", counts.astype(np.int64))
 
 
+def _compressor(config: Path) -> str:
+    import tomllib
+
+    return tomllib.loads(config.read_text())["quant"].get("compressor", "zstd")
+
+
 def run_tree(tree: Path, cache: Path, tag: str, threads: int) -> dict:
+    """Pack the cached inputs with `tree`'s packer and `tree`'s own configs/record.toml."""
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                PGOLF_PACK_THREADS=str(threads))
-    res = subprocess.run([sys.executable, "-c", CHILD, str(cache), str(ROOT / "configs/record.toml"), tag],
+    config = tree / "configs/record.toml"
+    res = subprocess.run([sys.executable, "-c", CHILD, str(cache), str(config), tag],
                          cwd=tree, env=env, capture_output=True, text=True)
     if res.returncode:
         raise SystemExit(f"error: packing with {tree} failed:\n{res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return {"compressor": _compressor(config), **json.loads(res.stdout.strip().splitlines()[-1])}
 
 
 def main(argv: list[str] | None = None) -> dict:

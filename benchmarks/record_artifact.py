@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.artifact import compress as pipelines
 from shared.artifact import format as artifact
 from shared.artifact.budget import fit_budget
 from shared.artifact.quant import dequantize
@@ -44,7 +45,8 @@ from shared.record.script import code_bytes
 
 PIPELINES = (("zstd-22", {"compressor": "zstd"}), ("brotli-11 + shuffle", {"compressor": "brotli"}),
              ("per-group, sorted rows", {"compressor": "group", "group_sort": True}),
-             ("per-group, table order", {"compressor": "group", "group_sort": False}))
+             ("per-group, table order", {"compressor": "group", "group_sort": False}),
+             ("per-group rANS, table order", {"compressor": "group_ans", "group_sort": False}))
 LQER = {"lqer_tensors": 3, "lqer_rank": 4, "lqer_a_bits": 2, "lqer_b_bits": 4, "lqer_group": 64}
 
 
@@ -85,26 +87,33 @@ def rel_error(params: dict[str, np.ndarray], unpacked: dict[str, np.ndarray]) ->
 
 def pipeline_rows(params, cfg, plain, evaluate=None, hessians=None, only: str | None = None) -> list[dict]:
     """One row per (LQER off/on, pipeline): bytes, pack seconds, error (and BPB when `evaluate`).
-    `only` = "LQER_INDEX:PIPELINE_INDEX" computes one row (to run the rows as parallel processes)."""
+    `only` = "LQER_INDEX:PIPELINE_INDEX[,PIPELINE_INDEX...]" computes only those rows (to run rows as parallel
+    processes). pack_s is wall seconds, pack_cpu_s the process's CPU seconds (all threads), both with the
+    LQER/pruning step; unpack_cpu_s decodes the artifact back."""
     rows = []
     for i, (lq_name, lq) in enumerate((("no LQER", {"lqer_tensors": 0}), ("LQER r4 x3", LQER))):
         if only is not None and int(only.split(":")[0]) != i:
             continue
         c0 = with_quant(cfg, **lq)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         qts = artifact.finish_quantized(params, plain, c0, hessians)
-        t_finish = time.perf_counter() - t
+        t_finish, cpu_finish = time.perf_counter() - t, time.process_time() - cpu
         deq = {k: dequantize(v) for k, v in qts.items()}
         err = rel_error(params, deq)
         bpb = evaluate(deq) if evaluate else None
         for j, (p_name, p) in enumerate(PIPELINES):
-            if only is not None and int(only.split(":")[1]) != j:
+            if only is not None and j not in [int(x) for x in only.split(":")[1].split(",")]:
                 continue
             c = with_quant(c0, **p)
-            t = time.perf_counter()
+            pipelines._MEMO.clear()   # no frame remembered from an earlier row
+            pipelines._memo_bytes = 0
+            t, cpu = time.perf_counter(), time.process_time()
             blob = artifact.pack_quantized(qts, c)
-            dt = time.perf_counter() - t + t_finish
+            dt, dcpu = time.perf_counter() - t + t_finish, time.process_time() - cpu + cpu_finish
+            cpu = time.process_time()
+            artifact.unpack(blob)
             rows.append({"lqer": lq_name, "pipeline": p_name, "bytes": len(blob), "pack_s": round(dt, 1),
+                         "pack_cpu_s": round(dcpu, 1), "unpack_cpu_s": round(time.process_time() - cpu, 1),
                          "rel_err": err, **({"q_val_bpb": bpb} if bpb is not None else {})})
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -198,7 +207,7 @@ def main() -> None:
     r = sub.add_parser("record")
     r.add_argument("--cache", type=Path, default=None, help="save/load the generated weights here (.npz)")
     r.add_argument("--no-rows", action="store_true", help="only the --budget result")
-    r.add_argument("--row", default=None, help="one row only: LQER_INDEX:PIPELINE_INDEX (0:0 = no LQER, zstd)")
+    r.add_argument("--row", default=None, help="only these rows: LQER_INDEX:PIPELINE_INDEX[,...] (0:0 = no LQER, zstd; 0:0,3,4)")
     t = sub.add_parser("trained")
     t.add_argument("checkpoint", type=Path)
     t.add_argument("--backend", default="torch")

@@ -126,7 +126,7 @@ class TorchSession:
     def _segment_starts(self, x: np.ndarray, seg_len: int = 0) -> Tensor | None:
         """`cu_seqlens` of the rows `x` as the model will see them, on the device; None where FA3 varlen
         does not run (the SDPA path builds its mask from the segment ids on the device)."""
-        if not self.host_cu:
+        if not self.cfg.model.doc_attention or not self.host_cu:   # the first test folds in a script without it
             return None
         cu = torch.from_numpy(segment_starts(x, seg_len or self.cfg.model.doc_max_len))
         return cu.pin_memory().to(self.rt.device, non_blocking=True) if self.rt.is_cuda else cu

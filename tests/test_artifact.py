@@ -89,7 +89,8 @@ _RECORD_QUANT = {"embed": "int7", "lqer_tensors": 2, "prune_values": 300, "attn_
 @pytest.mark.parametrize("gptq,extra", [(False, {}), (True, {}),
                                         (True, {**_RECORD_QUANT, "compressor": "group"}),
                                         (False, {**_RECORD_QUANT, "compressor": "brotli"}),
-                                        (True, {**_RECORD_QUANT, "compressor": "brotli"})])
+                                        (True, {**_RECORD_QUANT, "compressor": "brotli"}),
+                                        (False, {**_RECORD_QUANT, "compressor": "group_ans"})])
 def test_bytes_do_not_depend_on_thread_count(tmp_path, gptq, extra):
     from shared.core.config import to_toml
 

@@ -200,8 +200,9 @@ def test_minify_keeps_the_program():
 
 # Ceilings on the counted code (the file's bytes), so that no change grows train_gpt.py unnoticed. The
 # targets are the records' size (record.toml: 32,000; small.toml: 24,000); BENCHMARKS.md has the levers.
-# record.toml carries cuda_train/kernels.py (train.fused_kernels = "auto"): ~1.9 kB of it.
-CODE_CEILINGS = {"configs/record.toml": 45_000, "configs/small.toml": 37_000}
+# record.toml carries cuda_train/kernels.py (train.fused_kernels = "auto", ~1.9 kB) and the rANS coder of
+# quant.compressor = "group_ans" (~1.7 kB, for an artifact ~148 KB smaller: BENCHMARKS.md "group_ans").
+CODE_CEILINGS = {"configs/record.toml": 47_000, "configs/small.toml": 37_000}
 
 
 @pytest.mark.parametrize("path", sorted(CODE_CEILINGS))

@@ -41,7 +41,7 @@ def test_a_v1_artifact_is_refused_naming_the_fix():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", ["zstd", "brotli", "group", "group_zpaq"])
+@pytest.mark.parametrize("pipeline", ["zstd", "brotli", "group", "group_zpaq", "group_ans"])
 def test_every_pipeline_round_trips_to_the_same_weights(pipeline):
     if pipeline == "group_zpaq":
         pytest.importorskip("zpaq")
@@ -319,7 +319,8 @@ def test_awq_needs_gptq():
 def test_requirements_name_zpaq_only_for_its_pipeline():
     from shared.record.export import requirements_txt
 
-    for comp, brotli, zpaq in (("zstd", False, False), ("group", True, False), ("group_zpaq", True, True)):
+    for comp, brotli, zpaq in (("zstd", False, False), ("group", True, False), ("group_zpaq", True, True),
+                               ("group_ans", True, False)):   # group_ans: brotli for its small frames
         text = requirements_txt(_cfg(compressor=comp), "2.13.0+cu128")
         assert ("brotli==1.2.1" in text) == brotli and ("zpaq==0.3.7" in text) == zpaq, comp
         assert text.startswith("torch==2.13.0  # the runs used 2.13.0+cu128;")

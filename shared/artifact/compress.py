@@ -19,6 +19,15 @@ and each pipeline decides what the frames hold:
     group_zpaq  "group" with each code group coded by ZPAQ (level 5, one thread: the `zpaq`
             package, an optional dependency) instead of brotli, as the records run lrzip's
             ZPAQ mode on the big groups; the small frames stay brotli-11.
+    group_ans  "group" with each code group coded by pgolf's own static-model rANS coder
+            (shared/artifact/ans.py: numpy, lanes interleaved; row classes by spread, a reference
+            row per class where it pays); the small frames stay brotli-11. A code-group frame is
+
+                side_len  u32        bytes of the compressed side information
+                side      brotli-11  the model (ans.py: classes, frequency tables, reference rows)
+                stream    the rest   lanes x u32 final states, then u16 words
+
+            the group's rows and columns come from the tensor table, as in "group".
 
 lrzip itself has no pinned Python binding: its id stays reserved so that such an artifact is
 refused with a line naming the missing decompressor. Every step is deterministic (zstd one-shot
@@ -29,6 +38,7 @@ exact uncompressed body, which the header's CRC covers.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -46,7 +56,7 @@ MAX_ZSTD_LEVEL = 22
 BROTLI_QUALITY = 11
 BROTLI_LGWIN = 24
 ZPAQ_LEVEL = 5   # the strongest; minutes on a 36M model's codes (BENCHMARKS.md "Compressors")
-PIPELINE_IDS = {"zstd": 0, "brotli": 1, "group": 2, "group_zpaq": 3}
+PIPELINE_IDS = {"zstd": 0, "brotli": 1, "group": 2, "group_zpaq": 3, "group_ans": 5}
 # Known pipelines whose decompressor pgolf does not ship: refused by name.
 FOREIGN_IDS = {4: "group+lrzip (needs lrzip, which pgolf does not provide)"}
 PIPELINES = tuple(PIPELINE_IDS)
@@ -153,6 +163,33 @@ def zpaq_compress(raw: bytes) -> bytes:
         return b""
     return _memoised("zpaq", ZPAQ_LEVEL, raw,
                      lambda r: _zpaq().compress(r, level=ZPAQ_LEVEL, threads=1, hints=False))
+
+
+def _ans():
+    """shared/artifact/ans.py, imported by name rather than by an import statement: the generated
+    train_gpt.py carries a module only where an import statement names it, and format.pack_quantized's
+    names it only under `quant.compressor == "group_ans"`, so other configs' scripts stay smaller."""
+    return importlib.import_module("shared.artifact.ans")
+
+
+def ans_compress(raw: bytes, cols: int, coder=None) -> bytes:
+    """A code group ([rows, cols] codes, one byte each) as one group_ans frame (`coder`: ans.py, or loaded)."""
+    def make(r: bytes) -> bytes:
+        side, stream = (coder or _ans()).encode_matrix(np.frombuffer(r, dtype=np.int8).reshape(-1, cols))
+        side = brotli_compress(side)
+        return struct.pack("<I", len(side)) + side + stream
+    return _memoised("ans", cols, raw, make)
+
+
+def ans_decompress(frame: bytes, rows: int, cols: int, source: str) -> bytes:
+    try:
+        (n,) = struct.unpack_from("<I", frame)
+    except struct.error:
+        raise PgolfError(f"{source}: truncated rANS frame (corrupted); re-copy or repack it") from None
+    if 4 + n > len(frame):
+        raise PgolfError(f"{source}: rANS frame shorter than its side information (corrupted); re-copy or repack it")
+    side = _inflate("brotli", frame[4:4 + n], source)
+    return _ans().decode_matrix(side, frame[4 + n:], rows, cols, source).tobytes()
 
 
 # ----------------------------------------------------------------------------- groups
@@ -281,21 +318,25 @@ def _unframe(payload: bytes, source: str) -> list[bytes]:
     return out
 
 
-def encode(pipeline: str, sections: list[bytes], zstd_level: int, group_sort: bool = False) -> bytes:
-    """The payload of `sections` ([meta, codes, scales, floats]) with `pipeline`."""
+def encode(pipeline: str, sections: list[bytes], zstd_level: int, group_sort: bool = False, coder=None) -> bytes:
+    """The payload of `sections` ([meta, codes, scales, floats]) with `pipeline` (group_ans: `coder` is
+    shared/artifact/ans.py, passed where the caller imported it, else loaded here)."""
     # Frames are compressed independently, in parallel threads (both compressors release the GIL).
     if pipeline == "zstd":
         return _frames(parallel_map(lambda s: zstd_compress(s, zstd_level) if s else b"", sections,
                                     [len(s) for s in sections]))
     if pipeline == "brotli":
         return _frames(parallel_map(brotli_compress, sections, [len(s) for s in sections]))
-    if pipeline in ("group", "group_zpaq"):
+    if pipeline in ("group", "group_zpaq", "group_ans"):
         meta_sec, codes, scales, floats = sections
         meta = json.loads(meta_sec[4:].decode("utf-8"))
         perms, parts, rest = _group_split(meta, codes, group_sort)
-        n = len(parts)   # the code groups: ZPAQ in group_zpaq, brotli-11 otherwise; the small frames brotli-11
+        # the code groups: ZPAQ in group_zpaq, rANS in group_ans, brotli-11 otherwise; the small frames brotli-11
+        part = {"group": lambda g, raw: brotli_compress(raw), "group_zpaq": lambda g, raw: zpaq_compress(raw),
+                "group_ans": lambda g, raw: ans_compress(raw, g[0][2], coder)}[pipeline]
         raws = [meta_sec, perms, *parts, rest, scales, floats]
-        coders = [brotli_compress] * 2 + [zpaq_compress if pipeline == "group_zpaq" else brotli_compress] * n + [brotli_compress] * 3
+        coders = [brotli_compress] * 2 + [lambda raw, g=g: part(g, raw) for g in code_groups(meta)[0]] + \
+            [brotli_compress] * 3
         return _frames(parallel_map(lambda i: coders[i](raws[i]), list(range(len(raws))), [len(x) for x in raws]))
     raise PgolfError(f"unknown compression pipeline {pipeline!r}: choose one of {', '.join(PIPELINES)}")
 
@@ -341,7 +382,15 @@ def decode(pid: int, payload: bytes, source: str) -> list[bytes]:
         (mlen,) = struct.unpack_from("<I", meta_sec)
         meta = json.loads(meta_sec[4:4 + mlen].decode("utf-8"))
         perms = _inflate("brotli", frames[1], source)
-        parts = [_inflate("zpaq" if name == "group_zpaq" else "brotli", f, source) for f in frames[2:-3]]
+        if name == "group_ans":
+            groups = code_groups(meta)[0]
+            if len(groups) != len(frames) - 5:
+                raise PgolfError(f"{source}: {len(frames) - 5} code groups stored but the table makes "
+                                 f"{len(groups)} (corrupted)")
+            parts = [ans_decompress(f, sum(r for _, r, _ in g), g[0][2], source)
+                     for f, g in zip(frames[2:-3], groups, strict=True)]
+        else:
+            parts = [_inflate("zpaq" if name == "group_zpaq" else "brotli", f, source) for f in frames[2:-3]]
         codes = _group_join(meta, perms, parts, _inflate("brotli", frames[-3], source), source)
     except (struct.error, ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise PgolfError(f"{source}: unreadable grouped codes ({type(e).__name__}: {e}); repack it") from None

@@ -337,9 +337,12 @@ def pack_quantized(qts: dict[str, QTensor], cfg: Config) -> bytes:
     sections = build_sections(qts, cfg)
     q = cfg.quant
     name = q.compressor
+    coder = None
+    if q.compressor == "group_ans":   # decided by the baked config: train_gpt.py carries ans.py only then
+        from shared.artifact import ans as coder
     # One frame per section: each stream gets its own entropy statistics, which measured
     # ~1% smaller than one frame over the whole body (BENCHMARKS.md, artifact section).
-    payload = pipelines.encode(name, sections, q.zstd_level, q.group_sort)
+    payload = pipelines.encode(name, sections, q.zstd_level, q.group_sort, coder)
     crc = zlib.crc32(b"".join(sections))
     return HEADER.pack(MAGIC, VERSION, pipelines.PIPELINE_IDS[name], len(payload), crc) + payload
 

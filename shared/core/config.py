@@ -371,7 +371,8 @@ class QuantConfig(_Section):
     awq_bits: int = 8
     prune_values: int = 0            # +-1 codes set to 0, least Hessian-weighted cost first (budget mode sets it)
     compressor: str = "zstd"         # "zstd" (v1's), "brotli" (shuffled, brotli-11), "group" (by role),
-                                     # "group_zpaq" (group with ZPAQ on the codes: pip install 'pgolf[zpaq]')
+                                     # "group_zpaq" (group with ZPAQ on the codes: pip install 'pgolf[zpaq]'),
+                                     # "group_ans" (group with pgolf's numpy rANS coder on the codes)
     group_sort: bool = False         # "group": reorder rows by similarity, permutation stored (BENCHMARKS.md)
     budget_measure: str = "every"    # budget mode's loss sensitivities: "every" (a forward pass per tensor and width) or
                                      # "narrowest" (one at int4 per tensor, scaled to the other widths by each width's
@@ -446,8 +447,8 @@ class QuantConfig(_Section):
         if self.compressor == "auto":  # a removed value: keys and their values are contracts
             raise PgolfError('quant.compressor = "auto" was removed: "group" was the smallest pipeline it ever picked '
                              '(BENCHMARKS.md, the record artifact); set quant.compressor = "group"')
-        if self.compressor not in ("zstd", "brotli", "group", "group_zpaq"):
-            raise PgolfError(f"quant.compressor = {self.compressor!r}: choose zstd, brotli, group or group_zpaq")
+        if self.compressor not in ("zstd", "brotli", "group", "group_zpaq", "group_ans"):
+            raise PgolfError(f"quant.compressor = {self.compressor!r}: choose zstd, brotli, group, group_zpaq or group_ans")
         if self.budget_measure not in ("every", "narrowest"):
             raise PgolfError(f"quant.budget_measure = {self.budget_measure!r}: choose every or narrowest")
         for name, scheme in self.tensor_scheme_map().items():

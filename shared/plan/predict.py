@@ -53,12 +53,15 @@ SANE_PARAMS = 2_000_000_000   # beyond this the plan states the size and skips n
 # "The record artifact"); zstd-22 is 0.82% above pgolf's per-group on the same model (same table).
 # group_zpaq (ZPAQ-5 on the code groups) measured 0.93% below pgolf's per-group on an untrained frontier-shaped
 # checkpoint at 2.15x its time (BENCHMARKS.md "Compressors"; trained weights, as the records', gain more).
-CODER = {"record": 0.9923, "group": 1.0098, "brotli": 1.0100, "zstd": 1.0181, "group_zpaq": 1.0004,
+# group_ans (pgolf's rANS on the code groups) measured 1.08% below per-group brotli on the record-shaped
+# checkpoint in 1/15 of its CPU time (BENCHMARKS.md "group_ans").
+CODER = {"record": 0.9923, "group": 1.0098, "brotli": 1.0100, "zstd": 1.0181, "group_zpaq": 1.0004, "group_ans": 0.9989,
          "float_zstd": 0.93, "float_brotli": 0.92}
 PERCENTILE_INT8_K = 3.494      # per-row int8 at the 99.99984th percentile behaves like a clip at 5.2 std (baseline)
 # Packing throughput (CPU work, seconds per output byte): per-group lrzip ~100 s for 15.9 MB (#1855 logs);
 # pgolf's brotli-11 pipelines ~3 us/byte, zstd-22 ~0.6 us/byte (measured here, docs/PLAN.md).
-PACK_S_PER_BYTE = {"record": 6.3e-6, "group": 3.0e-6, "brotli": 3.0e-6, "zstd": 0.6e-6, "group_zpaq": 6.4e-6}
+PACK_S_PER_BYTE = {"record": 6.3e-6, "group": 3.0e-6, "brotli": 3.0e-6, "zstd": 0.6e-6, "group_zpaq": 6.4e-6,
+                   "group_ans": 0.2e-6}
 GPTQ_CPU_GFLOPS = 50.0       # pgolf's numpy GPTQ on a pod's CPU: ~50 GFLOP/s (one process, BLAS-bound)
 RECORD_GLOBAL_CHUNK = 32768  # tokens per global-TTT SGD step in the records (#1855 global_ttt_chunk_tokens)
 
@@ -489,7 +492,7 @@ def pack_and_calib(cfg: Config, hw: Hardware, prof: K.Profile, cal: dict[str, fl
         if hw.kind == "cpu":
             rate = hw.tflops * 1e12 * cal["gemm"]
         calib += gptq_flops / rate
-    key = "record" if prof.name == "record" and q.compressor == "group" else q.compressor
+    key = "record" if prof.name == "record" and q.compressor in ("group", "group_ans") else q.compressor
     pack_s = artifact_bytes * PACK_S_PER_BYTE[key]
     return pack_s + calib, calib
 
@@ -518,8 +521,8 @@ def make_plan(cfg: Config, hw: Hardware, profile: str = "pgolf", techniques: tup
 
         code_bytes = count_code("torch", cfg)
     coder = dict(CODER)
-    if prof.name == "record":
-        coder["group"] = coder["record"]
+    if prof.name == "record":   # the record's own pipeline stands where pgolf's per-group ones are
+        coder["group"] = coder["group_ans"] = coder["record"]
     art = artifact_estimate(cfg, coder, PERCENTILE_INT8_K)
     art["source"] = "estimate: per-tensor scheme entropy x measured coder overhead (docs/PLAN.md)"
     if checkpoint:
@@ -696,5 +699,7 @@ def gap_to_record(cfg: Config, hw: Hardware, mine: Plan) -> list[dict[str, Any]]
     rows.append({"term": "artifact bytes", "pgolf": mine.artifact["bytes"], "record": rec.artifact["bytes"],
                  "why": ("ZPAQ on the groups, measured on untrained weights (the records' fit is on trained ones)"
                          if cfg.quant.compressor == "group_zpaq" else
+                         "no lrzip/ZPAQ stage: pgolf's rANS on the groups (order 0 and row classes)"
+                         if cfg.quant.compressor == "group_ans" else
                          "no lrzip/ZPAQ stage: per-group brotli only (~1.8% larger)")})
     return rows
