@@ -1,13 +1,14 @@
 """Compressor table: bytes of each pipeline on one record-shaped checkpoint, ZPAQ (the `zpaq` package) beside pgolf's.
 
-    python -m benchmarks.compressors [--config configs/frontier.toml] [--zpaq-level 5] [--json OUT.json]
+    python -m benchmarks.compressors [--config configs/frontier.toml] [--zpaq-level 5] [--rows 0,1,5] [--json OUT.json]
 
 The checkpoint is benchmarks/record_artifact.py's record-shaped one (35.9M parameters, untrained:
 Student-t weights with per-row scales), quantised by the config's [quant] with round to nearest (no
 GPTQ: it needs Hessians). The same body sections go through: brotli-11 (shuffled sections), the
 per-group pipeline in table order and with rows sorted (`quant.group_sort`), and the per-group
 pipeline with the code groups coded by ZPAQ instead of brotli (the records' lrzip/ZPAQ stage,
-#1855 onwards) in both row orders; the small frames stay brotli-11, as the records keep them.
+#1855 onwards) in both row orders, and pgolf's rANS coder on the code groups (`group_ans`); the small
+frames stay brotli-11, as the records keep them. `--rows` picks rows by their index in that order.
 ZPAQ runs single-threaded (`threads=1`: the only deterministic setting). Each row: payload bytes,
 seconds (under whatever load the machine has) and a round-trip check.
 """
@@ -40,14 +41,23 @@ def zpaq_group(sections: list[bytes], sort: bool, level: int) -> bytes:
     return pipelines._frames(frames)
 
 
+def ans_group(sections: list[bytes]) -> bytes:
+    """The group_ans payload, decoded back to check."""
+    payload = pipelines.encode("group_ans", sections, 22, False)
+    assert pipelines.decode(pipelines.PIPELINE_IDS["group_ans"], payload, "ans") == sections, "rANS round trip"
+    return payload
+
+
 def main() -> None:
     from benchmarks.record_artifact import record_params
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/frontier.toml")
     ap.add_argument("--zpaq-level", type=int, default=5)
+    ap.add_argument("--rows", default="", help="comma-separated row indices (default: every row)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    wanted = {int(i) for i in args.rows.split(",") if i.strip()}
     cfg = load_config(args.config)
     cfg = replace(cfg, quant=replace(cfg.quant, gptq=False)).validate()
     params = record_params(cfg)
@@ -64,11 +74,17 @@ def main() -> None:
         rows.append({"pipeline": name, "bytes": len(payload), "seconds": round(time.perf_counter() - t, 1)})
         print(json.dumps(rows[-1]), flush=True)
 
-    row("brotli-11 + shuffle", lambda: pipelines.encode("brotli", sections, 22))
-    row("per-group brotli, table order", lambda: pipelines.encode("group", sections, 22, False))
-    row("per-group brotli, sorted rows", lambda: pipelines.encode("group", sections, 22, True))
-    row(f"per-group ZPAQ-{args.zpaq_level}, table order", lambda: zpaq_group(sections, False, args.zpaq_level))
-    row(f"per-group ZPAQ-{args.zpaq_level}, sorted rows", lambda: zpaq_group(sections, True, args.zpaq_level))
+    table = [
+        ("brotli-11 + shuffle", lambda: pipelines.encode("brotli", sections, 22)),
+        ("per-group brotli, table order", lambda: pipelines.encode("group", sections, 22, False)),
+        ("per-group brotli, sorted rows", lambda: pipelines.encode("group", sections, 22, True)),
+        (f"per-group ZPAQ-{args.zpaq_level}, table order", lambda: zpaq_group(sections, False, args.zpaq_level)),
+        (f"per-group ZPAQ-{args.zpaq_level}, sorted rows", lambda: zpaq_group(sections, True, args.zpaq_level)),
+        ("per-group rANS, table order (group_ans)", lambda: ans_group(sections)),
+    ]
+    for i, (name, make) in enumerate(table):
+        if not wanted or i in wanted:
+            row(name, make)
     if args.json:
         args.json.write_text(json.dumps({"config": args.config, "body_bytes": raw, "rows": rows}, indent=2) + "\n")
 

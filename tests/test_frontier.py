@@ -46,7 +46,7 @@ LOGGED = {
     "quant.lqer_group": 32,                # LQER_ASYM_GROUP=32
     "quant.calib_tokens": 32 * 98_304,     # GPTQ_CALIBRATION_BATCHES=32 of one rank's 98,304 tokens
     "quant.gate": "fp16",                  # "passthrough (float16): blocks.attn.attn_gate_w"
-    "quant.compressor": "group_zpaq",      # COMPRESSOR=pergroup (lrzip's ZPAQ mode on the big groups)
+    "quant.compressor": "group_ans",       # COMPRESSOR=pergroup: pgolf's smallest per-group coder (lrzip's is ZPAQ)
     "eval.context": 2560,                  # EVAL_SEQ_LEN = TTT_EVAL_SEQ_LEN = 2560
     "eval.lora_lr": 8e-5,                  # TTT_LORA_LR=8e-5
     "eval.lora_wd": 2.0,                   # TTT_WEIGHT_DECAY=2.0
@@ -103,7 +103,6 @@ def test_frontier_submission_script_runs_on_1_and_2_ranks(tiny_data, tmp_path):
     import sys
 
     pytest.importorskip("torch")
-    pytest.importorskip("zpaq")   # frontier.toml packs with ZPAQ (make setup installs it)
     from shared.artifact import format as artifact
     from shared.core.config import load_config
     from shared.record.script import generate
@@ -121,4 +120,4 @@ def test_frontier_submission_script_runs_on_1_and_2_ranks(tiny_data, tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
         got = json.loads((tmp_path / "logs" / f"r{nproc}" / "summary.json").read_text())
         assert got["steps"] == 3 and np.isfinite(got["q_val_bpb"]) and got["q_val_bpb"] > 0, got
-        assert artifact.pipeline_of((tmp_path / "logs" / f"r{nproc}" / "model.pgz").read_bytes()) == "group_zpaq"
+        assert artifact.pipeline_of((tmp_path / "logs" / f"r{nproc}" / "model.pgz").read_bytes()) == "group_ans"

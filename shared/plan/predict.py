@@ -164,6 +164,8 @@ def profile_for(name: str, cfg: Config, hw: Hardware, tech: dict[str, Any]) -> K
     eager = hw.kind == "cpu" or not cfg.train.compile
     if eager:
         p = replace(p, **K.EAGER)
+    if name == "pgolf" and cfg.train.fused_kernels == "auto" and hw.kind != "cpu" and not cfg.model.asym_logit:
+        tech = {**tech, "fused_ce": True}   # train.fused_kernels: the Triton softcapped cross-entropy on a GPU
     if not tech["fused_ce"] and p.fused_ce:
         p = replace(p, logit_bytes=max(p.logit_bytes, K.PROFILES["pgolf"].logit_bytes),
                     logit_saved_bytes=K.PROFILES["pgolf"].logit_saved_bytes)
