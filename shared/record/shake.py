@@ -12,7 +12,7 @@ drops out of the script (`shaken` returns the modules the entry still reaches).
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 # Methods a library calls by name (torch's Module.__call__, autograd.Function), never our code.
 CALLED_BY_NAME = frozenset({"forward", "backward", "setup_context"})
@@ -69,21 +69,30 @@ def fold(tree: ast.Module, function: str, known: dict[str, object]) -> None:
                 node.body = [ast.Pass()]
 
 
+def _code(nodes: Iterable[ast.AST]) -> Iterator[ast.AST]:
+    """Every node under `nodes` outside annotations (parameters', returns', annotated assignments'):
+    annotations are never evaluated in the embedded modules, so they reach nothing."""
+    stack = list(nodes)
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.arg):
+            continue
+        yield n
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = n.args
+            stack += [*n.decorator_list, *a.defaults, *(d for d in a.kw_defaults if d is not None), *n.body]
+        elif isinstance(n, ast.AnnAssign):
+            stack += [n.target] + ([n.value] if n.value is not None else [])
+        else:
+            stack.extend(ast.iter_child_nodes(n))
+
+
 def _names(nodes: Iterable[ast.AST]) -> tuple[set[str], set[str]]:
     """What `nodes` mention outside annotations: (names: identifiers, imported names and strings;
     attributes: attribute names and strings). A method is reached only through an attribute."""
     names: set[str] = set()
     attrs: set[str] = set()
-    stack = list(nodes)
-    while stack:
-        n = stack.pop()
-        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            a = n.args
-            stack += [*n.decorator_list, *a.defaults, *(d for d in a.kw_defaults if d is not None), *n.body]
-            continue
-        if isinstance(n, ast.AnnAssign):
-            stack += [n.target] + ([n.value] if n.value is not None else [])
-            continue
+    for n in _code(nodes):
         if isinstance(n, ast.Name):
             names.add(n.id)
         elif isinstance(n, ast.Attribute):
@@ -94,7 +103,6 @@ def _names(nodes: Iterable[ast.AST]) -> tuple[set[str], set[str]]:
             attrs.update(words)
         elif isinstance(n, ast.alias):
             names.add(n.asname or n.name.split(".")[0])
-        stack.extend(ast.iter_child_nodes(n))
     return names, attrs
 
 
@@ -133,23 +141,7 @@ def _kept_method(stmt: ast.stmt, live: set[str]) -> bool:
 
 def _used_ids(tree: ast.AST) -> set[str]:
     """The identifiers `tree` reads outside annotations."""
-    out: set[str] = set()
-    stack = [tree]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, ast.arg):
-            continue
-        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            a = n.args
-            stack += [*n.decorator_list, *a.defaults, *(d for d in a.kw_defaults if d is not None), *n.body]
-            continue
-        if isinstance(n, ast.AnnAssign):
-            stack += [n.target] + ([n.value] if n.value is not None else [])
-            continue
-        if isinstance(n, ast.Name):
-            out.add(n.id)
-        stack.extend(ast.iter_child_nodes(n))
-    return out
+    return {n.id for n in _code([tree]) if isinstance(n, ast.Name)}
 
 
 def _imports_dropped(tree: ast.Module, used: set[str]) -> bool:
