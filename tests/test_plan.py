@@ -155,6 +155,28 @@ def test_profiles_differ_where_the_implementations_do():
     assert tilt.eval["seconds"]["ttt"] > theirs.eval["seconds"]["ttt"] + 100
 
 
+def test_pgolf_profile_reads_the_frontier_keys(capsys):
+    """The techniques the record profile takes as --technique flags come from pgolf's keys in the pgolf
+    profile: the same n-gram precompute in the evaluation, the growing context's cheaper steps."""
+    h100 = get_hardware("8xh100")
+
+    def ttt_s(path, sets=(), profile="pgolf", tech=()):
+        return make_plan(load_config(path, list(sets)), h100, profile, tech, code_bytes=1).eval["seconds"]["ttt"]
+
+    mine = ttt_s("configs/frontier.toml") - ttt_s("configs/frontier.toml", ["eval.ngram_tilt=false"])
+    theirs = ttt_s("configs/record.toml", profile="record", tech=("ngram_tilt=on",)) - \
+        ttt_s("configs/record.toml", profile="record")
+    assert mine > 100 and mine == pytest.approx(theirs, rel=1e-6)
+    short = ttt_s("configs/record.toml", ["eval.lora_short_chunks=256:8,2000:24"])
+    assert short != ttt_s("configs/record.toml")
+    grow = ["train.seq_schedule=1024@0.1,2048@0.7,3072@1.0", "train.seq_len=3072", "model.doc_max_len=3072"]
+    steps = [make_plan(load_config("configs/record.toml", s), h100, "pgolf", code_bytes=1).time["steps"]
+             for s in (grow, grow[1:])]
+    assert steps[0] > steps[1]   # shorter segments early: cheaper attention, more steps in the same time
+    code, _, err = run(["plan", "configs/record.toml", "--technique", "ngram_tilt=on"], capsys)
+    assert code == 2 and "--set eval.ngram_tilt" in err
+
+
 def test_train_prints_the_summary_and_never_fails(monkeypatch):
     from shared.cli.train import plan_summary
 

@@ -91,8 +91,8 @@ def _report(p, cfg) -> None:
 @click.option("--profile", type=click.Choice(["pgolf", "record"]), default="pgolf", show_default=True,
               help="pgolf's implementation as it is, or the records' (the calibration's)")
 @click.option("--technique", "techniques", multiple=True, metavar="NAME=VALUE",
-              help="a record technique pgolf has no key for (docs/PLAN.md): doc_mask, fused_ce, seq_schedule, "
-                   "short_doc_chunks, ngram_tilt")
+              help="a records' technique for --profile record (docs/PLAN.md): doc_mask, fused_ce, seq_schedule, "
+                   "short_doc_chunks, ngram_tilt (the pgolf profile reads their config keys)")
 @click.option("--checkpoint", type=click.Path(exists=True), help="a .pgz artifact or checkpoint: its real packed size")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (docs/PLAN.md lists the keys)")
 def plan(config, sets, hardware, profile, techniques, checkpoint, as_json) -> None:

@@ -84,8 +84,9 @@ CALIBRATION_SOURCES = {
     "mac": "not calibrated: no Mac run exists yet (the GPU fractions are used)",
 }
 
-# Techniques of the frontier records that pgolf has no config key for, modelled by the record profile
-# only (`pgolf plan --technique NAME=VALUE`); defaults in brackets.
+# Techniques of the frontier records, named for the record profile with `pgolf plan --technique
+# NAME=VALUE` (defaults in brackets); the pgolf profile reads pgolf's own keys for them (TECHNIQUE_KEYS,
+# model.doc_attention, train.fused_kernels).
 TECHNIQUES = {
     "doc_mask": "attention stops at BOS inside packed sequences (FlashAttention varlen) [on in the record "
                 "profile, off in pgolf's]",
@@ -97,6 +98,9 @@ TECHNIQUES = {
     "ngram_tilt": "token-only causal n-gram tilt at evaluation; its precompute runs inside the eval timer "
                   "(#2130, #2135) [off]",
 }
+
+TECHNIQUE_KEYS = {"seq_schedule": "train.seq_schedule", "short_doc_chunks": "eval.lora_short_chunks",
+                  "ngram_tilt": "eval.ngram_tilt"}
 
 # n-gram tilt precompute, per validation target, on the records' pods (CPU work): #2130's validation
 # logs (the base #2135 built on) report 163.4-165.7 s for 47,851,520 targets inside the eval timer.

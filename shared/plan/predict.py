@@ -126,17 +126,22 @@ class Plan:
 
 # ------------------------------------------------------------------------------------------- inputs
 
-def parse_techniques(items: tuple[str, ...] | list[str], profile: str) -> dict[str, Any]:
-    """`NAME=VALUE` flags of the record techniques pgolf has no key for (constants.TECHNIQUES)."""
+def parse_techniques(items: tuple[str, ...] | list[str], profile: str, cfg: Config | None = None) -> dict[str, Any]:
+    """`NAME=VALUE` flags of the records' techniques (constants.TECHNIQUES). The pgolf profile takes
+    the three pgolf has keys for from `cfg` (constants.TECHNIQUE_KEYS), never from a flag."""
     out: dict[str, Any] = {"doc_mask": K.PROFILES[profile].doc_mask, "fused_ce": K.PROFILES[profile].fused_ce,
                            "seq_schedule": [], "short_doc_chunks": [], "ngram_tilt": False}
+    if profile == "pgolf" and cfg is not None:
+        out.update(seq_schedule=[(cap, frac) for frac, cap in cfg.train.seq_stages()],
+                   short_doc_chunks=list(cfg.eval.lora_short_chunk_list), ngram_tilt=cfg.eval.ngram_tilt)
     for raw in items:
         name, _, value = raw.partition("=")
         name, value = name.strip(), value.strip()
         if name not in K.TECHNIQUES:
             raise PgolfError(f"--technique {raw!r}: unknown technique; choose one of {', '.join(K.TECHNIQUES)}")
-        if profile != "record" and name not in ("doc_mask", "fused_ce"):
-            raise PgolfError(f"--technique {name}: pgolf has no such option, so only --profile record models it")
+        if profile != "record" and name in K.TECHNIQUE_KEYS:
+            raise PgolfError(f"--technique {name}: the pgolf profile reads pgolf's own key: "
+                             f"--set {K.TECHNIQUE_KEYS[name]}=... (--technique is for --profile record)")
         try:
             if name in ("doc_mask", "fused_ce", "ngram_tilt"):
                 if value.lower() not in ("", "on", "off", "true", "false", "1", "0"):
@@ -504,7 +509,7 @@ def pack_and_calib(cfg: Config, hw: Hardware, prof: K.Profile, cal: dict[str, fl
 def make_plan(cfg: Config, hw: Hardware, profile: str = "pgolf", techniques: tuple[str, ...] = (),
               checkpoint: str | None = None, code_bytes: int | None = None) -> Plan:
     m, t = cfg.model, cfg.train
-    tech = parse_techniques(techniques, profile)
+    tech = parse_techniques(techniques, profile, cfg)
     prof = profile_for(profile, cfg, hw, tech)
     cal = calibration(hw)
     warnings: list[str] = []
@@ -653,7 +658,7 @@ def beside_measured(cfg: Config, gpu_name: str | None, speed: dict[str, Any]) ->
 
     low = (gpu_name or "").lower()
     hw = get_hardware("h200") if "h200" in low else get_hardware("1xh100") if "h100" in low else cpu_hardware()
-    prof = profile_for("pgolf", cfg, hw, parse_techniques((), "pgolf"))
+    prof = profile_for("pgolf", cfg, hw, parse_techniques((), "pgolf", cfg))
     cal = calibration(hw)
     out: dict[str, Any] = {"hardware": hw.name, "profile": "pgolf", "orders": {}}
     for order, r in speed.get("orders", {}).items():
