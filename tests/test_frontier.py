@@ -79,6 +79,16 @@ def test_frontier_is_2135_and_builds_its_parameter_count():
             assert getattr(getattr(cfg, section), name) == getattr(getattr(rec, section), name), (section, name)
 
 
+
+def test_small_frontier_is_small_record_scored_with_the_tilt():
+    """configs/small-frontier.toml trains as small-record.toml does (README, BENCHMARKS.md compare them
+    as one training under two evaluations): only the evaluation's mode and the tilt differ."""
+    from shared.core.config import load_config, to_dict
+
+    rec, fr = to_dict(load_config("configs/small-record.toml")), to_dict(load_config("configs/small-frontier.toml"))
+    differ = {f"{s}.{k}": fr[s][k] for s in rec for k in rec[s] if rec[s][k] != fr[s][k]}
+    assert differ == {"eval.mode": "sliding", "eval.ngram_tilt": True}
+
 # Named shrinking overrides: #2135's stack on 4 layers of width 64 (layer 1 looped, lanes from 3, XSA
 # everywhere), a few steps, windows longer than the training segments, the tilt and one phase kept.
 SHRINK = ["model.vocab_size=512", "model.num_layers=4", "model.model_dim=64", "model.num_heads=4",
