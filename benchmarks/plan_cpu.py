@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         from shared.plan import predict as P
 
         hw = plan.hardware
-        prof = P.profile_for("pgolf", cfg, hw, P.parse_techniques((), "pgolf"))
+        prof = P.profile_for("pgolf", cfg, hw, P.parse_techniques((), "pgolf", cfg))
         unit = P.step_terms(cfg, hw, prof, {**K.CALIBRATION["cpu"], "gemm": 1.0, "attn": 1.0, "bw": 1.0}, cfg.train.seq_len, False)
         rest = unit["launch"] + unit["comm"] + unit["host"]
         frac = (unit["gemm"] + unit["attention"] + unit["memory"] + unit["optimizer"]) / (ms - rest)
