@@ -16,9 +16,11 @@ holds a run is refused unless OVERWRITE=1, which removes its files first.
 The training is `shared.run.loop.run_loop` with a `TorchSession`, the loop
 `pgolf train --backend torch` runs on each rank, so the two train the same
 model. A pod run needs none of the command line's comforts, so the script
-carries none: no run-folder lock, no resume, no TOML layer. The generator leaves
-out the code of what the baked config turns off (`left_out`: key -> baked
-value); an environment override of such a key is refused.
+carries none: no run-folder lock, no resume, no checkpoints, no TOML layer, no
+message but this module's (an error elsewhere names the line of pgolf's source
+that holds it: `message`). The generator leaves out the code of what the baked
+config turns off (`left_out`: key -> baked value); an environment override of
+such a key is refused.
 """
 
 from __future__ import annotations
@@ -92,6 +94,21 @@ def train_record(baked: dict, environ: Mapping[str, str], script_bytes: int,
     return summary
 
 
+def message(e: PgolfError) -> str:
+    """The error's message; where the script left it out (shared/record/shake.py `terse_raises`: the
+    message is the line number), the place in pgolf's source that holds it, from the traceback."""
+    text = str(e)
+    if not text.isdigit():
+        return text
+    tb = e.__traceback__
+    while tb and tb.tb_next:
+        tb = tb.tb_next
+    where, here = Path(tb.tb_frame.f_code.co_filename if tb else "?"), Path(os.path.abspath(sys.argv[0])).parent
+    if where.is_relative_to(here):  # embedded modules sit (by name) beside train_gpt.py
+        where = where.relative_to(here)
+    return f"{where.as_posix()}:{text} (train_gpt.py leaves out pgolf's messages: that line of pgolf's source has it)"
+
+
 def main(baked: dict, script_bytes: int, left_out: Mapping[str, object] = {}) -> None:  # noqa: B006
     """train_gpt.py's `__main__`: user errors are one `error:` line and exit code 2, Ctrl-C 130."""
     if os.environ.get("TORCHELASTIC_RUN_ID"):
@@ -103,7 +120,7 @@ def main(baked: dict, script_bytes: int, left_out: Mapping[str, object] = {}) ->
     try:
         train_record(baked, os.environ, script_bytes, left_out)
     except PgolfError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {message(e)}", file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)

@@ -14,6 +14,8 @@ import contextvars
 import sys
 import time
 
+from shared import SCRIPT
+
 _QUIET = False
 _ACTIVE: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("pgolf_progress", default=None)
 
@@ -55,10 +57,10 @@ class Progress:
         self._shown: int | None = None  # the count the last plain line showed
         self._bar = None
         self._t0 = self._last = time.monotonic()
-        if self.enabled and getattr(self.stream, "isatty", lambda: False)():
+        if not SCRIPT and self.enabled and getattr(self.stream, "isatty", lambda: False)():
             try:
                 from tqdm import tqdm
-            except ImportError:  # a record's train_gpt.py runs without tqdm: plain lines
+            except ImportError:  # a record's train_gpt.py has plain lines only
                 tqdm = None
             if tqdm is not None:
                 self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, file=self.stream,

@@ -12,7 +12,12 @@ the training path is carried without touching this file. A run trained by the
 MLX backend counts the same script (parity shows both train the same spec).
 Each module's source is minified and embedded as a string, served by a small
 meta-path importer installed before the entry runs; the run's resolved config
-is baked in as the defaults (`baked_config`). The file is the compressed,
+is baked in as the defaults (`baked_config`). Before minifying, the script
+leaves out what a pod run never executes (shared/record/shake.py): the
+branches the baked config decides, the command line's comforts (`if not
+shared.SCRIPT:` blocks: checkpoints, resume, Ctrl-C handling, progress bars,
+provenance), and every error message but the entry's (a raise keeps its line
+number, which the entry turns into `error: <pgolf file>:<line>`). The file is the compressed,
 self-extracting form (as records count it, PR #1855) when that is smaller.
 Every step is a pure function of the sources and the config: same checkout and
 config, same bytes.
@@ -36,7 +41,7 @@ PACKAGES = ("shared", "mlx_train", "cuda_train")
 BACKEND_PACKAGES = {"mlx": "mlx_train", "torch": "cuda_train"}
 SCRIPT_ENTRY = "cuda_train.submission"  # what train_gpt.py runs
 # Arguments train_gpt.py always passes (cuda_train/submission.py): the branches they rule out are left out.
-FOLDED = {("shared.run.loop", "run_loop"): {"resume": False}, ("shared.core.config", "from_toml_text"): {"CHECKED": False}}
+FOLDED = {("shared.run.loop", "run_loop"): {"resume": False, "hooks": None}, ("shared.core.config", "from_toml_text"): {"CHECKED": False}}
 # Config branches are decided by the baked config (shake.fold_config), except on keys the environment
 # overrides (cuda_train/submission.py ENV_KEYS); of those, only these switches are decided, and the script
 # then refuses an override that changes them.
@@ -256,11 +261,15 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[
     """The modules after folding the branches the baked config decides and tree-shaking
     (shared/record/shake.py), less those the shaken entry no longer reaches; and the environment-overridable
     keys that decided a branch (key -> baked value: the script refuses another value)."""
-    from shared.record.shake import fold, fold_config, shake, strip_docstrings
+    from shared.record import shake as sh
 
-    trees = {name: strip_docstrings(ast.parse(src, name)) for name, _, src in mods}
+    trees = {name: sh.strip_docstrings(ast.parse(src, name)) for name, _, src in mods}
+    for name, tree in trees.items():
+        sh.fold_module(tree, {"SCRIPT": True})   # shared.SCRIPT: what the command line has and the script leaves out
+        if name != SCRIPT_ENTRY:  # the entry's messages (the environment, the run folder) stay whole
+            sh.terse_raises(tree)
     for (module, function), known in FOLDED.items():
-        fold(trees[module], function, known)
+        sh.fold(trees[module], function, known)
     env = _env_keys(trees[SCRIPT_ENTRY])
     # keys some code changes with `replace(...)` hold other values there: never decided
     changed = {k.arg for t in trees.values() for n in ast.walk(t) if isinstance(n, ast.Call)
@@ -272,9 +281,11 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[
 
     used: set[str] = set()
     for tree in trees.values():
-        used |= fold_config(tree, cfg, foldable)
+        used |= sh.fold_config(tree, cfg, foldable)
+        sh.fold_constants(tree)
+        sh.drop_unused_inner(tree)
     is_pkg = {name: pkg for name, pkg, _ in mods}
-    shake(trees, {"main"}, lambda me, level, module: _base(me, is_pkg[me], level, module))
+    sh.shake(trees, {"main"}, lambda me, level, module: _base(me, is_pkg[me], level, module))
     todo, seen = [SCRIPT_ENTRY], set()
     while todo:
         me = todo.pop()

@@ -7,6 +7,11 @@ module-level statement that could have an effect is kept, and so is every method
 name (dunders, `forward`, `backward`). Annotations are not references: the embedded modules import
 `annotations` from `__future__`, so none is ever evaluated. What the shaken modules no longer import
 drops out of the script (`shaken` returns the modules the entry still reaches).
+
+Before shaking, the folds that make code unreachable: `fold_module` (names known everywhere:
+`shared.SCRIPT`), `fold` (a function's known arguments), `fold_config` (the baked config),
+`fold_constants` (a local bound once to a constant), then `drop_unused_inner` (nested functions
+no longer called); `terse_raises` swaps messages for their line numbers.
 """
 
 from __future__ import annotations
@@ -31,13 +36,28 @@ def strip_docstrings(tree: ast.AST) -> ast.AST:
 
 
 def _truth(test: ast.expr, known: dict[str, object]) -> bool | None:
-    """The value of an `if` test over names whose values are known (`name`, `not name`), else None."""
+    """The value of an `if` test over names whose values are known (`name`, `not name`, `and`/`or` that a
+    known operand decides), else None."""
     if isinstance(test, ast.Name) and test.id in known:
         return bool(known[test.id])
     if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
         inner = _truth(test.operand, known)
         return None if inner is None else not inner
+    if isinstance(test, ast.BoolOp):
+        values = [_truth(v, known) for v in test.values]
+        short = isinstance(test.op, ast.Or)
+        if short in values:
+            return short
+        return None if None in values else not short
     return None
+
+
+def _simplified(test: ast.expr, known: dict[str, object]) -> ast.expr:
+    """`test` less the `and`/`or` operands `known` decides without deciding the whole."""
+    if isinstance(test, ast.BoolOp):
+        rest = [v for v in test.values if _truth(v, known) is None]
+        return rest[0] if len(rest) == 1 else ast.BoolOp(test.op, rest) if rest else test
+    return test
 
 
 class _Fold(ast.NodeTransformer):
@@ -50,13 +70,30 @@ class _Fold(ast.NodeTransformer):
         self.generic_visit(node)
         truth = _truth(node.test, self.known)
         if truth is None:
+            node.test = _simplified(node.test, self.known)
             return node
         return (node.body if truth else node.orelse) or None
 
     def visit_IfExp(self, node: ast.IfExp):
         self.generic_visit(node)
         truth = _truth(node.test, self.known)
-        return node if truth is None else (node.body if truth else node.orelse)
+        if truth is None:
+            node.test = _simplified(node.test, self.known)
+            return node
+        return node.body if truth else node.orelse
+
+
+def fold_module(tree: ast.Module, known: dict[str, object]) -> None:
+    """Take the branches `known` (name -> value) decides anywhere in `tree`."""
+    _Fold(known).visit(tree)
+    _fill(tree)
+
+
+def _fill(tree: ast.AST) -> None:
+    """A `pass` in every block a fold emptied."""
+    for node in ast.walk(tree):
+        if isinstance(getattr(node, "body", None), list) and not node.body:
+            node.body = [ast.Pass()]
 
 
 def fold(tree: ast.Module, function: str, known: dict[str, object]) -> None:
@@ -67,6 +104,83 @@ def fold(tree: ast.Module, function: str, known: dict[str, object]) -> None:
             _Fold(known).visit(node)
             if not node.body:
                 node.body = [ast.Pass()]
+
+
+def _is_text(node: ast.expr) -> bool:
+    """A message: a string, an f-string, or a `+` of them."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _is_text(node.left) or _is_text(node.right)
+    return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+
+def terse_raises(tree: ast.Module) -> None:
+    """Every `raise E("message ...")` in `tree` raises `E(<line>)` instead: the line of the module's source
+    that holds the message, for a script that carries none (its entry names the module from the traceback).
+    Other arguments (an exit code) stay."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args and _is_text(node.exc.args[0]):
+            node.exc.args = [ast.Constant(node.lineno), *node.exc.args[1:]]
+
+
+def drop_unused_inner(tree: ast.Module) -> None:
+    """Functions defined inside a function and never named there again (a folded branch held their only use)."""
+    changed = True
+    while changed:
+        changed = False
+        for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+            for holder in ast.walk(fn):
+                body = getattr(holder, "body", None)
+                if holder is not fn and isinstance(holder, (ast.FunctionDef, ast.ClassDef, ast.Lambda)) or not isinstance(body, list):
+                    continue
+                used = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)}
+                keep = [st for st in body if not (isinstance(st, ast.FunctionDef) and st.name not in used)]
+                if len(keep) != len(body):
+                    holder.body, changed = keep or [ast.Pass()], True
+
+
+def _bindings(fn: ast.AST) -> dict[str, list[ast.expr | None]]:
+    """Every name `fn` (nested scopes included) binds -> the values bound (None where not a plain `name = value`)."""
+    out: dict[str, list[ast.expr | None]] = {}
+    for n in ast.walk(fn):
+        targets: list[ast.AST] = []
+        if isinstance(n, ast.Assign):
+            if len(n.targets) == 1 and isinstance(n.targets[0], ast.Name):
+                out.setdefault(n.targets[0].id, []).append(n.value)
+                continue
+            targets = n.targets
+        elif isinstance(n, (ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor, ast.comprehension, ast.NamedExpr)):
+            targets = [n.target]
+        elif isinstance(n, ast.Delete):
+            targets = n.targets
+        elif isinstance(n, (ast.With, ast.AsyncWith)):
+            targets = [i.optional_vars for i in n.items if i.optional_vars is not None]
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            out.setdefault(n.name, []).append(None)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = n.args
+            for x in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
+                if x is not None:
+                    out.setdefault(x.arg, []).append(None)
+            if not isinstance(n, ast.Lambda) and n is not fn:
+                out.setdefault(n.name, []).append(None)
+        elif isinstance(n, (ast.Global, ast.Nonlocal, ast.Import, ast.ImportFrom)):
+            for name in getattr(n, "names", []):
+                out.setdefault(name if isinstance(name, str) else (name.asname or name.name.split(".")[0]), []).append(None)
+        for t in targets:
+            for x in ast.walk(t):
+                if isinstance(x, ast.Name):
+                    out.setdefault(x.id, []).append(None)
+    return out
+
+
+def fold_constants(tree: ast.Module) -> None:
+    """In every function, a local bound once, to a constant (`progress = None`), decides the branches it tests."""
+    for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+        known = {name: v[0].value for name, v in _bindings(fn).items()
+                 if len(v) == 1 and isinstance(v[0], ast.Constant)}
+        if known:
+            _Fold(known).visit(fn)
+    _fill(tree)
 
 
 def _code(nodes: Iterable[ast.AST]) -> Iterator[ast.AST]:

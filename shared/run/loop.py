@@ -37,10 +37,12 @@ import math
 import signal
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared import SCRIPT
 from shared.core.config import Config, TrainConfig, to_toml
 from shared.core.progress import TrainProgress
 from shared.core.schedule import looped, lr_scale, muon_momentum, rewarm, seq_cap, train_seconds
@@ -126,7 +128,6 @@ def run_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, h
     from shared.data.dataset import open_dataset
     from shared.run.finish import finish_run
 
-    hooks = hooks or Hooks()
     t, o = cfg.train, cfg.optim
     accum = local_accum_steps(t, session.world_size)
     run = RunDir(run_dir, is_main=session.is_main)
@@ -142,14 +143,16 @@ def run_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, h
         step, elapsed, tokens, good_step = int(st["step"]), float(st["elapsed"]), int(st["tokens"]), int(st["step"])
     else:
         session.load_weights(init_params(cfg.model, t.seed))
-    run.write_config(cfg)
-
-    info = provenance({"backend": session.backend, **session.info()})
+    info = {"backend": session.backend, **session.info()}
+    if not SCRIPT:  # the script's folder holds its log; its config is the script
+        run.write_config(cfg)
+        info = provenance(info)
     run.log(("resuming " if resume else "training ") + f"{run.path} | " + " ".join(f"{k}={v}" for k, v in info.items()))
     run.log(f"model: {count_params(cfg.model):,} parameters, {cfg.model.num_layers} layers x {cfg.model.model_dim}, "
             f"vocab {cfg.model.vocab_size}; {t.batch_tokens:,} tokens/step, seq {t.seq_len}, grad_accum {t.grad_accum} "
             f"({accum} per rank x {session.world_size} ranks)")
-    run.log("resolved config:\n" + to_toml(cfg), console=False)
+    if not SCRIPT:
+        run.log("resolved config:\n" + to_toml(cfg), console=False)
     for extra in session.log_lines():
         run.log(extra, console=False)
 
@@ -208,8 +211,8 @@ def run_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, h
                 f"tokenizer_sha256:{sums['tokenizer_sha256']}", console=False)
     eval_tokens = val_token_count(dataset.val_tokens, t.seq_len, cfg.eval.max_tokens)
     run.log(f"validation: {eval_tokens:,} target tokens" + (" (eval.max_tokens)" if cfg.eval.max_tokens else " (whole split)"))
-    progress = TrainProgress(t.iterations, t.max_seconds, t.batch_tokens, start_step=step, start_elapsed=elapsed)
-    progress = progress if run.is_main else None
+    progress = TrainProgress(t.iterations, t.max_seconds, t.batch_tokens, start_step=step,
+                             start_elapsed=elapsed) if run.is_main and not SCRIPT else None  # a terminal's status line
     last_val: EvalResult | None = None
     log_t, log_tokens = elapsed, tokens
     interrupted = False
@@ -226,9 +229,9 @@ def run_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, h
             progress.close()
 
     clock = time.perf_counter()
-    with StopFlag() as stop:
+    with nullcontext() if SCRIPT else StopFlag() as stop:  # a pod run ends as its signal says
         while step < t.iterations and not out_of_time:
-            if hooks.before_step:
+            if hooks and hooks.before_step:
                 hooks.before_step(step, session)
             scale, loop_on = lr_scale(step, elapsed, t), looped(step, elapsed, cfg.model, t)
             if loop_on != loop_was:
@@ -251,9 +254,10 @@ def run_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, h
                 raise PgolfError(f"training diverged: the loss is {loss} at step {step}; stopped without saving "
                                  f"(last good checkpoint: {good(good_step)}); lower the learning rates or set "
                                  "optim.grad_clip_norm")
-            if hooks.after_step:
+            if hooks and hooks.after_step:
                 hooks.after_step(step, session)
-            out_of_time, interrupted = session.agree([budget_s > 0 and elapsed >= budget_s, stop.requested])
+            out_of_time, interrupted = session.agree([budget_s > 0 and elapsed >= budget_s,
+                                                      False if SCRIPT else stop.requested])
             if progress:
                 progress.update(step, loss, elapsed)
             done = step >= t.iterations or out_of_time
@@ -267,16 +271,16 @@ def run_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, h
                 line = run.log_step(step, t.iterations, loss, scale, tok_s, elapsed, last_val if do_val else None)
                 if progress:
                     progress.write(line)
-            if interrupted:
+            if interrupted and not SCRIPT:
                 save(step)
                 session.barrier()  # no rank exits (and tears the group down) while rank 0 is still writing
                 close_progress()
                 loader.close()
                 run.log(f"interrupted: saved step {step} to {run.path / CHECKPOINT}; continue with --resume {run.path}")
-                if hooks.on_stop:
+                if hooks and hooks.on_stop:
                     hooks.on_stop(step, "interrupted", session)
                 raise KeyboardInterrupt
-            if t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and not done:
+            if not SCRIPT and t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and not done:
                 save(step)
     close_progress()
     loader.close()
@@ -284,12 +288,13 @@ def run_loop(session: Session, cfg: Config, run_dir: str | Path, resume: bool, h
     if out_of_time:
         reserve = f" less train.calib_reserve_s={t.calib_reserve_s:g} (calibration)" if t.calib_reserve_s else ""
         run.log(f"stopped at step {step}: train.max_seconds={t.max_seconds:g}{reserve} reached")
-    if hooks.on_stop:
+    if hooks and hooks.on_stop:
         hooks.on_stop(step, stop_reason, session)
     if last_val is None:  # resumed at the end, or no steps: still measure the final weights
         last_val = validate()
         run.metrics({"step": step, "val_loss": last_val.val_loss, "val_bpb": last_val.val_bpb, "elapsed": elapsed})
-    save(step)
+    if not SCRIPT:  # the script's run ends in its artifact
+        save(step)
     run.log(f"trained {step} steps, {tokens:,} tokens in {elapsed:.1f}s ({tokens / max(elapsed, 1e-9):,.0f} tok/s); "
             f"val_loss {last_val.val_loss:.4f} val_bpb {last_val.val_bpb:.4f}")
     stats = {"val_loss": last_val.val_loss, "val_bpb": last_val.val_bpb, "steps": step, "train_tokens": tokens,
