@@ -237,6 +237,13 @@ def test_shaking_keeps_what_the_entry_reaches_by_name():
     assert "def main" in ta and "dead" not in ta
     assert "def used" in tb and "def go" in tb and "__repr__" in tb and "import os" in tb
     assert "gone" not in tb and "unused" not in tb and "X = 1" not in tb
+    # `module.name` reaches that module's def only; a module held as a value keeps what any attribute names
+    trees = {"c": ast.parse("from d import tools, kit\ndef main():\n    return tools.run(), 'x'.encode(), use(kit)\n"),
+             "d.tools": ast.parse("def run(): return 1\ndef encode(): return 2\n"),
+             "d.kit": ast.parse("def encode(): return 3\ndef other(): return 4\n")}
+    shake(trees, {"main"}, lambda me, level, module: module)
+    assert ast.unparse(trees["d.tools"]) == "def run():\n    return 1"
+    assert ast.unparse(trees["d.kit"]) == "def encode():\n    return 3"
 
 
 def test_the_script_folds_away_the_command_lines_comforts_and_messages():

@@ -248,7 +248,7 @@ def finish_quantized(params: dict[str, np.ndarray], qts: dict[str, QTensor], cfg
     """Prune `quant.prune_values` +-1 codes (shared/artifact/prune.py), then fit LQER corrections
     (shared/artifact/lqer.py) on the `quant.lqer_tensors` tensors with the largest error."""
     q = cfg.quant
-    out = prune(params, qts, q.prune_values, hessians)
+    out = prune(params, qts, q.prune_values, hessians) if q.prune_values > 0 else qts
     if q.lqer_tensors > 0 and q.lqer_rank > 0:
         for name, _ in lqer_ranking(params, out, cfg, hessians)[:q.lqer_tensors]:
             t = out[name]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared import SCRIPT
 from shared.data import caseops
 from shared.data.bpb import ByteTables, SidecarBytes, load_tokenizer
 from shared.data.manifest import MANIFEST, read_manifest, sha256_file
@@ -131,7 +132,7 @@ def open_dataset(data_dir: str | Path, tokenizer_path: str | Path, vocab_size: i
             f"tokenizer {tokenizer_path} has {n} pieces but model.vocab_size is {vocab_size}: "
             f"set model.vocab_size = {n} or pass the matching tokenizer"
         )
-    manifest = read_manifest(data_dir)
+    manifest = None if SCRIPT else read_manifest(data_dir)  # pgolf's own record of the data (train_gpt.py: none)
     if manifest is not None:
         check_manifest(data_dir, tokenizer_path, manifest)
     for f in find_sidecars(data_dir):

@@ -201,15 +201,21 @@ def _code(nodes: Iterable[ast.AST]) -> Iterator[ast.AST]:
             stack.extend(ast.iter_child_nodes(n))
 
 
-def _names(nodes: Iterable[ast.AST]) -> tuple[set[str], set[str]]:
+def _names(nodes: Iterable[ast.AST], modules: dict[str, str] | None = None,
+           qualified: set[tuple[str, str]] | None = None) -> tuple[set[str], set[str]]:
     """What `nodes` mention outside annotations: (names: identifiers, imported names and strings;
-    attributes: attribute names and strings). A method is reached only through an attribute."""
+    attributes: attribute names and strings). A method is reached only through an attribute.
+    With `modules` (alias -> module, `module_aliases`), `alias.name` goes to `qualified` as (module, name)."""
     names: set[str] = set()
     attrs: set[str] = set()
     for n in _code(nodes):
         if isinstance(n, ast.Name):
             names.add(n.id)
         elif isinstance(n, ast.Attribute):
+            if modules and isinstance(n.value, ast.Name) and n.value.id in modules and qualified is not None:
+                qualified.add((modules[n.value.id], n.attr))
+                names.add(n.value.id)
+                continue
             attrs.add(n.attr)
         elif isinstance(n, ast.Constant) and isinstance(n.value, str):
             words = n.value.replace(":", ".").split(".")
@@ -218,6 +224,49 @@ def _names(nodes: Iterable[ast.AST]) -> tuple[set[str], set[str]]:
         elif isinstance(n, ast.alias):
             names.add(n.asname or n.name.split(".")[0])
     return names, attrs
+
+
+def module_aliases(tree: ast.Module, me: str, modules: set[str], package_of) -> dict[str, str]:
+    """Names that stand for one of `modules` throughout `tree` (`from shared.data import caseops`,
+    `import shared.artifact.format as artifact`), so `caseops.decode` names that module's `decode` only.
+    A name bound any other way in the module, or to two modules, is left out."""
+    found: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            base = package_of(me, node.level, node.module or "")
+            for a in node.names:
+                target = f"{base}.{a.name}"
+                found.setdefault(a.asname or a.name, set()).add(target if target in modules else "")
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                found.setdefault(a.asname or a.name.split(".")[0], set()).add(
+                    a.name if a.asname and a.name in modules else "")
+    bound = {name for name, values in _bindings(tree).items() if any(v is not None for v in values)}
+    bound |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del))}
+    bound |= {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
+    bound |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))}
+    return {alias: next(iter(t)) for alias, t in found.items() if len(t) == 1 and "" not in t and alias not in bound}
+
+
+def open_modules(trees: dict[str, ast.Module], aliases: dict[str, dict[str, str]], package_of) -> set[str]:
+    """Modules whose functions an unknown object's attribute may reach: one used as a value (passed,
+    stored), imported without an alias (`import a.b` then `a.b.f`), or named in a string (importlib)."""
+    out: set[str] = set()
+    for mod, tree in trees.items():
+        alias = aliases[mod]
+        held = [n.value.id for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)]
+        for name, target in alias.items():
+            if sum(isinstance(n, ast.Name) and n.id == name for n in ast.walk(tree)) != held.count(name):
+                out.add(target)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                out.update(a.name for a in node.names if not a.asname)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                out.update(m for m in trees if m in node.value)
+            elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                base = package_of(mod, node.level, node.module or "")
+                out.update(f"{base}.{a.name}" for a in node.names if (a.asname or a.name) not in alias)
+    return out
 
 
 def mentioned(tree: ast.AST) -> set[str]:
@@ -287,12 +336,18 @@ def shake(trees: dict[str, ast.Module], roots: set[str], package_of) -> None:
 
     `package_of(module, level, name)` resolves an ImportFrom to the module it names."""
     while True:
-        names, attrs = set(roots), set()
+        names, attrs, qualified = set(roots), set(), set()
         todo: list[ast.AST] = []
         droppable: dict[str, list[ast.stmt]] = {}
         methods: dict[str, list[ast.stmt]] = {}
-        for tree in trees.values():
+        home: dict[int, str] = {}   # id(statement or method) -> its module
+        aliases = {mod: module_aliases(tree, mod, set(trees), package_of) for mod, tree in trees.items()}
+        reachable = open_modules(trees, aliases, package_of)
+        for mod, tree in trees.items():
             for stmt in tree.body:
+                home[id(stmt)] = mod
+                for s in stmt.body if isinstance(stmt, ast.ClassDef) else ():
+                    home[id(s)] = mod
                 bound = _bound(stmt)
                 if bound is None:
                     if not isinstance(stmt, (ast.Import, ast.ImportFrom)):
@@ -318,13 +373,20 @@ def shake(trees: dict[str, ast.Module], roots: set[str], package_of) -> None:
                         methods.setdefault(s.name, []).append(s)
                         if s.name in attrs:
                             todo.append(s)
-            new_names, new_attrs = _names(parts)
+            found: set[tuple[str, str]] = set()
+            new_names, new_attrs = _names(parts, aliases.get(home.get(id(stmt), "")), found)
             new_names -= names
             new_attrs -= attrs
+            found -= qualified
             names |= new_names
             attrs |= new_attrs
-            for n in new_names | new_attrs:  # a module-level def: by name, or as `module.name`
+            qualified |= found
+            for n in new_names:  # a module-level def: by name, or as `object.name` of a module held as a value
                 todo.extend(droppable.get(n, ()))
+            for n in new_attrs:
+                todo.extend(s for s in droppable.get(n, ()) if home[id(s)] in reachable)
+            for mod, n in found:  # `module.name` where the module is known: that module's def only
+                todo.extend(s for s in droppable.get(n, ()) if home[id(s)] == mod)
             for n in new_attrs:
                 todo.extend(methods.get(n, ()))
         changed = False
