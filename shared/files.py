@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from shared import SCRIPT
 from shared.errors import PgolfError
 
 _UMASK = os.umask(0)
@@ -17,6 +18,8 @@ os.umask(_UMASK)
 
 def write_failed(path: str | Path, err: BaseException) -> PgolfError:
     """One line for a file that could not be written, whatever raised (OSError, SafetensorError, ...)."""
+    if SCRIPT:  # train_gpt.py writes only with the OS's errors, which its entry prints with the file's name
+        return err
     reason = (os.strerror(err.errno) if isinstance(err, OSError) and err.errno else None) or str(err) or type(err).__name__
     hint = "free some disk space or write elsewhere" if _is_space_error(err) else "check the folder and free disk space"
     return PgolfError(f"{path}: could not write it ({' '.join(reason.split())[:300]}); {hint}, then retry")

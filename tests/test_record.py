@@ -286,6 +286,27 @@ def test_a_script_error_names_the_line_of_pgolfs_source_that_holds_its_message(t
         source[int(lineno) - 1:int(lineno) + 3]), source[int(lineno) - 1]
 
 
+def test_arguments_every_call_agrees_on_fold_inside_the_function():
+    import ast
+
+    from shared.record.shake import fold_arguments
+
+    cfg = load_config(REPO / "configs" / "small.toml", ['quant.compressor="brotli"'])
+    caller = ("from k import enc, keep\ndef main(cfg: Config):\n    name = cfg.quant.compressor\n"
+              "    return enc(name, 1), enc(cfg.quant.compressor, 2), keep(name), keep('zstd'), run(enc)\n")
+    callee = ("def enc(kind, x, sort=False):\n    if kind == 'zstd':\n        return z(x)\n    if sort:\n"
+              "        return s(x)\n    return b(x)\ndef keep(kind):\n    if kind == 'zstd':\n        return 1\n    return 2\n")
+    trees = {"m": ast.parse(caller), "k": ast.parse(callee)}
+    used = fold_arguments(trees, cfg, lambda section, key: True, lambda me, level, module: module)
+    # `enc` is also passed as a value (run(enc)): it could be called with anything, so it stays whole
+    assert ast.unparse(trees["k"]) == ast.unparse(ast.parse(callee)) and used == set()
+    trees = {"m": ast.parse(caller.replace(", run(enc)", "")), "k": ast.parse(callee)}
+    used = fold_arguments(trees, cfg, lambda section, key: True, lambda me, level, module: module)
+    enc, keep = ast.unparse(trees["k"]).split("\ndef keep")
+    assert enc.strip() == "def enc(kind, x, sort=False):\n    return b(x)" and used == {"quant.compressor"}
+    assert "return 1" in keep   # its calls disagree (brotli, zstd): nothing decided
+
+
 def test_config_branches_fold_and_an_override_of_a_folded_key_is_refused():
     import ast
 
@@ -304,6 +325,11 @@ def test_config_branches_fold_and_an_override_of_a_folded_key_is_refused():
                      "    return x\n")
     fold_config(tree, replace(cfg, quant=replace(cfg.quant, gptq=False)), lambda section, key: True)
     assert ast.unparse(tree) == "def g(cfg: Config):\n    return 0"
+    # `and`/`or` tests: a known operand that short-circuits decides, wherever it stands; a neutral one goes
+    tree = ast.parse("def h(cfg: Config, c):\n    q = cfg.quant\n    a = x if c and q.gptq else y\n"
+                     "    b = x if c and not q.gptq else y\n    return z if c or q.gptq else w\n")
+    fold_config(tree, replace(cfg, quant=replace(cfg.quant, gptq=False)), lambda section, key: True)
+    assert ast.unparse(tree).split("\n")[2:] == ["    a = y", "    b = x if c else y", "    return z if c else w"]
     baked = to_dict(cfg)
     assert resolve_config(baked, {"ITERATIONS": "7"}).train.iterations == 7
     assert isinstance(resolve_config(baked, {}), Config)

@@ -332,8 +332,15 @@ def encode(pipeline: str, sections: list[bytes], zstd_level: int, group_sort: bo
         meta = json.loads(meta_sec[4:].decode("utf-8"))
         perms, parts, rest = _group_split(meta, codes, group_sort)
         # the code groups: ZPAQ in group_zpaq, rANS in group_ans, brotli-11 otherwise; the small frames brotli-11
-        part = {"group": lambda g, raw: brotli_compress(raw), "group_zpaq": lambda g, raw: zpaq_compress(raw),
-                "group_ans": lambda g, raw: ans_compress(raw, g[0][2], coder)}[pipeline]
+        if pipeline == "group_ans":
+            def part(g, raw):
+                return ans_compress(raw, g[0][2], coder)
+        elif pipeline == "group_zpaq":
+            def part(g, raw):
+                return zpaq_compress(raw)
+        else:
+            def part(g, raw):
+                return brotli_compress(raw)
         raws = [meta_sec, perms, *parts, rest, scales, floats]
         coders = [brotli_compress] * 2 + [lambda raw, g=g: part(g, raw) for g in code_groups(meta)[0]] + \
             [brotli_compress] * 3

@@ -285,7 +285,9 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[
         sh.fold_constants(tree)
         sh.drop_unused_inner(tree)
     is_pkg = {name: pkg for name, pkg, _ in mods}
-    sh.shake(trees, {"main"}, lambda me, level, module: _base(me, is_pkg[me], level, module))
+    package_of = lambda me, level, module: _base(me, is_pkg[me], level, module)  # noqa: E731
+    used |= sh.fold_arguments(trees, cfg, foldable, package_of)
+    sh.shake(trees, {"main"}, package_of)
     todo, seen = [SCRIPT_ENTRY], set()
     while todo:
         me = todo.pop()

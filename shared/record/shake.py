@@ -49,6 +49,15 @@ def _truth(test: ast.expr, known: dict[str, object]) -> bool | None:
         if short in values:
             return short
         return None if None in values else not short
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.left, ast.Name) and test.left.id in known:
+        try:
+            other = ast.literal_eval(test.comparators[0])
+        except ValueError:
+            return None
+        a, op = known[test.left.id], type(test.ops[0])
+        ops = {ast.Eq: lambda: a == other, ast.NotEq: lambda: a != other, ast.In: lambda: a in other,
+               ast.NotIn: lambda: a not in other, ast.Is: lambda: a is other, ast.IsNot: lambda: a is not other}
+        return bool(ops[op]()) if op in ops else None
     return None
 
 
@@ -427,7 +436,7 @@ class _ConfigFold(ast.NodeTransformer):
 
     def __init__(self, cfg, foldable):
         self.cfg, self.foldable, self.used = cfg, foldable, set()
-        self.scopes: list[dict[str, str]] = []   # name -> "" (the whole config) or a section
+        self.scopes: list[dict] = []   # name -> "" (the whole config), a section, or (section, key)
 
     def visit_FunctionDef(self, node):
         scope = dict(self.scopes[-1]) if self.scopes else {}
@@ -465,11 +474,17 @@ class _ConfigFold(ast.NodeTransformer):
                 assigned.setdefault(n.name, []).append(None)
         self.scopes.append(scope)
         for name, values in assigned.items():
+            # `e = replace(e, key=...)` keeps e's section: a key some `replace` sets is never decided
+            values = [v for v in values if not (isinstance(v, ast.Call) and isinstance(v.func, ast.Name)
+                                                and v.func.id == "replace" and v.args
+                                                and isinstance(v.args[0], ast.Name) and v.args[0].id == name)]
+            if not values:
+                continue
             scope.pop(name, None)
             if len(values) == 1 and values[0] is not None and not any(p.arg == name for p in params):
                 where = self._where(values[0])
-                if where is not None and where[1] is None:
-                    scope[name] = where[0]
+                if where is not None:  # a section (`q = cfg.quant`) or a key (`name = q.compressor`)
+                    scope[name] = where[0] if where[1] is None else where
         self.generic_visit(node)
         self.scopes.pop()
         return node
@@ -480,7 +495,9 @@ class _ConfigFold(ast.NodeTransformer):
         """(section, key) a config expression names: ("", None) the config, (section, None) a section."""
         scope = self.scopes[-1] if self.scopes else {}
         if isinstance(node, ast.Name):
-            return (scope[node.id], None) if node.id in scope else None
+            if node.id not in scope:
+                return None
+            return (scope[node.id], None) if isinstance(scope[node.id], str) else scope[node.id]
         if isinstance(node, ast.Attribute):
             if node.attr == "cfg" and isinstance(node.value, ast.Name) and node.value.id == "self":
                 return ("", None)
@@ -529,23 +546,44 @@ class _ConfigFold(ast.NodeTransformer):
 
     def _truth(self, test):
         used = set(self.used)
+        if isinstance(test, ast.BoolOp):  # as a test, any operand known to short-circuit decides it
+            short = isinstance(test.op, ast.Or)
+            values = [self._truth(v) for v in test.values]
+            if short in values:
+                return short
+            if None not in values:
+                return not short
+            self.used = used
+            return None
         v = self._value(test)
         if v is _UNKNOWN:
             self.used = used  # a test left standing decides nothing
             return None
         return bool(v)
 
+    def _simplified(self, test):
+        """`test` less the `and`/`or` operands the config decides without deciding the whole (those that do
+        not short-circuit: had one, `_truth` would have decided the test)."""
+        if not isinstance(test, ast.BoolOp):
+            return test
+        rest = [v for v in test.values if self._truth(v) is None]
+        return rest[0] if len(rest) == 1 else ast.BoolOp(test.op, rest) if rest else test
+
     def visit_If(self, node):
         self.generic_visit(node)
         truth = self._truth(node.test)
         if truth is None:
+            node.test = self._simplified(node.test)
             return node
         return (node.body if truth else node.orelse) or None
 
     def visit_IfExp(self, node):
         self.generic_visit(node)
         truth = self._truth(node.test)
-        return node if truth is None else (node.body if truth else node.orelse)
+        if truth is None:
+            node.test = self._simplified(node.test)
+            return node
+        return node.body if truth else node.orelse
 
 
 def fold_config(tree: ast.Module, cfg, foldable) -> set[str]:
@@ -553,13 +591,133 @@ def fold_config(tree: ast.Module, cfg, foldable) -> set[str]:
     (`section.key`) that decided one."""
     f = _ConfigFold(cfg, foldable)
     f.visit(tree)
+    _cut_after_exits(tree)
+    return f.used
+
+
+def _cut_after_exits(tree: ast.AST) -> None:
+    """What follows a return or raise never runs (left by a folded branch); an emptied body gets `pass`."""
     for node in ast.walk(tree):
         for field in ("body", "orelse", "finalbody"):
             body = getattr(node, field, None)
             if field == "body" and isinstance(body, list) and not body:
                 node.body = [ast.Pass()]
-            elif isinstance(body, list):   # what follows a return or raise never runs (left by a folded branch)
+            elif isinstance(body, list):
                 end = next((i for i, st in enumerate(body) if isinstance(st, (ast.Return, ast.Raise))), None)
                 if end is not None and end + 1 < len(body):
                     setattr(node, field, body[: end + 1])
-    return f.used
+
+
+class _CallFacts(_ConfigFold):
+    """Every call in a module, with what the baked config says of its arguments: (callee, values, keywords),
+    where the callee is (module, name) for a module-level function the call resolves to, or (None, name) for
+    `object.name(...)`; a value is `_UNKNOWN` where the config does not decide it."""
+
+    def __init__(self, cfg, foldable, resolve):
+        super().__init__(cfg, foldable)
+        self.resolve, self.calls, self.called = resolve, [], set()
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        callee = self.resolve(node.func)
+        if callee is None:
+            return node
+        self.called.add(id(node.func))
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+            self.calls.append((callee, None, None))
+            return node
+        before = set(self.used)
+        args = [self._arg(a) for a in node.args]
+        kws = {k.arg: self._arg(k.value) for k in node.keywords}
+        self.used = before
+        self.calls.append((callee, args, kws))
+        return node
+
+    def _arg(self, node):
+        used = set(self.used)
+        value = self._value(node)
+        keys, self.used = self.used - used, used
+        return value, keys
+
+    def visit_If(self, node):
+        self.generic_visit(node)
+        return node
+
+    visit_IfExp = visit_If
+
+
+def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of) -> set[str]:
+    """A module-level function whose every call passes one value the baked config or a constant decides for a
+    parameter (or leaves its constant default) takes the branches that value decides. Calls are found by
+    name through each module's imports and `module.name`; a function also named anywhere other than as the
+    callee of a call (a callback, a string), or reached through a module held as a value, is left alone.
+    Returns the config keys that decided a branch."""
+    aliases = {mod: module_aliases(tree, mod, set(trees), package_of) for mod, tree in trees.items()}
+    reachable = open_modules(trees, aliases, package_of)
+    defs = {(mod, st.name): st for mod, tree in trees.items() for st in tree.body if isinstance(st, ast.FunctionDef)}
+    calls: dict[tuple[str, str], list] = {}
+    referenced: set[str] = set()
+    for mod, tree in trees.items():
+        imported = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                base = package_of(mod, node.level, node.module or "")
+                imported.update({a.asname or a.name: (base, a.name) for a in node.names})
+
+        def resolve(func, mod=mod, imported=imported):
+            if isinstance(func, ast.Name):
+                return (mod, func.id) if (mod, func.id) in defs else imported.get(func.id)
+            if isinstance(func, ast.Attribute):
+                if isinstance(func.value, ast.Name) and func.value.id in aliases[mod]:
+                    return aliases[mod][func.value.id], func.attr
+                return None, func.attr
+            return None
+
+        facts = _CallFacts(cfg, foldable, resolve)
+        facts.visit(tree)
+        for callee, args, kws in facts.calls:
+            calls.setdefault(callee, []).append((args, kws))
+        for n in ast.walk(tree):
+            if isinstance(n, (ast.Name, ast.Attribute)) and id(n) not in facts.called:
+                referenced.add(n.id if isinstance(n, ast.Name) else n.attr)
+            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+                referenced.update(n.value.replace(":", ".").split("."))
+    used: set[str] = set()
+    for (mod, name), fn in defs.items():
+        sites = calls.get((mod, name), []) + (calls.get((None, name), []) if mod in reachable else [])
+        if not sites or name in referenced or any(args is None for args, _ in sites):
+            continue
+        a = fn.args
+        params = [*a.posonlyargs, *a.args]
+        defaults = [None] * (len(params) - len(a.defaults)) + list(a.defaults)
+        slots = [(x.arg, i, d) for i, (x, d) in enumerate(zip(params, defaults, strict=True))]
+        slots += [(x.arg, None, d) for x, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)]
+        bound = _bindings(fn)
+        known, keys = {}, set()
+        for arg, i, default in slots:
+            if len(bound.get(arg, [])) != 1:
+                continue
+            values = []
+            for args, kws in sites:
+                if arg in kws:
+                    values.append(kws[arg])
+                elif i is not None and i < len(args):
+                    values.append(args[i])
+                elif isinstance(default, ast.Constant):
+                    values.append((default.value, set()))
+                else:
+                    values.append((_UNKNOWN, set()))
+            first = values[0][0]
+            if first is not _UNKNOWN and not callable(first) and all(
+                    v is not _UNKNOWN and type(v) is type(first) and v == first for v, _ in values):
+                known[arg] = first
+                keys |= set().union(*(k for _, k in values))
+        if known:
+            before = ast.dump(fn)
+            _Fold(known).visit(fn)
+            if ast.dump(fn) != before:
+                used |= keys
+    for tree in trees.values():
+        _fill(tree)
+        _cut_after_exits(tree)
+    return used
