@@ -74,17 +74,23 @@ RECORD_TINY = ["model.vocab_size=512", "model.num_layers=4", "model.model_dim=64
                "eval.lora_phase_rows=4"]
 
 
+# configs/small.toml shrunk the same way (its GPTQ, frequency-clipped embedding, warm-up, validation).
+SMALL_TINY = ["model.vocab_size=512", "model.num_layers=2", "model.model_dim=64", "model.num_heads=4",
+              "model.num_kv_heads=2", "train.iterations=4", "train.max_seconds=0.0", "train.log_every=1",
+              "train.val_every=2", "train.batch_tokens=1024", "train.seq_len=64", "train.grad_accum=2",
+              'train.compute_dtype="float32"', "train.compile=false", "quant.calib_tokens=2048",
+              "eval.max_tokens=2048", "eval.batch_tokens=1024"]
+
+
 def _round_trip_config(name: str, seed: int, tiny_data):
-    if name == "tiny":
-        cfg = tiny_config(iterations=4, seed=seed)
-    else:
-        cfg = load_config(REPO / "configs" / "record.toml", [*RECORD_TINY, f"train.seed={seed}"])
+    shrink = {"small": SMALL_TINY, "record": RECORD_TINY}[name]
+    cfg = load_config(REPO / "configs" / f"{name}.toml", [*shrink, f"train.seed={seed}"])
     return replace(cfg, data=replace(cfg.data, dir=str(tiny_data.data_dir), tokenizer=str(tiny_data.tokenizer)))
 
 
 @pytest.mark.torch
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tiny", "record"])
+@pytest.mark.parametrize("name", ["small", "record"])
 def test_exported_script_trains_the_same_model_as_pgolf_train(name, tiny_data, tmp_path, capsys):
     pytest.importorskip("torch")
     backend = pytest.importorskip("cuda_train.backend")
