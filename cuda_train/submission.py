@@ -74,7 +74,7 @@ def train_record(baked: dict, environ: Mapping[str, str], script_bytes: int,
     from shared.data.dataset import open_dataset
     from shared.run.rundir import existing_run_files
 
-    cfg = resolve_config(baked, environ, left_out)
+    cfg: Config = resolve_config(baked, environ, left_out)
     run_dir = Path("logs") / (environ.get("RUN_ID") or f"train_seed{cfg.train.seed}")
     rank = int(environ.get("RANK", "0") or 0)
     found = existing_run_files(run_dir) if run_dir.is_dir() else []

@@ -217,6 +217,14 @@ def test_counted_code_stays_under_its_ceiling(path):
     assert n <= CODE_CEILINGS[path], f"{path}: train_gpt.py is {n:,} bytes, over its ceiling {CODE_CEILINGS[path]:,}"
 
 
+def test_module_sources_are_triple_quoted_literals_that_read_back_exactly():
+    from shared.record.script import source_literal
+
+    for src in ['a\\nb', 'x = """q"""\n', 'print("a")\n"', 'a""', '""""x', '\r\n', "it's \\\\", ""]:
+        assert eval(source_literal(src)) == src, src
+    assert source_literal('f("x")\ny') == '"""f("x")\ny"""'   # quotes and newlines as they are
+
+
 def test_the_script_is_latin1_with_the_compressed_bundle_raw():
     from shared.record.script import latin1_literal
 
@@ -272,7 +280,7 @@ def test_the_script_folds_away_the_command_lines_comforts_and_messages():
     for path in CODE_CEILINGS:   # none of it reaches a real script
         bundle, _ = code.bundle(load_config(REPO / path))
         for name in ("StopFlag", "save_checkpoint", "save_resume_state", "git_sha", "TrainProgress", "tqdm",
-                     "write_config", "last good checkpoint"):
+                     "write_config", "last good checkpoint", "from safetensors", "ByteTokenizer"):
             assert name not in bundle, (path, name)
 
 

@@ -36,16 +36,19 @@ import numpy as np
 from shared.errors import PgolfError
 
 SPACE = "\u2581"
+BYTE_VOCAB = 260  # byte260: 4 specials and the 256 byte values
 
 
-def load_tokenizer(path: str | Path):
-    """A SentencePieceProcessor, or a `ByteTokenizer` for a byte260 `.json`; a one-line error naming the file."""
+def load_tokenizer(path: str | Path, bytes_ok: bool = True):
+    """A SentencePieceProcessor, or (`bytes_ok`) a `ByteTokenizer` for a byte260 `.json`; a one-line error
+    naming the file. A caller that knows its vocabulary is not byte260's passes `bytes_ok=False`, so that a
+    train_gpt.py of any other vocabulary leaves the byte tokenizer out."""
     import sentencepiece as spm
 
     path = Path(path)
     if not path.is_file():
         raise PgolfError(f"tokenizer {path} not found: pass the .model file built with the data (data/tokenizers/)")
-    if path.suffix == ".json":
+    if bytes_ok and path.suffix == ".json":
         return ByteTokenizer.from_file(path)
     try:
         return spm.SentencePieceProcessor(model_file=str(path))
@@ -68,6 +71,7 @@ class ByteTokenizer:
     unk: int = 3
     byte_offset: int = 4
     byte_count: int = 256
+    pure_bytes = True  # not a field: what `ByteTables.from_processor` recognises it by
 
     @classmethod
     def from_file(cls, path: str | Path) -> ByteTokenizer:
@@ -152,7 +156,7 @@ class ByteTables:
 
     @classmethod
     def from_processor(cls, sp) -> ByteTables:
-        if isinstance(sp, ByteTokenizer):
+        if getattr(sp, "pure_bytes", False):  # a ByteTokenizer (by attribute: the script may leave the class out)
             return cls.for_bytes(sp)
         n = int(sp.vocab_size())
         base = np.zeros(n, dtype=np.int64)

@@ -125,7 +125,10 @@ def open_dataset(data_dir: str | Path, tokenizer_path: str | Path, vocab_size: i
     for f in (*val_files, *train_files):
         if shard_count(f) == 0:  # header and size of every shard, before any work
             raise PgolfError(f"shard {f} holds no tokens: rebuild or re-download it, or remove it from {data_dir}")
-    sp = load_tokenizer(tokenizer_path)
+    if vocab_size != 260 and tokenizer_path.suffix == ".json":  # 260: bpb.BYTE_VOCAB, a literal the script folds
+        raise PgolfError(f"tokenizer {tokenizer_path} is byte260's (260 ids) but model.vocab_size is {vocab_size}: "
+                         "set model.vocab_size = 260 or pass the matching .model tokenizer")
+    sp = load_tokenizer(tokenizer_path, bytes_ok=vocab_size == 260)
     n = int(sp.vocab_size())
     if n != vocab_size:
         raise PgolfError(

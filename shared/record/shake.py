@@ -428,6 +428,12 @@ _SECTION_TYPES = {"ModelConfig": "model", "TrainConfig": "train", "OptimConfig":
 _UNKNOWN = object()
 
 
+def _annotation_section(ann) -> str | None:
+    """"" for an annotation `Config`, the section for `ModelConfig`, ..., else None."""
+    name = ann.id if isinstance(ann, ast.Name) else ann.value if isinstance(ann, ast.Constant) else None
+    return "" if name == "Config" else _SECTION_TYPES.get(name)
+
+
 class _ConfigFold(ast.NodeTransformer):
     """Branches decided by the baked config: `if` tests and `x if c else y` over config values (`cfg.quant.gptq`,
     `self.cfg.eval.mode == "ttt"`, `e.lora_phases` where `e = cfg.eval` or `e: EvalConfig`), constants,
@@ -443,14 +449,11 @@ class _ConfigFold(ast.NodeTransformer):
         a = node.args
         params = [*a.posonlyargs, *a.args, *a.kwonlyargs]
         for p in params:
-            ann = p.annotation
-            name = ann.id if isinstance(ann, ast.Name) else ann.value if isinstance(ann, ast.Constant) else None
-            if name == "Config":
-                scope[p.arg] = ""
-            elif name in _SECTION_TYPES:
-                scope[p.arg] = _SECTION_TYPES[name]
-            else:
+            typed = _annotation_section(p.annotation)
+            if typed is None:
                 scope.pop(p.arg, None)
+            else:
+                scope[p.arg] = typed
         assigned: dict[str, list[ast.expr | None]] = {}
         for n in ast.walk(node):
             if isinstance(n, ast.Assign):
@@ -458,6 +461,9 @@ class _ConfigFold(ast.NodeTransformer):
                     for x in ast.walk(t):
                         if isinstance(x, ast.Name):
                             assigned.setdefault(x.id, []).append(n.value if t is x else None)
+            elif isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.value is not None:
+                typed = _annotation_section(n.annotation)   # `cfg: Config = resolve_config(...)`
+                assigned.setdefault(n.target.id, []).append(ast.Constant(typed) if typed is not None else None)
             elif isinstance(n, (ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor, ast.comprehension, ast.NamedExpr)):
                 for x in ast.walk(n.target):
                     if isinstance(x, ast.Name):
@@ -482,6 +488,9 @@ class _ConfigFold(ast.NodeTransformer):
                 continue
             scope.pop(name, None)
             if len(values) == 1 and values[0] is not None and not any(p.arg == name for p in params):
+                if isinstance(values[0], ast.Constant) and values[0].value in ("", *_SECTION_TYPES.values()):
+                    scope[name] = values[0].value   # typed by its annotation
+                    continue
                 where = self._where(values[0])
                 if where is not None:  # a section (`q = cfg.quant`) or a key (`name = q.compressor`)
                     scope[name] = where[0] if where[1] is None else where
@@ -611,11 +620,29 @@ def _cut_after_exits(tree: ast.AST) -> None:
 class _CallFacts(_ConfigFold):
     """Every call in a module, with what the baked config says of its arguments: (callee, values, keywords),
     where the callee is (module, name) for a module-level function the call resolves to, or (None, name) for
-    `object.name(...)`; a value is `_UNKNOWN` where the config does not decide it."""
+    `object.name(...)`; a value is `_UNKNOWN` where the config does not decide it. `params` (function node id
+    -> parameter -> value) holds what earlier passes decided of the callers' own parameters."""
 
-    def __init__(self, cfg, foldable, resolve):
+    def __init__(self, cfg, foldable, resolve, params):
         super().__init__(cfg, foldable)
-        self.resolve, self.calls, self.called = resolve, [], set()
+        self.resolve, self.params, self.calls, self.called = resolve, params, [], set()
+        self.frames: list[dict] = []
+
+    def visit_FunctionDef(self, node):
+        self.frames.append(self.params.get(id(node), {}))
+        try:
+            return super().visit_FunctionDef(node)
+        finally:
+            self.frames.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def _value(self, node):
+        if isinstance(node, ast.Name) and self.frames and node.id in self.frames[-1]:
+            value, keys = self.frames[-1][node.id]
+            self.used |= keys
+            return value
+        return super()._value(node)
 
     def visit_Call(self, node):
         self.generic_visit(node)
@@ -646,16 +673,9 @@ class _CallFacts(_ConfigFold):
     visit_IfExp = visit_If
 
 
-def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of) -> set[str]:
-    """A module-level function whose every call passes one value the baked config or a constant decides for a
-    parameter (or leaves its constant default) takes the branches that value decides. Calls are found by
-    name through each module's imports and `module.name`; a function also named anywhere other than as the
-    callee of a call (a callback, a string), or reached through a module held as a value, is left alone.
-    Returns the config keys that decided a branch."""
-    aliases = {mod: module_aliases(tree, mod, set(trees), package_of) for mod, tree in trees.items()}
-    reachable = open_modules(trees, aliases, package_of)
-    defs = {(mod, st.name): st for mod, tree in trees.items() for st in tree.body if isinstance(st, ast.FunctionDef)}
-    calls: dict[tuple[str, str], list] = {}
+def _calls(trees, cfg, foldable, package_of, aliases, defs, params):
+    """(calls: callee -> [(args, keywords)], names used other than as a call's callee)."""
+    calls: dict[tuple, list] = {}
     referenced: set[str] = set()
     for mod, tree in trees.items():
         imported = {}
@@ -673,7 +693,7 @@ def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of) -> s
                 return None, func.attr
             return None
 
-        facts = _CallFacts(cfg, foldable, resolve)
+        facts = _CallFacts(cfg, foldable, resolve, params)
         facts.visit(tree)
         for callee, args, kws in facts.calls:
             calls.setdefault(callee, []).append((args, kws))
@@ -682,41 +702,67 @@ def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of) -> s
                 referenced.add(n.id if isinstance(n, ast.Name) else n.attr)
             elif isinstance(n, ast.Constant) and isinstance(n.value, str):
                 referenced.update(n.value.replace(":", ".").split("."))
-    used: set[str] = set()
-    for (mod, name), fn in defs.items():
-        sites = calls.get((mod, name), []) + (calls.get((None, name), []) if mod in reachable else [])
-        if not sites or name in referenced or any(args is None for args, _ in sites):
+    return calls, referenced
+
+
+def _agreed(fn: ast.FunctionDef, sites: list) -> dict:
+    """The parameters of `fn` every call site passes one known value for (or leaves a constant default):
+    parameter -> (value, the config keys that decided it)."""
+    a = fn.args
+    params = [*a.posonlyargs, *a.args]
+    defaults = [None] * (len(params) - len(a.defaults)) + list(a.defaults)
+    slots = [(x.arg, i, d) for i, (x, d) in enumerate(zip(params, defaults, strict=True))]
+    slots += [(x.arg, None, d) for x, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)]
+    bound = _bindings(fn)
+    known = {}
+    for arg, i, default in slots:
+        if len(bound.get(arg, [])) != 1:
             continue
-        a = fn.args
-        params = [*a.posonlyargs, *a.args]
-        defaults = [None] * (len(params) - len(a.defaults)) + list(a.defaults)
-        slots = [(x.arg, i, d) for i, (x, d) in enumerate(zip(params, defaults, strict=True))]
-        slots += [(x.arg, None, d) for x, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)]
-        bound = _bindings(fn)
-        known, keys = {}, set()
-        for arg, i, default in slots:
-            if len(bound.get(arg, [])) != 1:
+        values = []
+        for args, kws in sites:
+            if arg in kws:
+                values.append(kws[arg])
+            elif i is not None and i < len(args):
+                values.append(args[i])
+            elif isinstance(default, ast.Constant):
+                values.append((default.value, set()))
+            else:
+                values.append((_UNKNOWN, set()))
+        first = values[0][0]
+        if first is not _UNKNOWN and not callable(first) and all(
+                v is not _UNKNOWN and type(v) is type(first) and v == first for v, _ in values):
+            known[arg] = first, set().union(*(k for _, k in values))
+    return known
+
+
+def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of) -> set[str]:
+    """A module-level function whose every call passes one value the baked config or a constant decides for a
+    parameter (or leaves its constant default) takes the branches that value decides; what one function
+    learns of its parameters decides its own calls' arguments in the next pass. Calls are found by name
+    through each module's imports and `module.name`; a function also named anywhere other than as the
+    callee of a call (a callback, a string), or reached through a module held as a value, is left alone.
+    Returns the config keys that decided a branch."""
+    aliases = {mod: module_aliases(tree, mod, set(trees), package_of) for mod, tree in trees.items()}
+    reachable = open_modules(trees, aliases, package_of)
+    defs = {(mod, st.name): st for mod, tree in trees.items() for st in tree.body if isinstance(st, ast.FunctionDef)}
+    params: dict[int, dict] = {}
+    used: set[str] = set()
+    for _ in range(4):  # a chain of calls settles in a pass per link; the script's are short
+        calls, referenced = _calls(trees, cfg, foldable, package_of, aliases, defs, params)
+        grew = False
+        for (mod, name), fn in defs.items():
+            sites = calls.get((mod, name), []) + (calls.get((None, name), []) if mod in reachable else [])
+            if not sites or name in referenced or any(args is None for args, _ in sites):
                 continue
-            values = []
-            for args, kws in sites:
-                if arg in kws:
-                    values.append(kws[arg])
-                elif i is not None and i < len(args):
-                    values.append(args[i])
-                elif isinstance(default, ast.Constant):
-                    values.append((default.value, set()))
-                else:
-                    values.append((_UNKNOWN, set()))
-            first = values[0][0]
-            if first is not _UNKNOWN and not callable(first) and all(
-                    v is not _UNKNOWN and type(v) is type(first) and v == first for v, _ in values):
-                known[arg] = first
-                keys |= set().union(*(k for _, k in values))
-        if known:
-            before = ast.dump(fn)
-            _Fold(known).visit(fn)
-            if ast.dump(fn) != before:
-                used |= keys
+            known = _agreed(fn, sites)
+            if known and known != params.get(id(fn)):
+                params[id(fn)], grew = known, True
+                before = ast.dump(fn)
+                _Fold({arg: value for arg, (value, _) in known.items()}).visit(fn)
+                if ast.dump(fn) != before:
+                    used |= set().union(*(keys for _, keys in known.values()))
+        if not grew:
+            break
     for tree in trees.values():
         _fill(tree)
         _cut_after_exits(tree)
