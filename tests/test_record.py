@@ -321,6 +321,29 @@ def test_arguments_every_call_agrees_on_fold_inside_the_function():
     assert "return 1" in keep   # its calls disagree (brotli, zstd): nothing decided
 
 
+def test_an_attribute_set_once_to_a_constant_folds_in_its_class():
+    import ast
+
+    from shared.record.shake import fold_attributes
+
+    src = ("class A:\n    def __init__(self):\n        self.head = None\n        self.gate = None\n"
+           "        self.named = None\n        self.kind = 'x'\n"
+           "    def f(self, h):\n        w = h if self.head is None else self.head(h)\n"
+           "        if self.gate is not None:\n            w = self.gate(w)\n"
+           "        if self.named:\n            w = 0\n        return w if self.kind == 'x' else 1\n"
+           "def install(a, g):\n    a.gate = g\n"
+           "def by_name(a):\n    return getattr(a, 'named')\n")
+    trees = {"m": ast.parse(src)}
+    fold_attributes(trees)
+    f = ast.unparse(trees["m"]).split("def f(self, h):\n")[1].split("\ndef install")[0]
+    # `head` and `kind` fold; `gate` is set from outside, `named` is named by a string: both stay
+    assert f.strip("\n").split("\n") == ["        w = h", "        if self.gate is not None:", "            w = self.gate(w)",
+                              "        if self.named:", "            w = 0", "        return w"]
+    trees = {"m": ast.parse(src + "class B(A):\n    pass\n")}   # a subclass may set anything
+    fold_attributes(trees)
+    assert "self.head is None" in ast.unparse(trees["m"])
+
+
 def test_config_branches_fold_and_an_override_of_a_folded_key_is_refused():
     import ast
 
@@ -344,6 +367,16 @@ def test_config_branches_fold_and_an_override_of_a_folded_key_is_refused():
                      "    b = x if c and not q.gptq else y\n    return z if c or q.gptq else w\n")
     fold_config(tree, replace(cfg, quant=replace(cfg.quant, gptq=False)), lambda section, key: True)
     assert ast.unparse(tree).split("\n")[2:] == ["    a = y", "    b = x if c else y", "    return z if c else w"]
+    # a comparison or `and`/`or` decided whole becomes its value; a neutral constant that is not last goes
+    tree = ast.parse("def k(cfg: Config, c):\n    q = cfg.quant\n    s = q.compressor == 'zstd'\n"
+                     "    t = q.gptq or c\n    u = c or q.gptq\n")
+    fold_config(tree, replace(cfg, quant=replace(cfg.quant, gptq=False)), lambda section, key: True)
+    assert ast.unparse(tree).split("\n")[2:] == ["    s = True", "    t = c", "    u = c or q.gptq"]
+    # `self.cfg` holds what the class's __init__ stores there: here the model section
+    tree = ast.parse("class G:\n    def __init__(self, m: ModelConfig):\n        self.cfg = m\n"
+                     "    def f(self):\n        return 1 if self.cfg.asym_logit else 2\n")
+    fold_config(tree, cfg, lambda section, key: True)
+    assert ast.unparse(tree).endswith("def f(self):\n        return 2")
     baked = to_dict(cfg)
     assert resolve_config(baked, {"ITERATIONS": "7"}).train.iterations == 7
     assert isinstance(resolve_config(baked, {}), Config)

@@ -292,6 +292,7 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[
         used |= sh.fold_config(tree, cfg, foldable)
         sh.fold_constants(tree)
         sh.drop_unused_inner(tree)
+    sh.fold_attributes(trees)
     is_pkg = {name: pkg for name, pkg, _ in mods}
     package_of = lambda me, level, module: _base(me, is_pkg[me], level, module)  # noqa: E731
     sh.shake(trees, {"main"}, package_of)   # calls from dead code would hide what the live ones agree on

@@ -35,11 +35,20 @@ def strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def _key(node: ast.expr) -> str | None:
+    """What `known` calls a name (`x`) or an attribute of self (`self.x`)."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return f"self.{node.attr}"
+    return None
+
+
 def _truth(test: ast.expr, known: dict[str, object]) -> bool | None:
-    """The value of an `if` test over names whose values are known (`name`, `not name`, `and`/`or` that a
-    known operand decides), else None."""
-    if isinstance(test, ast.Name) and test.id in known:
-        return bool(known[test.id])
+    """The value of an `if` test over names whose values are known (`name`, `self.name`, `not name`,
+    comparisons with a literal, `and`/`or` that a known operand decides), else None."""
+    if _key(test) in known:
+        return bool(known[_key(test)])
     if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
         inner = _truth(test.operand, known)
         return None if inner is None else not inner
@@ -49,12 +58,12 @@ def _truth(test: ast.expr, known: dict[str, object]) -> bool | None:
         if short in values:
             return short
         return None if None in values else not short
-    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.left, ast.Name) and test.left.id in known:
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and _key(test.left) in known:
         try:
             other = ast.literal_eval(test.comparators[0])
         except ValueError:
             return None
-        a, op = known[test.left.id], type(test.ops[0])
+        a, op = known[_key(test.left)], type(test.ops[0])
         ops = {ast.Eq: lambda: a == other, ast.NotEq: lambda: a != other, ast.In: lambda: a in other,
                ast.NotIn: lambda: a not in other, ast.Is: lambda: a is other, ast.IsNot: lambda: a is not other}
         return bool(ops[op]()) if op in ops else None
@@ -190,6 +199,63 @@ def fold_constants(tree: ast.Module) -> None:
         if known:
             _Fold(known).visit(fn)
     _fill(tree)
+
+
+def fold_attributes(trees: dict[str, ast.Module]) -> None:
+    """An attribute a class sets once, to a constant (`self.lm_head = None`), and nothing else ever sets
+    (no other object's `.lm_head =`, no subclass, no string naming it), decides the branches its methods test."""
+    stores: dict[str, list[tuple[str | None, ast.AST]]] = {}   # attribute -> (class setting self.X or None, value)
+    words: set[str] = set()       # attributes named by a string (getattr, setattr, ...)
+    subclassed: set[str] = set()  # classes with a subclass, or that set their own attributes by computed names
+    for tree in trees.values():
+        for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]:
+            subclassed |= {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in cls.bases}
+        for scope in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)] + [tree]:
+            for node in ast.walk(scope):
+                f = node.func if isinstance(node, ast.Call) else None
+                by_name = (isinstance(f, ast.Name) and f.id in ("getattr", "setattr", "hasattr", "delattr")) or (
+                    isinstance(f, ast.Attribute) and f.attr in ("__setattr__", "__getattribute__", "__delattr__"))
+                if not by_name or len(node.args) < 2:
+                    continue
+                name, target = node.args[1], node.args[0]
+                writes = not (isinstance(f, ast.Name) and f.id in ("getattr", "hasattr")) and not (
+                    isinstance(f, ast.Attribute) and f.attr == "__getattribute__")
+                if isinstance(name, ast.Constant) and isinstance(name.value, str):
+                    words.add(name.value)
+                elif not writes:   # a computed name read: changes nothing
+                    continue
+                elif isinstance(target, ast.Name) and target.id == "self" and scope is not tree:
+                    subclassed.add(scope.name)
+                elif scope is tree and not (isinstance(target, ast.Name) and target.id == "self"):
+                    return   # some object's attribute set by a computed name: anything may change
+        seen: set[int] = set()
+        for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)] + [None]:
+            for node in ast.walk(cls if cls is not None else tree):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                    node, (ast.AugAssign, ast.AnnAssign)) else []
+                for t in targets:
+                    for x in ast.walk(t):
+                        if not (isinstance(x, ast.Attribute) and isinstance(x.ctx, ast.Store)) or id(x) in seen:
+                            continue
+                        mine = cls is not None and isinstance(x.value, ast.Name) and x.value.id == "self"
+                        if mine or cls is None:   # another object's attribute: counted once, from the module
+                            seen.add(id(x))
+                            value = node.value if isinstance(node, ast.Assign) and t is x else None
+                            stores.setdefault(x.attr, []).append((cls.name if mine else None, value))
+    for tree in trees.values():
+        for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]:
+            if cls.name in subclassed:
+                continue
+            known = {}
+            for attr, where in stores.items():
+                own = [v for c, v in where if c == cls.name]
+                foreign = [c for c, _ in where if c != cls.name]   # None: some object's, maybe one of these
+                if (len(own) == 1 and isinstance(own[0], ast.Constant) and attr not in words
+                        and all(c is not None for c in foreign)):
+                    known[f"self.{attr}"] = own[0].value
+            if known:
+                _Fold(known).visit(cls)
+        _fill(tree)
 
 
 def _code(nodes: Iterable[ast.AST]) -> Iterator[ast.AST]:
@@ -443,6 +509,7 @@ class _ConfigFold(ast.NodeTransformer):
     def __init__(self, cfg, foldable):
         self.cfg, self.foldable, self.used = cfg, foldable, set()
         self.scopes: list[dict] = []   # name -> "" (the whole config), a section, or (section, key)
+        self.self_cfg: list[str] = []  # per class: what `self.cfg` holds ("" the config, or a section)
 
     def visit_FunctionDef(self, node):
         scope = dict(self.scopes[-1]) if self.scopes else {}
@@ -500,6 +567,22 @@ class _ConfigFold(ast.NodeTransformer):
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
+    def visit_ClassDef(self, node):
+        """`self.cfg` is the config, or the section `__init__` stores there (`self.cfg = m` for `m: ModelConfig`)."""
+        section = ""
+        for fn in node.body:
+            if isinstance(fn, ast.FunctionDef) and fn.name == "__init__":
+                types = {a.arg: _annotation_section(a.annotation) for a in [*fn.args.args, *fn.args.kwonlyargs]}
+                for st in ast.walk(fn):
+                    if (isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.value, ast.Name)
+                            and ast.unparse(st.targets[0]) == "self.cfg" and types.get(st.value.id) is not None):
+                        section = types[st.value.id]
+        self.self_cfg.append(section)
+        try:
+            return self.generic_visit(node)
+        finally:
+            self.self_cfg.pop()
+
     def _where(self, node) -> tuple[str, str | None] | None:
         """(section, key) a config expression names: ("", None) the config, (section, None) a section."""
         scope = self.scopes[-1] if self.scopes else {}
@@ -509,7 +592,7 @@ class _ConfigFold(ast.NodeTransformer):
             return (scope[node.id], None) if isinstance(scope[node.id], str) else scope[node.id]
         if isinstance(node, ast.Attribute):
             if node.attr == "cfg" and isinstance(node.value, ast.Name) and node.value.id == "self":
-                return ("", None)
+                return (self.self_cfg[-1] if self.self_cfg else "", None)
             base = self._where(node.value)
             if base is None or base[1] is not None:
                 return None
@@ -577,6 +660,34 @@ class _ConfigFold(ast.NodeTransformer):
             return test
         rest = [v for v in test.values if self._truth(v) is None]
         return rest[0] if len(rest) == 1 else ast.BoolOp(test.op, rest) if rest else test
+
+    def _decided(self, node):
+        """A comparison, `not` or `and`/`or` the config decides whole becomes its value
+        (`self.sharded = cfg.train.grad_sync == "sharded"` -> `self.sharded = True`)."""
+        self.generic_visit(node)
+        used = set(self.used)
+        value = self._value(node)
+        if value is _UNKNOWN or not isinstance(value, (bool, int, float, str, type(None))):
+            self.used = used
+            if isinstance(node, ast.BoolOp):  # `False or x` is `x`: a known operand that neither decides nor ends goes
+                short = isinstance(node.op, ast.Or)
+                rest = [v for v in node.values[:-1] if not self._neutral(v, short)] + [node.values[-1]]
+                return rest[0] if len(rest) == 1 else ast.BoolOp(node.op, rest)
+            return node
+        return ast.copy_location(ast.Constant(value), node)
+
+    visit_Compare = visit_BoolOp = _decided
+
+    def _neutral(self, operand, short: bool) -> bool:
+        used = set(self.used)
+        value = self._value(operand)
+        if value is _UNKNOWN or bool(value) == short:
+            self.used = used
+            return False
+        return True
+
+    def visit_UnaryOp(self, node):
+        return self._decided(node) if isinstance(node.op, ast.Not) else self.generic_visit(node)
 
     def visit_If(self, node):
         self.generic_visit(node)
@@ -666,11 +777,11 @@ class _CallFacts(_ConfigFold):
         keys, self.used = self.used - used, used
         return value, keys
 
-    def visit_If(self, node):
+    def visit_If(self, node):   # a reader: it rewrites nothing
         self.generic_visit(node)
         return node
 
-    visit_IfExp = visit_If
+    visit_IfExp = visit_Compare = visit_BoolOp = visit_UnaryOp = visit_If
 
 
 def _calls(trees, cfg, foldable, package_of, aliases, defs, params):
