@@ -154,6 +154,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = m.num_heads, m.num_kv_heads, m.head_dim
         self.use_xsa = layer >= m.num_layers - m.xsa_last_n
+        self.doc_attention = m.doc_attention  # a constant: the generated script leaves the branch out when off
         self.gate_dims, self.gate_scale = m.gate_dims, m.attn_gate_scale
         self.c_q = nn.Linear(m.model_dim, m.model_dim, bias=False)
         self.c_k = nn.Linear(m.model_dim, m.kv_dim, bias=False)
@@ -164,7 +165,7 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(m.rotary_dims, m.rope_base)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, docs: tuple[Tensor, int, Tensor | None] | None) -> Tensor:
-        if docs is not None:
+        if self.doc_attention and docs is not None:
             seg, cap, cu = docs
             if varlen_ready(q.device, q.dtype):  # FA3 varlen (#1855): the rows laid end to end, one stream
                 b, h, t, d = q.shape

@@ -374,9 +374,12 @@ def test_config_branches_fold_and_an_override_of_a_folded_key_is_refused():
     assert ast.unparse(tree).split("\n")[2:] == ["    s = True", "    t = c", "    u = c or q.gptq"]
     # `self.cfg` holds what the class's __init__ stores there: here the model section
     tree = ast.parse("class G:\n    def __init__(self, m: ModelConfig):\n        self.cfg = m\n"
+                     "        self.docs = m.doc_attention\n        self.n = m.num_layers\n"
                      "    def f(self):\n        return 1 if self.cfg.asym_logit else 2\n")
     fold_config(tree, cfg, lambda section, key: True)
     assert ast.unparse(tree).endswith("def f(self):\n        return 2")
+    # a flag stored on self becomes its value (an attribute fold then decides its tests); a size stays a read
+    assert "self.docs = False" in ast.unparse(tree) and "self.n = m.num_layers" in ast.unparse(tree)
     baked = to_dict(cfg)
     assert resolve_config(baked, {"ITERATIONS": "7"}).train.iterations == 7
     assert isinstance(resolve_config(baked, {}), Config)

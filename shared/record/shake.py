@@ -678,6 +678,19 @@ class _ConfigFold(ast.NodeTransformer):
 
     visit_Compare = visit_BoolOp = _decided
 
+    def visit_Assign(self, node):
+        """`self.x = <config flag or mode>` stores its value (so an attribute fold can decide `self.x` tests)."""
+        self.generic_visit(node)
+        t = node.targets[0] if len(node.targets) == 1 else None
+        if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
+            used = set(self.used)
+            value = self._value(node.value)
+            if value is not _UNKNOWN and isinstance(value, (bool, str, type(None))):  # flags and modes, not sizes
+                node.value = ast.copy_location(ast.Constant(value), node.value)
+            else:
+                self.used = used
+        return node
+
     def _neutral(self, operand, short: bool) -> bool:
         used = set(self.used)
         value = self._value(operand)
@@ -781,7 +794,7 @@ class _CallFacts(_ConfigFold):
         self.generic_visit(node)
         return node
 
-    visit_IfExp = visit_Compare = visit_BoolOp = visit_UnaryOp = visit_If
+    visit_IfExp = visit_Compare = visit_BoolOp = visit_UnaryOp = visit_Assign = visit_If
 
 
 def _calls(trees, cfg, foldable, package_of, aliases, defs, params):
