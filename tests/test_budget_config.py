@@ -186,7 +186,8 @@ def test_budget_fit_written_as_config_packs_the_same_bytes_and_is_baked_into_the
     from shared.core.config import Config, to_dict
 
     source, _ = bundle(fitted)
-    baked = ast.literal_eval(next(line[2:] for line in source.splitlines() if line.startswith("C=")))
+    # the baked config is the `C=` line after the embedded modules (whose own lines may start with C= too)
+    baked = ast.literal_eval([line[2:] for line in source.splitlines() if line.startswith("C=")][-1])
     quant = {**to_dict(Config())["quant"], **baked["quant"]}   # the script holds the keys that differ
     q = fitted.quant
     assert baked["quant"]["tensor_schemes"] == q.tensor_schemes

@@ -334,7 +334,7 @@ def bundle(cfg: Config | None, minified: bool = True) -> tuple[str, tuple[str, .
             + _BOOT.format(entry=SCRIPT_ENTRY).lstrip("\n")), tuple(m[0] for m in mods)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=64)  # a test session generates dozens of configs' scripts, some many times
 def _generate(config_toml: str) -> Script:
     from shared.core.config import from_toml_text
 

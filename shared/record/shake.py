@@ -146,11 +146,16 @@ def drop_unused_inner(tree: ast.Module) -> None:
     while changed:
         changed = False
         for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+            inner = [n for n in ast.walk(fn) if n is not fn and isinstance(n, ast.FunctionDef)]
+            if not inner:
+                continue
+            used = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)}
+            if all(f.name in used for f in inner):
+                continue
             for holder in ast.walk(fn):
                 body = getattr(holder, "body", None)
                 if holder is not fn and isinstance(holder, (ast.FunctionDef, ast.ClassDef, ast.Lambda)) or not isinstance(body, list):
                     continue
-                used = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)}
                 keep = [st for st in body if not (isinstance(st, ast.FunctionDef) and st.name not in used)]
                 if len(keep) != len(body):
                     holder.body, changed = keep or [ast.Pass()], True
@@ -207,54 +212,48 @@ def fold_attributes(trees: dict[str, ast.Module]) -> None:
     stores: dict[str, list[tuple[str | None, ast.AST]]] = {}   # attribute -> (class setting self.X or None, value)
     words: set[str] = set()       # attributes named by a string (getattr, setattr, ...)
     subclassed: set[str] = set()  # classes with a subclass, or that set their own attributes by computed names
+    classes = []
     for tree in trees.values():
-        for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]:
-            subclassed |= {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in cls.bases}
-        for scope in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)] + [tree]:
-            for node in ast.walk(scope):
+        for top in tree.body:   # a module-level class is the scope of its `self`; anything else, the module's
+            cls = top if isinstance(top, ast.ClassDef) else None
+            classes += [cls] if cls else []
+            for node in ast.walk(top):
+                if isinstance(node, ast.ClassDef):
+                    subclassed |= {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
                 f = node.func if isinstance(node, ast.Call) else None
-                by_name = (isinstance(f, ast.Name) and f.id in ("getattr", "setattr", "hasattr", "delattr")) or (
-                    isinstance(f, ast.Attribute) and f.attr in ("__setattr__", "__getattribute__", "__delattr__"))
-                if not by_name or len(node.args) < 2:
-                    continue
-                name, target = node.args[1], node.args[0]
-                writes = not (isinstance(f, ast.Name) and f.id in ("getattr", "hasattr")) and not (
-                    isinstance(f, ast.Attribute) and f.attr == "__getattribute__")
-                if isinstance(name, ast.Constant) and isinstance(name.value, str):
-                    words.add(name.value)
-                elif not writes:   # a computed name read: changes nothing
-                    continue
-                elif isinstance(target, ast.Name) and target.id == "self" and scope is not tree:
-                    subclassed.add(scope.name)
-                elif scope is tree and not (isinstance(target, ast.Name) and target.id == "self"):
-                    return   # some object's attribute set by a computed name: anything may change
-        seen: set[int] = set()
-        for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)] + [None]:
-            for node in ast.walk(cls if cls is not None else tree):
+                if ((isinstance(f, ast.Name) and f.id in ("getattr", "setattr", "hasattr", "delattr")) or (
+                        isinstance(f, ast.Attribute) and f.attr in ("__setattr__", "__getattribute__", "__delattr__"))) \
+                        and len(node.args) >= 2:
+                    name, target = node.args[1], node.args[0]
+                    if isinstance(name, ast.Constant) and isinstance(name.value, str):
+                        words.add(name.value)
+                    elif getattr(f, "id", getattr(f, "attr", "")) in ("getattr", "hasattr", "__getattribute__"):
+                        pass   # a computed name read: changes nothing
+                    elif cls is not None and isinstance(target, ast.Name) and target.id == "self":
+                        subclassed.add(cls.name)
+                    else:
+                        return   # some object's attribute set by a computed name: anything may change
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
                     node, (ast.AugAssign, ast.AnnAssign)) else []
                 for t in targets:
                     for x in ast.walk(t):
-                        if not (isinstance(x, ast.Attribute) and isinstance(x.ctx, ast.Store)) or id(x) in seen:
-                            continue
-                        mine = cls is not None and isinstance(x.value, ast.Name) and x.value.id == "self"
-                        if mine or cls is None:   # another object's attribute: counted once, from the module
-                            seen.add(id(x))
+                        if isinstance(x, ast.Attribute) and isinstance(x.ctx, ast.Store):
+                            mine = cls is not None and isinstance(x.value, ast.Name) and x.value.id == "self"
                             value = node.value if isinstance(node, ast.Assign) and t is x else None
                             stores.setdefault(x.attr, []).append((cls.name if mine else None, value))
+    for cls in classes:
+        if cls.name in subclassed:
+            continue
+        known = {}
+        for attr, where in stores.items():
+            own = [v for c, v in where if c == cls.name]
+            foreign = [c for c, _ in where if c != cls.name]   # None: some object's, maybe one of these
+            if (len(own) == 1 and isinstance(own[0], ast.Constant) and attr not in words
+                    and all(c is not None for c in foreign)):
+                known[f"self.{attr}"] = own[0].value
+        if known:
+            _Fold(known).visit(cls)
     for tree in trees.values():
-        for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]:
-            if cls.name in subclassed:
-                continue
-            known = {}
-            for attr, where in stores.items():
-                own = [v for c, v in where if c == cls.name]
-                foreign = [c for c, _ in where if c != cls.name]   # None: some object's, maybe one of these
-                if (len(own) == 1 and isinstance(own[0], ast.Constant) and attr not in words
-                        and all(c is not None for c in foreign)):
-                    known[f"self.{attr}"] = own[0].value
-            if known:
-                _Fold(known).visit(cls)
         _fill(tree)
 
 
@@ -316,10 +315,18 @@ def module_aliases(tree: ast.Module, me: str, modules: set[str], package_of) -> 
             for a in node.names:
                 found.setdefault(a.asname or a.name.split(".")[0], set()).add(
                     a.name if a.asname and a.name in modules else "")
-    bound = {name for name, values in _bindings(tree).items() if any(v is not None for v in values)}
-    bound |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del))}
-    bound |= {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
-    bound |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))}
+    bound: set[str] = set()   # bound any way but by an import
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name) and isinstance(getattr(n, "ctx", None), (ast.Store, ast.Del)):
+            bound.add(n.id)
+        elif isinstance(n, ast.arg):
+            bound.add(n.arg)
+        elif isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+            bound.add(n.name)
+        elif isinstance(n, (ast.Global, ast.Nonlocal)):
+            bound.update(n.names)
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            bound.add(n.name)
     return {alias: next(iter(t)) for alias, t in found.items() if len(t) == 1 and "" not in t and alias not in bound}
 
 
@@ -410,14 +417,15 @@ def shake(trees: dict[str, ast.Module], roots: set[str], package_of) -> None:
     """Shake `trees` (module name -> AST, edited in place) down to what `roots` (names) reach.
 
     `package_of(module, level, name)` resolves an ImportFrom to the module it names."""
+    # once: an import the shaking drops was unused, and with more code the modules are more open
+    aliases = {mod: module_aliases(tree, mod, set(trees), package_of) for mod, tree in trees.items()}
+    reachable = open_modules(trees, aliases, package_of)
     while True:
         names, attrs, qualified = set(roots), set(), set()
         todo: list[ast.AST] = []
         droppable: dict[str, list[ast.stmt]] = {}
         methods: dict[str, list[ast.stmt]] = {}
         home: dict[int, str] = {}   # id(statement or method) -> its module
-        aliases = {mod: module_aliases(tree, mod, set(trees), package_of) for mod, tree in trees.items()}
-        reachable = open_modules(trees, aliases, package_of)
         for mod, tree in trees.items():
             for stmt in tree.body:
                 home[id(stmt)] = mod
@@ -871,7 +879,7 @@ def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of) -> s
     defs = {(mod, st.name): st for mod, tree in trees.items() for st in tree.body if isinstance(st, ast.FunctionDef)}
     params: dict[int, dict] = {}
     used: set[str] = set()
-    for _ in range(4):  # a chain of calls settles in a pass per link; the script's are short
+    for _ in range(3):  # a chain of calls settles in a pass per link; the script's are short
         calls, referenced = _calls(trees, cfg, foldable, package_of, aliases, defs, params)
         grew = False
         for (mod, name), fn in defs.items():
