@@ -206,6 +206,10 @@ def fold_constants(tree: ast.Module) -> None:
     _fill(tree)
 
 
+# Attributes a library sets on our objects from outside the script's code (torch's Module.train()).
+LIBRARY_SET = frozenset({"training"})
+
+
 def fold_attributes(trees: dict[str, ast.Module]) -> None:
     """An attribute a class sets once, to a constant (`self.lm_head = None`), and nothing else ever sets
     (no other object's `.lm_head =`, no subclass, no string naming it), decides the branches its methods test."""
@@ -248,7 +252,7 @@ def fold_attributes(trees: dict[str, ast.Module]) -> None:
         for attr, where in stores.items():
             own = [v for c, v in where if c == cls.name]
             foreign = [c for c, _ in where if c != cls.name]   # None: some object's, maybe one of these
-            if (len(own) == 1 and isinstance(own[0], ast.Constant) and attr not in words
+            if (len(own) == 1 and isinstance(own[0], ast.Constant) and attr not in words | LIBRARY_SET
                     and all(c is not None for c in foreign)):
                 known[f"self.{attr}"] = own[0].value
         if known:
