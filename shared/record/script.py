@@ -294,7 +294,9 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[
         sh.drop_unused_inner(tree)
     sh.fold_attributes(trees)
     is_pkg = {name: pkg for name, pkg, _ in mods}
-    package_of = lambda me, level, module: _base(me, is_pkg[me], level, module)  # noqa: E731
+    def package_of(me: str, level: int, module: str) -> str:
+        return _base(me, is_pkg[me], level, module)
+
     sh.shake(trees, {"main"}, package_of)   # calls from dead code would hide what the live ones agree on
     used |= sh.fold_arguments(trees, cfg, foldable, package_of)
     sh.shake(trees, {"main"}, package_of)
