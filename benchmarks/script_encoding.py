@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.core.config import load_config  # noqa: E402
-from shared.record.script import bundle, latin1_literal  # noqa: E402
+from shared.record.script import CODING, bundle, latin1_literal  # noqa: E402
 
 X9 = 9 | lzma.PRESET_EXTREME
 
@@ -54,7 +54,7 @@ def forms(blob: bytes, expr: str, mod: str) -> dict[str, bytes]:
     lit = latin1_literal(blob) + ".encode('latin1')"
     return {
         "base85": f"import base64,{mod};exec({expr.format(b85)})\n".encode("ascii"),
-        "latin-1 literal": f"# -*- coding: latin-1 -*-\nimport {mod};exec({expr.format(lit)})\n".encode("latin-1"),
+        "latin-1 literal": CODING + f"import {mod};exec({expr.format(lit)})\n".encode("latin-1"),
     }
 
 

@@ -111,7 +111,7 @@ def test_exported_script_trains_the_same_model_as_pgolf_train(name, tiny_data, t
     assert summary["code_bytes"] == len(script.read_bytes()) == code.code_bytes("torch", cfg)
     res = run_pgolf(capsys, *["inspect", str(run / "model.pgz"), "--json"])
     assert json.loads(res[1])["code_bytes"] == len(script.read_bytes())
-    assert script.read_bytes().startswith(b"# -*- coding: latin-1 -*-\nimport ")
+    assert script.read_bytes().startswith(b"# coding:latin1\nimport ")
 
     _records_layout(folder, tiny_data)
     blockers = tmp_path / "blockers"
@@ -226,15 +226,21 @@ def test_module_sources_are_triple_quoted_literals_that_read_back_exactly():
 
 
 def test_the_script_is_latin1_with_the_compressed_bundle_raw():
-    from shared.record.script import latin1_literal
+    import random
 
-    blob = bytes(range(256)) * 3 + b"\x00" + b"7\x00x"   # every byte, NUL before an octal digit and not
-    lit = latin1_literal(blob)
-    ns: dict = {}
-    exec(compile(f"# -*- coding: latin-1 -*-\nb={lit}.encode('latin1')\n".encode("latin-1"), "t", "exec"), ns)
-    assert ns["b"] == blob
+    from shared.record.script import CODING, latin1_literal
+
+    # every byte, NUL before an octal digit and not, runs of single quotes inside and at the end
+    blobs = [bytes(range(256)) * 3 + b"\x00" + b"7\x00x", b"'", b"''", b"'''", b"a''''''b'", b"x'''", b"\\'", b""]
+    rng = random.Random(0)
+    blobs += [bytes(rng.choices(b"'\\\x00\r\n7a\"", k=rng.randrange(12))) for _ in range(500)]
+    for blob in blobs:
+        ns: dict = {}
+        exec(compile(CODING + f"b={latin1_literal(blob)}.encode('latin1')\n".encode("latin-1"), "t", "exec"), ns)
+        assert ns["b"] == blob, blob
+    assert latin1_literal(b'a"b\nc') == "'''a\"b\nc'''"   # double quotes and newlines as they are
     data = generate(None).data
-    assert data.startswith(b"# -*- coding: latin-1 -*-\n") and b"\x00" not in data and b"\r" not in data
+    assert data.startswith(b"# coding:latin1\n") and b"\x00" not in data and b"\r" not in data
 
 
 def test_shaking_keeps_what_the_entry_reaches_by_name():

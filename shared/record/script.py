@@ -208,22 +208,29 @@ def source_literal(src: str) -> str:
     return '"""' + (body[:-1] + '\\"' if body.endswith('"') else body) + '"""'
 
 
-_ESCAPES = {0x5C: b"\\\\", 0x22: b'\\"', 0x0A: b"\\n", 0x0D: b"\\r"}
+CODING = b"# coding:latin1\n"  # PEP 263's shortest spelling: the file's bytes are latin-1, one char per byte
+_ESCAPES = {0x5C: b"\\\\", 0x0D: b"\\r"}
 
 
 def latin1_literal(blob: bytes) -> str:
-    """A str literal whose latin-1 encoding is `blob`, for a file declared latin-1: each byte stands for
-    itself but the four a literal cannot hold (backslash, quote, newline, carriage return) and NUL (no
-    source may hold one), escaped."""
-    out = bytearray(b'"')
+    """A triple-quoted str literal whose latin-1 encoding is `blob`, for a file declared latin-1: each
+    byte stands for itself (newlines and double quotes included) but backslash, carriage return (a
+    source's line ends are normalised), NUL (no source may hold one), the third quote of a run of three
+    single quotes and a single quote before the closing ones, escaped."""
+    out, run, tail = bytearray(b"'''"), 0, len(blob.rstrip(b"'"))   # quotes from `tail` on meet the closing ones
     for i, b in enumerate(blob):
+        if b == 0x27:
+            run = 0 if run == 2 or i >= tail else run + 1   # run: unescaped quotes just written
+            out += b"'" if run else b"\\'"
+            continue
+        run = 0
         if b in _ESCAPES:
             out += _ESCAPES[b]
         elif b == 0:
             out += b"\\x00" if i + 1 < len(blob) and 0x30 <= blob[i + 1] <= 0x37 else b"\\0"
         else:
             out.append(b)
-    return (out + b'"').decode("latin-1")
+    return (out + b"'''").decode("latin-1")
 
 
 # Compressors the wrapper can name from the standard library: (compress, the decompressing expression).
@@ -241,7 +248,7 @@ def self_extracting(source: str) -> bytes:
     out = []
     for name, (compress, expr) in COMPRESSORS.items():
         lit = latin1_literal(compress(source.encode("utf-8")))
-        out.append(f"# -*- coding: latin-1 -*-\nimport {name};exec({expr}({lit}.encode('latin1')))\n".encode("latin-1"))
+        out.append(CODING + f"import {name};exec({expr}({lit}.encode('latin1')))\n".encode("latin-1"))
     return min(out, key=len)
 
 
