@@ -44,7 +44,7 @@ def zpaq_group(sections: list[bytes], sort: bool, level: int) -> bytes:
 def ans_group(sections: list[bytes]) -> bytes:
     """The group_ans payload, decoded back to check."""
     payload = pipelines.encode("group_ans", sections, 22, False)
-    assert pipelines.decode(pipelines.PIPELINE_IDS["group_ans"], payload, "ans") == sections, "rANS round trip"
+    assert pipelines.decode("group_ans", payload, "ans") == sections, "rANS round trip"
     return payload
 
 

@@ -143,7 +143,7 @@ def test_group_ans_corrupt_code_frame_is_refused():
     for cut in (frames[big][:3], frames[big][:-2], frames[big][:-6] + frames[big][-4:] + frames[big][-6:-4]):
         forged = pipelines._frames(frames[:big] + [cut] + frames[big + 1:])
         with pytest.raises(PgolfError, match="corrupted") as e:
-            pipelines.decode(pipelines.PIPELINE_IDS["group_ans"], forged, "x.pgz")
+            pipelines.decode("group_ans", forged, "x.pgz")
         assert "\n" not in str(e.value) and str(e.value).startswith("x.pgz")
 
 

@@ -154,6 +154,16 @@ def test_wrong_checksum_magic_and_future_version_are_refused():
     assert struct.calcsize("<4sBBII") == artifact.HEADER.size and zlib.crc32(b"") == 0
 
 
+def test_a_reader_that_names_the_pipeline_refuses_another():
+    """A run reads back what it wrote with its own pipeline (train_gpt.py carries that decoder only)."""
+    blob = _blob()
+    assert artifact.pipeline_of(blob) == "zstd"
+    _, params = artifact.unpack(blob, pipeline="zstd")
+    assert set(params) == set(artifact.unpack(blob)[1])
+    with pytest.raises(PgolfError, match="pipeline id 0, not brotli"):
+        artifact.unpack(blob, pipeline="brotli")
+
+
 def test_write_and_read_artifact(tmp_path):
     cfg = _cfg()
     params = _trained_like(cfg)

@@ -317,14 +317,25 @@ def test_arguments_every_call_agrees_on_fold_inside_the_function():
     callee = ("def enc(kind, x, sort=False):\n    if kind == 'zstd':\n        return z(x)\n    if sort:\n"
               "        return s(x)\n    return b(x)\ndef keep(kind):\n    if kind == 'zstd':\n        return 1\n    return 2\n")
     trees = {"m": ast.parse(caller), "k": ast.parse(callee)}
-    used = fold_arguments(trees, cfg, lambda section, key: True, lambda me, level, module: module)
+    used = fold_arguments(trees, cfg, lambda section, key: True, lambda me, level, module: module, {"main"})
     # `enc` is also passed as a value (run(enc)): it could be called with anything, so it stays whole
     assert ast.unparse(trees["k"]) == ast.unparse(ast.parse(callee)) and used == set()
     trees = {"m": ast.parse(caller.replace(", run(enc)", "")), "k": ast.parse(callee)}
-    used = fold_arguments(trees, cfg, lambda section, key: True, lambda me, level, module: module)
+    used = fold_arguments(trees, cfg, lambda section, key: True, lambda me, level, module: module, {"main"})
     enc, keep = ast.unparse(trees["k"]).split("\ndef keep")
     assert enc.strip() == "def enc(kind, x, sort=False):\n    return b(x)" and used == {"quant.compressor"}
     assert "return 1" in keep   # its calls disagree (brotli, zstd): nothing decided
+
+    # a local the known parameters decide is known in the calls it makes; a caller left dead by a fold
+    # (helper, reached only from the branch brotli rules out) no longer counts once the rounds' shake drops it
+    caller = "from k import outer\ndef main(cfg: Config):\n    return outer(cfg.quant.compressor)\n"
+    callee = ("def outer(kind):\n    name = kind or 'zstd'\n    if kind == 'zstd':\n        return helper()\n"
+              "    return inner(name)\ndef helper():\n    return inner('zstd')\n"
+              "def inner(kind):\n    if kind == 'zstd':\n        return 1\n    return 2\n")
+    trees = {"m": ast.parse(caller), "k": ast.parse(callee)}
+    fold_arguments(trees, cfg, lambda section, key: True, lambda me, level, module: module, {"main"})
+    out = ast.unparse(trees["k"])
+    assert "def helper" not in out and "return 1" not in out and "return 2" in out, out
 
 
 def test_an_attribute_set_once_to_a_constant_folds_in_its_class():

@@ -374,9 +374,8 @@ def pipeline_name(pid: int, source: str) -> str:
                      "repack it with this version")
 
 
-def decode(pid: int, payload: bytes, source: str) -> list[bytes]:
-    """The uncompressed sections [meta, codes, scales, floats] of a v2 payload."""
-    name = pipeline_name(pid, source)
+def decode(name: str, payload: bytes, source: str) -> list[bytes]:
+    """The uncompressed sections [meta, codes, scales, floats] of a v2 payload written by pipeline `name`."""
     frames = _unframe(payload, source)
     if name in ("zstd", "brotli"):
         if len(frames) != 4:

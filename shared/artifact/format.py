@@ -356,7 +356,7 @@ def pipeline_of(blob: bytes) -> str:
 
 # ----------------------------------------------------------------------------- reader
 
-def _decode_body(blob: bytes, source: str) -> tuple[dict, memoryview]:
+def _decode_body(blob: bytes, source: str, pipeline: str | None = None) -> tuple[dict, memoryview]:
     if len(blob) < 5:
         raise PgolfError(f"{source}: {len(blob)} bytes is too short to be a pgolf artifact (truncated?)")
     magic, version = blob[:4], blob[4]
@@ -369,11 +369,15 @@ def _decode_body(blob: bytes, source: str) -> tuple[dict, memoryview]:
     if len(blob) < header.size:
         raise PgolfError(f"{source}: {len(blob)} bytes is too short to be a pgolf artifact (truncated?)")
     _, _, pid, length, crc = HEADER.unpack_from(blob)
-    pipelines.pipeline_name(pid, source)   # an unknown or foreign pipeline: refused by name, first
+    # an unknown or foreign pipeline is refused by name, first; a reader that knows the pipeline (a run reading
+    # back what it wrote: train_gpt.py then carries that pipeline's decoder only) refuses any other
+    name = pipeline or pipelines.pipeline_name(pid, source)
+    if pipelines.PIPELINE_IDS[name] != pid:
+        raise PgolfError(f"{source}: compressed with pipeline id {pid}, not {name} ({pipelines.PIPELINE_IDS[name]})")
     if len(blob) != header.size + length:
         raise PgolfError(f"{source}: artifact is {len(blob)} bytes but its header says {header.size + length} "
                          "(truncated or trailing bytes); re-copy or repack it")
-    body = b"".join(pipelines.decode(pid, bytes(blob[header.size:]), source))
+    body = b"".join(pipelines.decode(name, bytes(blob[header.size:]), source))
     if zlib.crc32(body) != crc:
         raise PgolfError(f"{source}: artifact checksum mismatch (corrupted); re-copy or repack it")
     try:
@@ -384,9 +388,11 @@ def _decode_body(blob: bytes, source: str) -> tuple[dict, memoryview]:
     return meta, memoryview(body)[4 + meta_len:]
 
 
-def read_quantized(blob: bytes, source: str = "artifact") -> tuple[Config, dict[str, QTensor]]:
-    """The config and the packed tensors (codes and scales, not yet dequantised)."""
-    meta, data = _decode_body(blob, source)
+def read_quantized(blob: bytes, source: str = "artifact", pipeline: str | None = None
+                   ) -> tuple[Config, dict[str, QTensor]]:
+    """The config and the packed tensors (codes and scales, not yet dequantised); `pipeline`: the one the
+    artifact must have been written with (default: the one its header names)."""
+    meta, data = _decode_body(blob, source, pipeline)
     try:
         cfg, out = _read_table(meta, data, source)
     except (KeyError, TypeError, ZeroDivisionError, IndexError) as e:  # a well-formed checksum over a bad table
@@ -455,9 +461,10 @@ def _read_lqer(e: dict, shape: tuple[int, int], part) -> Lqer | None:
     return Lqer(a=a, a_scale=a_s, b=b, b_scale=b_s, a_bits=int(f["a_bits"]), b_bits=int(f["b_bits"]), group=group)
 
 
-def unpack(blob: bytes, source: str = "artifact") -> tuple[Config, dict[str, np.ndarray]]:
+def unpack(blob: bytes, source: str = "artifact", pipeline: str | None = None
+           ) -> tuple[Config, dict[str, np.ndarray]]:
     """The config and float32 dequantised weights with canonical names (all finite, or an error)."""
-    cfg, qts = read_quantized(blob, source)
+    cfg, qts = read_quantized(blob, source, pipeline)
     params = {name: dequantize(t) for name, t in qts.items()}
     check_finite(params, source, "the artifact is broken: repack it from a finite checkpoint with this pgolf")
     return cfg, params

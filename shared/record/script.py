@@ -304,9 +304,7 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[
     def package_of(me: str, level: int, module: str) -> str:
         return _base(me, is_pkg[me], level, module)
 
-    sh.shake(trees, {"main"}, package_of)   # calls from dead code would hide what the live ones agree on
-    used |= sh.fold_arguments(trees, cfg, foldable, package_of)
-    sh.shake(trees, {"main"}, package_of)
+    used |= sh.fold_arguments(trees, cfg, foldable, package_of, {"main"})
     todo, seen = [SCRIPT_ENTRY], set()
     while todo:
         me = todo.pop()

@@ -765,7 +765,14 @@ class _CallFacts(_ConfigFold):
         self.frames: list[dict] = []
 
     def visit_FunctionDef(self, node):
-        self.frames.append(self.params.get(id(node), {}))
+        frame = dict(self.params.get(id(node), {}))
+        self.frames.append(frame)
+        if frame:   # a local bound once to what the known parameters decide (`name = pipeline or ...`) is known too
+            for name, values in _bindings(node).items():
+                if name not in frame and len(values) == 1 and values[0] is not None:
+                    value, keys = self._arg(values[0])
+                    if value is not _UNKNOWN:
+                        frame[name] = value, keys
         try:
             return super().visit_FunctionDef(node)
         finally:
@@ -809,10 +816,10 @@ class _CallFacts(_ConfigFold):
     visit_IfExp = visit_Compare = visit_BoolOp = visit_UnaryOp = visit_Assign = visit_If
 
 
-def _calls(trees, cfg, foldable, package_of, aliases, defs, params):
-    """(calls: callee -> [(args, keywords)], names used other than as a call's callee)."""
-    calls: dict[tuple, list] = {}
-    referenced: set[str] = set()
+def _resolvers(trees, package_of, aliases, defs) -> dict:
+    """module -> resolve(call's func): the callee (module, name) of a module-level function, (None, name) for
+    `object.name(...)`, None for anything else."""
+    out = {}
     for mod, tree in trees.items():
         imported = {}
         for node in ast.walk(tree):
@@ -828,17 +835,25 @@ def _calls(trees, cfg, foldable, package_of, aliases, defs, params):
                     return aliases[mod][func.value.id], func.attr
                 return None, func.attr
             return None
+        out[mod] = resolve
+    return out
 
-        facts = _CallFacts(cfg, foldable, resolve, params)
+
+def _calls(trees, cfg, foldable, resolvers, params, referenced: set[str] | None = None) -> dict:
+    """calls: callee -> [(args, keywords)]; with `referenced`, adds the names used other than as a call's callee."""
+    calls: dict[tuple, list] = {}
+    for mod, tree in trees.items():
+        facts = _CallFacts(cfg, foldable, resolvers[mod], params)
         facts.visit(tree)
         for callee, args, kws in facts.calls:
             calls.setdefault(callee, []).append((args, kws))
-        for n in ast.walk(tree):
-            if isinstance(n, (ast.Name, ast.Attribute)) and id(n) not in facts.called:
-                referenced.add(n.id if isinstance(n, ast.Name) else n.attr)
-            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
-                referenced.update(n.value.replace(":", ".").split("."))
-    return calls, referenced
+        if referenced is not None:
+            for n in ast.walk(tree):
+                if isinstance(n, (ast.Name, ast.Attribute)) and id(n) not in facts.called:
+                    referenced.add(n.id if isinstance(n, ast.Name) else n.attr)
+                elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+                    referenced.update(n.value.replace(":", ".").split("."))
+    return calls
 
 
 def _agreed(fn: ast.FunctionDef, sites: list) -> dict:
@@ -871,35 +886,41 @@ def _agreed(fn: ast.FunctionDef, sites: list) -> dict:
     return known
 
 
-def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of) -> set[str]:
+def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of, roots: set[str]) -> set[str]:
     """A module-level function whose every call passes one value the baked config or a constant decides for a
     parameter (or leaves its constant default) takes the branches that value decides; what one function
     learns of its parameters decides its own calls' arguments in the next pass. Calls are found by name
     through each module's imports and `module.name`; a function also named anywhere other than as the
     callee of a call (a callback, a string), or reached through a module held as a value, is left alone.
-    Returns the config keys that decided a branch."""
-    aliases = {mod: module_aliases(tree, mod, set(trees), package_of) for mod, tree in trees.items()}
-    reachable = open_modules(trees, aliases, package_of)
-    defs = {(mod, st.name): st for mod, tree in trees.items() for st in tree.body if isinstance(st, ast.FunctionDef)}
+    Shakes (from `roots`) first and between rounds: calls from dead code would hide what the live ones agree
+    on. Returns the config keys that decided a branch."""
     params: dict[int, dict] = {}
     used: set[str] = set()
-    for _ in range(3):  # a chain of calls settles in a pass per link; the script's are short
-        calls, referenced = _calls(trees, cfg, foldable, package_of, aliases, defs, params)
-        grew = False
-        for (mod, name), fn in defs.items():
-            sites = calls.get((mod, name), []) + (calls.get((None, name), []) if mod in reachable else [])
-            if not sites or name in referenced or any(args is None for args, _ in sites):
-                continue
-            known = _agreed(fn, sites)
-            if known and known != params.get(id(fn)):
-                params[id(fn)], grew = known, True
-                before = ast.dump(fn)
-                _Fold({arg: value for arg, (value, _) in known.items()}).visit(fn)
-                if ast.dump(fn) != before:
-                    used |= set().union(*(keys for _, keys in known.values()))
-        if not grew:
-            break
-    for tree in trees.values():
-        _fill(tree)
-        _cut_after_exits(tree)
+    for _ in range(2):   # a round's folds leave callers dead whose calls hid what the rest agree on
+        shake(trees, roots, package_of)
+        aliases = {mod: module_aliases(tree, mod, set(trees), package_of) for mod, tree in trees.items()}
+        reachable = open_modules(trees, aliases, package_of)
+        defs = {(mod, st.name): st for mod, tree in trees.items() for st in tree.body if isinstance(st, ast.FunctionDef)}
+        resolvers, referenced = _resolvers(trees, package_of, aliases, defs), set()
+        for i in range(6):  # a chain of calls settles in a pass per link; the script's are short
+            # folding only takes code away: the names referenced before the first pass cover every later one
+            calls = _calls(trees, cfg, foldable, resolvers, params, referenced if i == 0 else None)
+            grew = False
+            for (mod, name), fn in defs.items():
+                sites = calls.get((mod, name), []) + (calls.get((None, name), []) if mod in reachable else [])
+                if not sites or name in referenced or any(args is None for args, _ in sites):
+                    continue
+                known = _agreed(fn, sites)
+                if known and known != params.get(id(fn)):
+                    params[id(fn)], grew = known, True
+                    before = ast.dump(fn)
+                    _Fold({arg: value for arg, (value, _) in known.items()}).visit(fn)
+                    if ast.dump(fn) != before:
+                        used |= set().union(*(keys for _, keys in known.values()))
+            if not grew:
+                break
+        for tree in trees.values():
+            _fill(tree)
+            _cut_after_exits(tree)
+    shake(trees, roots, package_of)
     return used

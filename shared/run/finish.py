@@ -103,7 +103,8 @@ def finish_run(
         run_dir.log(f"warning: train.calib_reserve_s={reserve:g} was too small: calibration took {calib_s:.1f}s, so "
                     f"training and calibration used {calib_s - reserve:.1f}s more than train.max_seconds="
                     f"{cfg.train.max_seconds:g}; raise train.calib_reserve_s to at least {math.ceil(calib_s)}")
-    _, q_params = artifact.unpack(blob, source=str(run_dir.path / ARTIFACT))  # finite, or an error before writing
+    # finite, or an error before writing; written by the config's pipeline (the script carries only its decoder)
+    _, q_params = artifact.unpack(blob, source=str(run_dir.path / ARTIFACT), pipeline=cfg.quant.compressor)
     # The artifact exists before its (long: TTT) evaluation starts, so a run stopped during evaluation
     # keeps it; it is taken back if the evaluation is not finite.
     if rank == 0 and run_dir.is_main:
