@@ -117,9 +117,8 @@ class TorchSession:
         self.compiled = (torch.compile(self.model, dynamic=False, fullgraph=cfg.train.compile_fullgraph)
                          if self.compile else self.model)
         # train.grad_sync = "sharded": no DDP wrapper, the optimizer reduces the gradients itself (optim.py)
-        self.sharded = cfg.train.grad_sync == "sharded"
-        self.net = (DDP(self.compiled, device_ids=[rt.device.index] if rt.is_cuda else None)
-                    if rt.distributed and training and not self.sharded else self.compiled)
+        self.ddp = cfg.train.grad_sync == "ddp" and rt.distributed and training
+        self.net = DDP(self.compiled, device_ids=[rt.device.index] if rt.is_cuda else None) if self.ddp else self.compiled
         # FA3 varlen: segment starts computed on the host with each batch (no sync, no data-dependent shape)
         self.host_cu = cfg.model.doc_attention and varlen_ready(rt.device, self.dtype)
 
@@ -135,7 +134,7 @@ class TorchSession:
         if self.opt is None:  # built after the weights are loaded (the groups hold the parameters)
             self.opt = Optimizers(self.model, self.cfg.optim, self.cfg.model.tie_embeddings, ns_dtype=self.dtype,
                                   rank=self.rank, world_size=self.world_size, fused=self.rt.is_cuda,
-                                  sharded=self.sharded)
+                                  sharded=self.cfg.train.grad_sync == "sharded")
         return self.opt
 
     # -- the step
@@ -153,7 +152,7 @@ class TorchSession:
                 if host is not None:
                     cu = self._segment_starts(host[j * rows:(j + 1) * rows].reshape(1, -1), seg_len)
             last = j == n - 1
-            ctx = self.net.no_sync() if isinstance(self.net, DDP) and not (sync and last) else contextlib.nullcontext()
+            ctx = self.net.no_sync() if self.ddp and not (sync and last) else contextlib.nullcontext()
             with ctx:
                 with autocast(self.rt.device, self.dtype):
                     loss = self.net(cx, cy, looped=looped, seg_len=seg_len, cu=cu)
@@ -170,24 +169,23 @@ class TorchSession:
         # the ranks average; otherwise DDP averages during the last backward and the average is clipped.
         # Sharded (no DDP): the optimizer reduce-scatters after a local clip; a global clip needs every
         # averaged gradient, so that case all-reduces them all, as DDP would.
-        distributed = self.world_size > 1
-        sharded = self.sharded and distributed
-        local_clip = (self.cfg.optim.grad_clip_local or opt.grad_clip_norm <= 0) if sharded else (
-            self.cfg.optim.grad_clip_local and isinstance(self.net, DDP))
         total = torch.zeros((), device=self.rt.device)
         for k, batch in enumerate(batches):
             x, y = to_device(batch, self.rt.device)
-            sync = k == len(batches) - 1 and not local_clip
+            sync = k == len(batches) - 1 and not self.cfg.optim.grad_clip_local   # DDP's all-reduce: the last backward
             total += self._micro_step(x, y, 1.0 / len(batches), sync=sync, looped=looped, seg_len=seg_len,
                                       host=batch[0])
-        if sharded and local_clip:
-            opt.clip()
-            opt.reduce_grads()
-            opt.step(clip=False)
-        elif sharded:
-            self._average_grads()
+        if self.world_size == 1:
             opt.step()
-        elif local_clip:
+        elif self.cfg.train.grad_sync == "sharded":
+            if self.cfg.optim.grad_clip_local or opt.grad_clip_norm <= 0:
+                opt.clip()
+                opt.reduce_grads()
+                opt.step(clip=False)
+            else:
+                self._average_grads()
+                opt.step()
+        elif self.cfg.optim.grad_clip_local:
             opt.clip()
             self._average_grads()
             opt.step(clip=False)

@@ -643,3 +643,20 @@ def test_check_reads_a_three_seed_record_and_compares_two_folders(tmp_path):
     log = best / "train_seed0.log"                         # one seed's log disagrees with submission.json
     log.write_text(log.read_text().replace("val_bpb:1.08060000", "val_bpb:1.08070000"))
     assert any("seed 0 says 1.0806" in f for f in check_folder(best).failures)
+
+
+def test_tidy_drops_what_the_folds_leave_behind():
+    import ast
+
+    from shared.record.shake import tidy
+
+    src = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    pass\n"
+           "def f(cfg, d):\n    q = cfg.quant\n    k = d['key']\n    ctx = contextlib.nullcontext()\n"
+           "    def stop():\n        pass\n    with ctx:\n        x = 1\n    with nullcontext():\n        y = g(x)\n"
+           "    with nullcontext() as z:\n        w = 2\n    stop()\n    used = y + 1\n    return used\n")
+    tree = ast.parse(src)
+    tidy(tree)
+    out = ast.unparse(tree)
+    # q (unread, no call) and the stub go; d['key'] stays (a lookup can be the check), so do effects and `as`
+    assert out == ("from typing import TYPE_CHECKING\n\ndef f(cfg, d):\n    k = d['key']\n    x = 1\n    y = g(x)\n"
+                   "    with nullcontext() as z:\n        pass\n    used = y + 1\n    return used"), out

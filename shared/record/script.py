@@ -305,6 +305,8 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[
         return _base(me, is_pkg[me], level, module)
 
     used |= sh.fold_arguments(trees, cfg, foldable, package_of, {"main"})
+    for tree in trees.values():
+        sh.tidy(tree)
     todo, seen = [SCRIPT_ENTRY], set()
     while todo:
         me = todo.pop()

@@ -924,3 +924,67 @@ def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of, root
             _cut_after_exits(tree)
     shake(trees, roots, package_of)
     return used
+
+
+def _is_nullcontext(node: ast.AST | None) -> bool:
+    f = node.func if isinstance(node, ast.Call) and not node.args and not node.keywords else None
+    return (isinstance(f, ast.Name) and f.id == "nullcontext") or (
+        isinstance(f, ast.Attribute) and f.attr == "nullcontext" and isinstance(f.value, ast.Name)
+        and f.value.id == "contextlib")
+
+
+def _empty(body: list[ast.stmt]) -> bool:
+    return all(isinstance(st, ast.Pass) or (isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant))
+               for st in body)
+
+
+def _tidy_function(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """One round of `tidy` on one function; whether it changed anything."""
+    bound = _bindings(fn)
+    declared = {x for n in ast.walk(fn) if isinstance(n, (ast.Global, ast.Nonlocal)) for x in n.names}
+    loaded = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)}
+    null = {name for name, v in bound.items() if len(v) == 1 and _is_nullcontext(v[0])}
+    stubs = {n.name for n in ast.walk(fn) if n is not fn and isinstance(n, ast.FunctionDef) and not n.decorator_list
+             and len(bound.get(n.name, [])) == 1 and _empty(n.body)}
+    changed = False
+    for holder in ast.walk(fn):
+        if holder is not fn and isinstance(holder, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        for field in ("body", "orelse", "finalbody"):
+            body = getattr(holder, field, None)
+            if not isinstance(body, list):
+                continue
+            out: list[ast.stmt] = []
+            for st in body:
+                if (isinstance(st, ast.With) and len(st.items) == 1 and st.items[0].optional_vars is None
+                        and (_is_nullcontext(st.items[0].context_expr) or (
+                            isinstance(st.items[0].context_expr, ast.Name) and st.items[0].context_expr.id in null))):
+                    out += st.body      # `with nullcontext():` is its body
+                elif (isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name)
+                      and st.targets[0].id not in loaded and st.targets[0].id not in declared
+                      and (_is_nullcontext(st.value) or (_pure(st.value) and not any(
+                          isinstance(n, ast.Subscript) for n in ast.walk(st.value))))):   # d[k]: a check
+                    pass                # a local nothing reads, bound without effect
+                elif (isinstance(st, ast.Expr) and isinstance(st.value, ast.Call) and isinstance(st.value.func, ast.Name)
+                      and st.value.func.id in stubs and all(_pure(a) for a in st.value.args)
+                      and all(_pure(k.value) for k in st.value.keywords)):
+                    pass                # a call of an inner function a fold emptied
+                else:
+                    out.append(st)
+            if out != body:   # (nodes compare by identity)
+                setattr(holder, field, out or ([] if field != "body" else [ast.Pass()]))
+                changed = True
+    return changed
+
+
+def tidy(tree: ast.Module) -> None:
+    """What the folds leave behind, in every function: `with nullcontext():` blocks become their body; a local
+    nothing reads, bound to an expression without calls, goes; so do calls of an inner function whose body a fold
+    emptied (then the function, by `drop_unused_inner`); and, at module level, an `if` left with nothing to do
+    (`if TYPE_CHECKING: pass`)."""
+    changed = True
+    while changed:
+        changed = any([_tidy_function(fn) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))])
+        drop_unused_inner(tree)
+    tree.body = [st for st in tree.body if not (isinstance(st, ast.If) and _pure(st.test) and _empty(st.body)
+                                                 and _empty(st.orelse))] or [ast.Pass()]
