@@ -319,11 +319,18 @@ def test_awq_needs_gptq():
 def test_requirements_name_zpaq_only_for_its_pipeline():
     from shared.record.export import requirements_txt
 
-    for comp, brotli, zpaq in (("zstd", False, False), ("group", True, False), ("group_zpaq", True, True),
-                               ("group_ans", True, False)):   # group_ans: brotli for its small frames
-        text = requirements_txt(_cfg(compressor=comp), "2.13.0+cu128")
-        assert ("brotli==1.2.1" in text) == brotli and ("zpaq==0.3.7" in text) == zpaq, comp
+    from shared.record.script import generate
+
+    for comp, zpaq in (("zstd", False), ("group", False), ("group_zpaq", True), ("group_ans", False)):
+        cfg = _cfg(compressor=comp)
+        text = requirements_txt(cfg, "2.13.0+cu128")
+        assert ("zpaq==0.3.7" in text) == zpaq, comp
+        # brotli: the pipelines' (group_ans: its small frames) or, for zstd, the script's own wrapper's
+        pipeline = "brotli==1.2.1  # the artifact compressor" in text
+        wrapper = "brotli==1.2.1  # train_gpt.py's own compressed source" in text
+        assert pipeline == (comp != "zstd") and wrapper == (comp == "zstd" and generate(cfg).wrapper == "brotli")
         assert text.startswith("torch==2.13.0  # the runs used 2.13.0+cu128;")
+    assert generate(_cfg(compressor="zstd")).data.startswith(b"# coding:latin1\nimport brotli;exec(brotli.decompress(")
 
 
 def test_requirements_name_triton_only_for_the_fused_kernels():

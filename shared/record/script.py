@@ -175,6 +175,7 @@ class Script:
     minified_bytes: int    # the bundle after minifying, uncompressed
     form: str              # "self-extracting" or "plain"
     modules: tuple[str, ...]
+    wrapper: str = ""      # the module that decompresses the self-extracting file ("lzma", "bz2", "brotli"), else ""
 
 
 def baked_config(cfg: Config | None) -> Config:
@@ -233,23 +234,32 @@ def latin1_literal(blob: bytes) -> str:
     return (out + b"'''").decode("latin-1")
 
 
-# Compressors the wrapper can name from the standard library: (compress, the decompressing expression).
+# Compressors the wrapper can name: (compress, the decompressing expression). lzma and bz2 are the standard
+# library's; brotli (pgolf pins it; the records' wrapper, PR #1855) is then in the script's requirements.txt.
 _X9 = 9 | lzma.PRESET_EXTREME
 COMPRESSORS = {
     "lzma": (lambda b: lzma.compress(b, format=lzma.FORMAT_ALONE, filters=[
         {"id": lzma.FILTER_LZMA1, "preset": _X9, "lc": 3, "lp": 0, "pb": 0}]), "lzma.decompress"),
     "bz2": (lambda b: bz2.compress(b, 9), "bz2.decompress"),
+    "brotli": (lambda b: _brotli().compress(b, quality=11, lgwin=24), "brotli.decompress"),
 }
 
 
-def self_extracting(source: str) -> bytes:
+def _brotli():
+    import brotli
+
+    return brotli
+
+
+def self_extracting(source: str) -> tuple[bytes, str]:
     """`exec` of the compressed source, held raw in a latin-1 string literal (benchmarks/script_encoding.py:
-    a quarter smaller than base85), with whichever compressor makes the smaller file."""
+    a quarter smaller than base85), with whichever compressor makes the smaller file (first listed on a tie);
+    and that compressor's name."""
     out = []
     for name, (compress, expr) in COMPRESSORS.items():
         lit = latin1_literal(compress(source.encode("utf-8")))
-        out.append(CODING + f"import {name};exec({expr}({lit}.encode('latin1')))\n".encode("latin-1"))
-    return min(out, key=len)
+        out.append((CODING + f"import {name};exec({expr}({lit}.encode('latin1')))\n".encode("latin-1"), name))
+    return min(out, key=lambda o: len(o[0]))
 
 
 @lru_cache(maxsize=1)
@@ -350,10 +360,10 @@ def _generate(config_toml: str) -> Script:
     cfg = from_toml_text(config_toml)
     raw, _ = bundle(cfg, minified=False)
     small, names = bundle(cfg)
-    packed = self_extracting(small)
+    packed, wrapper = self_extracting(small)
     plain = small.encode("utf-8")
     data, form = (packed, "self-extracting") if len(packed) < len(plain) else (plain, "plain")
-    return Script(data, len(raw.encode("utf-8")), len(plain), form, names)
+    return Script(data, len(raw.encode("utf-8")), len(plain), form, names, wrapper if form != "plain" else "")
 
 
 def generate(cfg: Config | None) -> Script:
