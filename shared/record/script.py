@@ -315,6 +315,7 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[
         return _base(me, is_pkg[me], level, module)
 
     used |= sh.fold_arguments(trees, cfg, foldable, package_of, {"main"})
+    sh.fold_attributes(trees)   # again: the code that set them otherwise may be gone now
     for tree in trees.values():
         sh.tidy(tree)
     todo, seen = [SCRIPT_ENTRY], set()
