@@ -660,3 +660,20 @@ def test_tidy_drops_what_the_folds_leave_behind():
     # q (unread, no call) and the stub go; d['key'] stays (a lookup can be the check), so do effects and `as`
     assert out == ("from typing import TYPE_CHECKING\n\ndef f(cfg, d):\n    k = d['key']\n    x = 1\n    y = g(x)\n"
                    "    with nullcontext() as z:\n        pass\n    used = y + 1\n    return used"), out
+
+
+def test_parameters_nothing_reads_leave_the_def_and_every_call():
+    import ast
+
+    from shared.record.shake import drop_unused_params
+
+    caller = ("from k import check, cb, twice\ndef main(p, x):\n    check(p, f'{p}: weights', what=str(x))\n"
+              "    check(x, source=p)\n    run(cb)\n    cb(p, 1)\n    twice(p, g(x))\n")
+    callee = ("def check(v, source='artifact', what=''):\n    if v is None:\n        raise E(7)\n"
+              "def cb(v, unused):\n    return v\ndef twice(v, side):\n    return v\n")
+    trees = {"m": ast.parse(caller), "k": ast.parse(callee)}
+    drop_unused_params(trees, lambda me, level, module: module)
+    m, k = ast.unparse(trees["m"]), ast.unparse(trees["k"])
+    assert "def check(v):" in k and "check(p)\n    check(x)" in m      # messages only an error used: gone
+    assert "def cb(v, unused):" in k and "cb(p, 1)" in m                # also passed as a value: kept whole
+    assert "def twice(v, side):" in k and "twice(p, g(x))" in m         # its argument calls something: kept

@@ -318,7 +318,6 @@ def test_awq_needs_gptq():
 
 def test_requirements_name_zpaq_only_for_its_pipeline():
     from shared.record.export import requirements_txt
-
     from shared.record.script import generate
 
     for comp, zpaq in (("zstd", False), ("group", False), ("group_zpaq", True), ("group_ans", False)):

@@ -316,8 +316,10 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[
 
     used |= sh.fold_arguments(trees, cfg, foldable, package_of, {"main"})
     sh.fold_attributes(trees)   # again: the code that set them otherwise may be gone now
-    for tree in trees.values():
-        sh.tidy(tree)
+    for _ in range(2):   # tidying leaves parameters unread; dropping them leaves locals unread
+        for tree in trees.values():
+            sh.tidy(tree)
+        sh.drop_unused_params(trees, package_of)
     todo, seen = [SCRIPT_ENTRY], set()
     while todo:
         me = todo.pop()

@@ -17,6 +17,7 @@ no longer called); `terse_raises` swaps messages for their line numbers.
 from __future__ import annotations
 
 import ast
+from collections import Counter
 from collections.abc import Iterable, Iterator
 
 # Methods a library calls by name (torch's Module.__call__, autograd.Function), never our code.
@@ -309,19 +310,18 @@ def module_aliases(tree: ast.Module, me: str, modules: set[str], package_of) -> 
     `import shared.artifact.format as artifact`), so `caseops.decode` names that module's `decode` only.
     A name bound any other way in the module, or to two modules, is left out."""
     found: dict[str, set[str]] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module != "__future__":
-            base = package_of(me, node.level, node.module or "")
-            for a in node.names:
-                target = f"{base}.{a.name}"
-                found.setdefault(a.asname or a.name, set()).add(target if target in modules else "")
-        elif isinstance(node, ast.Import):
-            for a in node.names:
-                found.setdefault(a.asname or a.name.split(".")[0], set()).add(
-                    a.name if a.asname and a.name in modules else "")
     bound: set[str] = set()   # bound any way but by an import
     for n in ast.walk(tree):
-        if isinstance(n, ast.Name) and isinstance(getattr(n, "ctx", None), (ast.Store, ast.Del)):
+        if isinstance(n, ast.ImportFrom) and n.module != "__future__":
+            base = package_of(me, n.level, n.module or "")
+            for a in n.names:
+                target = f"{base}.{a.name}"
+                found.setdefault(a.asname or a.name, set()).add(target if target in modules else "")
+        elif isinstance(n, ast.Import):
+            for a in n.names:
+                found.setdefault(a.asname or a.name.split(".")[0], set()).add(
+                    a.name if a.asname and a.name in modules else "")
+        elif isinstance(n, ast.Name) and isinstance(getattr(n, "ctx", None), (ast.Store, ast.Del)):
             bound.add(n.id)
         elif isinstance(n, ast.arg):
             bound.add(n.arg)
@@ -340,11 +340,11 @@ def open_modules(trees: dict[str, ast.Module], aliases: dict[str, dict[str, str]
     out: set[str] = set()
     for mod, tree in trees.items():
         alias = aliases[mod]
-        held = [n.value.id for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)]
-        for name, target in alias.items():
-            if sum(isinstance(n, ast.Name) and n.id == name for n in ast.walk(tree)) != held.count(name):
-                out.add(target)
-        for node in ast.walk(tree):
+        nodes = list(ast.walk(tree))
+        held = Counter(n.value.id for n in nodes if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name))
+        named = Counter(n.id for n in nodes if isinstance(n, ast.Name))
+        out.update(target for name, target in alias.items() if named[name] != held[name])
+        for node in nodes:
             if isinstance(node, ast.Import):
                 out.update(a.name for a in node.names if not a.asname)
             elif isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -988,3 +988,70 @@ def tidy(tree: ast.Module) -> None:
         drop_unused_inner(tree)
     tree.body = [st for st in tree.body if not (isinstance(st, ast.If) and _pure(st.test) and _empty(st.body)
                                                  and _empty(st.orelse))] or [ast.Pass()]
+
+
+_PURE_CALLS = frozenset({"str", "repr", "len", "int", "float", "bool", "tuple", "list", "dict", "set", "sorted",
+                         "min", "max", "abs", "round"})
+
+
+def _droppable(node: ast.expr) -> bool:
+    """An argument whose evaluation has no effect: no call but of a pure builtin (`str(path)`)."""
+    return all(not isinstance(n, (ast.Call, ast.Await, ast.Yield, ast.YieldFrom, ast.NamedExpr)) or (
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _PURE_CALLS)
+        for n in ast.walk(node))
+
+
+def drop_unused_params(trees: dict[str, ast.Module], package_of) -> None:
+    """A module-level function's parameters its body never reads (a message only an error used, a switch a
+    fold decided) leave the def and every call, where every call is known (found as `fold_arguments` finds
+    them, the function named nowhere else, its name defined once) and passes them without effect."""
+    aliases = {mod: module_aliases(tree, mod, set(trees), package_of) for mod, tree in trees.items()}
+    reachable = open_modules(trees, aliases, package_of)
+    defs = {(mod, st.name): st for mod, tree in trees.items() for st in tree.body if isinstance(st, ast.FunctionDef)}
+    resolvers = _resolvers(trees, package_of, aliases, defs)
+    defined: dict[str, int] = {}
+    sites: dict[tuple, list[ast.Call]] = {}
+    referenced: set[str] = set()
+    for mod, tree in trees.items():
+        called = set()
+        for n in ast.walk(tree):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined[n.name] = defined.get(n.name, 0) + 1
+            elif isinstance(n, ast.Call) and (callee := resolvers[mod](n.func)) is not None:
+                called.add(id(n.func))
+                sites.setdefault(callee, []).append(n)
+        for n in ast.walk(tree):
+            if isinstance(n, (ast.Name, ast.Attribute)) and id(n) not in called:
+                referenced.add(n.id if isinstance(n, ast.Name) else n.attr)
+            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+                referenced.update(n.value.replace(":", ".").split("."))
+    for (mod, name), fn in defs.items():
+        calls = sites.get((mod, name), []) + (sites.get((None, name), []) if mod in reachable else [])
+        a = fn.args
+        if (not calls or name in referenced or defined.get(name) != 1 or fn.decorator_list or a.vararg
+                or a.kwarg or a.posonlyargs or any(isinstance(x, ast.Starred) for c in calls for x in c.args)
+                or any(k.arg is None for c in calls for k in c.keywords)):
+            continue
+        read = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)}
+        first_default = len(a.args) - len(a.defaults)
+        for i in reversed(range(len(a.args))):
+            arg = a.args[i].arg
+            if arg in read or not all(_droppable(c.args[i]) for c in calls if i < len(c.args)) or not all(
+                    _droppable(k.value) for c in calls for k in c.keywords if k.arg == arg):
+                continue
+            del a.args[i]
+            if i >= first_default:
+                del a.defaults[i - first_default]
+            else:
+                first_default -= 1
+            for c in calls:
+                if i < len(c.args):
+                    del c.args[i]
+                c.keywords = [k for k in c.keywords if k.arg != arg]
+        for i in reversed(range(len(a.kwonlyargs))):
+            arg = a.kwonlyargs[i].arg
+            if arg in read or not all(_droppable(k.value) for c in calls for k in c.keywords if k.arg == arg):
+                continue
+            del a.kwonlyargs[i], a.kw_defaults[i]
+            for c in calls:
+                c.keywords = [k for k in c.keywords if k.arg != arg]
