@@ -351,7 +351,8 @@ def bundle(cfg: Config | None, minified: bool = True) -> tuple[str, tuple[str, .
                 for name, pkg, tree in shaken]
     else:
         mods = list(_sources())
-    table = ",".join(f"{name!r}:({pkg},{source_literal(src)})" for name, pkg, src in mods)
+    # in reverse name order: the compressed file measured 60-150 bytes smaller than in name or import order
+    table = ",".join(f"{name!r}:({pkg},{source_literal(src)})" for name, pkg, src in reversed(mods))
     return ("M={" + table + "}\n" + f"C={_changed(baked_config(cfg))!r}\nF={left_out!r}\n"
             + _BOOT.format(entry=SCRIPT_ENTRY).lstrip("\n")), tuple(m[0] for m in mods)
 
