@@ -84,19 +84,15 @@ def row_normalize(u: Tensor, eps_mode: str = "add") -> Tensor:
 class Muon(torch.optim.Optimizer):
     """Momentum + orthogonalised update for 2-D matrices; the work split over `world_size` ranks.
 
-    `momentum_dtype=torch.bfloat16` (`optim.muon_momentum_dtype`) is #1855's precision: the
+    `optim.muon_momentum_dtype = "bfloat16"` is #1855's precision: the
     gradient rounded to bf16, the momentum buffer, look-ahead and row norm in bf16, and
     Newton-Schulz in bf16 whatever `ns_dtype` says."""
 
-    def __init__(self, params, lr: float, momentum: float, backend_steps: int, ns_dtype: torch.dtype,
-                 rank: int = 0, world_size: int = 1, nesterov: bool = True, weight_decay: float = 0.0,
-                 row_norm: bool = False, ns: str = "quintic", row_norm_eps: str = "add",
-                 momentum_dtype: torch.dtype | None = None, ns_form: str = "baseline"):
-        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov,
-                                      weight_decay=weight_decay, row_norm=row_norm, ns=ns, row_norm_eps=row_norm_eps,
-                                      ns_form=ns_form))
-        self.momentum_dtype = momentum_dtype
-        self.ns_dtype = torch.bfloat16 if momentum_dtype == torch.bfloat16 else ns_dtype
+    def __init__(self, params, o: OptimConfig, ns_dtype: torch.dtype, rank: int = 0, world_size: int = 1):
+        super().__init__(params, dict(lr=o.matrix_lr, momentum=o.muon_momentum, weight_decay=o.muon_wd))
+        self.cfg = o   # the update's form: optim.muon_ns, muon_ns_form, muon_row_norm(_eps), muon_backend_steps
+        self.momentum_dtype = torch.bfloat16 if o.muon_momentum_dtype == "bfloat16" else None
+        self.ns_dtype = torch.bfloat16 if self.momentum_dtype == torch.bfloat16 else ns_dtype
         self.rank, self.world_size = rank, world_size
         self.sharded = False                      # momentum and gradients only for owned matrices
         self.layouts: dict[int, Layout] = {}
@@ -119,7 +115,7 @@ class Muon(torch.optim.Optimizer):
                 continue
             lr = group["lr"]
             # record form: the shape scale joins the step size (p -= lr * scale * u), as #1855
-            folded = group["ns_form"] == "record"
+            folded = self.cfg.muon_ns_form == "record"
             sharded = self.sharded and self.world_size > 1
             if sharded:
                 full, starts = self._sharded_updates(gi, group)
@@ -156,17 +152,17 @@ class Muon(torch.optim.Optimizer):
         buf.mul_(mom).add_(g)
         if not owned:
             return None
-        u = g.add(buf, alpha=mom) if group["nesterov"] else buf
-        if group["row_norm"]:
-            u = row_normalize(u, group["row_norm_eps"])
-        return newton_schulz(u, group["backend_steps"], self.ns_dtype, group["ns"], group["ns_form"])
+        u = g.add(buf, alpha=mom)   # Nesterov
+        if self.cfg.muon_row_norm:
+            u = row_normalize(u, self.cfg.muon_row_norm_eps)
+        return newton_schulz(u, self.cfg.muon_backend_steps, self.ns_dtype, self.cfg.muon_ns, self.cfg.muon_ns_form)
 
     def _sharded_updates(self, gi: int, group: dict) -> tuple[Tensor, list[int]]:
         """Bank by bank (one matrix per rank, #1855's banks): wait for the bank's reduce-scatter (launched by
         `Optimizers.reduce_grads`), orthogonalise this rank's matrix, start the bank's all-gather and go on
         to the next bank while it runs; the full update buffer once every gather is done."""
         params, lay = group["params"], self.layout(gi)
-        folded = group["ns_form"] == "record"
+        folded = self.cfg.muon_ns_form == "record"
         full = torch.empty(lay.total, device=params[0].device, dtype=self.ns_dtype)
         gathers = []
         for k, bank in enumerate(lay.banks):
@@ -233,11 +229,7 @@ class Optimizers:
         for g in adam_groups:
             g["base_lr"] = g["lr"]
         self.adam = torch.optim.AdamW(adam_groups, **adam_kwargs)
-        self.muon = Muon(groups["matrix"], lr=o.matrix_lr, momentum=o.muon_momentum,
-                         backend_steps=o.muon_backend_steps, ns_dtype=ns_dtype, rank=rank, world_size=world_size,
-                         weight_decay=o.muon_wd, row_norm=o.muon_row_norm, ns=o.muon_ns,
-                         row_norm_eps=o.muon_row_norm_eps, ns_form=o.muon_ns_form,
-                         momentum_dtype=torch.bfloat16 if o.muon_momentum_dtype == "bfloat16" else None)
+        self.muon = Muon(groups["matrix"], o, ns_dtype=ns_dtype, rank=rank, world_size=world_size)
         for g in self.muon.param_groups:
             g["base_lr"] = o.matrix_lr
         self.muon.sharded = sharded and world_size > 1
