@@ -359,6 +359,11 @@ def test_an_attribute_set_once_to_a_constant_folds_in_its_class():
     trees = {"m": ast.parse(src + "class B(A):\n    pass\n")}   # a subclass may set anything
     fold_attributes(trees)
     assert "self.head is None" in ast.unparse(trees["m"])
+    # set twice to the same constant: folds; to two values: stays
+    for second, folds in (("None", True), ("1", False)):
+        trees = {"m": ast.parse(src.replace("    def f(", f"    def close(self):\n        self.head = {second}\n    def f(", 1))}
+        fold_attributes(trees)
+        assert ("self.head is None" not in ast.unparse(trees["m"])) == folds, second
 
 
 def test_config_branches_fold_and_an_override_of_a_folded_key_is_refused():

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared.core.config import Config
 from shared.data.shards import val_token_count
 from shared.errors import PgolfError
 
@@ -33,7 +34,7 @@ class Window:
         return self.b - self.a
 
 
-def eval_seg_len(cfg) -> int:
+def eval_seg_len(cfg: Config) -> int:
     """The document segment cap while scoring (0: the model's default): a window of `eval.context` tokens is never
     cut inside one document even where model.doc_max_len is shorter (#1953/#2135 score 2560-token windows of a
     model trained with 2048-token segments; their TTT forward is plain causal attention over the row)."""

@@ -212,7 +212,7 @@ LIBRARY_SET = frozenset({"training"})
 
 
 def fold_attributes(trees: dict[str, ast.Module]) -> None:
-    """An attribute a class sets once, to a constant (`self.lm_head = None`), and nothing else ever sets
+    """An attribute a class sets only to one constant (`self.lm_head = None`), and nothing else ever sets
     (no other object's `.lm_head =`, no subclass, no string naming it), decides the branches its methods test."""
     stores: dict[str, list[tuple[str | None, ast.AST]]] = {}   # attribute -> (class setting self.X or None, value)
     words: set[str] = set()       # attributes named by a string (getattr, setattr, ...)
@@ -253,8 +253,9 @@ def fold_attributes(trees: dict[str, ast.Module]) -> None:
         for attr, where in stores.items():
             own = [v for c, v in where if c == cls.name]
             foreign = [c for c, _ in where if c != cls.name]   # None: some object's, maybe one of these
-            if (len(own) == 1 and isinstance(own[0], ast.Constant) and attr not in words | LIBRARY_SET
-                    and all(c is not None for c in foreign)):
+            if (own and all(isinstance(v, ast.Constant) and type(v.value) is type(own[0].value)
+                            and v.value == own[0].value for v in own)   # (set once, or always to one constant)
+                    and attr not in words | LIBRARY_SET and all(c is not None for c in foreign)):
                 known[f"self.{attr}"] = own[0].value
         if known:
             _Fold(known).visit(cls)
