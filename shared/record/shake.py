@@ -942,11 +942,17 @@ def _empty(body: list[ast.stmt]) -> bool:
 def _tidy_function(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     """One round of `tidy` on one function; whether it changed anything."""
     bound = _bindings(fn)
-    declared = {x for n in ast.walk(fn) if isinstance(n, (ast.Global, ast.Nonlocal)) for x in n.names}
-    loaded = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)}
+    declared, loaded, stubs = set(), set(), set()
+    for n in ast.walk(fn):
+        if isinstance(n, ast.Name):
+            if not isinstance(n.ctx, ast.Store):
+                loaded.add(n.id)
+        elif isinstance(n, (ast.Global, ast.Nonlocal)):
+            declared.update(n.names)
+        elif n is not fn and isinstance(n, ast.FunctionDef) and not n.decorator_list and _empty(n.body):
+            stubs.add(n.name)
+    stubs = {name for name in stubs if len(bound.get(name, [])) == 1}
     null = {name for name, v in bound.items() if len(v) == 1 and _is_nullcontext(v[0])}
-    stubs = {n.name for n in ast.walk(fn) if n is not fn and isinstance(n, ast.FunctionDef) and not n.decorator_list
-             and len(bound.get(n.name, [])) == 1 and _empty(n.body)}
     changed = False
     for holder in ast.walk(fn):
         if holder is not fn and isinstance(holder, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
@@ -986,7 +992,8 @@ def tidy(tree: ast.Module) -> None:
     changed = True
     while changed:
         changed = any([_tidy_function(fn) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))])
-        drop_unused_inner(tree)
+        if changed:
+            drop_unused_inner(tree)
     tree.body = [st for st in tree.body if not (isinstance(st, ast.If) and _pure(st.test) and _empty(st.body)
                                                  and _empty(st.orelse))] or [ast.Pass()]
 
