@@ -682,3 +682,9 @@ def test_parameters_nothing_reads_leave_the_def_and_every_call():
     assert "def check(v):" in k and "check(p)\n    check(x)" in m      # messages only an error used: gone
     assert "def cb(v, unused):" in k and "cb(p, 1)" in m                # also passed as a value: kept whole
     assert "def twice(v, side):" in k and "twice(p, g(x))" in m         # its argument calls something: kept
+    # a module held as a value: `raw.decode('utf-8')` may be a library method of the same name, so its `decode`
+    # keeps its parameters (and that call its argument)
+    caller = "import k as mod\ndef main(raw):\n    hold(mod)\n    return mod.decode(raw, 1), raw.decode('utf-8')\n"
+    trees = {"m": ast.parse(caller), "k": ast.parse("def decode(v, unused):\n    return v\n")}
+    drop_unused_params(trees, lambda me, level, module: module)
+    assert "def decode(v, unused):" in ast.unparse(trees["k"]) and "raw.decode('utf-8')" in ast.unparse(trees["m"])

@@ -1025,8 +1025,8 @@ def _droppable(node: ast.expr) -> bool:
 
 def drop_unused_params(trees: dict[str, ast.Module], package_of) -> None:
     """A module-level function's parameters its body never reads (a message only an error used, a switch a
-    fold decided) leave the def and every call, where every call is known (found as `fold_arguments` finds
-    them, the function named nowhere else, its name defined once) and passes them without effect."""
+    fold decided) leave the def and every call, where every call is known (by name or `module.name`, the
+    function named nowhere else, its name defined once) and passes them without effect."""
     aliases = {mod: module_aliases(tree, mod, set(trees), package_of) for mod, tree in trees.items()}
     reachable = open_modules(trees, aliases, package_of)
     defs = {(mod, st.name): st for mod, tree in trees.items() for st in tree.body if isinstance(st, ast.FunctionDef)}
@@ -1048,9 +1048,12 @@ def drop_unused_params(trees: dict[str, ast.Module], package_of) -> None:
             elif isinstance(n, ast.Constant) and isinstance(n.value, str):
                 referenced.update(n.value.replace(":", ".").split("."))
     for (mod, name), fn in defs.items():
-        calls = sites.get((mod, name), []) + (sites.get((None, name), []) if mod in reachable else [])
+        # `obj.name(...)` may be a library object's method of the same name: a function such a call may reach
+        # (its module held as a value) keeps its parameters
+        calls = sites.get((mod, name), [])
         a = fn.args
-        if (not calls or name in referenced or defined.get(name) != 1 or fn.decorator_list or a.vararg
+        if (not calls or (mod in reachable and (None, name) in sites) or name in referenced or defined.get(name) != 1
+                or fn.decorator_list or a.vararg
                 or a.kwarg or a.posonlyargs or any(isinstance(x, ast.Starred) for c in calls for x in c.args)
                 or any(k.arg is None for c in calls for k in c.keywords)):
             continue
