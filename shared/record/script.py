@@ -319,7 +319,8 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[
     for _ in range(2):   # tidying leaves parameters unread; dropping them leaves locals unread
         for tree in trees.values():
             sh.tidy(tree)
-        sh.drop_unused_params(trees, package_of)
+        if not sh.drop_unused_params(trees, package_of):
+            break
     todo, seen = [SCRIPT_ENTRY], set()
     while todo:
         me = todo.pop()

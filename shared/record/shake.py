@@ -98,6 +98,7 @@ class _Fold(ast.NodeTransformer):
 
     def __init__(self, known: dict[str, object]):
         self.known = known
+        self.decided = False   # an `if` statement taken: a block may be left empty (`_fill`)
 
     def visit_If(self, node: ast.If):
         self.generic_visit(node)
@@ -105,6 +106,7 @@ class _Fold(ast.NodeTransformer):
         if truth is None:
             node.test = _simplified(node.test, self.known)
             return node
+        self.decided = True
         return (node.body if truth else node.orelse) or None
 
     def visit_IfExp(self, node: ast.IfExp):
@@ -118,8 +120,10 @@ class _Fold(ast.NodeTransformer):
 
 def fold_module(tree: ast.Module, known: dict[str, object]) -> None:
     """Take the branches `known` (name -> value) decides anywhere in `tree`."""
-    _Fold(known).visit(tree)
-    _fill(tree)
+    fold = _Fold(known)
+    fold.visit(tree)
+    if fold.decided:
+        _fill(tree)
 
 
 def _fill(tree: ast.AST) -> None:
@@ -213,12 +217,16 @@ def _bindings(fn: ast.AST) -> dict[str, list[ast.expr | None]]:
 
 def fold_constants(tree: ast.Module) -> None:
     """In every function, a local bound once, to a constant (`progress = None`), decides the branches it tests."""
+    decided = False
     for fn in [n for n in _walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
         known = {name: v[0].value for name, v in _bindings(fn).items()
                  if len(v) == 1 and isinstance(v[0], ast.Constant)}
         if known:
-            _Fold(known).visit(fn)
-    _fill(tree)
+            fold = _Fold(known)
+            fold.visit(fn)
+            decided |= fold.decided
+    if decided:
+        _fill(tree)
 
 
 # Attributes a library sets on our objects from outside the script's code (torch's Module.train()).
@@ -272,9 +280,10 @@ def fold_attributes(trees: dict[str, ast.Module]) -> None:
                     and attr not in words | LIBRARY_SET and all(c is not None for c in foreign)):
                 known[f"self.{attr}"] = own[0].value
         if known:
-            _Fold(known).visit(cls)
-    for tree in trees.values():
-        _fill(tree)
+            fold = _Fold(known)
+            fold.visit(cls)
+            if fold.decided:
+                _fill(cls)
 
 
 def _code(nodes: Iterable[ast.AST]) -> Iterator[ast.AST]:
@@ -855,13 +864,13 @@ def _resolvers(trees, package_of, aliases, defs) -> dict:
 
 
 def _calls(trees, cfg, foldable, resolvers, params, referenced: set[str] | None = None) -> dict:
-    """calls: callee -> [(args, keywords)]; with `referenced`, adds the names used other than as a call's callee."""
-    calls: dict[tuple, list] = {}
+    """module -> its calls [(callee, args, keywords)]; with `referenced`, adds the names used other than as a
+    call's callee."""
+    calls: dict[str, list] = {}
     for mod, tree in trees.items():
         facts = _CallFacts(cfg, foldable, resolvers[mod], params)
         facts.visit(tree)
-        for callee, args, kws in facts.calls:
-            calls.setdefault(callee, []).append((args, kws))
+        calls[mod] = facts.calls
         if referenced is not None:
             for n in _walk(tree):
                 if isinstance(n, (ast.Name, ast.Attribute)) and id(n) not in facts.called:
@@ -871,7 +880,7 @@ def _calls(trees, cfg, foldable, resolvers, params, referenced: set[str] | None 
     return calls
 
 
-def _agreed(fn: ast.FunctionDef, sites: list) -> dict:
+def _agreed(fn: ast.FunctionDef, sites: list, bound: dict | None = None) -> dict:
     """The parameters of `fn` every call site passes one known value for (or leaves a constant default):
     parameter -> (value, the config keys that decided it)."""
     a = fn.args
@@ -879,7 +888,7 @@ def _agreed(fn: ast.FunctionDef, sites: list) -> dict:
     defaults = [None] * (len(params) - len(a.defaults)) + list(a.defaults)
     slots = [(x.arg, i, d) for i, (x, d) in enumerate(zip(params, defaults, strict=True))]
     slots += [(x.arg, None, d) for x, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)]
-    bound = _bindings(fn)
+    bound = _bindings(fn) if bound is None else bound
     known = {}
     for arg, i, default in slots:
         if len(bound.get(arg, [])) != 1:
@@ -911,33 +920,47 @@ def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of, root
     on. Returns the config keys that decided a branch."""
     params: dict[int, dict] = {}
     used: set[str] = set()
-    for _ in range(2):   # a round's folds leave callers dead whose calls hid what the rest agree on
+    for rnd in range(3):   # two rounds at most: a round's folds leave callers dead whose calls hid what the rest agree on
         shake(trees, roots, package_of)
+        if rnd == 2:
+            break
         aliases = {mod: module_aliases(tree, mod, set(trees), package_of) for mod, tree in trees.items()}
         reachable = open_modules(trees, aliases, package_of)
         defs = {(mod, st.name): st for mod, tree in trees.items() for st in tree.body if isinstance(st, ast.FunctionDef)}
         resolvers, referenced = _resolvers(trees, package_of, aliases, defs), set()
+        folded, dirty, by_module, bindings = False, set(trees), {}, {}
         for i in range(6):  # a chain of calls settles in a pass per link; the script's are short
-            # folding only takes code away: the names referenced before the first pass cover every later one
-            calls = _calls(trees, cfg, foldable, resolvers, params, referenced if i == 0 else None)
-            grew = False
+            # folding only takes code away: the names referenced before the first pass cover every later one;
+            # only a module where a function learnt something makes other calls than in the last pass
+            by_module.update(_calls({m: trees[m] for m in dirty}, cfg, foldable, resolvers, params,
+                                    referenced if i == 0 else None))
+            calls: dict[tuple, list] = {}
+            for mod_calls in by_module.values():
+                for callee, args, kws in mod_calls:
+                    calls.setdefault(callee, []).append((args, kws))
+            grew, dirty = False, set()
             for (mod, name), fn in defs.items():
                 sites = calls.get((mod, name), []) + (calls.get((None, name), []) if mod in reachable else [])
                 if not sites or name in referenced or any(args is None for args, _ in sites):
                     continue
-                known = _agreed(fn, sites)
+                if id(fn) not in bindings:
+                    bindings[id(fn)] = _bindings(fn)
+                known = _agreed(fn, sites, bindings[id(fn)])
                 if known and known != params.get(id(fn)):
                     params[id(fn)], grew = known, True
+                    dirty.add(mod)
+                    bindings.pop(id(fn))   # the fold may take some away
                     before = ast.dump(fn)
                     _Fold({arg: value for arg, (value, _) in known.items()}).visit(fn)
                     if ast.dump(fn) != before:
                         used |= set().union(*(keys for _, keys in known.values()))
+                        folded = True
             if not grew:
                 break
+        if not folded:   # nothing changed since the shake
+            break
         for tree in trees.values():
-            _fill(tree)
-            _cut_after_exits(tree)
-    shake(trees, roots, package_of)
+            _cut_after_exits(tree)   # (which fills the blocks a fold emptied)
     return used
 
 
@@ -1023,10 +1046,10 @@ def _droppable(node: ast.expr) -> bool:
         for n in _walk(node))
 
 
-def drop_unused_params(trees: dict[str, ast.Module], package_of) -> None:
+def drop_unused_params(trees: dict[str, ast.Module], package_of) -> bool:
     """A module-level function's parameters its body never reads (a message only an error used, a switch a
     fold decided) leave the def and every call, where every call is known (by name or `module.name`, the
-    function named nowhere else, its name defined once) and passes them without effect."""
+    function named nowhere else, its name defined once) and passes them without effect. Whether any did."""
     aliases = {mod: module_aliases(tree, mod, set(trees), package_of) for mod, tree in trees.items()}
     reachable = open_modules(trees, aliases, package_of)
     defs = {(mod, st.name): st for mod, tree in trees.items() for st in tree.body if isinstance(st, ast.FunctionDef)}
@@ -1047,6 +1070,7 @@ def drop_unused_params(trees: dict[str, ast.Module], package_of) -> None:
                 referenced.add(n.id if isinstance(n, ast.Name) else n.attr)
             elif isinstance(n, ast.Constant) and isinstance(n.value, str):
                 referenced.update(n.value.replace(":", ".").split("."))
+    dropped = False
     for (mod, name), fn in defs.items():
         # `obj.name(...)` may be a library object's method of the same name: a function such a call may reach
         # (its module held as a value) keeps its parameters
@@ -1065,6 +1089,7 @@ def drop_unused_params(trees: dict[str, ast.Module], package_of) -> None:
                     _droppable(k.value) for c in calls for k in c.keywords if k.arg == arg):
                 continue
             del a.args[i]
+            dropped = True
             if i >= first_default:
                 del a.defaults[i - first_default]
             else:
@@ -1078,5 +1103,7 @@ def drop_unused_params(trees: dict[str, ast.Module], package_of) -> None:
             if arg in read or not all(_droppable(k.value) for c in calls for k in c.keywords if k.arg == arg):
                 continue
             del a.kwonlyargs[i], a.kw_defaults[i]
+            dropped = True
             for c in calls:
                 c.keywords = [k for k in c.keywords if k.arg != arg]
+    return dropped
