@@ -688,3 +688,22 @@ def test_parameters_nothing_reads_leave_the_def_and_every_call():
     trees = {"m": ast.parse(caller), "k": ast.parse("def decode(v, unused):\n    return v\n")}
     drop_unused_params(trees, lambda me, level, module: module)
     assert "def decode(v, unused):" in ast.unparse(trees["k"]) and "raw.decode('utf-8')" in ast.unparse(trees["m"])
+
+
+def test_configs_that_differ_only_where_no_fold_reads_share_their_modules():
+    """The folds read only the keys `_foldable` allows: a run that differs in steps, time, batch or seed reuses
+    the shaken, minified modules, and its script is the one a cold generation writes."""
+    from shared.record import script
+
+    base = load_config(REPO / "configs" / "small.toml")
+    other = load_config(REPO / "configs" / "small.toml", ["train.iterations=77", "train.max_seconds=30",
+                                                          "train.batch_tokens=2048"])
+    generate(base)
+    n = len(script._MODULES)
+    warm = generate(other).data
+    assert len(script._MODULES) == n                        # reused
+    script._MODULES.clear()
+    script._generate.cache_clear()
+    assert generate(other).data == warm and len(script._MODULES) == 1   # the same bytes, computed afresh
+    generate(load_config(REPO / "configs" / "small.toml", ["model.num_layers=3"]))
+    assert len(script._MODULES) == 2                        # a key the folds read: its own modules

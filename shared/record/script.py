@@ -282,10 +282,10 @@ def _env_keys(tree: ast.Module) -> set[str]:
     return set()
 
 
-def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[tuple[str, bool, ast.Module]], dict]:
-    """The modules after folding the branches the baked config decides and tree-shaking
-    (shared/record/shake.py), less those the shaken entry no longer reaches; and the environment-overridable
-    keys that decided a branch (key -> baked value: the script refuses another value)."""
+def _prepared(mods: tuple[tuple[str, bool, str], ...]) -> tuple[dict[str, ast.Module], set[str], set[str]]:
+    """The modules parsed, with what no config decides already folded (docstrings, `shared.SCRIPT`, terse
+    raises, `FOLDED`); the keys the environment may override (the entry's `ENV_KEYS`); the keys some code
+    changes with `replace(...)` (they hold other values there: never decided)."""
     from shared.record import shake as sh
 
     trees = {name: sh.strip_docstrings(ast.parse(src, name)) for name, _, src in mods}
@@ -295,14 +295,35 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[
             sh.terse_raises(tree)
     for (module, function), known in FOLDED.items():
         sh.fold(trees[module], function, known)
-    env = _env_keys(trees[SCRIPT_ENTRY])
-    # keys some code changes with `replace(...)` hold other values there: never decided
     changed = {k.arg for t in trees.values() for n in ast.walk(t) if isinstance(n, ast.Call)
                and isinstance(n.func, ast.Name) and n.func.id == "replace" for k in n.keywords}
+    return trees, _env_keys(trees[SCRIPT_ENTRY]), changed
+
+
+@lru_cache(maxsize=1)
+def _fold_rules(mods: tuple[tuple[str, bool, str], ...]) -> tuple[set[str], set[str]]:
+    """`_prepared`'s environment and `replace` keys, once per checkout."""
+    _, env, changed = _prepared(mods)
+    return env, changed
+
+
+def _foldable(section: str, key: str, env: set[str], changed: set[str]) -> bool:
+    """Whether the baked config may decide `section.key`'s branches: not data, not a key some code replaces,
+    not one the environment overrides (but the switches of `ENV_FOLDABLE`)."""
+    name = f"{section}.{key}"
+    return key not in changed and section != "data" and (name not in env or name in ENV_FOLDABLE)
+
+
+def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[tuple[str, bool, ast.Module]], dict]:
+    """The modules after folding the branches the baked config decides and tree-shaking
+    (shared/record/shake.py), less those the shaken entry no longer reaches; and the environment-overridable
+    keys that decided a branch (key -> baked value: the script refuses another value)."""
+    from shared.record import shake as sh
+
+    trees, env, changed = _prepared(mods)
 
     def foldable(section: str, key: str) -> bool:
-        name = f"{section}.{key}"
-        return key not in changed and section != "data" and (name not in env or name in ENV_FOLDABLE)
+        return _foldable(section, key, env, changed)
 
     used: set[str] = set()
     for tree in trees.values():
@@ -344,18 +365,37 @@ def bundle(cfg: Config | None, minified: bool = True) -> tuple[str, tuple[str, .
     """The script's source (embedded modules, the baked config, the bootstrap) and its modules' names."""
     left_out: dict = {}
     if minified:
-        from shared.record.shake import mentioned
-
-        shaken, left_out = _shaken(_sources(), baked_config(cfg))
-        used = {name: mentioned(tree) for name, _, tree in shaken}
-        mods = [(name, pkg, minify(ast.unparse(tree), name, {"main"}.union(*(u for m, u in used.items() if m != name))))
-                for name, pkg, tree in shaken]
+        mods, left_out = _minified_modules(baked_config(cfg))
     else:
         mods = list(_sources())
     # in reverse name order: the compressed file measured 60-150 bytes smaller than in name or import order
     table = ",".join(f"{name!r}:({pkg},{source_literal(src)})" for name, pkg, src in reversed(mods))
     return ("M={" + table + "}\n" + f"C={_changed(baked_config(cfg))!r}\nF={left_out!r}\n"
             + _BOOT.format(entry=SCRIPT_ENTRY).lstrip("\n")), tuple(m[0] for m in mods)
+
+
+_MODULES: dict[tuple, tuple[list[tuple[str, bool, str]], dict]] = {}
+
+
+def _minified_modules(cfg: Config) -> tuple[list[tuple[str, bool, str]], dict]:
+    """(module, is_package, minified source) of the shaken modules and `_shaken`'s left-out keys. The folds
+    read only the keys `_foldable` allows, so configs that agree on those share them (runs that differ in
+    steps, time, batch or seed: computed once)."""
+    from shared.record.shake import mentioned
+
+    sources = _sources()
+    env, changed = _fold_rules(sources)
+    key = (sources, tuple((s, k, repr(v)) for s, table in to_dict(cfg).items() for k, v in table.items()
+                          if _foldable(s, k, env, changed)))
+    if key not in _MODULES:
+        shaken, left_out = _shaken(sources, cfg)
+        used = {name: mentioned(tree) for name, _, tree in shaken}
+        mods = [(name, pkg, minify(ast.unparse(tree), name, {"main"}.union(*(u for m, u in used.items() if m != name))))
+                for name, pkg, tree in shaken]
+        if len(_MODULES) >= 64:   # a test session's worth; the oldest goes
+            del _MODULES[next(iter(_MODULES))]
+        _MODULES[key] = mods, left_out
+    return _MODULES[key]
 
 
 @lru_cache(maxsize=64)  # a test session generates dozens of configs' scripts, some many times
