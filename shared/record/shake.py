@@ -872,12 +872,20 @@ def _calls(trees, cfg, foldable, resolvers, params, referenced: set[str] | None 
         facts.visit(tree)
         calls[mod] = facts.calls
         if referenced is not None:
-            for n in _walk(tree):
-                if isinstance(n, (ast.Name, ast.Attribute)) and id(n) not in facts.called:
-                    referenced.add(n.id if isinstance(n, ast.Name) else n.attr)
-                elif isinstance(n, ast.Constant) and isinstance(n.value, str):
-                    referenced.update(n.value.replace(":", ".").split("."))
+            referenced |= _referenced(tree, facts.called)
     return calls
+
+
+def _referenced(tree: ast.AST, called: set[int]) -> set[str]:
+    """The names `tree` uses other than as the callee of a call (`called`: those callee nodes' ids), with every
+    word of its strings: a function so named may be called with anything (a callback, getattr)."""
+    out: set[str] = set()
+    for n in _walk(tree):
+        if isinstance(n, (ast.Name, ast.Attribute)) and id(n) not in called:
+            out.add(n.id if isinstance(n, ast.Name) else n.attr)
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+            out.update(n.value.replace(":", ".").split("."))
+    return out
 
 
 def _agreed(fn: ast.FunctionDef, sites: list, bound: dict | None = None) -> dict:
@@ -1065,11 +1073,7 @@ def drop_unused_params(trees: dict[str, ast.Module], package_of) -> bool:
             elif isinstance(n, ast.Call) and (callee := resolvers[mod](n.func)) is not None:
                 called.add(id(n.func))
                 sites.setdefault(callee, []).append(n)
-        for n in _walk(tree):
-            if isinstance(n, (ast.Name, ast.Attribute)) and id(n) not in called:
-                referenced.add(n.id if isinstance(n, ast.Name) else n.attr)
-            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
-                referenced.update(n.value.replace(":", ".").split("."))
+        referenced |= _referenced(tree, called)
     dropped = False
     for (mod, name), fn in defs.items():
         # `obj.name(...)` may be a library object's method of the same name: a function such a call may reach
