@@ -3,7 +3,7 @@
 # record run needs first. Each step writes one JSON file to $OUT (or ./gpu-check-out):
 #
 #   pod_env.json    the pod's environment against the pins (benchmarks/pod_env.py: torch, triton, FA3,
-#                   zstandard, brotli), first, so every later number says what it ran on
+#                   zstandard, brotli, zpaq), first, so every later number says what it ran on
 #   gpu_check.json  `pgolf gpu-check --config configs/record.toml`: ms/step of the record's whole step
 #                   before and after depth recurrence (speed.orders.plain|looped), peak memory, the
 #                   attention kernel that ran (environment.attention), the compiled step against eager
@@ -15,12 +15,13 @@
 #   pack.json       Hessians on the GPU + packing the 36M record-shaped checkpoint (device_probe.py pack)
 #   device_check.log  everything printed
 #
-# The image has torch 2.11 and triton but not zstandard or brotli (pgolf's compressors) and no network.
+# The image has torch 2.11 and triton but not zstandard, brotli or zpaq (pgolf's compressors) and no network.
 # Once per session, on the developer machine, in the repo root (nothing of it is committed):
 #
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl zstandard==0.25.0 brotli==1.2.1
+#       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_34_x86_64 \
+#       -d .whl zstandard==0.25.0 brotli==1.2.1 zpaq==0.3.7
 #   pgolf data sample --vocab 8192      # optional, carried: the check otherwise builds it (~1-2 min)
 #
 # then the one device call (the `run` tool):

@@ -26,6 +26,7 @@ PINS: dict[str, tuple[str | None, bool]] = {
     "flash_attn_interface": (None, False),  # FA3 (Hopper); absent from the image: SDPA flash runs instead
     "zstandard": ("0.25.0", True),         # artifact compressor (pyproject.toml)
     "brotli": ("1.2.1", True),             # artifact compressor (pyproject.toml)
+    "zpaq": ("0.3.7", True),               # train_gpt.py's own compressed form (pyproject.toml)
     "numpy": (None, True),
     "sentencepiece": (None, True),
     "safetensors": (None, True),

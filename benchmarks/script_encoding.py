@@ -19,6 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import brotli  # noqa: E402  (pgolf dependencies, pinned)
+import zpaq  # noqa: E402
+
 from shared.core.config import load_config  # noqa: E402
 from shared.record.script import CODING, bundle, latin1_literal  # noqa: E402
 
@@ -46,6 +49,11 @@ COMPRESSORS = {
                               "lzma"),
     "zlib 9": (lambda b: zlib.compress(b, 9), "zlib.decompress({})", "zlib"),
     "bz2 9": (lambda b: bz2.compress(b, 9), "bz2.decompress({})", "bz2"),
+    "brotli 11, window 2^24": (lambda b: brotli.compress(b, quality=11, lgwin=24), "brotli.decompress({})", "brotli"),
+    "zpaq level 5, one thread": (lambda b: zpaq.compress(b, level=5, threads=1, hints=False), "zpaq.decompress({})",
+                                 "zpaq"),
+    "zpaq level 4, one thread": (lambda b: zpaq.compress(b, level=4, threads=1, hints=False), "zpaq.decompress({})",
+                                 "zpaq"),
 }
 
 

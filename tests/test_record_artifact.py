@@ -316,20 +316,25 @@ def test_awq_needs_gptq():
         _cfg(awq_groups=1, gptq=False)
 
 
-def test_requirements_name_zpaq_only_for_its_pipeline():
-    from shared.record.export import requirements_txt
-    from shared.record.script import generate
+def test_requirements_name_each_compressor_with_why():
+    import tomllib
 
-    for comp, zpaq in (("zstd", False), ("group", False), ("group_zpaq", True), ("group_ans", False)):
+    from shared.record.export import requirements_txt
+    from shared.record.script import WRAPPER_PIN, generate
+
+    for comp in ("zstd", "group", "group_zpaq", "group_ans"):
         cfg = _cfg(compressor=comp)
         text = requirements_txt(cfg, "2.13.0+cu128")
-        assert ("zpaq==0.3.7" in text) == zpaq, comp
-        # brotli: the pipelines' (group_ans: its small frames) or, for zstd, the script's own wrapper's
-        pipeline = "brotli==1.2.1  # the artifact compressor" in text
-        wrapper = "brotli==1.2.1  # train_gpt.py's own compressed source" in text
-        assert pipeline == (comp != "zstd") and wrapper == (comp == "zstd" and generate(cfg).wrapper == "brotli")
+        lines = text.splitlines()
+        # brotli: the pipelines' (group_ans: its small frames); zpaq: group_zpaq's, else the script's first line's
+        assert ("brotli==1.2.1  # the artifact compressor" in text) == (comp != "zstd"), comp
+        assert generate(cfg).wrapper == "zpaq"
+        zpaq = [line for line in lines if line.startswith("zpaq==0.3.7")]
+        assert len(zpaq) == 1 and ("code groups" in zpaq[0]) == (comp == "group_zpaq"), (comp, zpaq)
         assert text.startswith("torch==2.13.0  # the runs used 2.13.0+cu128;")
-    assert generate(_cfg(compressor="zstd")).data.startswith(b"# coding:latin1\nimport brotli;exec(brotli.decompress(")
+    assert generate(_cfg(compressor="zstd")).data.startswith(b"# coding:latin1\nimport zpaq;exec(zpaq.decompress(")
+    pinned = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert WRAPPER_PIN in {d.split(";")[0].strip() for d in pinned}   # the pins pyproject.toml installs
 
 
 def test_requirements_name_triton_only_for_the_fused_kernels():

@@ -49,7 +49,7 @@ REQUIREMENTS = (
     ("zstandard==0.25.0", "the artifact compressor (pinned: artifact bytes depend on its build)"),
 )
 BROTLI = ("brotli==1.2.1", "the artifact compressor of quant.compressor = brotli/group (pinned: bytes depend on it)")
-BROTLI_SCRIPT = ("brotli==1.2.1", "train_gpt.py's own compressed source (its first line)")
+SCRIPT_WRAPPER = "train_gpt.py's own compressed source (its first line)"
 ZPAQ = ("zpaq==0.3.7", "the code groups' compressor of quant.compressor = group_zpaq (pinned: bytes depend on it)")
 TRITON = ("triton", "the fused training kernels of train.fused_kernels = auto (CUDA torch wheels bring it; eager without)")
 
@@ -100,11 +100,12 @@ def differences(cfg: Config) -> list[str]:
 
 def requirements_txt(cfg: Config, torch_version: str) -> str:
     """requirements.txt: the packages the script imports with `cfg`, each with why; torch at the runs' version."""
-    from shared.record.script import generate
+    from shared.record.script import WRAPPER_PIN, generate
 
-    brotli = (BROTLI,) if cfg.quant.compressor != "zstd" else (BROTLI_SCRIPT,) if generate(cfg).wrapper == "brotli" else ()
-    needs = REQUIREMENTS + brotli + \
+    needs = REQUIREMENTS + ((BROTLI,) if cfg.quant.compressor != "zstd" else ()) + \
         ((ZPAQ,) if cfg.quant.compressor == "group_zpaq" else ()) + ((TRITON,) if cfg.train.fused_kernels == "auto" else ())
+    if generate(cfg).wrapper and not any(pkg == WRAPPER_PIN for pkg, _ in needs):   # the first line's decompressor
+        needs += ((WRAPPER_PIN, SCRIPT_WRAPPER),)
     text = "".join(f"{pkg}  # {why}\n" for pkg, why in needs)
     if re.fullmatch(r"\d+\.\d+(\.\d+)?(\+\w+)?", torch_version):  # the version the runs used (float results depend on it)
         base = torch_version.split("+")[0]

@@ -26,8 +26,6 @@ config, same bytes.
 from __future__ import annotations
 
 import ast
-import bz2
-import lzma
 from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 from pathlib import Path
@@ -175,7 +173,7 @@ class Script:
     minified_bytes: int    # the bundle after minifying, uncompressed
     form: str              # "self-extracting" or "plain"
     modules: tuple[str, ...]
-    wrapper: str = ""      # the module that decompresses the self-extracting file ("lzma", "bz2", "brotli"), else ""
+    wrapper: str = ""      # the module that decompresses the self-extracting file ("zpaq"), else ""
 
 
 def baked_config(cfg: Config | None) -> Config:
@@ -234,32 +232,27 @@ def latin1_literal(blob: bytes) -> str:
     return (out + b"'''").decode("latin-1")
 
 
-# Compressors the wrapper can name: (compress, the decompressing expression). lzma and bz2 are the standard
-# library's; brotli (pgolf pins it; the records' wrapper, PR #1855) is then in the script's requirements.txt.
-_X9 = 9 | lzma.PRESET_EXTREME
-COMPRESSORS = {
-    "lzma": (lambda b: lzma.compress(b, format=lzma.FORMAT_ALONE, filters=[
-        {"id": lzma.FILTER_LZMA1, "preset": _X9, "lc": 3, "lp": 0, "pb": 0}]), "lzma.decompress"),
-    "bz2": (lambda b: bz2.compress(b, 9), "bz2.decompress"),
-    "brotli": (lambda b: _brotli().compress(b, quality=11, lgwin=24), "brotli.decompress"),
-}
+# The wrapper's compressor: ZPAQ level 5 (context mixing, through the `zpaq` package, a pgolf dependency pinned
+# like brotli: the bytes depend on the build) measured 15-17% below brotli-11 (the records' wrapper, PR #1855),
+# bz2 and lzma on every config (BENCHMARKS.md, benchmarks/script_encoding.py). One thread: one block, and the
+# same bytes on every machine (more threads split the input by the core count).
+WRAPPER, WRAPPER_PIN = "zpaq", "zpaq==0.3.7"
 
 
-def _brotli():
-    import brotli
-
-    return brotli
+def _compress(raw: bytes) -> bytes:
+    try:
+        import zpaq
+    except ImportError:
+        raise PgolfError(f"train_gpt.py's compressed form needs the `zpaq` package, which is not installed: "
+                         f"pip install {WRAPPER_PIN} (a pgolf dependency; the script's bytes depend on it)") from None
+    return zpaq.compress(raw, level=5, threads=1, hints=False)
 
 
 def self_extracting(source: str) -> tuple[bytes, str]:
-    """`exec` of the compressed source, held raw in a latin-1 string literal (benchmarks/script_encoding.py:
-    a quarter smaller than base85), with whichever compressor makes the smaller file (first listed on a tie);
-    and that compressor's name."""
-    out = []
-    for name, (compress, expr) in COMPRESSORS.items():
-        lit = latin1_literal(compress(source.encode("utf-8")))
-        out.append((CODING + f"import {name};exec({expr}({lit}.encode('latin1')))\n".encode("latin-1"), name))
-    return min(out, key=lambda o: len(o[0]))
+    """`exec` of the compressed source, held raw in a latin-1 string literal (a quarter smaller than base85);
+    and the compressor's module."""
+    lit = latin1_literal(_compress(source.encode("utf-8")))
+    return CODING + f"import {WRAPPER};exec({WRAPPER}.decompress({lit}.encode('latin1')))\n".encode("latin-1"), WRAPPER
 
 
 @lru_cache(maxsize=1)
@@ -300,13 +293,6 @@ def _prepared(mods: tuple[tuple[str, bool, str], ...]) -> tuple[dict[str, ast.Mo
     return trees, _env_keys(trees[SCRIPT_ENTRY]), changed
 
 
-@lru_cache(maxsize=1)
-def _fold_rules(mods: tuple[tuple[str, bool, str], ...]) -> tuple[set[str], set[str]]:
-    """`_prepared`'s environment and `replace` keys, once per checkout."""
-    _, env, changed = _prepared(mods)
-    return env, changed
-
-
 def _foldable(section: str, key: str, env: set[str], changed: set[str]) -> bool:
     """Whether the baked config may decide `section.key`'s branches: not data, not a key some code replaces,
     not one the environment overrides (but the switches of `ENV_FOLDABLE`)."""
@@ -314,16 +300,21 @@ def _foldable(section: str, key: str, env: set[str], changed: set[str]) -> bool:
     return key not in changed and section != "data" and (name not in env or name in ENV_FOLDABLE)
 
 
-def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config) -> tuple[list[tuple[str, bool, ast.Module]], dict]:
+def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config,
+            read: set[tuple[str, str]] | None = None) -> tuple[list[tuple[str, bool, ast.Module]], dict]:
     """The modules after folding the branches the baked config decides and tree-shaking
     (shared/record/shake.py), less those the shaken entry no longer reaches; and the environment-overridable
-    keys that decided a branch (key -> baked value: the script refuses another value)."""
+    keys that decided a branch (key -> baked value: the script refuses another value). `read` collects
+    every (section, key) the folds looked at: the result depends on the config through those alone."""
     from shared.record import shake as sh
 
     trees, env, changed = _prepared(mods)
 
     def foldable(section: str, key: str) -> bool:
-        return _foldable(section, key, env, changed)
+        ok = _foldable(section, key, env, changed)
+        if ok and read is not None:   # the folds read a key's value only after asking this
+            read.add((section, key))
+        return ok
 
     used: set[str] = set()
     for tree in trees.values():
@@ -374,28 +365,35 @@ def bundle(cfg: Config | None, minified: bool = True) -> tuple[str, tuple[str, .
             + _BOOT.format(entry=SCRIPT_ENTRY).lstrip("\n")), tuple(m[0] for m in mods)
 
 
-_MODULES: dict[tuple, tuple[list[tuple[str, bool, str]], dict]] = {}
+_MODULES: list[tuple[tuple, dict, tuple[list[tuple[str, bool, str]], dict]]] = []
+_MISSING = object()
+
+
+def _read_value(cfg: Config, section: str, key: str) -> str:
+    """What a fold saw of `section.key` (a field's or a property's value; a method gives the folds nothing)."""
+    v = getattr(getattr(cfg, section), key, _MISSING)
+    return "" if v is _MISSING or callable(v) else repr(v)
 
 
 def _minified_modules(cfg: Config) -> tuple[list[tuple[str, bool, str]], dict]:
-    """(module, is_package, minified source) of the shaken modules and `_shaken`'s left-out keys. The folds
-    read only the keys `_foldable` allows, so configs that agree on those share them (runs that differ in
-    steps, time, batch or seed: computed once)."""
+    """(module, is_package, minified source) of the shaken modules and `_shaken`'s left-out keys, remembered
+    with the values of the keys the folds read: a config that agrees on those gets the same modules (runs
+    that differ in steps, time, batch or seed, or in a key no kept code decides on: computed once)."""
     from shared.record.shake import mentioned
 
     sources = _sources()
-    env, changed = _fold_rules(sources)
-    key = (sources, tuple((s, k, repr(v)) for s, table in to_dict(cfg).items() for k, v in table.items()
-                          if _foldable(s, k, env, changed)))
-    if key not in _MODULES:
-        shaken, left_out = _shaken(sources, cfg)
-        used = {name: mentioned(tree) for name, _, tree in shaken}
-        mods = [(name, pkg, minify(ast.unparse(tree), name, {"main"}.union(*(u for m, u in used.items() if m != name))))
-                for name, pkg, tree in shaken]
-        if len(_MODULES) >= 64:   # a test session's worth; the oldest goes
-            del _MODULES[next(iter(_MODULES))]
-        _MODULES[key] = mods, left_out
-    return _MODULES[key]
+    for src, seen, result in _MODULES:
+        if src is sources and all(_read_value(cfg, *k) == v for k, v in seen.items()):
+            return result
+    read: set[tuple[str, str]] = set()
+    shaken, left_out = _shaken(sources, cfg, read)
+    used = {name: mentioned(tree) for name, _, tree in shaken}
+    mods = [(name, pkg, minify(ast.unparse(tree), name, {"main"}.union(*(u for m, u in used.items() if m != name))))
+            for name, pkg, tree in shaken]
+    if len(_MODULES) >= 64:   # a test session's worth; the oldest goes
+        del _MODULES[0]
+    _MODULES.append((sources, {k: _read_value(cfg, *k) for k in sorted(read)}, (mods, left_out)))
+    return mods, left_out
 
 
 @lru_cache(maxsize=64)  # a test session generates dozens of configs' scripts, some many times
