@@ -367,6 +367,38 @@ def test_an_attribute_set_once_to_a_constant_folds_in_its_class():
         assert ("self.head is None" not in ast.unparse(trees["m"])) == folds, second
 
 
+def test_what_the_folds_relied_on_decides_whether_another_config_folds_the_same():
+    """`reads`: a key compared with a constant counts by the comparison's outcome, any other read by value;
+    a config that `agrees` with every fact folds the tree to the same code."""
+    import ast
+
+    from shared.record.shake import agrees, fold_config
+
+    src = ("def f(cfg: Config, n):\n    q = cfg.quant\n    if q.prune_values > 0:\n        prune()\n"
+           "    if 0 < q.lqer_tensors:\n        lqer()\n    if q.compressor in ('group', 'group_ans'):\n"
+           "        group()\n    if q.gptq_block == n:\n        same()\n    return pack(q.clip_k > n)\n")
+    cfg = load_config(REPO / "configs" / "small.toml", ["quant.prune_values=100", 'quant.compressor="group"'])
+
+    def folded(c, reads=None):
+        tree = ast.parse(src)
+        fold_config(tree, c, lambda section, key: True, reads)
+        return ast.unparse(tree)
+
+    reads: dict = {}
+    code = folded(cfg, reads)
+    assert "prune()" in code and "group()" in code and "lqer()" not in code and "same()" in code
+    assert {fact[0] for fact in reads[("quant", "prune_values")]} == {ast.Gt}   # its outcome only
+    assert {fact[0] for fact in reads[("quant", "gptq_block")]} == {"value"}    # compared with a variable
+    for sets, same in ((["quant.prune_values=7"], True), (['quant.compressor="group_ans"'], True),
+                       (["quant.prune_values=0"], False), (["quant.lqer_tensors=3"], False),
+                       (['quant.compressor="zstd"'], False), (["quant.gptq_block=64"], False)):
+        other = load_config(REPO / "configs" / "small.toml", ["quant.prune_values=100", 'quant.compressor="group"',
+                                                              *sets])
+        assert agrees(other, reads) == same, sets
+        if same:
+            assert folded(other) == code, sets
+
+
 def test_config_branches_fold_and_an_override_of_a_folded_key_is_refused():
     import ast
 

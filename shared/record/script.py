@@ -301,24 +301,21 @@ def _foldable(section: str, key: str, env: set[str], changed: set[str]) -> bool:
 
 
 def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config,
-            read: set[tuple[str, str]] | None = None) -> tuple[list[tuple[str, bool, ast.Module]], dict]:
+            reads: dict | None = None) -> tuple[list[tuple[str, bool, ast.Module]], dict]:
     """The modules after folding the branches the baked config decides and tree-shaking
     (shared/record/shake.py), less those the shaken entry no longer reaches; and the environment-overridable
-    keys that decided a branch (key -> baked value: the script refuses another value). `read` collects
-    every (section, key) the folds looked at: the result depends on the config through those alone."""
+    keys that decided a branch (key -> baked value: the script refuses another value). `reads` collects what
+    the folds relied on of the config (`shake.fold_config`): the result depends on the config through it alone."""
     from shared.record import shake as sh
 
     trees, env, changed = _prepared(mods)
 
     def foldable(section: str, key: str) -> bool:
-        ok = _foldable(section, key, env, changed)
-        if ok and read is not None:   # the folds read a key's value only after asking this
-            read.add((section, key))
-        return ok
+        return _foldable(section, key, env, changed)
 
     used: set[str] = set()
     for tree in trees.values():
-        used |= sh.fold_config(tree, cfg, foldable)
+        used |= sh.fold_config(tree, cfg, foldable, reads)
         sh.fold_constants(tree)
         sh.drop_unused_inner(tree)
     sh.fold_attributes(trees)
@@ -326,7 +323,7 @@ def _shaken(mods: tuple[tuple[str, bool, str], ...], cfg: Config,
     def package_of(me: str, level: int, module: str) -> str:
         return _base(me, is_pkg[me], level, module)
 
-    used |= sh.fold_arguments(trees, cfg, foldable, package_of, {"main"})
+    used |= sh.fold_arguments(trees, cfg, foldable, package_of, {"main"}, reads)
     sh.fold_attributes(trees)   # again: the code that set them otherwise may be gone now
     for _ in range(2):   # tidying leaves parameters unread; dropping them leaves locals unread
         for tree in trees.values():
@@ -366,33 +363,27 @@ def bundle(cfg: Config | None, minified: bool = True) -> tuple[str, tuple[str, .
 
 
 _MODULES: list[tuple[tuple, dict, tuple[list[tuple[str, bool, str]], dict]]] = []
-_MISSING = object()
-
-
-def _read_value(cfg: Config, section: str, key: str) -> str:
-    """What a fold saw of `section.key` (a field's or a property's value; a method gives the folds nothing)."""
-    v = getattr(getattr(cfg, section), key, _MISSING)
-    return "" if v is _MISSING or callable(v) else repr(v)
 
 
 def _minified_modules(cfg: Config) -> tuple[list[tuple[str, bool, str]], dict]:
     """(module, is_package, minified source) of the shaken modules and `_shaken`'s left-out keys, remembered
-    with the values of the keys the folds read: a config that agrees on those gets the same modules (runs
-    that differ in steps, time, batch or seed, or in a key no kept code decides on: computed once)."""
-    from shared.record.shake import mentioned
+    with what the folds relied on of the config: a config that agrees on it gets the same modules (runs that
+    differ in steps, time, batch or seed, in a key no kept code decides on, or in a count only compared with
+    zero: computed once)."""
+    from shared.record.shake import agrees, mentioned
 
     sources = _sources()
-    for src, seen, result in _MODULES:
-        if src is sources and all(_read_value(cfg, *k) == v for k, v in seen.items()):
+    for src, reads, result in _MODULES:
+        if src is sources and agrees(cfg, reads):
             return result
-    read: set[tuple[str, str]] = set()
-    shaken, left_out = _shaken(sources, cfg, read)
+    reads = {}
+    shaken, left_out = _shaken(sources, cfg, reads)
     used = {name: mentioned(tree) for name, _, tree in shaken}
     mods = [(name, pkg, minify(ast.unparse(tree), name, {"main"}.union(*(u for m, u in used.items() if m != name))))
             for name, pkg, tree in shaken]
     if len(_MODULES) >= 64:   # a test session's worth; the oldest goes
         del _MODULES[0]
-    _MODULES.append((sources, {k: _read_value(cfg, *k) for k in sorted(read)}, (mods, left_out)))
+    _MODULES.append((sources, reads, (mods, left_out)))
     return mods, left_out
 
 

@@ -17,6 +17,7 @@ no longer called); `terse_raises` swaps messages for their line numbers.
 from __future__ import annotations
 
 import ast
+import operator
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
@@ -528,6 +529,23 @@ def shake(trees: dict[str, ast.Module], roots: set[str], package_of) -> None:
 _SECTION_TYPES = {"ModelConfig": "model", "TrainConfig": "train", "OptimConfig": "optim", "DataConfig": "data",
                   "QuantConfig": "quant", "EvalConfig": "eval"}
 _UNKNOWN = object()
+_OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+        ast.GtE: operator.ge, ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
+
+
+def agrees(cfg, reads: dict) -> bool:
+    """Whether `cfg` gives every fact in `reads` (what a fold relied on, `fold_config`) the same answer."""
+    for (section, key), facts in reads.items():
+        value = getattr(getattr(cfg, section), key, _UNKNOWN)
+        for fact in facts:
+            if fact[0] == "value":
+                if repr(value) != fact[1]:
+                    return False
+            else:
+                op, left, other, outcome = fact
+                if value is _UNKNOWN or _OPS[op](*((value, other) if left else (other, value))) != outcome:
+                    return False
+    return True
 
 
 def _annotation_section(ann) -> str | None:
@@ -542,8 +560,10 @@ class _ConfigFold(ast.NodeTransformer):
     comparisons, `not`, `and`/`or`. `foldable(section, key)` says which keys may be decided; `used` collects
     those that decided a branch."""
 
-    def __init__(self, cfg, foldable):
+    def __init__(self, cfg, foldable, reads: dict | None = None):
         self.cfg, self.foldable, self.used = cfg, foldable, set()
+        # (section, key) -> what the folds relied on: ("value", repr) or (op, key on the left, constant, outcome)
+        self.reads = reads
         self.scopes: list[dict] = []   # name -> "" (the whole config), a section, or (section, key)
         self.self_cfg: list[str] = []  # per class: what `self.cfg` holds ("" the config, or a section)
 
@@ -637,19 +657,34 @@ class _ConfigFold(ast.NodeTransformer):
             return (base[0], node.attr)
         return None
 
+    def _note(self, where, fact) -> None:
+        if self.reads is not None:
+            self.reads.setdefault(where, set()).add(fact)
+
+    def _lookup(self, where):
+        """The baked value of the key `where` names, or _UNKNOWN (a method, or a key not decided)."""
+        value = getattr(getattr(self.cfg, where[0]), where[1], _UNKNOWN)
+        if value is _UNKNOWN or callable(value):
+            return _UNKNOWN
+        self.used.add(f"{where[0]}.{where[1]}")
+        return value
+
+    def _config_key(self, node):
+        where = self._where(node)
+        return where if where is not None and where[1] is not None and self.foldable(*where) else None
+
     def _value(self, node):
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
             items = [self._value(x) for x in node.elts]
             return _UNKNOWN if any(x is _UNKNOWN for x in items) else tuple(items)
-        where = self._where(node)
-        if where is not None and where[1] is not None and self.foldable(*where):
-            value = getattr(getattr(self.cfg, where[0]), where[1], _UNKNOWN)
-            if value is not _UNKNOWN and not callable(value):
-                self.used.add(f"{where[0]}.{where[1]}")
-                return value
-            return _UNKNOWN
+        where = self._config_key(node)
+        if where is not None:
+            value = self._lookup(where)
+            if value is not _UNKNOWN:
+                self._note(where, ("value", repr(value)))
+            return value
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             v = self._value(node.operand)
             return _UNKNOWN if v is _UNKNOWN else not v
@@ -661,15 +696,27 @@ class _ConfigFold(ast.NodeTransformer):
                 if bool(v) == isinstance(node.op, ast.Or):
                     return v
             return v
-        if isinstance(node, ast.Compare) and len(node.ops) == 1:
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _OPS:
+            # a key compared with a constant: the fold relies on the outcome only (`q.prune_values > 0`), so
+            # another value with the same outcome folds the same
+            keys = [self._config_key(x) for x in (node.left, node.comparators[0])]
+            if self.reads is not None and sum(k is not None for k in keys) == 1:
+                left = keys[0] is not None
+                where = keys[0] or keys[1]
+                reads, self.reads = self.reads, None   # the other side's own reads: none, or it is not a constant
+                other = self._value(node.comparators[0] if left else node.left)
+                self.reads = reads
+                if other is not _UNKNOWN and _is_constant(node.comparators[0] if left else node.left):
+                    value = self._lookup(where)
+                    if value is _UNKNOWN:
+                        return _UNKNOWN
+                    outcome = _OPS[type(node.ops[0])](*((value, other) if left else (other, value)))
+                    self._note(where, (type(node.ops[0]), left, other, outcome))
+                    return outcome
             a, b = self._value(node.left), self._value(node.comparators[0])
             if a is _UNKNOWN or b is _UNKNOWN:
                 return _UNKNOWN
-            op = type(node.ops[0])
-            ops = {ast.Eq: lambda: a == b, ast.NotEq: lambda: a != b, ast.Lt: lambda: a < b, ast.LtE: lambda: a <= b,
-                   ast.Gt: lambda: a > b, ast.GtE: lambda: a >= b, ast.In: lambda: a in b,
-                   ast.NotIn: lambda: a not in b}
-            return ops[op]() if op in ops else _UNKNOWN
+            return _OPS[type(node.ops[0])](a, b)
         return _UNKNOWN
 
     def _truth(self, test):
@@ -755,10 +802,17 @@ class _ConfigFold(ast.NodeTransformer):
         return node.body if truth else node.orelse
 
 
-def fold_config(tree: ast.Module, cfg, foldable) -> set[str]:
+def _is_constant(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) or (isinstance(node, (ast.Tuple, ast.List, ast.Set))
+                                              and all(_is_constant(x) for x in node.elts))
+
+
+def fold_config(tree: ast.Module, cfg, foldable, reads: dict | None = None) -> set[str]:
     """Take the branches the baked config `cfg` decides, in every function of `tree`; returns the keys
-    (`section.key`) that decided one."""
-    f = _ConfigFold(cfg, foldable)
+    (`section.key`) that decided one. `reads` collects what the folds relied on of each key they looked at
+    (its value, or the outcome of comparing it with a constant): another config that `agrees` with it on
+    all of them folds the same."""
+    f = _ConfigFold(cfg, foldable, reads)
     f.visit(tree)
     _cut_after_exits(tree)
     return f.used
@@ -783,8 +837,8 @@ class _CallFacts(_ConfigFold):
     `object.name(...)`; a value is `_UNKNOWN` where the config does not decide it. `params` (function node id
     -> parameter -> value) holds what earlier passes decided of the callers' own parameters."""
 
-    def __init__(self, cfg, foldable, resolve, params):
-        super().__init__(cfg, foldable)
+    def __init__(self, cfg, foldable, resolve, params, reads=None):
+        super().__init__(cfg, foldable, reads)
         self.resolve, self.params, self.calls, self.called = resolve, params, [], set()
         self.frames: list[dict] = []
 
@@ -863,12 +917,12 @@ def _resolvers(trees, package_of, aliases, defs) -> dict:
     return out
 
 
-def _calls(trees, cfg, foldable, resolvers, params, referenced: set[str] | None = None) -> dict:
+def _calls(trees, cfg, foldable, resolvers, params, referenced: set[str] | None = None, reads=None) -> dict:
     """module -> its calls [(callee, args, keywords)]; with `referenced`, adds the names used other than as a
     call's callee."""
     calls: dict[str, list] = {}
     for mod, tree in trees.items():
-        facts = _CallFacts(cfg, foldable, resolvers[mod], params)
+        facts = _CallFacts(cfg, foldable, resolvers[mod], params, reads)
         facts.visit(tree)
         calls[mod] = facts.calls
         if referenced is not None:
@@ -918,14 +972,15 @@ def _agreed(fn: ast.FunctionDef, sites: list, bound: dict | None = None) -> dict
     return known
 
 
-def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of, roots: set[str]) -> set[str]:
+def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of, roots: set[str],
+                   reads: dict | None = None) -> set[str]:
     """A module-level function whose every call passes one value the baked config or a constant decides for a
     parameter (or leaves its constant default) takes the branches that value decides; what one function
     learns of its parameters decides its own calls' arguments in the next pass. Calls are found by name
     through each module's imports and `module.name`; a function also named anywhere other than as the
     callee of a call (a callback, a string), or reached through a module held as a value, is left alone.
     Shakes (from `roots`) first and between rounds: calls from dead code would hide what the live ones agree
-    on. Returns the config keys that decided a branch."""
+    on. Returns the config keys that decided a branch; `reads` as `fold_config`'s."""
     params: dict[int, dict] = {}
     used: set[str] = set()
     for rnd in range(3):   # two rounds at most: a round's folds leave callers dead whose calls hid what the rest agree on
@@ -941,7 +996,7 @@ def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of, root
             # folding only takes code away: the names referenced before the first pass cover every later one;
             # only a module where a function learnt something makes other calls than in the last pass
             by_module.update(_calls({m: trees[m] for m in dirty}, cfg, foldable, resolvers, params,
-                                    referenced if i == 0 else None))
+                                    referenced if i == 0 else None, reads))
             calls: dict[tuple, list] = {}
             for mod_calls in by_module.values():
                 for callee, args, kws in mod_calls:
