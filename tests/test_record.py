@@ -727,6 +727,8 @@ def test_configs_that_differ_only_where_no_fold_reads_share_their_modules():
     """The shaken, minified modules are remembered with the keys the folds read: a run that differs in steps,
     time, batch or seed (keys `_foldable` rules out), or in a key no kept code decides on, reuses them, and its
     script is the one a cold generation writes; a key the folds read gets its own."""
+    import ast
+
     from shared.record import script
 
     base = load_config(REPO / "configs" / "small.toml")
@@ -734,12 +736,23 @@ def test_configs_that_differ_only_where_no_fold_reads_share_their_modules():
                                                             "train.batch_tokens=2048"]),
               load_config(REPO / "configs" / "small.toml", ['quant.tensor_schemes="blocks.0.attn.c_v.weight=int6"'])]
     generate(base)
-    n = len(script._MODULES)
+    last = script._MODULES[-1]
     warm = [generate(c).data for c in others]
-    assert len(script._MODULES) == n                        # reused
-    _, seen, _ = script._MODULES[-1]
+    assert script._MODULES[-1] is last                      # reused
+    # a count passed to a function that only compares it with zero: every positive count folds the same
+    others.append(load_config(REPO / "configs" / "small.toml", ["quant.prune_values=100"]))
+    warm.append(generate(others[-1]).data)
+    assert script._MODULES[-1] is not last
+    last = script._MODULES[-1]
+    others.append(load_config(REPO / "configs" / "small.toml", ["quant.prune_values=7"]))
+    warm.append(generate(others[-1]).data)
+    assert script._MODULES[-1] is last
+    _, seen, _ = last
     assert ("quant", "gptq") in seen and ("quant", "tensor_schemes") not in seen and ("train", "seed") not in seen
-    for c, data in zip(others, warm, strict=True):
+    assert {fact[0] for fact in seen[("quant", "prune_values")]} == {ast.Gt}   # `q.prune_values > 0` only
+    for c, data in [*zip(others, warm, strict=True)][::-1]:
+        if c is others[2]:
+            continue   # (generated cold above)
         script._MODULES.clear()
         script._generate.cache_clear()
         assert generate(c).data == data and len(script._MODULES) == 1   # the same bytes, computed afresh

@@ -373,18 +373,21 @@ def _minified_modules(cfg: Config) -> tuple[list[tuple[str, bool, str]], dict]:
     from shared.record.shake import agrees, mentioned
 
     sources = _sources()
-    for src, reads, result in _MODULES:
-        if src is sources and agrees(cfg, reads):
-            return result
-    reads = {}
-    shaken, left_out = _shaken(sources, cfg, reads)
-    used = {name: mentioned(tree) for name, _, tree in shaken}
-    mods = [(name, pkg, minify(ast.unparse(tree), name, {"main"}.union(*(u for m, u in used.items() if m != name))))
-            for name, pkg, tree in shaken]
-    if len(_MODULES) >= 64:   # a test session's worth; the oldest goes
-        del _MODULES[0]
-    _MODULES.append((sources, reads, (mods, left_out)))
-    return mods, left_out
+    hit = next((result for src, reads, result in _MODULES if src is sources and agrees(cfg, reads)), None)
+    if hit is not None:
+        mods, keys = hit
+    else:
+        reads: dict = {}
+        shaken, left_out = _shaken(sources, cfg, reads)
+        used = {name: mentioned(tree) for name, _, tree in shaken}
+        mods = [(name, pkg, minify(ast.unparse(tree), name, {"main"}.union(*(u for m, u in used.items() if m != name))))
+                for name, pkg, tree in shaken]
+        keys = tuple(left_out)
+        if len(_MODULES) >= 64:   # a test session's worth; the oldest goes
+            del _MODULES[0]
+        _MODULES.append((sources, reads, (mods, keys)))
+    # the refused keys' values are this config's (a fold may have relied only on `val_every > 0`)
+    return mods, {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in keys}
 
 
 @lru_cache(maxsize=64)  # a test session generates dozens of configs' scripts, some many times

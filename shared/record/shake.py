@@ -74,16 +74,18 @@ def _truth(test: ast.expr, known: dict[str, object]) -> bool | None:
         if short in values:
             return short
         return None if None in values else not short
-    if isinstance(test, ast.Compare) and len(test.ops) == 1 and _key(test.left) in known:
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and _key(test.left) in known \
+            and type(test.ops[0]) in _NAME_OPS:
         try:
             other = ast.literal_eval(test.comparators[0])
         except ValueError:
             return None
-        a, op = known[_key(test.left)], type(test.ops[0])
-        ops = {ast.Eq: lambda: a == other, ast.NotEq: lambda: a != other, ast.In: lambda: a in other,
-               ast.NotIn: lambda: a not in other, ast.Is: lambda: a is other, ast.IsNot: lambda: a is not other}
-        return bool(ops[op]()) if op in ops else None
+        return bool(_NAME_OPS[type(test.ops[0])](known[_key(test.left)], other))   # (the value read last)
     return None
+
+
+_NAME_OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.In: lambda a, b: a in b,
+             ast.NotIn: lambda a, b: a not in b, ast.Is: operator.is_, ast.IsNot: operator.is_not}
 
 
 def _simplified(test: ast.expr, known: dict[str, object]) -> ast.expr:
@@ -848,9 +850,9 @@ class _CallFacts(_ConfigFold):
         if frame:   # a local bound once to what the known parameters decide (`name = pipeline or ...`) is known too
             for name, values in _bindings(node).items():
                 if name not in frame and len(values) == 1 and values[0] is not None:
-                    value, keys = self._arg(values[0])
+                    value, keys, notes = self._arg(values[0])
                     if value is not _UNKNOWN:
-                        frame[name] = value, keys
+                        frame[name] = value, keys, notes
         try:
             return super().visit_FunctionDef(node)
         finally:
@@ -860,8 +862,9 @@ class _CallFacts(_ConfigFold):
 
     def _value(self, node):
         if isinstance(node, ast.Name) and self.frames and node.id in self.frames[-1]:
-            value, keys = self.frames[-1][node.id]
+            value, keys, notes = self.frames[-1][node.id]
             self.used |= keys
+            _merge(self.reads, notes)   # what the value rests on counts once it is used
             return value
         return super()._value(node)
 
@@ -882,10 +885,15 @@ class _CallFacts(_ConfigFold):
         return node
 
     def _arg(self, node):
-        used = set(self.used)
+        """(value, the keys that decided it, what it rests on of the config): the last is noted only where
+        the value ends up deciding something (`fold_arguments`), so a count passed along but never tested
+        does not tie the result to its value."""
+        used, reads = set(self.used), self.reads
+        self.reads = {}
         value = self._value(node)
         keys, self.used = self.used - used, used
-        return value, keys
+        notes, self.reads = self.reads, reads
+        return value, keys, notes
 
     def visit_If(self, node):   # a reader: it rewrites nothing
         self.generic_visit(node)
@@ -942,9 +950,28 @@ def _referenced(tree: ast.AST, called: set[int]) -> set[str]:
     return out
 
 
-def _agreed(fn: ast.FunctionDef, sites: list, bound: dict | None = None) -> dict:
+def _merge(reads: dict | None, notes: dict) -> None:
+    if reads is not None:
+        for where, facts in notes.items():
+            reads.setdefault(where, set()).update(facts)
+
+
+class _Consulted(dict):
+    """Known values that remember which of them a fold read (`_truth` reads one only to decide a test)."""
+
+    def __init__(self, values: dict):
+        super().__init__(values)
+        self.seen: set[str] = set()
+
+    def __getitem__(self, name):
+        self.seen.add(name)
+        return super().__getitem__(name)
+
+
+def _agreed(fn: ast.FunctionDef, sites: list, bound: dict | None = None, reads: dict | None = None) -> dict:
     """The parameters of `fn` every call site passes one known value for (or leaves a constant default):
-    parameter -> (value, the config keys that decided it)."""
+    parameter -> (value, the config keys that decided it, what it rests on of the config). Where the sites
+    do not agree, what their values rest on goes to `reads` (another config might make them agree)."""
     a = fn.args
     params = [*a.posonlyargs, *a.args]
     defaults = [None] * (len(params) - len(a.defaults)) + list(a.defaults)
@@ -962,14 +989,22 @@ def _agreed(fn: ast.FunctionDef, sites: list, bound: dict | None = None) -> dict
             elif i is not None and i < len(args):
                 values.append(args[i])
             elif isinstance(default, ast.Constant):
-                values.append((default.value, set()))
+                values.append((default.value, set(), {}))
             else:
-                values.append((_UNKNOWN, set()))
-        first = values[0][0]
+                values.append((_UNKNOWN, set(), {}))
+        first, notes = values[0][0], {}
+        for _, _, n in values:
+            _merge(notes, n)
         if first is not _UNKNOWN and not callable(first) and all(
-                v is not _UNKNOWN and type(v) is type(first) and v == first for v, _ in values):
-            known[arg] = first, set().union(*(k for _, k in values))
+                v is not _UNKNOWN and type(v) is type(first) and v == first for v, _, _ in values):
+            known[arg] = first, set().union(*(k for _, k, _ in values)), notes
+        else:
+            _merge(reads, notes)
     return known
+
+
+def _decided_by(known: dict) -> dict:
+    return {arg: (value, keys) for arg, (value, keys, _) in known.items()}
 
 
 def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of, roots: set[str],
@@ -1008,15 +1043,18 @@ def fold_arguments(trees: dict[str, ast.Module], cfg, foldable, package_of, root
                     continue
                 if id(fn) not in bindings:
                     bindings[id(fn)] = _bindings(fn)
-                known = _agreed(fn, sites, bindings[id(fn)])
-                if known and known != params.get(id(fn)):
+                known = _agreed(fn, sites, bindings[id(fn)], reads)
+                if known and _decided_by(known) != _decided_by(params.get(id(fn), {})):
                     params[id(fn)], grew = known, True
                     dirty.add(mod)
                     bindings.pop(id(fn))   # the fold may take some away
                     before = ast.dump(fn)
-                    _Fold({arg: value for arg, (value, _) in known.items()}).visit(fn)
+                    consulted = _Consulted({arg: value for arg, (value, _, _) in known.items()})
+                    _Fold(consulted).visit(fn)
+                    for arg in consulted.seen:
+                        _merge(reads, known[arg][2])
                     if ast.dump(fn) != before:
-                        used |= set().union(*(keys for _, keys in known.values()))
+                        used |= set().union(*(known[arg][1] for arg in consulted.seen))
                         folded = True
             if not grew:
                 break
