@@ -104,13 +104,17 @@ def test_missing_or_foreign_decompressor_is_refused_by_name(monkeypatch):
 
 
 def test_group_zpaq_without_the_package_is_a_one_line_error(monkeypatch):
-    """The ZPAQ pipeline is optional: packing or reading it without `zpaq` says what to install."""
+    """Packing or reading the ZPAQ pipeline, or writing train_gpt.py, where `zpaq` (a pgolf dependency) is
+    missing says in one line what to install."""
     cfg = _cfg(compressor="group")
     blob = artifact.pack(_params(cfg), cfg)
     monkeypatch.setitem(sys.modules, "zpaq", None)   # as if the package were not installed
-    with pytest.raises(PgolfError, match=r"needs the `zpaq` package.*pip install 'pgolf\[zpaq\]'") as e:
+    with pytest.raises(PgolfError, match=r"needs the `zpaq` package.*pip install zpaq==0\.3\.7") as e:
         artifact.pack(_params(cfg), replace(cfg, quant=replace(cfg.quant, compressor="group_zpaq")))
     assert "\n" not in str(e.value)
+    from shared.record.script import self_extracting
+    with pytest.raises(PgolfError, match=r"train_gpt.py's compressed form needs the `zpaq` package.*pip install zpaq"):
+        self_extracting("print(1)\n")
     # a group_zpaq artifact (id 3) with a code frame to inflate is refused by name when unpacked
     from shared.artifact import compress as c
     frames = c._unframe(blob[artifact.HEADER.size:], "x")

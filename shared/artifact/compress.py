@@ -154,7 +154,7 @@ def _zpaq(source: str = "artifact"):
         import zpaq
     except ImportError:
         raise PgolfError(f"{source}: the group_zpaq pipeline needs the `zpaq` package, which is not installed: "
-                         "pip install 'pgolf[zpaq]' (zpaq==0.3.7), or pack with quant.compressor=group") from None
+                         "pip install zpaq==0.3.7 (a pgolf dependency), or pack with quant.compressor=group") from None
     return zpaq
 
 

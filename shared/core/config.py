@@ -371,7 +371,7 @@ class QuantConfig(_Section):
     awq_bits: int = 8
     prune_values: int = 0            # +-1 codes set to 0, least Hessian-weighted cost first (budget mode sets it)
     compressor: str = "zstd"         # "zstd" (v1's), "brotli" (shuffled, brotli-11), "group" (by role),
-                                     # "group_zpaq" (group with ZPAQ on the codes: pip install 'pgolf[zpaq]'),
+                                     # "group_zpaq" (group with ZPAQ on the codes: the zpaq package),
                                      # "group_ans" (group with pgolf's numpy rANS coder on the codes)
     group_sort: bool = False         # "group": reorder rows by similarity, permutation stored (BENCHMARKS.md)
     budget_measure: str = "every"    # budget mode's loss sensitivities: "every" (a forward pass per tensor and width) or
