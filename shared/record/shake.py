@@ -84,8 +84,11 @@ def _truth(test: ast.expr, known: dict[str, object]) -> bool | None:
     return None
 
 
-_NAME_OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.In: lambda a, b: a in b,
-             ast.NotIn: lambda a, b: a not in b, ast.Is: operator.is_, ast.IsNot: operator.is_not}
+# comparisons the folds evaluate: a config key's (`_ConfigFold`) and a known name's (`_truth`: no ordering)
+_OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+        ast.GtE: operator.ge, ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
+_NAME_OPS = {**{op: _OPS[op] for op in (ast.Eq, ast.NotEq, ast.In, ast.NotIn)},
+             ast.Is: operator.is_, ast.IsNot: operator.is_not}
 
 
 def _simplified(test: ast.expr, known: dict[str, object]) -> ast.expr:
@@ -531,8 +534,6 @@ def shake(trees: dict[str, ast.Module], roots: set[str], package_of) -> None:
 _SECTION_TYPES = {"ModelConfig": "model", "TrainConfig": "train", "OptimConfig": "optim", "DataConfig": "data",
                   "QuantConfig": "quant", "EvalConfig": "eval"}
 _UNKNOWN = object()
-_OPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
-        ast.GtE: operator.ge, ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
 
 
 def agrees(cfg, reads: dict) -> bool:
